@@ -1,0 +1,91 @@
+"""The offline demo through the real CLI: all three modes on digits, stored, printed, skipped when repeated."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from conftest import cli, json_lines
+from transfer_eval.results import Result, Store
+
+MODES = ("linear", "attention", "full")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    db = tmp_path_factory.mktemp("demo") / "results.sqlite"
+    proc = cli("run", "-c", "vit_demo", "-t", "digits", "-m", ",".join(MODES), "--results", db, "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["mode"]: r for r in json_lines(proc.stdout)}
+    return db, rows, proc
+
+
+def test_every_mode_is_well_above_chance(demo):
+    _, rows, _ = demo
+    assert set(rows) == set(MODES)
+    for mode, r in rows.items():
+        assert r["status"] == "ok"
+        assert r["top1"] > 0.6, (mode, r["top1"])  # chance is 0.1
+        assert r["top5"] >= r["top1"]
+
+
+def test_full_finetuning_of_random_init_beats_its_linear_probe(demo):
+    _, rows, _ = demo
+    assert rows["full"]["top1"] > rows["linear"]["top1"]
+
+
+def test_json_lines_carry_the_record_fields(demo):
+    _, rows, _ = demo
+    fields = set(Result.__dataclass_fields__)
+    for r in rows.values():
+        assert set(r) == fields
+        assert r["task"] == "digits" and r["checkpoint"] == "vit_demo" and r["seed"] == 0
+        assert r["n_test"] == 539 and len(r["split_manifest"]) == 64
+        assert r["params_total"] == 803_210  # 0.8M demo ViT with a 10-class head
+        assert r["fwd_gflops_per_image"] > 0 and r["fwd_gmacs_per_image"] == pytest.approx(
+            r["fwd_gflops_per_image"] / 2)
+        assert r["torch_version"] and r["timm_version"] and r["command"].startswith("transfer-eval run")
+        assert r["started"] <= r["finished"]
+    # what trains, and what one more task must store
+    assert rows["linear"]["params_per_task"] == 128 * 10 + 10
+    assert rows["full"]["params_per_task"] == rows["full"]["params_total"]
+    assert rows["linear"]["params_per_task"] < rows["attention"]["params_per_task"] < rows["full"]["params_per_task"]
+    assert rows["attention"]["train_gflops_per_image"] < rows["full"]["train_gflops_per_image"]
+    assert rows["linear"]["bytes_per_task"] < rows["attention"]["bytes_per_task"] < rows["full"]["bytes_per_task"]
+    # model choices on val, recorded
+    assert rows["linear"]["selection"]["chosen"]["C"] in [float(c) for c in rows["linear"]["selection"]["grid"]]
+    assert rows["full"]["selection"]["chosen"]["lr"] == 1e-3
+
+
+def test_stored_predictions_reproduce_the_accuracy(demo):
+    db, rows, _ = demo
+    store = Store(db)
+    for r in rows.values():
+        labels, top5 = store.predictions(r["run_id"])
+        assert len(labels) == r["n_test"]
+        assert np.mean(top5[:, 0] == labels) == pytest.approx(r["top1"])
+        assert np.mean((top5 == labels[:, None]).any(1)) == pytest.approx(r["top5"])
+
+
+def test_table_output_and_second_run_skips(demo):
+    db, rows, _ = demo
+    proc = cli("run", "-c", "vit_demo", "-t", "digits", "-m", ",".join(MODES), "--results", db)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("skipped") == 3
+    header = proc.stdout.splitlines()[0].split()
+    assert header[:4] == ["run", "checkpoint", "task", "mode"]
+    for mode, r in rows.items():
+        line = next(line for line in proc.stdout.splitlines() if f" {mode} " in line)
+        assert f"{100 * r['top1']:.2f}" in line
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 3
+
+
+def test_show_prints_one_record(demo):
+    db, rows, _ = demo
+    run_id = rows["attention"]["run_id"]
+    proc = cli("show", run_id, "--results", db, "--json")
+    assert proc.returncode == 0
+    assert json_lines(proc.stdout) == [rows["attention"]]
+    missing = cli("show", 999, "--results", db)
+    assert missing.returncode == 2 and "no run 999" in missing.stderr

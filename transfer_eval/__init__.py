@@ -1,0 +1,3 @@
+"""transfer-eval: how well does a ViT checkpoint transfer, and at what cost."""
+
+__version__ = "0.1.0"

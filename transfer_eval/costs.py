@@ -1,0 +1,134 @@
+"""Compute and parameter-sharing cost, measured: FLOPs counted on real passes, memory read from the device or the
+process, bytes from a real safetensors file.
+
+Convention: 1 multiply-add = 2 FLOPs (torch.utils.flop_counter's, and Scaling-ViT's: ViT-B/16 at 224 px is 35.1
+GFLOPs). GMACs = GFLOPs / 2 is the unit of the DeiT and timm tables (17.6 for ViT-B/16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@contextlib.contextmanager
+def _explicit_attention(model):
+    """Count attention as the matmuls it is: the flop counter misses some fused SDPA kernels (0 FLOPs on CPU)."""
+    fused = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
+    for m, _ in fused:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m, f in fused:
+            m.fused_attn = f
+
+
+def _example(model, data_config: dict, batch: int, device) -> torch.Tensor:
+    c, h, w = data_config["input_size"]
+    return torch.randn(batch, c, h, w, device=device)
+
+
+def forward_flops(model, data_config: dict, device) -> float:
+    """FLOPs of one image's forward pass (inference: no autograd)."""
+    was_training = model.training
+    model.eval()
+    x = _example(model, data_config, 1, device)
+    with _explicit_attention(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return float(counter.get_total_flops())
+
+
+def train_step_flops(model, data_config: dict, device) -> float:
+    """FLOPs of one image's training step (forward + backward) with the mode's frozen parameters frozen.
+
+    Frozen layers get no weight gradient, so autograd skips those matmuls and the count shows it; input
+    gradients still flow back down to the lowest trainable parameter.
+    """
+    if not any(p.requires_grad for p in model.parameters()):
+        return 0.0
+    was_training = model.training
+    model.train()
+    x = _example(model, data_config, 1, device)
+    with _explicit_attention(model), FlopCounterMode(display=False) as counter:
+        model(x).float().sum().backward()
+    for p in model.parameters():
+        p.grad = None
+    model.train(was_training)
+    return float(counter.get_total_flops())
+
+
+def count(model, names=None) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if names is None or n in names)
+
+
+def delta_bytes(tensors: dict[str, torch.Tensor], path: str | Path | None = None) -> int:
+    """Size of the per-task delta written as a safetensors file (kept at `path` if given)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path))
+        return os.path.getsize(path)
+    with tempfile.TemporaryDirectory() as d:
+        f = os.path.join(d, "delta.safetensors")
+        save_file(tensors, f)
+        return os.path.getsize(f)
+
+
+class PeakMemory:
+    """Peak memory over a block: CUDA's peak allocation on GPU, the process's peak resident set on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.mb: float | None = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._reset_rss_peak()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.mb = self._rss_peak_mb()
+        return False
+
+    def _reset_rss_peak(self):
+        # Linux: writing 5 to clear_refs resets VmHWM, so the peak is this block's, not the process's lifetime.
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    @staticmethod
+    def _rss_peak_mb() -> float:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
+           f"{torch.get_num_threads()})"

@@ -1,0 +1,25 @@
+"""Where the built-in registry and task plugins are, and the default locations of the store, data and caches."""
+
+import os
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def builtin(name: str) -> Path:
+    """`checkpoints.yaml` or `tasks`: inside the package in a wheel install, at the repository top in a checkout."""
+    inside = _PACKAGE / "_builtin" / name
+    return inside if inside.exists() else _PACKAGE.parent / name
+
+
+def default_results() -> Path:
+    return Path(os.environ.get("TRANSFER_EVAL_RESULTS", "transfer_eval_results.sqlite"))
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("TRANSFER_EVAL_DATA", "data"))
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "transfer-eval"
+    return Path(os.environ.get("TRANSFER_EVAL_CACHE", default))

@@ -1,0 +1,196 @@
+"""The Result record and the SQLite results store.
+
+One row per run key (checkpoint, weights_sha256, task, task_version, mode, protocol_hash, seed); a second write
+of the same key replaces the first inside one transaction, so a key never has two rows and a failed write leaves
+none. Per-sample test predictions are kept beside each row (compressed), for paired comparisons.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import zlib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from transfer_eval.errors import UserError
+
+KEY = ("checkpoint", "weights_sha256", "task", "task_version", "mode", "protocol_hash", "seed")
+
+
+@dataclass
+class Result:
+    # key
+    checkpoint: str
+    weights_sha256: str
+    task: str
+    task_version: int
+    mode: str
+    protocol_hash: str
+    seed: int
+    run_id: int | None = None
+    status: str = "ok"  # ok | failed
+    error: str | None = None
+    # accuracy
+    top1: float | None = None
+    top5: float | None = None
+    val_top1: float | None = None
+    n_test: int | None = None
+    split_manifest: str | None = None  # digest of the test split's sample ids and labels
+    # protocol and selection
+    resolution: int | None = None
+    recipe: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)
+    val_holdout: dict | None = None
+    # compute (GFLOPs: 1 multiply-add = 2 FLOPs; GMACs = GFLOPs / 2)
+    fwd_gflops_per_image: float | None = None
+    fwd_gmacs_per_image: float | None = None
+    train_gflops_per_image: float | None = None
+    train_pflops_total: float | None = None
+    train_seconds: float | None = None
+    train_images_per_second: float | None = None
+    eval_images_per_second: float | None = None
+    peak_memory_mb: float | None = None
+    device: str | None = None
+    precision: str | None = None
+    world_size: int = 1
+    gpu_hours: float | None = None
+    # parameter sharing
+    params_total: int | None = None
+    params_trainable: int | None = None
+    params_per_task: int | None = None
+    bytes_per_task: int | None = None
+    # provenance
+    suite_version: str | None = None
+    git_commit: str | None = None
+    torch_version: str | None = None
+    timm_version: str | None = None
+    torchvision_version: str | None = None
+    command: str | None = None
+    started: str | None = None
+    finished: str | None = None
+
+    @property
+    def key(self) -> tuple:
+        return tuple(getattr(self, k) for k in KEY)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_JSON_FIELDS = {"recipe", "selection", "val_holdout"}
+_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT"}
+
+
+def _sql_type(f) -> str:
+    t = str(f.type)
+    if "int" in t:
+        return "INTEGER"
+    if "float" in t:
+        return "REAL"
+    return "TEXT"
+
+
+_COLUMNS = [f.name for f in fields(Result) if f.name != "run_id"]
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS results (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    {", ".join(f"{f.name} {_sql_type(f)}" for f in fields(Result) if f.name != "run_id")},
+    UNIQUE ({", ".join(KEY)})
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id INTEGER PRIMARY KEY REFERENCES results(run_id) ON DELETE CASCADE,
+    labels BLOB NOT NULL,
+    top5 BLOB NOT NULL
+);
+"""
+
+
+def _pack(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return zlib.compress(buf.getvalue())
+
+
+def _unpack(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(zlib.decompress(b)), allow_pickle=False)
+
+
+class Store:
+    """The results database: `Store(path)`, then `has`, `put`, `get`, `query`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.exists() and self.path.is_dir():
+            raise UserError(f"results store {self.path} is a folder; give a file path with --results")
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=60)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"results store {self.path} is not a transfer-eval SQLite database ({e})") from None
+
+    def close(self):
+        self.db.close()
+
+    def has(self, key: tuple) -> bool:
+        where = " AND ".join(f"{k} = ?" for k in KEY)
+        row = self.db.execute(f"SELECT status FROM results WHERE {where}", key).fetchone()
+        return row is not None and row[0] == "ok"
+
+    def put(self, result: Result, labels: np.ndarray | None = None, top5: np.ndarray | None = None) -> int:
+        """Insert or replace the row of `result.key`, with its per-sample predictions, atomically."""
+        values = [json.dumps(getattr(result, c), sort_keys=True) if c in _JSON_FIELDS else getattr(result, c)
+                  for c in _COLUMNS]
+        where = " AND ".join(f"{k} = ?" for k in KEY)
+        with self.db:  # one transaction: the old row and its predictions go only if the new ones land
+            self.db.execute(f"DELETE FROM results WHERE {where}", result.key)
+            cur = self.db.execute(
+                f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", values)
+            run_id = cur.lastrowid
+            if labels is not None and top5 is not None:
+                self.db.execute("INSERT INTO predictions (run_id, labels, top5) VALUES (?, ?, ?)",
+                                (run_id, _pack(np.asarray(labels, np.int32)), _pack(np.asarray(top5, np.int32))))
+        result.run_id = run_id
+        return run_id
+
+    def _rows(self, sql: str, args=()) -> list[Result]:
+        cur = self.db.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        out = []
+        for row in cur.fetchall():
+            d = dict(zip(names, row))
+            for c in _JSON_FIELDS:
+                d[c] = json.loads(d[c]) if d[c] is not None else None
+            out.append(Result(**d))
+        return out
+
+    def get(self, run_id: int) -> Result | None:
+        rows = self._rows("SELECT * FROM results WHERE run_id = ?", (run_id,))
+        return rows[0] if rows else None
+
+    def get_key(self, key: tuple) -> Result | None:
+        where = " AND ".join(f"{k} = ?" for k in KEY)
+        rows = self._rows(f"SELECT * FROM results WHERE {where}", key)
+        return rows[0] if rows else None
+
+    def predictions(self, run_id: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(labels N, top-5 class indices N x 5, best first) of a run's test split."""
+        row = self.db.execute("SELECT labels, top5 FROM predictions WHERE run_id = ?", (run_id,)).fetchone()
+        return (_unpack(row[0]), _unpack(row[1])) if row else None
+
+    def query(self, checkpoints=(), tasks=(), modes=(), status: str | None = "ok") -> list[Result]:
+        clauses, args = [], []
+        for col, vals in (("checkpoint", checkpoints), ("task", tasks), ("mode", modes)):
+            if vals:
+                clauses.append(f"{col} IN ({', '.join('?' * len(vals))})")
+                args += list(vals)
+        if status:
+            clauses.append("status = ?")
+            args.append(status)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return self._rows(f"SELECT * FROM results {where} ORDER BY run_id", args)
