@@ -7,7 +7,7 @@
 with numpy's default_rng(0): the 45,000 / 5,000 sizes of VTAB and the ResNet paper, though not VTAB's examples
 (VTAB takes the last 10% in file order). Test is the official test set.
 
-    transfer-eval run -c deit3_small_in1k -t cifar100 -m attention --data-dir DATA
+    transfer-eval run -c deit3_s16_in1k -t cifar100 -m attention --data-dir DATA
 """
 
 from functools import lru_cache
@@ -84,6 +84,24 @@ def _loader(name: str):
     return load
 
 
+def _downloader(name: str):
+    def download(ctx: LoadContext) -> None:
+        from torchvision import datasets
+
+        root = Path(ctx.data_dir)
+        if (root / _FOLDERS[name]).is_dir() or (root / name / _FOLDERS[name]).is_dir():
+            return
+        root.mkdir(parents=True, exist_ok=True)
+        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        try:  # torchvision fetches the official tarball and checks its md5 before extracting
+            cls(str(root), train=True, download=True)
+        except Exception as e:
+            how = _HELP.format(tar=_URLS[name], folder=_FOLDERS[name])
+            raise UserError(f"task {name}: download of {_URLS[name]} failed ({e}); {how}") from None
+
+    return download
+
+
 def _recipes(lr_grid):
     # ViT paper, Table 4: SGD momentum 0.9, batch 512, no weight decay, clip 1, cosine, 500 warmup, 10k steps,
     # lr from {0.001, 0.003, 0.01, 0.03} chosen on held-out train data.
@@ -104,6 +122,7 @@ cifar10 = Task(
     data_help=_HELP.format(tar=_URLS["cifar10"], folder=_FOLDERS["cifar10"]),
     recipes=_recipes([0.001, 0.003, 0.01, 0.03]),
     val_holdout={"fraction": VAL_FRACTION, "seed": VAL_SEED},
+    download=_downloader("cifar10"),
 )
 
 cifar100 = Task(
@@ -115,5 +134,5 @@ cifar100 = Task(
                 "val = 10% of train",
     data_help=_HELP.format(tar=_URLS["cifar100"], folder=_FOLDERS["cifar100"]),
     recipes=_recipes([0.001, 0.003, 0.01, 0.03]),
-    val_holdout={"fraction": VAL_FRACTION, "seed": VAL_SEED},
+    val_holdout={"fraction": VAL_FRACTION, "seed": VAL_SEED},    download=_downloader("cifar100"),
 )

@@ -3,18 +3,21 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Every test process and the programs it starts share one fresh feature cache, never the user's.
+os.environ["TRANSFER_EVAL_CACHE"] = tempfile.mkdtemp(prefix="transfer-eval-test-cache-")
 
 
 def cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
     """Run the real program, as a user would: `python -m transfer_eval ARGS`."""
     full_env = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "transfer_eval", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=600)
+                          env=full_env, cwd=cwd, timeout=1800)
 
 
 def json_lines(text: str) -> list[dict]:

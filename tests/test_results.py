@@ -48,3 +48,23 @@ def test_filters(tmp_path):
     store.put(_result(task="other"))
     assert {r.mode for r in store.query(modes=["full"])} == {"full"}
     assert {r.task for r in store.query(tasks=["other"])} == {"other"}
+
+
+def test_an_older_store_gains_new_fields(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    with sqlite3.connect(db) as con:  # a store from before `balanced_top1` and `shots` existed
+        con.execute("CREATE TABLE results (run_id INTEGER PRIMARY KEY AUTOINCREMENT, checkpoint TEXT, "
+                    "weights_sha256 TEXT, task TEXT, task_version INTEGER, mode TEXT, protocol_hash TEXT, "
+                    "seed INTEGER, status TEXT, top1 REAL, recipe TEXT, selection TEXT, val_holdout TEXT, "
+                    "skipped_files TEXT, UNIQUE (checkpoint, weights_sha256, task, task_version, mode, "
+                    "protocol_hash, seed))")
+        con.execute("INSERT INTO results (checkpoint, weights_sha256, task, task_version, mode, protocol_hash, "
+                    "seed, status, top1, recipe, selection) VALUES ('old', 'w', 't', 1, 'linear', 'p', 0, 'ok', "
+                    "0.25, '{}', '{}')")
+    store = Store(db)
+    (old,) = store.query()
+    assert old.top1 == 0.25 and old.balanced_top1 is None
+    store.put(_result(balanced_top1=0.5, shots=5))
+    assert {r.checkpoint: r.balanced_top1 for r in store.query()} == {"old": None, "c": 0.5}

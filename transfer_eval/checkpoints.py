@@ -67,8 +67,8 @@ class Checkpoint:
         p = Path(os.path.expanduser(self.weights))
         if p.is_absolute() or self.source == "timm":
             return p
-        if self.source == BUILTIN:
-            return paths.builtin("checkpoints.yaml").parent / p
+        if self.source == BUILTIN:  # shipped weights live in the package, in a checkout and a wheel alike
+            return paths.PACKAGE / p
         return Path(self.source).parent / p
 
     @property
@@ -294,6 +294,30 @@ def _download(ck: Checkpoint) -> Path:
     return dest
 
 
+def weights_path_for(ck: Checkpoint) -> Path:
+    """The local weights file of a file or URL checkpoint: downloaded and verified, or checked on disk."""
+    if ck.weights_kind == "url":
+        return _download(ck)
+    weights_digest(ck)  # exists, and matches the registry's sha256 where it gives one
+    return ck.weights_path()
+
+
+def head_shape(path: Path) -> tuple[int, ...] | None:
+    """(classes, width) of the classifier stored in a weights file, or None where it has none."""
+    import numpy as np
+
+    if str(path).endswith(".npz"):
+        with np.load(path, allow_pickle=False) as w:
+            return tuple(w["head/kernel"].shape[::-1]) if "head/kernel" in w.files else None
+    if str(path).endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return tuple(f.get_slice("head.weight").get_shape()) if "head.weight" in f.keys() else None
+    sd = load_state_dict(path)
+    return tuple(sd["head.weight"].shape) if "head.weight" in sd else None
+
+
 def _classifier_keys(model) -> set[str]:
     head = model.get_classifier()
     names = {id(p): n for n, p in model.named_parameters()}
@@ -345,34 +369,34 @@ def _load_file_weights(model, path: Path, ck: Checkpoint, keep_head: bool) -> No
         model.load_state_dict(sd, strict=False)
 
 
-def build_model(ck: Checkpoint, num_classes: int, resolution: int | None = None, keep_head: bool = False):
+def build_model(ck: Checkpoint, num_classes: int, resolution: int | None = None, keep_head: bool = False,
+                load_weights: bool = True, model_kwargs: dict | None = None):
     """A timm model with the checkpoint's weights and a zero-initialised `num_classes` head, and its data config.
 
     The head is zeroed as in the ViT paper (B.1.1) unless `keep_head`, which keeps a pretrained head of the
     same size (evaluating an ImageNet-1k classifier as it is). `resolution` changes the input size; timm
-    resamples the position embedding from the pretrained grid.
+    resamples the position embedding from the pretrained grid. `load_weights=False` builds the architecture
+    alone (seeded random init, nothing downloaded), for cost planning.
     """
     import timm
     import torch
 
-    kwargs = dict(ck.model_args)
+    kwargs = {**ck.model_args, **(model_kwargs or {})}
     kwargs["num_classes"] = num_classes
     if resolution:
         kwargs["img_size"] = resolution
-    kind = ck.weights_kind
+    kind = ck.weights_kind if load_weights else "none"
     try:
         if kind == "none":
             torch.manual_seed(ck.seed)
-            model = timm.create_model(ck.architecture, pretrained=False, **kwargs)
+            # with a timm tag, timm attaches that tag's pretrained config (input size, mean, std) without loading
+            name = ck.model if ck.weights_kind == "timm" else ck.architecture
+            model = timm.create_model(name, pretrained=False, **kwargs)
         elif kind in ("timm", "hf-hub"):
             name = ck.model if kind == "timm" else ck.weights
             model = timm.create_model(name, pretrained=True, **kwargs)
         else:
-            if kind == "url":
-                path = _download(ck)
-            else:
-                weights_digest(ck)  # exists, and matches the registry's sha256 where it gives one
-                path = ck.weights_path()
+            path = weights_path_for(ck)
             model = timm.create_model(ck.architecture, pretrained=False, **kwargs)
             _load_file_weights(model, path, ck, keep_head)
     except UserError:
@@ -406,3 +430,24 @@ def data_config(model, ck: Checkpoint, resolution: int | None = None) -> dict[st
     if resolution:
         cfg["input_size"] = (3, resolution, resolution)
     return cfg
+
+
+def apply_delta(model, path: str | Path) -> dict:
+    """Load a per-task delta (safetensors, as written by `run --save-delta`) into a model built from the shared
+    checkpoint; returns the delta's metadata. Every tensor must exist in the model with the same shape."""
+    from safetensors import safe_open
+
+    import torch
+
+    own = model.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    bad = [k for k, v in tensors.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    if bad:
+        raise UserError(f"delta {path} does not fit this model: {', '.join(bad[:5])}; build the checkpoint with "
+                        f"the task's class count and resolution first")
+    with torch.no_grad():
+        for k, v in tensors.items():
+            own[k].copy_(v)
+    return meta

@@ -55,6 +55,19 @@ device_option = click.option("--device", default="auto", show_default=True,
                              help="auto (CUDA if visible, else CPU), cpu, cuda or cuda:N.")
 skip_verify_option = click.option("--skip-verify", is_flag=True,
                                   help="Do not check dataset checksums (re-packed copies, test fixtures).")
+download_option = click.option("--download", is_flag=True,
+                               help="Download missing datasets where their source allows it (never otherwise).")
+bad_images_option = click.option("--bad-images", type=click.Choice(["stop", "skip"]), default="stop",
+                                 show_default=True,
+                                 help="An unreadable image: stop (the run fails, naming the file) or skip (decode "
+                                      "every image first, leave the unreadable out, record how many).")
+
+
+def _load_context(data_dir, skip_verify, download=False, bad_images="stop"):
+    from transfer_eval.tasks import LoadContext
+
+    return LoadContext(Path(data_dir) if data_dir else paths.default_data_dir(), verify=not skip_verify,
+                       download=download, bad_images=bad_images)
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line, flat record fields.")
 
 
@@ -87,16 +100,28 @@ def cli():
 @registry_option
 @tasks_dir_option
 @device_option
-@click.option("--seed", "seeds", default="0", show_default=True, help="Seed, or several comma-separated.")
+@click.option("--seed", "--seeds", "seeds", default=None,
+              help="Seed, or several comma-separated (each is stored). Default: 0,1,2 for fewshot, 0 otherwise.")
 @click.option("--resolution", type=click.IntRange(min=16), default=None,
               help="Input size in pixels (e.g. 384); the position embedding is resampled by timm.")
+@click.option("--recipe", "preset", type=click.Choice(["vit", "deit"]), default="vit", show_default=True,
+              help="Fine-tuning preset: vit (the ViT paper: SGD, lr grid on val, retrain) or deit (DeiT III: AdamW, "
+                   "RandAugment, mixup/cutmix, label smoothing). The task's schedule applies to both.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe field, e.g. --set steps=500 --set lr=0.003 (repeatable).")
 @click.option("--force", is_flag=True, help="Run again even where the result is already stored.")
+@click.option("--save-delta", type=click.Path(file_okay=False), default=None,
+              help="Keep each run's per-task delta (the trained parameters) as a safetensors file in this folder.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Write a training checkpoint every N steps (0: every 10 minutes). A killed run resumes from it "
+                   "when the same command is run again.")
 @skip_verify_option
+@download_option
+@bad_images_option
 @json_option
 def run(checkpoint_names, task_names, mode_names, data_dir, results, registries, tasks_dirs, device, seeds,
-        resolution, settings, force, skip_verify, as_json):
+        resolution, preset, settings, force, save_delta, checkpoint_every, skip_verify, download, bad_images,
+        as_json):
     """Adapt each checkpoint to each task in each mode; store and print the results.
 
     Runs whose result is already stored (same checkpoint, weights, task version, mode, recipe and seed) are
@@ -109,25 +134,40 @@ def run(checkpoint_names, task_names, mode_names, data_dir, results, registries,
     """
     from transfer_eval import checkpoints, data, modes, runner, tasks
     from transfer_eval.results import Store
-    from transfer_eval.tasks import LoadContext
 
     registry = checkpoints.load_registry(registries)
     ckpts = [checkpoints.resolve(n, registry) for n in _csv(checkpoint_names)]
     known_tasks = tasks.discover(tasks_dirs)
     task_list = [tasks.resolve(n, known_tasks) for n in _csv(task_names)]
     mode_list = [modes.resolve(n) for n in _csv(mode_names)]
-    seed_list = _ints(seeds)
-    if not (ckpts and task_list and mode_list and seed_list):
+    seed_list = _ints(seeds) if seeds is not None else None
+    if not (ckpts and task_list and mode_list and (seed_list is None or seed_list)):
         raise UserError("give at least one checkpoint (-c), task (-t), mode (-m) and seed")
     dev = data.pick_device(device)
-    runs = runner.plan(ckpts, task_list, mode_list, seed_list, _overrides(settings), resolution)
-    ctx = LoadContext(Path(data_dir) if data_dir else paths.default_data_dir(), verify=not skip_verify)
+    runs = runner.plan(ckpts, task_list, mode_list, seed_list, _overrides(settings), resolution, preset)
+    ctx = _load_context(data_dir, skip_verify, download, bad_images)
     store = Store(results or paths.default_results())
     command = shlex.join(["transfer-eval", *sys.argv[1:]])
-    # Check the data of every task still to run before the first run starts: a missing dataset for the last
+    # Check the data of every run still to do before the first one starts: a missing dataset for the last
     # task should not surface hours later.
-    for task in {r.task.name: r.task for r in runs if force or not store.has(r.key)}.values():
-        for split in task.splits:
+    needed: dict[str, set] = {}
+    for r in runs:
+        if force or not store.has(r.key):
+            needed.setdefault(r.task.name, set()).update(r.mode.splits)
+            if r.mode.kind == "eval":
+                runner.check_own_head(r.checkpoint, r.task)
+    # Weights from files and URLs are loaded once before any run: unsafe or ill-fitting files stop here.
+    pending = [r for r in runs if force or not store.has(r.key)]
+    for ck in {r.checkpoint.name: r.checkpoint for r in pending}.values():
+        if ck.weights_kind in ("file", "url"):
+            first = next(r for r in pending if r.checkpoint.name == ck.name)
+            checkpoints.build_model(ck, first.task.num_classes, first.recipe.get("resolution"),
+                                    keep_head=first.mode.kind == "eval")
+    for name, split_names in needed.items():
+        task = known_tasks[name]
+        if download:
+            task.fetch(ctx)
+        for split in sorted(split_names):
             task.dataset(split, ctx)
     shown, failed = [], 0
     for i, r in enumerate(runs, 1):
@@ -138,7 +178,9 @@ def run(checkpoint_names, task_names, mode_names, data_dir, results, registries,
             shown.append(stored)
             continue
         click.echo(f"{prefix}: running on {dev}", err=True)
-        result = runner.execute(r, ctx, dev, store, command, log=click.echo)
+        result = runner.execute(r, ctx, dev, store, command, log=click.echo,
+                                save_delta=Path(save_delta) if save_delta else None,
+                                checkpoint_every=checkpoint_every)
         failed += result.status != "ok"
         shown.append(result)
     _print_results(shown, as_json)
@@ -160,18 +202,19 @@ def _print_results(rows, as_json: bool):
     def num(x, fmt):
         return "-" if x is None else format(x, fmt)
 
-    table = [[r.run_id, r.checkpoint, r.task, r.mode, r.seed, pct(r.top1), pct(r.top5), pct(r.val_top1),
+    table = [[r.run_id, r.checkpoint, r.task, r.mode if r.shots is None else f"{r.mode} {r.shots}-shot", r.seed, pct(r.top1), pct(r.top5), pct(r.balanced_top1), pct(r.val_top1),
               num(r.params_per_task, ","), num(r.bytes_per_task and r.bytes_per_task / 2**20, ".2f"),
               num(r.train_gflops_per_image, ".3g"), num(r.train_seconds, ".1f"), num(r.peak_memory_mb, ".0f"),
               r.status] for r in rows]
-    headers = ["run", "checkpoint", "task", "mode", "seed", "top1 %", "top5 %", "val top1 %", "params/task",
+    headers = ["run", "checkpoint", "task", "mode", "seed", "top1 %", "top5 %", "balanced %", "val top1 %",
+               "params/task",
                "MiB/task", "train GFLOPs/img", "train s", "peak MB", "status"]
     click.echo(tabulate(table, headers=headers, disable_numparse=True))
 
 
 @cli.group("list", context_settings=CONTEXT)
 def list_():
-    """List checkpoints, tasks or modes."""
+    """List checkpoints, tasks, modes or task groups."""
 
 
 @list_.command("checkpoints", context_settings=CONTEXT)
@@ -235,6 +278,166 @@ def list_modes(as_json):
                         headers=["name", "kind", "what trains", "stored per extra task"]))
 
 
+@cli.group("cache", context_settings=CONTEXT)
+def cache_group():
+    """The feature cache ($TRANSFER_EVAL_CACHE, default ~/.cache/transfer-eval): list or clear it."""
+
+
+@cache_group.command("list", context_settings=CONTEXT)
+@json_option
+def cache_list(as_json):
+    """Cached feature files: checkpoint, task, split, images, size."""
+    from tabulate import tabulate
+
+    from transfer_eval import cache
+
+    rows = cache.entries()
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r))
+        return
+    click.echo(tabulate([[r["key"], r.get("checkpoint", "?"), r.get("task", "?"), r.get("split", "?"),
+                          r.get("images", "?"), f"{r['bytes'] / 2**20:.1f}", r["modified"]] for r in rows],
+                        headers=["key", "checkpoint", "task", "split", "images", "MiB", "modified"]))
+    click.echo(f"{len(rows)} entries in {paths.cache_dir() / 'features'}")
+
+
+@cache_group.command("clear", context_settings=CONTEXT)
+@click.option("-c", "--checkpoint", "checkpoint_names", default=None, help="Only these checkpoints' features.")
+@click.option("-t", "--task", "task_names", default=None, help="Only these tasks' features.")
+def cache_clear(checkpoint_names, task_names):
+    """Delete cached features (all, or those of some checkpoints or tasks)."""
+    from transfer_eval import cache
+
+    cks, tks = set(_csv(checkpoint_names)), set(_csv(task_names))
+    keys = {e["key"] for e in cache.entries()
+            if (not cks or e.get("checkpoint") in cks) and (not tks or e.get("task") in tks)}
+    click.echo(f"removed {cache.clear(keys)} cached feature files")
+
+
+@cli.group(context_settings=CONTEXT)
+def data():
+    """Datasets: what is present, what is missing and how to get it."""
+
+
+@data.command("check", context_settings=CONTEXT)
+@click.argument("task_names", required=False, default="")
+@data_dir_option
+@tasks_dir_option
+@skip_verify_option
+@download_option
+@click.option("-m", "--mode", "mode_name", default=None,
+              help="Check only the splits this mode reads (e.g. pretrained reads only test).")
+@click.option("--deep", is_flag=True, help="Also decode every image file and report the unreadable ones.")
+@json_option
+def data_check(task_names, data_dir, tasks_dirs, skip_verify, download, mode_name, deep, as_json):
+    """For each task (all by default; or TASKS comma-separated): each split's size, or what is missing.
+
+    Exit status 0 when every task checked is ready, 1 when one is not.
+
+    \b
+    Example:
+      transfer-eval data check cifar10,cifar100 --data-dir ~/data
+    """
+    from tabulate import tabulate
+
+    from transfer_eval import modes, tasks
+
+    found = tasks.discover(tasks_dirs)
+    chosen = [tasks.resolve(n, found) for n in _csv(task_names)] or list(found.values())
+    mode_splits = modes.resolve(mode_name).splits if mode_name else None
+    ctx = _load_context(data_dir, skip_verify, download)
+    rows, not_ready = [], []
+    for task in chosen:
+        if download:
+            try:
+                task.fetch(ctx)
+            except UserError as e:
+                rows.append({"task": task.name, "split": "-", "status": "not downloaded", "images": None,
+                             "classes": None, "detail": str(e)})
+        for split in [sp for sp in task.splits if mode_splits is None or sp in mode_splits]:
+            row = {"task": task.name, "split": split, "status": "ok", "images": None, "classes": None,
+                   "detail": ""}
+            try:
+                ds = task.dataset(split, ctx)
+                row["images"], row["classes"] = len(ds), int(len(set(ds.labels.tolist())))
+                if deep and ds.paths is not None:
+                    bad = ds.unreadable()
+                    if bad:
+                        row["status"] = "unreadable images"
+                        row["detail"] = f"{len(bad)} unreadable, e.g. {ds.paths[bad[0]]}"
+            except UserError as e:
+                row["status"], row["detail"] = "missing", str(e)
+            if row["status"] != "ok" and task.name not in not_ready:
+                not_ready.append(task.name)
+            rows.append(row)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+    else:
+        merged = []  # one row where every split of a task fails the same way
+        for r in rows:
+            last = merged[-1] if merged else None
+            if last and last["task"] == r["task"] and r["status"] == last["status"] == "missing" \
+                    and r["detail"] == last["detail"]:
+                last["split"] += "," + r["split"]
+            else:
+                merged.append(dict(r))
+        rows = merged
+        click.echo(tabulate([[r["task"], r["split"], r["status"], "-" if r["images"] is None else r["images"],
+                              "-" if r["classes"] is None else r["classes"], r["detail"]] for r in rows],
+                            headers=["task", "split", "status", "images", "classes", "detail"],
+                            disable_numparse=True, maxcolwidths=[None, None, None, None, None, 90]))
+        for name in not_ready:
+            click.echo(f"\n{name}: {found[name].data_help}")
+    if not_ready:
+        sys.exit(1)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-c", "--checkpoint", "checkpoint_name", required=True,
+              help="A registry name or a timm architecture; only the architecture is built, nothing downloaded.")
+@click.option("-m", "--mode", "mode_names", required=True, help="Modes, comma-separated.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--resolution", type=click.IntRange(min=16), default=None, help="Input size in pixels.")
+@registry_option
+@json_option
+def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_json):
+    """Compute and parameter-sharing cost of a checkpoint in a mode, without data or weights.
+
+    FLOPs are counted by torch.utils.flop_counter on a real forward pass and a real training step of the mode
+    (1 multiply-add = 2 FLOPs; GMACs are multiply-adds). The bytes per task are those of the mode's delta
+    written as a safetensors file.
+
+    \b
+    Example:
+      transfer-eval cost -c vit_base_patch16_224 -m linear,attention,full
+    """
+    from tabulate import tabulate
+
+    from transfer_eval import checkpoints, costs, modes
+
+    ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
+    mode_list = [modes.resolve(n) for n in _csv(mode_names)]
+    model, cfg = checkpoints.build_model(ck, num_classes, resolution, load_weights=False)
+    rows = []
+    for mode in mode_list:  # cost_card sets the mode's trainable set on the one model
+        rows.append({"checkpoint": ck.name, "model": ck.model, "mode": mode.name, "num_classes": num_classes,
+                     **costs.cost_card(model, cfg, mode)})
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    table = [[r["mode"], r["resolution"], f"{r['fwd_gflops_per_image']:.2f} / {r['fwd_gmacs_per_image']:.2f}",
+              f"{r['train_gflops_per_image']:.2f}", f"{r['params_total']:,}", f"{r['params_per_task']:,}",
+              f"{r['bytes_per_task'] / 2**20:.2f}", f"{100 * r['storage_saved_per_extra_task']:.1f}%",
+              r["stored_per_task"]] for r in rows]
+    click.echo(f"{ck.name} ({ck.model}), {num_classes} classes")
+    click.echo(tabulate(table, headers=["mode", "px", "forward GFLOPs / GMACs per image",
+                                        "train-step GFLOPs/img", "params", "params/task", "MiB/task",
+                                        "saved per extra task", "stored per task"], disable_numparse=True))
+
+
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_id", type=int)
 @results_option
@@ -283,21 +486,169 @@ def features(checkpoint_name, task_name, split, output, resolution, batch_size, 
     import numpy as np
 
     from transfer_eval import checkpoints, data, probe, tasks
-    from transfer_eval.tasks import LoadContext
 
     ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
     task = tasks.resolve(task_name, tasks.discover(tasks_dirs))
-    ctx = LoadContext(Path(data_dir) if data_dir else paths.default_data_dir(), verify=not skip_verify)
+    ctx = _load_context(data_dir, skip_verify)
     dev = data.pick_device(device)
     ds = task.dataset(split, ctx)
     model, cfg = checkpoints.build_model(ck, task.num_classes, resolution)
-    feats, labels = probe.extract_features(model, ds, cfg, dev, batch_size, desc=f"features {split}")
+    key_parts = {"weights_sha256": checkpoints.weights_digest(ck), "checkpoint": ck, "task": task,
+                 "split_name": split}
+    feats, labels, _ = probe.cached_features(model, ds, cfg, dev, batch_size, key_parts, desc=f"features {split}")
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part.npz")
     np.savez(tmp, features=feats, labels=labels, ids=np.asarray(ds.ids))
     os.replace(tmp, out)  # never leave a half-written file under the requested name
     click.echo(f"wrote {out}: features {feats.shape[0]} x {feats.shape[1]} float32, labels {len(labels)}")
+
+
+# --------------------------------------------------------------- leaderboard, compare, report (transfer_eval.report)
+
+
+def _open_store(results):
+    """The results store for reading: a missing file is bad input, not an empty store to create."""
+    from transfer_eval.results import Store
+
+    path = Path(results) if results else paths.default_results()
+    if not path.is_file():
+        raise UserError(f"no results store at {path}; run `transfer-eval run ...` first or give --results DB")
+    return Store(path)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-c", "--checkpoint", "checkpoint_names", default=None,
+              help="Only these checkpoints (comma-separated).")
+@click.option("-t", "--task", "task_names", default=None,
+              help="The task columns (comma-separated). Default: the group's tasks, else every stored task.")
+@click.option("-m", "--mode", "mode_names", default=None, help="Only these modes (comma-separated).")
+@click.option("--group", default=None,
+              help="The task group the mean, suite storage and compute are over: paper6 (the six transfer sets of "
+                   "the attention-only paper), cifar, inat, demo, or all (the task columns shown; default). "
+                   "See `transfer-eval list groups`.")
+@click.option("--sort", default=None, metavar="COLUMN[:asc|desc]",
+              help="checkpoint, mode, a task name, mean, params_per_task, suite_bytes, storage_ratio or "
+                   "train_pflops. Default: mean, best first; missing values always last.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json", "latex", "html"]),
+              default="table", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Also plot accuracy against params/task and training compute (.png, .svg or .pdf).")
+@results_option
+def leaderboard(checkpoint_names, task_names, mode_names, group, sort, fmt, output, plot, results):
+    """Rows checkpoint x mode; columns: the task accuracies, their mean over a task group, params per task, suite
+    storage and training compute.
+
+    Several seeds show as mean ± std (n); a missing result shows as missing, and a group mean with a missing
+    task as incomplete. csv and json carry raw values (accuracies as fractions).
+
+    \b
+    Examples:
+      transfer-eval leaderboard
+      transfer-eval leaderboard --group paper6 --format markdown --output leaderboard.md
+      transfer-eval leaderboard -m attention,full --sort train_pflops --plot acc_vs_cost.png
+    """
+    from transfer_eval import report
+
+    if plot:
+        report.check_plot_path(plot)
+    store = _open_store(results)
+    lb = report.leaderboard(store, _csv(checkpoint_names), _csv(task_names), _csv(mode_names), group, sort)
+    text = report.render(lb, fmt)
+    if output:
+        report.write_text(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+    if plot:
+        report.plot_leaderboard(lb, plot)
+        click.echo(f"wrote {plot}", err=True)
+    store.close()
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("checkpoint_names", nargs=-1, metavar="CHECKPOINT CHECKPOINT [CHECKPOINT ...]")
+@click.option("-t", "--task", "task_names", default=None, help="Only these tasks (comma-separated).")
+@click.option("-m", "--mode", "mode_names", default=None, help="Only these modes (comma-separated).")
+@click.option("--resamples", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Bootstrap resamples for the confidence intervals.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Also plot the differences with their CIs (.png, .svg or .pdf).")
+@results_option
+@json_option
+def compare(checkpoint_names, task_names, mode_names, resamples, plot, results, as_json):
+    """Paired comparison of checkpoints on every task and mode both were run on.
+
+    delta = B - A (A: the first checkpoint; with more than two, each is compared against the first), with a
+    95% paired bootstrap CI and McNemar's exact p-value from the stored per-sample predictions; results measured
+    on different test examples are refused. Win / loss: p < 0.05.
+
+    \b
+    Examples:
+      transfer-eval compare deit3_s16_in1k augreg_s16_in21k_ft_in1k
+      transfer-eval compare vit_demo vit_demo_b -m linear --json
+    """
+    from transfer_eval import report
+
+    if len(checkpoint_names) < 2:
+        raise UserError("compare needs two or more checkpoints, e.g. `transfer-eval compare CHECKPOINT_A "
+                        "CHECKPOINT_B`")
+    if plot:
+        report.check_plot_path(plot)
+    store = _open_store(results)
+    cmp = report.compare(store, list(checkpoint_names), _csv(task_names), _csv(mode_names), resamples)
+    if as_json:
+        if len(cmp.others) > 1:
+            click.echo(report.compare_intro(cmp)[0], err=True)
+        click.echo(report.compare_json(cmp), nl=False)
+    else:
+        click.echo(report.compare_text(cmp), nl=False)
+    if plot:
+        lb = report.leaderboard(store, [cmp.reference, *cmp.others], sorted({r["task"] for r in cmp.rows}),
+                                sorted({r["mode"] for r in cmp.rows}))
+        report.plot_compare(cmp, plot, lb)
+        click.echo(f"wrote {plot}", err=True)
+    store.close()
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--html", "html_dir", required=True, type=click.Path(file_okay=False),
+              help="The folder to write the site to (index.html and the plots).")
+@click.option("--group", default=None, help="The task group of the leaderboard's mean (see leaderboard --group).")
+@click.option("--resamples", type=click.IntRange(min=1), default=10_000, show_default=True)
+@results_option
+def report(html_dir, group, resamples, results):
+    """A static html report: the sortable leaderboard, the comparisons against the top checkpoint and the plots.
+
+    Open DIR/index.html in a browser; no server is needed.
+
+    \b
+    Example:
+      transfer-eval report --html site && xdg-open site/index.html
+    """
+    from transfer_eval import report as report_
+
+    store = _open_store(results)
+    index = report_.html_report(store, html_dir, group, resamples)
+    store.close()
+    click.echo(f"wrote {index}")
+
+
+@list_.command("groups", context_settings=CONTEXT)
+@json_option
+def list_groups(as_json):
+    """Task groups for the leaderboard's mean (--group)."""
+    from tabulate import tabulate
+
+    from transfer_eval.report import GROUPS
+
+    if as_json:
+        for g in GROUPS.values():
+            click.echo(json.dumps({"name": g.name, "tasks": list(g.tasks), "description": g.description}))
+        return
+    click.echo(tabulate([[g.name, ", ".join(g.tasks), g.description] for g in GROUPS.values()],
+                        headers=["name", "tasks", "description"]))
 
 
 def main():

@@ -69,18 +69,22 @@ def count(model, names=None) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if names is None or n in names)
 
 
-def delta_bytes(tensors: dict[str, torch.Tensor], path: str | Path | None = None) -> int:
-    """Size of the per-task delta written as a safetensors file (kept at `path` if given)."""
+def delta_bytes(tensors: dict[str, torch.Tensor], path: str | Path | None = None,
+                metadata: dict[str, str] | None = None) -> int:
+    """Size of the per-task delta written as a safetensors file (kept at `path` if given, written atomically)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
         return os.path.getsize(path)
     with tempfile.TemporaryDirectory() as d:
         f = os.path.join(d, "delta.safetensors")
-        save_file(tensors, f)
+        save_file(tensors, f, metadata=metadata)
         return os.path.getsize(f)
 
 
@@ -132,3 +136,32 @@ def device_name(device: torch.device) -> str:
 
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
            f"{torch.get_num_threads()})"
+
+
+def cost_card(model, data_config: dict, mode, device=torch.device("cpu")) -> dict:
+    """Compute and sharing figures of a mode on a built model, without data: what `transfer-eval cost` prints."""
+    from transfer_eval import modes
+
+    names = modes.apply(mode, model)
+    fwd = forward_flops(model, data_config, device)
+    train = fwd if mode.kind == "probe" else train_step_flops(model, data_config, device)
+    state = model.state_dict()
+    total = count(model)
+    per_task = count(model, names)
+    full_bytes = delta_bytes(state)
+    task_bytes = delta_bytes({n: state[n] for n in names})
+    return {
+        "resolution": data_config["input_size"][-1],
+        "fwd_gflops_per_image": fwd / 1e9,
+        "fwd_gmacs_per_image": fwd / 2e9,
+        "train_gflops_per_image": train / 1e9,  # probes: one forward pass for feature extraction
+        "train_gmacs_per_image": train / 2e9,
+        "params_total": total,
+        "params_trainable": per_task,
+        "params_per_task": per_task,
+        "params_shared": total - per_task,
+        "bytes_per_task": task_bytes,
+        "bytes_full_copy": full_bytes,
+        "storage_saved_per_extra_task": 1 - task_bytes / full_bytes,
+        "stored_per_task": mode.stores,
+    }

@@ -18,14 +18,16 @@ def eval_transform(data_config: dict):
 
 
 def train_transform(data_config: dict, augment: bool = True, hflip: float = 0.5,
-                    crop_scale: tuple[float, float] = (0.08, 1.0)):
-    """Random-resized crop and flip (the ViT/BiT fine-tuning augmentation), or the eval transform if not augment."""
+                    crop_scale: tuple[float, float] = (0.08, 1.0), randaugment: str | None = None,
+                    random_erasing: float = 0.0):
+    """Random-resized crop and flip (the ViT/BiT fine-tuning augmentation), plus timm's RandAugment and random
+    erasing where the recipe asks; the eval transform if not augment."""
     from timm.data import create_transform
 
     if not augment:
         return eval_transform(data_config)
     return create_transform(**_transform_args(data_config), is_training=True, hflip=hflip, scale=tuple(crop_scale),
-                            color_jitter=None, auto_augment=None, re_prob=0.0)
+                            color_jitter=None, auto_augment=randaugment, re_prob=random_erasing)
 
 
 def _transform_args(cfg: dict) -> dict:
@@ -62,6 +64,13 @@ def loader(split: ImageSplit, transform, batch_size: int, device: torch.device, 
                       pin_memory=device.type == "cuda", persistent_workers=False)
 
 
+def batch_loader(split: ImageSplit, transform, batch_sampler, device: torch.device,
+                 num_workers: int | None = None) -> DataLoader:
+    workers = default_workers(device) if num_workers is None else num_workers
+    return DataLoader(TransformedSplit(split, transform), batch_sampler=batch_sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda")
+
+
 def pick_device(name: str = "auto") -> torch.device:
     from transfer_eval.errors import UserError
 
@@ -82,3 +91,28 @@ def autocast(device: torch.device):
 
 def precision(device: torch.device) -> str:
     return "bf16-autocast" if device.type == "cuda" else "fp32"
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Endless batches of indices: epoch e is a permutation drawn from a generator seeded by (seed, e), cut into
+    full batches (the last partial one dropped, unless the split is smaller than a batch).
+
+    Batch b is a pure function of (seed, b), so a resumed run starts at its batch without reading the ones
+    before it, and sees exactly the batches an uninterrupted run would."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_batch: int = 0):
+        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start_batch
+        self.per_epoch = max(1, n // batch_size)
+
+    def _epoch(self, e: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self):
+        b = self.start
+        while True:
+            e, j = divmod(b, self.per_epoch)
+            perm = self._epoch(e)
+            for k in range(j, self.per_epoch):
+                yield perm[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+            b = (e + 1) * self.per_epoch

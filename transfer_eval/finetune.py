@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -22,9 +23,12 @@ class Recipe:
     """A fine-tuning recipe. Defaults follow the ViT paper (Table 4, App. B.1.1): SGD momentum 0.9, batch 512,
     no weight decay, gradient clipping at norm 1, 500 warmup steps then cosine decay to zero."""
 
+    preset: str = "vit"  # the named preset these fields started from (PRESETS)
+    preset_version: int = 1
     optimizer: str = "sgd"  # sgd (heavy-ball momentum) | adamw
     lr: float = 0.01
     lr_grid: tuple = ()  # when given, each is trained and the best on val is kept
+    retrain: bool = False  # after choosing on val, train again on train+val with that choice (ViT protocol)
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 512
@@ -36,11 +40,55 @@ class Recipe:
     augment: bool = True  # random-resized crop + flip; False uses the eval transform for training
     hflip: float = 0.5
     crop_scale: tuple = (0.05, 1.0)  # big_vision's inception crop area range
+    randaugment: str | None = None  # a timm RandAugment spec, e.g. rand-m9-mstd0.5-inc1
+    random_erasing: float = 0.0
+    mixup: float = 0.0  # mixup alpha (timm's Mixup); 0 is off
+    cutmix: float = 0.0  # cutmix alpha; 0 is off
+    drop_path: float = 0.0  # stochastic depth rate of the model during training
+    lora_rank: int | None = None  # mode lora only
+    lora_alpha: float | None = None
     eval_batch_size: int = 256
     resolution: int | None = None  # None: the checkpoint's own input size
 
     def lrs(self) -> list[float]:
         return [float(x) for x in (self.lr_grid or (self.lr,))]
+
+
+# Named, versioned presets. A task's recipe adapts the `vit` preset to its dataset (steps, warmup, lr grid); with
+# another preset only the task's schedule fields carry over (SCHEDULE_FIELDS), the optimiser comes from the preset.
+PRESETS = {
+    "vit": {
+        "about": "ViT paper fine-tuning (Table 4, App. B.1.1; big_vision transfer.py): SGD momentum 0.9, batch 512, "
+                 "no weight decay, clip at global norm 1, 500 warmup steps then cosine, zero-init head, lr chosen "
+                 "on held-out train data from {0.001, 0.003, 0.01, 0.03}, then retrained on all of train",
+        "fields": {"preset": "vit", "preset_version": 1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0,
+                   "batch_size": 512, "grad_clip": 1.0, "warmup_steps": 500, "lr": 0.01,
+                   "lr_grid": [0.001, 0.003, 0.01, 0.03], "retrain": True, "augment": True, "hflip": 0.5,
+                   "crop_scale": [0.05, 1.0]},
+    },
+    "deit": {
+        "about": "DeiT / DeiT III fine-tuning as facebookresearch/deit main.py sets it: AdamW lr 5e-4 x batch/512, "
+                 "weight decay 0.05, label smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0, "
+                 "random erasing 0.25, stochastic depth 0.1, cosine after warmup; no lr search",
+        "fields": {"preset": "deit", "preset_version": 1, "optimizer": "adamw", "lr": 5e-4, "lr_grid": [],
+                   "weight_decay": 0.05, "batch_size": 512, "grad_clip": None, "label_smoothing": 0.1,
+                   "randaugment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "mixup": 0.8, "cutmix": 1.0,
+                   "drop_path": 0.1, "retrain": False, "augment": True, "hflip": 0.5, "crop_scale": [0.08, 1.0]},
+    },
+}
+SCHEDULE_FIELDS = {"steps", "warmup_steps", "batch_size", "micro_batch_size", "augment", "hflip", "crop_scale",
+                   "eval_batch_size", "resolution"}
+
+
+def preset_fields(name: str, task_fields: dict) -> dict:
+    """The preset's fields under the task's: all of them for `vit`, only schedule fields for another preset.
+    A task may also name its own base (`"preset": ...` in its recipe) for small demo datasets."""
+    if name not in PRESETS:
+        raise UserError(f"unknown recipe preset {name!r}; known: {', '.join(PRESETS)}")
+    base = dict(PRESETS[name]["fields"])
+    if name == "vit":
+        return {**base, **task_fields}
+    return {**base, **{k: v for k, v in task_fields.items() if k in SCHEDULE_FIELDS}}
 
 
 def make_recipe(fields: dict) -> Recipe:
@@ -49,7 +97,10 @@ def make_recipe(fields: dict) -> Recipe:
     if unknown:
         raise UserError(f"unknown recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    r = Recipe(**fields)
+    try:
+        r = Recipe(**fields)
+    except TypeError as e:
+        raise UserError(f"recipe: {e}") from None
     if r.optimizer not in ("sgd", "adamw"):
         raise UserError(f"recipe optimizer {r.optimizer!r}: use sgd or adamw")
     if r.steps <= 0 or r.batch_size <= 0:
@@ -91,31 +142,51 @@ def _batches(dl):
 
 
 def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: torch.device, seed: int,
-          desc: str = "train") -> dict:
-    """Train the parameters that require grad for `recipe.steps` optimizer steps. Returns timing figures."""
+          desc: str = "train", checkpoints=None, phase: str = "train") -> dict:
+    """Train the parameters that require grad for `recipe.steps` optimizer steps. Returns timing figures.
+
+    With `checkpoints` (resume.RunCheckpoints), the phase resumes from its last training checkpoint and writes
+    new ones as it goes; a resumed phase sees the same batches and random draws as an uninterrupted one."""
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     micro = recipe.micro_batch_size or recipe.batch_size
     accum = recipe.batch_size // micro
-    transform = data.train_transform(data_config, recipe.augment, recipe.hflip, recipe.crop_scale)
-    dl = data.loader(split, transform, micro, device, shuffle=True, generator=gen, drop_last=len(split) >= micro)
+    transform = data.train_transform(data_config, recipe.augment, recipe.hflip, recipe.crop_scale,
+                                     recipe.randaugment, recipe.random_erasing)
+    mix = None
+    if recipe.mixup > 0 or recipe.cutmix > 0:  # timm's batch mixing, with label smoothing folded into the targets
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mix = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.label_smoothing,
+                    num_classes=model.num_classes)
+        soft_loss = SoftTargetCrossEntropy()
     model.to(device).train()
     opt = _optimizer(model, recipe, lr, device)
     sched = _schedule(opt, min(recipe.warmup_steps, recipe.steps), recipe.steps)
     params = [p for p in model.parameters() if p.requires_grad]
-    batches = _batches(dl)
-    images = 0
+    start_step, images, before = 0, 0, 0.0
+    state = checkpoints.load(phase, model, opt, sched) if checkpoints is not None else None
+    if state is not None:
+        start_step, images, before = state["step"], state["extra"]["images"], state["extra"]["seconds"]
+        print(f"transfer-eval: resuming {desc} at step {start_step} of {recipe.steps}", file=sys.stderr)
+    sampler = data.EpochBatches(len(split), micro, seed, start_batch=start_step * accum)
+    batches = iter(data.batch_loader(split, transform, sampler, device))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    progress = bar(range(recipe.steps), desc, "step")
+    progress = bar(range(start_step, recipe.steps), desc, "step")
     for step in progress:
         total = 0.0
         for _ in range(accum):
             x, y = next(batches)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with data.autocast(device):
-                loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing) / accum
+            if mix is not None and x.shape[0] % 2 == 0:
+                x, y_soft = mix(x, y)
+                with data.autocast(device):
+                    loss = soft_loss(model(x), y_soft) / accum
+            else:
+                with data.autocast(device):
+                    loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing) / accum
             loss.backward()
             total += float(loss.detach())
             images += x.shape[0]
@@ -128,9 +199,12 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
         sched.step()
         if step % 10 == 0:
             progress.set_postfix(loss=f"{total:.3f}")
+        if checkpoints is not None and step + 1 < recipe.steps and checkpoints.due(step + 1):
+            checkpoints.save(phase, step + 1, model, opt, sched,
+                             {"images": images, "seconds": before + time.perf_counter() - start})
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = before + time.perf_counter() - start
     return {"seconds": seconds, "images": images}
 
 
@@ -151,29 +225,60 @@ def predict(model, split, data_config: dict, device: torch.device, batch_size: i
 
 
 def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, device: torch.device,
-             seed: int) -> dict:
-    """Train one model per learning rate in the recipe, keep the best on val. Test is not touched here."""
-    initial = copy.deepcopy(model.state_dict()) if len(recipe.lrs()) > 1 else None
-    tried, best = {}, None
-    seconds = images = 0.0
+             seed: int, checkpoints=None) -> dict:
+    """Train one model per learning rate in the recipe, keep the best on val; with `retrain`, train again from the
+    start on train+val with the chosen rate (the ViT protocol). Test is not touched here.
+
+    With `checkpoints`, learning rates already tried (recorded with their val accuracy) are not trained again,
+    and an interrupted one resumes from its last training checkpoint."""
+    initial = copy.deepcopy(model.state_dict())
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    done = checkpoints.progress() if checkpoints is not None else {}
+    tried = dict(done.get("tried", {}))
+    seconds, images = done.get("seconds", 0.0), done.get("images", 0)
+    best = None  # (lr, val accuracy)
+    best_tensors = None  # the best model's trainable tensors (without retraining, it is the final model)
     for lr in recipe.lrs():
-        if initial is not None:
+        key = f"{lr:g}"
+        if key not in tried:
             model.load_state_dict(initial)
-        stats = train(model, train_split, data_config, recipe, lr, device, seed, desc=f"train lr={lr:g}")
+            stats = train(model, train_split, data_config, recipe, lr, device, seed, desc=f"train lr={key}",
+                          checkpoints=checkpoints, phase=f"lr{key}")
+            seconds += stats["seconds"]
+            images += stats["images"]
+            val_logits, _ = predict(model, val_split, data_config, device, recipe.eval_batch_size, desc="val")
+            tried[key] = round(float((val_logits.argmax(1) == val_split.labels).mean()), 6)
+            if not recipe.retrain and (best is None or tried[key] > best[1]):
+                params = dict(model.named_parameters())
+                best_tensors = {n: params[n].detach().cpu().clone() for n in trainable}
+                if checkpoints is not None:
+                    checkpoints.save_tensors("best", best_tensors)
+            if checkpoints is not None:
+                checkpoints.record(tried=tried, seconds=seconds, images=images)
+        if best is None or tried[key] > best[1]:
+            best = (lr, tried[key])
+    lr, acc = best
+    model.load_state_dict(initial)
+    if recipe.retrain:
+        from transfer_eval.tasks import ImageSplit
+
+        stats = train(model, ImageSplit.concat(train_split, val_split), data_config, recipe, lr, device, seed,
+                      desc=f"retrain lr={lr:g} on train+val", checkpoints=checkpoints, phase="retrain")
         seconds += stats["seconds"]
         images += stats["images"]
-        val_logits, _ = predict(model, val_split, data_config, device, recipe.eval_batch_size, desc="val")
-        acc = float((val_logits.argmax(1) == val_split.labels).mean())
-        tried[f"{lr:g}"] = round(acc, 6)
-        if best is None or acc > best[1]:
-            best = (lr, acc, copy.deepcopy(model.state_dict()) if initial is not None else None)
-    lr, acc, state = best
-    if state is not None:
-        model.load_state_dict(state)
+    else:
+        if best_tensors is None and checkpoints is not None:
+            best_tensors = checkpoints.load_tensors("best")  # chosen before an interruption
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, v in (best_tensors or {}).items():
+                params[n].copy_(v)
     return {
         "val_top1": acc,
         "selection": {"searched": "lr" if len(tried) > 1 else "none (one lr)", "grid": tried,
-                      "chosen": {"lr": lr}},
+                      "chosen": {"lr": lr}, "final_model": "retrained on train+val" if recipe.retrain
+                      else "trained on train"},
         "train_seconds": seconds,
         "train_images": images,
     }
+

@@ -20,9 +20,14 @@ from transfer_eval.errors import unknown_name
 @dataclass(frozen=True)
 class Mode:
     name: str
-    kind: str  # "probe": a classifier on frozen pre-logits features; "finetune": gradient training
+    kind: str  # "probe": a classifier on frozen pre-logits features; "finetune": gradient training; "eval": none
     description: str
     stores: str  # what one more task costs in storage when the backbone is shared
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits a run in this mode reads."""
+        return {"eval": ("test",), "fewshot": ("train", "test")}.get(self.kind, ("train", "val", "test"))
 
 
 MODES = {
@@ -32,7 +37,18 @@ MODES = {
     "attention": Mode("attention", "finetune",
                       "fine-tune only the attention layers (qkv, proj), the position embedding and the head",
                       "MHSA + position embedding + head"),
+    "fewshot": Mode("fewshot", "fewshot",
+                    "frozen backbone; closed-form ridge regression on k examples per class (Scaling ViT, big_vision): "
+                    "k in 1, 5, 10, 25, three sampling seeds", "the regression weights"),
     "full": Mode("full", "finetune", "fine-tune every parameter", "every parameter"),
+    "ffn": Mode("ffn", "finetune", "fine-tune only the MLP (FFN) layers, the position embedding and the head "
+                "(the control of 'Three things')", "MLPs + position embedding + head"),
+    "bitfit": Mode("bitfit", "finetune", "fine-tune only the biases and the head (BitFit)", "biases + head"),
+    "lora": Mode("lora", "finetune", "low-rank adapters (peft's LoRA) on every attention qkv and proj, and the head; "
+                 "rank from the recipe (lora_rank)", "the adapters + head"),
+    "pretrained": Mode("pretrained", "eval",
+                       "no training: the checkpoint's own classifier as it is (an ImageNet-1k head on ImageNet-v2)",
+                       "nothing"),
 }
 
 
@@ -58,11 +74,16 @@ def head_names(model: nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if id(p) in ids}
 
 
-def attention_names(model: nn.Module) -> set[str]:
-    """Parameters of every attention module, excluding norms inside them (q/k norm, sub-LN)."""
+def _is_mlp(module: nn.Module) -> bool:
+    cls = type(module).__name__
+    return "Mlp" in cls or "GLU" in cls.upper()  # timm's Mlp, GluMlp, SwiGLU, SwiGLUPacked
+
+
+def _module_params(model: nn.Module, select) -> set[str]:
+    """Parameters of the modules `select` picks (outermost match), excluding norms inside them."""
     names: set[str] = set()
     for mod_name, module in model.named_modules():
-        if not _is_attention(module):
+        if not select(module):
             continue
         frozen = {id(p) for sub in module.modules() if _is_norm(sub) for p in sub.parameters()}
         for p_name, p in module.named_parameters():
@@ -71,20 +92,68 @@ def attention_names(model: nn.Module) -> set[str]:
     return names
 
 
+def mlp_names(model: nn.Module) -> set[str]:
+    return _module_params(model, _is_mlp)
+
+
+def attention_names(model: nn.Module) -> set[str]:
+    """Parameters of every attention module, excluding norms inside them (q/k norm, sub-LN)."""
+    return _module_params(model, _is_attention)
+
+
 def trainable_names(mode: Mode, model: nn.Module) -> set[str]:
     """Parameter names that train in `mode`; for a probe, the head that the classifier stands for."""
     all_names = {n for n, _ in model.named_parameters()}
     if mode.name == "full":
         return all_names
-    if mode.name == "linear":
+    if mode.name in ("linear", "fewshot"):
         return head_names(model)
+    if mode.name == "pretrained":
+        return set()
+    pos = {n for n in all_names if n.split(".")[-1] == "pos_embed"}
     if mode.name == "attention":
         attn = attention_names(model)
         if not attn:
             raise ValueError(f"{type(model).__name__} has no attention modules; attention-only does not apply")
-        pos = {n for n in all_names if n.split(".")[-1] == "pos_embed"}
         return attn | pos | head_names(model)
+    if mode.name == "ffn":
+        mlp = mlp_names(model)
+        if not mlp:
+            raise ValueError(f"{type(model).__name__} has no MLP modules; ffn does not apply")
+        return mlp | pos | head_names(model)
+    if mode.name == "bitfit":
+        return {n for n in all_names if n.endswith("bias")} | head_names(model)
+    if mode.name == "lora":
+        lora = {n for n in all_names if ".lora_" in n}
+        if not lora:
+            raise ValueError("call modes.prepare first: the model has no LoRA adapters")
+        return lora | head_names(model)
     raise ValueError(mode.name)
+
+
+def attention_linears(model: nn.Module) -> list[str]:
+    """Module names of the Linear layers inside attention modules (qkv, proj, or q/k/v projections)."""
+    out = []
+    for mod_name, module in model.named_modules():
+        if _is_attention(module):
+            out += [f"{mod_name}.{n}" for n, sub in module.named_modules() if isinstance(sub, nn.Linear)]
+    return out
+
+
+def prepare(mode: Mode, model: nn.Module, recipe: dict) -> nn.Module:
+    """Change the model's structure where the mode needs it: LoRA adapters are injected in place (peft), so the
+    model stays a timm model (forward_head, get_classifier) and only gains lora_A / lora_B parameters."""
+    if mode.name != "lora":
+        return model
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        from transfer_eval.errors import UserError
+
+        raise UserError("mode lora needs the peft library: pip install peft") from None
+    config = LoraConfig(r=int(recipe["lora_rank"]), lora_alpha=float(recipe["lora_alpha"]), lora_dropout=0.0,
+                        target_modules=attention_linears(model), bias="none")
+    return inject_adapter_in_model(config, model)
 
 
 def apply(mode: Mode, model: nn.Module) -> set[str]:

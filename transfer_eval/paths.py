@@ -3,13 +3,13 @@
 import os
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent
 
 
 def builtin(name: str) -> Path:
     """`checkpoints.yaml` or `tasks`: inside the package in a wheel install, at the repository top in a checkout."""
-    inside = _PACKAGE / "_builtin" / name
-    return inside if inside.exists() else _PACKAGE.parent / name
+    inside = PACKAGE / "_builtin" / name
+    return inside if inside.exists() else PACKAGE.parent / name
 
 
 def default_results() -> Path:

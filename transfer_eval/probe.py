@@ -43,16 +43,15 @@ def _fit(x, y, c, seed, start=None):
     return clf
 
 
-def linear_probe(train: tuple, val: tuple, test: tuple, num_classes: int, seed: int = 0,
-                 c_grid=COARSE_C) -> dict:
-    """Multinomial logistic regression on standardised features.
+def linear_probe(train: tuple, val: tuple, num_classes: int, seed: int = 0, c_grid=COARSE_C) -> dict:
+    """Multinomial logistic regression on standardised features; test is never seen here.
 
     C is searched on val over a coarse log grid then a finer grid around the best (ties go to the stronger
-    regularisation); the chosen C is refitted on train+val and the test split is scored once. Returns
-    accuracies, test predictions and logits, the selection record, and the classifier folded back into a
-    linear head (weight K x D, bias K) on the raw features.
+    regularisation), and the chosen C is refitted on train+val. Returns the val accuracy, the selection
+    record, and the classifier folded back into a linear head (weight K x D, bias K) on the raw features, to
+    be set as the model's head and scored on test once.
     """
-    (xtr, ytr), (xva, yva), (xte, yte) = train, val, test
+    (xtr, ytr), (xva, yva) = train, val
     mu = xtr.mean(0)
     sd = xtr.std(0) + 1e-6
     z = lambda x: (x - mu) / sd  # noqa: E731
@@ -88,9 +87,7 @@ def linear_probe(train: tuple, val: tuple, test: tuple, num_classes: int, seed: 
         w_std[clf.classes_], b_std[clf.classes_] = clf.coef_, clf.intercept_
     weight = w_std / sd  # fold the standardisation into the head: logits = weight @ x + bias
     bias = b_std - weight @ mu
-    logits = xte.astype(np.float64) @ weight.T + bias
     return {
-        "test_logits": logits,
         "val_top1": scores[best],
         "selection": {"searched": "C (inverse L2 strength) of LogisticRegression on standardised features",
                       "grid": {f"{c:.4g}": round(a, 6) for c, a in sorted(scores.items())},
@@ -103,3 +100,64 @@ def linear_probe(train: tuple, val: tuple, test: tuple, num_classes: int, seed: 
 def _best(scores: dict[float, float]) -> float:
     top = max(scores.values())
     return min(c for c, a in scores.items() if a == top)
+
+
+def cached_features(model, split, data_config: dict, device, batch_size: int, key_parts: dict,
+                    desc: str = "features") -> tuple[np.ndarray, np.ndarray, bool]:
+    """Features from the cache when present (True), else extracted and cached (False)."""
+    from transfer_eval import cache
+
+    key = cache.feature_key(manifest=split.manifest(), data_config=data_config, files=split.files_signature(),
+                            **key_parts)
+    hit = cache.load(key)
+    if hit is not None:
+        return hit[0], hit[1], True
+    feats, labels = extract_features(model, split, data_config, device, batch_size, desc)
+    about = {"checkpoint": key_parts["checkpoint"].name, "task": key_parts["task"].name,
+             "split": key_parts["split_name"], "images": len(labels)}
+    cache.save(key, feats, labels, about)
+    return feats, labels, False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Few-shot linear regression (Scaling ViT; big_vision's evaluators/fewshot_lsr.py)
+
+FEWSHOT_SHOTS = (1, 5, 10, 25)
+FEWSHOT_L2 = 2.0**10
+BIAS_CONSTANT = 100.0
+
+
+def fewshot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """big_vision's sampling: default_rng(seed) permutes each class's indices (classes in order); first k each."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        chosen.append(rng.permutation(idx)[:shots])
+    return np.concatenate(chosen)
+
+
+def fewshot_solve(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = FEWSHOT_L2) -> tuple:
+    """Closed-form ridge regression onto 2*onehot-1 targets, as big_vision solves it.
+
+    Features are standardised with the few-shot set's mean and std (+1e-5), a constant feature of 100 is
+    appended (so the bias is almost unregularised), and the solution uses the eigendecomposition of x'x (N >= D)
+    or xx' (N < D). Returns (mean, std, w): predict with argmax(((x - mean) / std | 100) @ w).
+    """
+    x = x.astype(np.float64)
+    mean, std = x.mean(0, keepdims=True), x.std(0, keepdims=True) + 1e-5
+    xz = np.concatenate([(x - mean) / std, np.full((len(x), 1), BIAS_CONSTANT)], axis=1)
+    t = 2.0 * np.eye(num_classes)[y] - 1.0
+    n, d = xz.shape
+    if n >= d:
+        eigs, q = np.linalg.eigh(xz.T @ xz)
+        w = q @ np.diag(1.0 / (eigs + l2)) @ q.T @ xz.T @ t  # (x'x + l2 I)^-1 x' t
+    else:
+        eigs, q = np.linalg.eigh(xz @ xz.T)
+        w = xz.T @ q @ np.diag(1.0 / (eigs + l2)) @ q.T @ t  # x' (xx' + l2 I)^-1 t
+    return mean, std, w
+
+
+def fewshot_predict(x: np.ndarray, mean, std, w) -> np.ndarray:
+    xz = np.concatenate([(x.astype(np.float64) - mean) / std, np.full((len(x), 1), BIAS_CONSTANT)], axis=1)
+    return xz @ w  # N x K scores

@@ -37,9 +37,13 @@ class Result:
     # accuracy
     top1: float | None = None
     top5: float | None = None
+    balanced_top1: float | None = None  # mean per-class recall over the classes present in test
     val_top1: float | None = None
+    shots: int | None = None  # few-shot runs: examples per class
     n_test: int | None = None
     split_manifest: str | None = None  # digest of the test split's sample ids and labels
+    skipped_images: int = 0  # unreadable images left out (--bad-images skip), over all splits read
+    skipped_files: list = field(default_factory=list)  # their ids (the first 100)
     # protocol and selection
     resolution: int | None = None
     recipe: dict = field(default_factory=dict)
@@ -81,10 +85,7 @@ class Result:
         return asdict(self)
 
 
-_JSON_FIELDS = {"recipe", "selection", "val_holdout"}
-_TYPES = {int: "INTEGER", float: "REAL", str: "TEXT"}
-
-
+_JSON_FIELDS = {"recipe", "selection", "val_holdout", "skipped_files"}
 def _sql_type(f) -> str:
     t = str(f.type)
     if "int" in t:
@@ -131,8 +132,17 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(_SCHEMA)
+            self._add_new_columns()
         except sqlite3.DatabaseError as e:
             raise UserError(f"results store {self.path} is not a transfer-eval SQLite database ({e})") from None
+
+    def _add_new_columns(self):
+        """A store written by an older version gains the record's newer fields (empty for its old rows)."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+        with self.db:
+            for f in fields(Result):
+                if f.name not in have:
+                    self.db.execute(f"ALTER TABLE results ADD COLUMN {f.name} {_sql_type(f)}")
 
     def close(self):
         self.db.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -32,32 +33,145 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class LoadContext:
-    """What a task's loader may use: the data root, and whether to verify checksums."""
+    """What a task's loader may use: the data root, whether to verify checksums, whether it may download, and
+    what to do with an unreadable image ("stop": the run fails naming the file; "skip": every image of the
+    split is decoded up front and the unreadable ones are left out, their count recorded with the result)."""
 
     data_dir: Path
     verify: bool = True
+    download: bool = False
+    bad_images: str = "stop"
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded. The message names the file."""
+
+
+class SealedSplitRead(RuntimeError):
+    """A sealed split (test, during model selection) was read: a bug, never allowed to pass silently."""
+
+
+def to_rgb(img):
+    """Any PIL mode (L, P, CMYK, RGBA, I;16, ...) as RGB; transparency composited on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        from PIL import Image
+
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        span = float(arr.max() - arr.min()) or 1.0
+        from PIL import Image
+
+        return Image.fromarray(((arr - arr.min()) * (255.0 / span)).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path) -> "object":
+    """Decode an image file fully, whatever its extension says (PNG bytes behind a .jpg name load as PNG)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"unreadable image {path}: {e}; fix or remove the file, or rerun with "
+                              f"--bad-images skip to leave unreadable images out") from None
 
 
 class ImageSplit:
-    """One split of a task: `image(i)` gives a PIL RGB image, `labels[i]` its class, `ids[i]` a stable name."""
+    """One split of a task: `image(i)` gives a PIL RGB image, `labels[i]` its class, `ids[i]` a stable name.
 
-    def __init__(self, image: Callable[[int], "object"], labels: Sequence[int], ids: Sequence[str] | None = None):
+    Splits over image files (`ImageSplit.from_files`) also keep `paths`, so unreadable files can be found.
+    """
+
+    def __init__(self, image: Callable[[int], "object"], labels: Sequence[int], ids: Sequence[str] | None = None,
+                 paths: Sequence[str] | None = None):
         self._image = image
         self.labels = np.asarray(labels, dtype=np.int64)
         self.ids = list(ids) if ids is not None else [str(i) for i in range(len(self.labels))]
-        if len(self.ids) != len(self.labels):
-            raise ValueError("ids and labels differ in length")
+        self.paths = list(paths) if paths is not None else None
+        self.skipped: list[str] = []  # unreadable files left out under --bad-images skip
+        self.sealed: str | None = None  # while set, reading an image raises SealedSplitRead with this reason
+        if len(self.ids) != len(self.labels) or (self.paths is not None and len(self.paths) != len(self.labels)):
+            raise ValueError("ids, paths and labels differ in length")
+
+    @classmethod
+    def from_files(cls, paths: Sequence, labels: Sequence[int], ids: Sequence[str] | None = None) -> "ImageSplit":
+        paths = [str(p) for p in paths]
+        return cls(lambda i: load_image(paths[i]), labels, ids if ids is not None else paths, paths)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def image(self, i: int):
-        img = self._image(int(i))
-        return img if img.mode == "RGB" else img.convert("RGB")
+        if self.sealed:
+            raise SealedSplitRead(f"split read while sealed: {self.sealed}")
+        return to_rgb(self._image(int(i)))
+
+    def seal(self, reason: str) -> None:
+        self.sealed = reason
+
+    def unseal(self) -> None:
+        self.sealed = None
 
     def subset(self, indices: Sequence[int]) -> "ImageSplit":
         idx = np.asarray(indices, dtype=np.int64)
-        return ImageSplit(lambda j: self._image(int(idx[j])), self.labels[idx], [self.ids[i] for i in idx])
+        out = ImageSplit(lambda j: self._image(int(idx[j])), self.labels[idx], [self.ids[i] for i in idx],
+                         [self.paths[i] for i in idx] if self.paths is not None else None)
+        out.skipped = list(self.skipped)
+        return out
+
+    @staticmethod
+    def concat(a: "ImageSplit", b: "ImageSplit") -> "ImageSplit":
+        n = len(a)
+        paths = a.paths + b.paths if a.paths is not None and b.paths is not None else None
+        out = ImageSplit(lambda i: a._image(i) if i < n else b._image(i - n), np.concatenate([a.labels, b.labels]),
+                         a.ids + b.ids, paths)
+        out.skipped = a.skipped + b.skipped
+        return out
+
+    def unreadable(self, workers: int = 8) -> list[int]:
+        """Indices of the images that do not decode (every image is decoded once)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def bad(i):
+            try:
+                self._image(i)
+                return False
+            except UnreadableImage:
+                return True
+
+        with ThreadPoolExecutor(workers) as pool:
+            flags = list(pool.map(bad, range(len(self))))
+        return [i for i, f in enumerate(flags) if f]
+
+    def without_unreadable(self) -> "ImageSplit":
+        bad = set(self.unreadable())
+        if not bad:
+            return self
+        out = self.subset([i for i in range(len(self)) if i not in bad])
+        out.skipped = self.skipped + [self.ids[i] for i in sorted(bad)]
+        return out
+
+    def files_signature(self) -> str | None:
+        """A digest of the image files' sizes and modification times (None where the split has no files): a
+        replaced or damaged file changes it, so cached features of the old one are not reused."""
+        if self.paths is None:
+            return None
+        h = hashlib.sha256()
+        for p in self.paths:
+            try:
+                st = os.stat(p)
+                h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{p}\tmissing\n".encode())
+        return h.hexdigest()
 
     def manifest(self) -> str:
         """A digest of the sample ids and labels: two results compare only when measured on the same examples."""
@@ -85,6 +199,7 @@ class Task:
     description: str = ""
     data_help: str = ""  # where the data goes and how to get it
     val_holdout: dict | None = None  # e.g. {"fraction": 0.1, "seed": 0} where val is held out from train
+    download: Callable[[LoadContext], None] | None = None  # fetches the data where its source allows it
     source: str = ""  # filled in by discovery
 
     def dataset(self, split: str, ctx: LoadContext) -> ImageSplit:
@@ -93,7 +208,15 @@ class Task:
         data = self.load(split, ctx)
         if len(data) == 0:
             raise UserError(f"task {self.name!r}: the {split} split is empty under {ctx.data_dir}; {self.data_help}")
+        if ctx.bad_images == "skip" and data.paths is not None:
+            data = data.without_unreadable()
         return data
+
+    def fetch(self, ctx: LoadContext) -> None:
+        """Download the data, only where the task's source allows it."""
+        if self.download is None:
+            raise UserError(f"task {self.name!r} cannot be downloaded automatically; {self.data_help}")
+        self.download(ctx)
 
 
 def holdout(labels: Sequence[int], fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +228,10 @@ def holdout(labels: Sequence[int], fraction: float, seed: int = 0) -> tuple[np.n
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     held = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
+    order = np.argsort(labels, kind="stable")  # each class's indices, ascending, without a scan per class
+    _, starts = np.unique(labels[order], return_index=True)
+    for start, end in zip(starts, list(starts[1:]) + [len(labels)]):
+        idx = order[start:end]
         n = int(round(fraction * len(idx)))
         if n == 0 and len(idx) >= 2 and fraction > 0:
             n = 1

@@ -1,0 +1,259 @@
+"""imagenetv2_matched_frequency, imagenetv2_threshold07, imagenetv2_top_images: ImageNet-V2 (Recht et al. 2019).
+
+Test-only datasets in the ImageNet-1k label space (1000 classes, 10 images each), as the tarballs of the Hugging
+Face dataset vaishaal/ImageNetV2 extract:
+
+    DATA/imagenetv2-matched-frequency-format-val/<class index 0..999>/<40-hex sha1>.jpeg
+    DATA/imagenetv2-threshold0.7-format-val/...
+    DATA/imagenetv2-top-images-format-val/...
+
+(DATA/imagenetv2/<the same folder>/ is accepted too; older copies name the files 0.jpeg..9.jpeg, and any image
+extension is read.) The label of an image is `int(<its folder name>)`, the ImageNet-1k class index: NOT the
+folder's rank, neither in string order (what torchvision's ImageFolder and the official README do: '10' -> 2,
+'100' -> 3, '2' -> 112, ...) nor in numeric order among the folders present (wrong as soon as one is missing).
+
+Two ways to run:
+
+- `-m pretrained`: a checkpoint with an ImageNet-1k head is evaluated as it is, without training; only the
+  `test` split (ImageNet-V2) is read.
+- `-m linear|attention|full`: trained on ImageNet-1k train in torchvision's ImageNet layout,
+  DATA/imagenet/train/<wnid>/*.JPEG with exactly the 1000 wnid folders (class index = the wnid's rank in
+  sorted order, the standard ImageNet-1k indices). `val` is 1% of it held out per class (the ViT paper's
+  "minival", `holdout(labels, 0.01, seed=0)`); `test` is ImageNet-V2.
+
+The ViT paper's "fine-tune attention only at 384 px" result ("Three things everyone should know about Vision
+Transformers") is reproduced with:
+
+    transfer-eval run -c deit3_s16_in1k -t imagenetv2_matched_frequency -m attention --resolution 384 --data-dir D
+
+No automatic download: there is no published checksum of the tarballs to verify a download against.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from transfer_eval.errors import UserError
+from transfer_eval.tasks import ImageSplit, LoadContext, Task, holdout
+
+NUM_CLASSES = 1000
+VAL_FRACTION, VAL_SEED = 0.01, 0
+HF_DATASET = "vaishaal/ImageNetV2"
+HF_URL = "https://huggingface.co/datasets/vaishaal/ImageNetV2"
+
+# task name -> the variant's name in the tarball and folder names
+VARIANTS = {
+    "imagenetv2_matched_frequency": "matched-frequency",
+    "imagenetv2_threshold07": "threshold0.7",
+    "imagenetv2_top_images": "top-images",
+}
+_WNID = re.compile(r"n\d{8}")
+
+
+def folder_name(variant: str) -> str:
+    return f"imagenetv2-{variant}-format-val"
+
+
+def tarball(variant: str) -> str:
+    return f"imagenetv2-{variant}.tar.gz"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Listing image folders
+
+
+@lru_cache(maxsize=1)
+def _image_extensions() -> frozenset:
+    """Every extension PIL can open (.jpeg, .jpg, .png, .webp, ...), lower case."""
+    from PIL import Image
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")  # .DS_Store, macOS ._* resource forks, .ipynb_checkpoints
+
+
+def _subdirs(root: Path) -> list[tuple[str, int]]:
+    """(name, mtime_ns) of the visible subfolders of root, sorted by name."""
+    out = []
+    with os.scandir(root) as it:
+        for e in it:
+            if not _is_hidden(e.name) and e.is_dir():
+                out.append((e.name, e.stat().st_mtime_ns))
+    return sorted(out)
+
+
+def _images_in(folder: str) -> list[str]:
+    """Image file names directly in a folder, sorted (hidden files and non-images left out)."""
+    exts = _image_extensions()
+    with os.scandir(folder) as it:
+        names = [e.name for e in it
+                 if not _is_hidden(e.name) and os.path.splitext(e.name)[1].lower() in exts and e.is_file()]
+    return sorted(names)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ImageNet-V2 (test)
+
+
+def _v2_root(task: str, data_dir: Path) -> Path:
+    name = folder_name(VARIANTS[task])
+    for root in (data_dir / name, data_dir / "imagenetv2" / name):
+        if root.is_dir():
+            return root
+    raise UserError(f"task {task}: no {name}/ under {data_dir} (nor under {data_dir / 'imagenetv2'}); expected "
+                    f"{name}/<class index 0..999>/*.jpeg as extracted from {tarball(VARIANTS[task])} of the "
+                    f"Hugging Face dataset {HF_DATASET} ({HF_URL}); extract it into the data folder and pass "
+                    f"--data-dir or set TRANSFER_EVAL_DATA")
+
+
+def _class_index(task: str, root: Path, name: str) -> int:
+    if not (name.isascii() and name.isdigit() and 0 <= int(name) < NUM_CLASSES):
+        raise UserError(f"task {task}: folder {root / name} is not an ImageNet-1k class index (an integer "
+                        f"0..999); {root} must hold only the folders 0..999 of {tarball(VARIANTS[task])}")
+    return int(name)
+
+
+def _v2_listing(task: str, root: Path) -> tuple[list[str], list[int], list[str]]:
+    """Paths, labels (int(folder name), never a rank) and ids ("<folder>/<file>"), by class index then file name."""
+    subdirs = _subdirs(root)
+    by_index: dict[int, str] = {}
+    for name, _ in subdirs:
+        idx = _class_index(task, root, name)
+        if idx in by_index:
+            raise UserError(f"task {task}: folders {root / by_index[idx]} and {root / name} are both class {idx}")
+        by_index[idx] = name
+    return _walk(str(root), root.stat().st_mtime_ns, tuple(subdirs), tuple(sorted(by_index.items())))
+
+
+@lru_cache(maxsize=4)
+def _walk(root: str, mtime_ns: int, subdirs: tuple, classes: tuple) -> tuple[list[str], list[int], list[str]]:
+    """The image files of each (label, folder) in `classes`, in that order, file names sorted. Cached on the
+    folder's path and the modification times of it and of its class folders (`subdirs`): a changed folder is
+    read again, an unchanged one (1.28M files for ImageNet-1k train) is walked once per process."""
+    paths, labels, ids = [], [], []
+    for label, name in classes:
+        files = _images_in(os.path.join(root, name))  # an empty folder keeps its label and adds no sample
+        paths += [os.path.join(root, name, f) for f in files]
+        labels += [label] * len(files)
+        ids += [f"{name}/{f}" for f in files]
+    return paths, labels, ids
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ImageNet-1k train (train and val, for the modes that train)
+
+
+def _in1k_train_root(task: str, data_dir: Path) -> Path:
+    root = data_dir / "imagenet" / "train"
+    if not root.is_dir():
+        raise UserError(f"task {task}: needs ImageNet-1k train at {root} (torchvision ImageNet layout: "
+                        f"train/<wnid>/*.JPEG, the 1000 wnid folders) for linear/attention/full, or use "
+                        f"`-m pretrained` to evaluate an ImageNet-1k classifier as it is")
+    return root
+
+
+def _in1k_listing(task: str, root: Path) -> tuple[list[str], np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Paths, labels (the wnid's rank among the 1000 sorted wnids: the standard ImageNet-1k class indices), ids
+    ("<wnid>/<file>"), and the indices of the train and val (1% per class) parts."""
+    subdirs = _subdirs(root)
+    names = [n for n, _ in subdirs]
+    stray = [n for n in names if not _WNID.fullmatch(n)]
+    if stray:
+        raise UserError(f"task {task}: {root / stray[0]} is not a WordNet-id folder (n########); {root} must "
+                        f"hold exactly the 1000 ImageNet-1k class folders of torchvision's ImageNet layout")
+    if len(names) != NUM_CLASSES:
+        raise UserError(f"task {task}: {root} has {len(names)} wnid folders, ImageNet-1k train has exactly "
+                        f"{NUM_CLASSES}; the class index is a wnid's rank among all 1000 in sorted order, so a "
+                        f"subset would shift the indices away from the ImageNet-1k (and ImageNet-V2) labels")
+    return _split_in1k(str(root), root.stat().st_mtime_ns, tuple(subdirs))
+
+
+@lru_cache(maxsize=2)
+def _split_in1k(root: str, mtime_ns: int, subdirs: tuple):
+    classes = tuple((idx, name) for idx, (name, _) in enumerate(subdirs))  # subdirs are sorted by name
+    paths, labels, ids = _walk(root, mtime_ns, subdirs, classes)
+    labels = np.asarray(labels, dtype=np.int64)
+    train_idx, val_idx = holdout(labels, VAL_FRACTION, VAL_SEED)
+    return paths, labels, ids, train_idx, val_idx
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The tasks
+
+
+def _loader(task: str):
+    def load(split: str, ctx: LoadContext) -> ImageSplit:
+        data_dir = Path(ctx.data_dir)
+        if split == "test":
+            paths, labels, ids = _v2_listing(task, _v2_root(task, data_dir))
+            return ImageSplit.from_files(paths, labels, ids)
+        paths, labels, ids, train_idx, val_idx = _in1k_listing(task, _in1k_train_root(task, data_dir))
+        idx = train_idx if split == "train" else val_idx
+        return ImageSplit.from_files([paths[i] for i in idx], labels[idx], [ids[i] for i in idx])
+
+    return load
+
+
+def _imagenet1k_classes() -> tuple[str, ...] | None:
+    """The 1000 class names (timm's ImageNetInfo descriptions: "tench, Tinca tinca", ...), read from the data files
+    that timm ships without importing timm (and torch); None where they are not installed."""
+    try:
+        spec = importlib.util.find_spec("timm")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        info = Path(list(spec.submodule_search_locations)[0]) / "data" / "_info"
+        synsets = (info / "imagenet_synsets.txt").read_text(encoding="utf-8").split()
+        lemmas = dict(line.split("\t", 1) for line in
+                      (info / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines() if "\t" in line)
+        names = tuple(lemmas[s] for s in synsets)
+    except (OSError, ValueError, KeyError):
+        return None
+    return names if len(names) == NUM_CLASSES else None
+
+
+def _help(variant: str) -> str:
+    return (f"extract {tarball(variant)} from the Hugging Face dataset {HF_DATASET} ({HF_URL}) into DATA (so "
+            f"that DATA/{folder_name(variant)}/0..999/ exist; DATA/imagenetv2/{folder_name(variant)}/ works too) "
+            f"and pass --data-dir DATA; not downloaded automatically (no published sha256 to verify the tarball "
+            f"against). ImageNet-V2 is test-only: -m pretrained needs nothing else; linear, attention and full "
+            f"also need ImageNet-1k train at DATA/imagenet/train (torchvision layout: <wnid>/*.JPEG, all 1000 "
+            f"wnid folders; from image-net.org)")
+
+
+# The ViT paper's ImageNet fine-tuning (Table 4 / App. B.1.1): SGD momentum 0.9, batch 512, no weight decay,
+# gradient clipping at norm 1, 500 warmup steps then cosine, 20k steps, lr chosen on the 1% minival.
+_FINETUNE = {"optimizer": "sgd", "momentum": 0.9, "lr_grid": [0.003, 0.01, 0.03, 0.06], "weight_decay": 0.0,
+             "batch_size": 512, "steps": 20000, "warmup_steps": 500, "grad_clip": 1.0, "augment": True}
+
+_CLASSES = _imagenet1k_classes()
+
+
+def _task(name: str) -> Task:
+    variant = VARIANTS[name]
+    return Task(
+        name=name,
+        num_classes=NUM_CLASSES,
+        load=_loader(name),
+        version=1,
+        classes=_CLASSES,
+        splits=("train", "val", "test"),
+        description=f"ImageNet-V2 {variant} (Recht et al. 2019): test-only, 10,000 images, ImageNet-1k labels; "
+                    f"train/val = ImageNet-1k train / its 1% minival",
+        data_help=_help(variant),
+        recipes={"linear": {}, "pretrained": {}, "attention": dict(_FINETUNE), "full": dict(_FINETUNE)},
+        val_holdout={"fraction": VAL_FRACTION, "seed": VAL_SEED},
+        download=None,  # no published checksum of the tarballs on Hugging Face to verify a download against
+    )
+
+
+imagenetv2_matched_frequency = _task("imagenetv2_matched_frequency")
+imagenetv2_threshold07 = _task("imagenetv2_threshold07")
+imagenetv2_top_images = _task("imagenetv2_top_images")

@@ -1,0 +1,130 @@
+"""Compute and parameter-sharing cost: counts pinned against independent arithmetic and the papers' tables."""
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from conftest import cli, json_lines
+from transfer_eval import checkpoints, costs, finetune, modes
+from transfer_eval.results import Store
+
+CPU = torch.device("cpu")
+
+
+def _matmul_flops(dim, depth, tokens, patch, img, classes, mlp_ratio=4):
+    """Forward FLOPs (2 per multiply-add) of a timm ViT's matmuls: what torch.utils.flop_counter counts."""
+    patches = (img // patch) ** 2
+    patch_embed = 2 * patches * (3 * patch * patch) * dim
+    qkv, proj = 2 * tokens * dim * 3 * dim, 2 * tokens * dim * dim
+    scores_and_mix = 2 * (2 * tokens * tokens * dim)
+    mlp = 2 * (2 * tokens * dim * mlp_ratio * dim)
+    head = 2 * dim * classes
+    return dict(patch=patch_embed, attn=depth * (qkv + proj + scores_and_mix), mlp=depth * mlp, head=head)
+
+
+@pytest.mark.parametrize("arch, total, attention", [
+    ("vit_small_patch16_224", 22_050_664, 7_556_968),
+    ("vit_base_patch16_224", 86_567_656, 29_268_712),
+    ("vit_large_patch16_224", 304_326_632, 101_988_328),
+])
+def test_parameter_counts(arch, total, attention):
+    model = timm.create_model(arch, pretrained=False, num_classes=1000)
+    assert costs.count(model) == total
+    assert costs.count(model, modes.apply(modes.MODES["attention"], model)) == attention
+
+
+def test_vit_b16_forward_is_35_1_gflops():
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=1000)
+    flops = costs.forward_flops(model, {"input_size": (3, 224, 224)}, CPU)
+    assert flops == sum(_matmul_flops(768, 12, 197, 16, 224, 1000).values())
+    assert round(flops / 1e9, 1) == 35.1  # Scaling-ViT, Table 2: B/16 at 224 px
+    assert round(flops / 2e9, 1) == 17.6  # DeiT / timm: GMACs
+
+
+def test_training_step_counts_show_the_frozen_layers():
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10, img_size=64)
+    cfg = {"input_size": (3, 64, 64)}
+    part = _matmul_flops(384, 12, 17, 16, 64, 10)
+    fwd = costs.forward_flops(model, cfg, CPU)
+    assert fwd == sum(part.values())
+    got = {}
+    for name in ("linear", "attention", "full"):
+        modes.apply(modes.MODES[name], model)
+        got[name] = costs.train_step_flops(model, cfg, CPU)
+    # backward: a weight gradient and an input gradient each cost one forward's FLOPs per matmul.
+    # full: everything 3x, except the patch embedding, whose input (the image) needs no gradient.
+    assert got["full"] == 2 * part["patch"] + 3 * (part["attn"] + part["mlp"] + part["head"])
+    # attention-only: frozen MLPs pass input gradients down (2x) but compute no weight gradient; the frozen
+    # patch embedding is below every trainable parameter, so it costs its forward only.
+    assert got["attention"] == part["patch"] + 3 * (part["attn"] + part["head"]) + 2 * part["mlp"]
+    # a probe's head: weight gradient only; nothing flows into the frozen backbone
+    assert got["linear"] == fwd + part["head"]
+    assert got["linear"] < got["attention"] < got["full"]
+
+
+def test_cost_command_without_data(tmp_path):
+    proc = cli("cost", "-c", "vit_small_patch16_18x2_224", "-m", "attention,full", "--num-classes", "100", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["mode"]: r for r in json_lines(proc.stdout)}
+    dim, depth, branches = 384, 18, 2
+    mhsa = (dim * 3 * dim + 3 * dim) + (dim * dim + dim)
+    expected = depth * branches * mhsa + 197 * dim + dim * 100 + 100
+    assert rows["attention"]["params_per_task"] == expected  # both attention branches of every parallel block
+    assert rows["full"]["params_per_task"] == rows["full"]["params_total"]
+    assert rows["attention"]["bytes_per_task"] == pytest.approx(4 * expected, rel=0.01)  # fp32 + a small header
+    assert 0.6 < rows["attention"]["storage_saved_per_extra_task"] < 0.7  # "saves two thirds"
+    assert rows["attention"]["fwd_gmacs_per_image"] * 2 == pytest.approx(rows["attention"]["fwd_gflops_per_image"])
+    table = cli("cost", "-c", "vit_demo", "-m", "linear,attention,full")
+    assert table.returncode == 0 and "GMACs" in table.stdout and "attention" in table.stdout
+
+
+def test_cost_unknown_checkpoint_is_exit_2():
+    proc = cli("cost", "-c", "vit_bsae_patch16_224", "-m", "full")
+    assert proc.returncode == 2 and "unknown checkpoint" in proc.stderr
+
+
+@pytest.mark.parametrize("mode, extra", [("attention", ["--set", "steps=30", "--set", "warmup_steps=3"]),
+                                         ("linear", ["--set", "c_grid=[0.1,10]"])])
+def test_saved_delta_reproduces_the_test_predictions_exactly(tmp_path, mode, extra):
+    db, deltas = tmp_path / "r.sqlite", tmp_path / "deltas"
+    proc = cli("run", "-c", "vit_demo", "-t", "digits", "-m", mode, "--results", db, "--save-delta", deltas,
+               "--json", *extra)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json_lines(proc.stdout)
+    (path,) = deltas.glob("*.safetensors")
+    assert path.stat().st_size == row["bytes_per_task"]
+
+    from transfer_eval import tasks
+    from transfer_eval.tasks import LoadContext
+
+    ck = checkpoints.load_registry()["vit_demo"]
+    model, cfg = checkpoints.build_model(ck, 10)  # the shared checkpoint, fresh head
+    meta = checkpoints.apply_delta(model, path)
+    assert meta["task"] == "digits" and meta["mode"] == mode
+    test = tasks.discover()["digits"].dataset("test", LoadContext(tmp_path))
+    logits, _ = finetune.predict(model, test, cfg, CPU, batch_size=256)
+    labels, top5 = Store(db).predictions(row["run_id"])
+    assert np.array_equal(labels, test.labels)
+    assert np.array_equal(np.argsort(-logits, axis=1, kind="stable")[:, :5], top5)
+
+
+def test_delta_that_does_not_fit_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from transfer_eval.errors import UserError
+
+    model, _ = checkpoints.build_model(checkpoints.load_registry()["vit_demo"], 10)
+    save_file({"head.weight": torch.zeros(7, 128)}, str(tmp_path / "d.safetensors"))
+    with pytest.raises(UserError, match="head.weight"):
+        checkpoints.apply_delta(model, tmp_path / "d.safetensors")
+
+
+def test_peak_memory_is_measured_per_block():
+    with costs.PeakMemory(CPU) as small:
+        pass
+    with costs.PeakMemory(CPU) as big:
+        block = np.ones((64, 2**20), np.float32)  # 256 MiB touched
+        block += 1
+    del block
+    assert big.mb - small.mb > 200

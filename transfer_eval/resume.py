@@ -1,0 +1,118 @@
+"""Training checkpoints, so that a killed fine-tuning run resumes where it stopped.
+
+A run's checkpoints live in one folder named after its run key (under $TRANSFER_EVAL_CACHE/resume). Each
+training phase (one per learning rate tried, and the retraining) writes `<phase>.pt` every `every_steps` steps
+or `every_seconds` seconds, atomically (write, then rename): the trainable parameters, the optimiser and
+scheduler states, the RNG states and the step. `progress.json` records the phases already finished and their
+val accuracy. A stored result removes the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class RunCheckpoints:
+    def __init__(self, folder: Path, every_steps: int = 0, every_seconds: float = 600.0):
+        self.folder = Path(folder)
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self._last = time.monotonic()
+
+    @property
+    def exists(self) -> bool:
+        return self.folder.is_dir() and any(self.folder.iterdir())
+
+    # -- phases finished (one lr of the grid, or the retraining) --------------------------------------------
+
+    def progress(self) -> dict:
+        f = self.folder / "progress.json"
+        return json.loads(f.read_text()) if f.is_file() else {}
+
+    def record(self, **items) -> None:
+        self._atomic_json(self.folder / "progress.json", {**self.progress(), **items})
+
+    # -- within a phase -------------------------------------------------------------------------------------
+
+    def due(self, step: int) -> bool:
+        if self.every_steps and step % self.every_steps == 0:
+            return True
+        return time.monotonic() - self._last >= self.every_seconds
+
+    def save(self, phase: str, step: int, model, optimizer, scheduler, extra: dict) -> None:
+        state = {
+            "step": step,
+            "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": _jsonable(random.getstate()),
+                    "numpy": _jsonable(np.random.get_state())},
+            "extra": extra,
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{phase}.pt.part"
+        torch.save(state, tmp)
+        os.replace(tmp, self.folder / f"{phase}.pt")
+        self._last = time.monotonic()
+
+    def load(self, phase: str, model, optimizer, scheduler) -> dict | None:
+        """Restore a phase's checkpoint into model, optimiser, scheduler and RNGs; its step and extras."""
+        f = self.folder / f"{phase}.pt"
+        if not f.is_file():
+            return None
+        state = torch.load(f, map_location="cpu", weights_only=True)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, v in state["trainable"].items():
+                params[n].copy_(v)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(_tuples(state["rng"]["python"]))
+        np_state = state["rng"]["numpy"]
+        np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        return state
+
+    def save_tensors(self, name: str, tensors: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{name}.pt.part"
+        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, self.folder / f"{name}.pt")
+
+    def load_tensors(self, name: str) -> dict | None:
+        f = self.folder / f"{name}.pt"
+        return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    @staticmethod
+    def _atomic_json(path: Path, obj: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.part")
+        tmp.write_text(json.dumps(obj))
+        os.replace(tmp, path)
+
+
+def _jsonable(obj):
+    """RNG states as nested lists of ints and strings: loadable with weights_only=True."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (tuple, list)):
+        return [_jsonable(o) for o in obj]
+    return obj
+
+
+def _tuples(obj):
+    return tuple(_tuples(o) for o in obj) if isinstance(obj, list) else obj
