@@ -40,6 +40,37 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str):
         assert f in lines[0], (f, lines[0])
 
 
+def expected_holdout(labels, fraction: float, seed: int = 0) -> list[int]:
+    """The documented hold-out rule, written out independently of transfer_eval.tasks.holdout: for each class in
+    sorted order, one default_rng(seed) shared across classes permutes that class's indices; the first
+    round(fraction * n) (at least 1 when n >= 2) are held out."""
+    import numpy as np
+
+    labels = list(labels)
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in sorted(set(labels)):
+        idx = np.array([i for i, y in enumerate(labels) if y == c], dtype=np.int64)
+        n = int(round(fraction * len(idx)))
+        if n == 0 and len(idx) >= 2:
+            n = 1
+        held += rng.permutation(idx)[:n].tolist()
+    return sorted(held)
+
+
+def assert_vit_recipe(task, steps: int, warmup: int, lr_grid=(0.001, 0.003, 0.01, 0.03)):
+    """What a user gets for each fine-tuning mode: the ViT paper's recipe with the task's schedule."""
+    from transfer_eval import runner
+    from transfer_eval.modes import MODES
+
+    assert task.recipes["linear"] == {}
+    for mode in ("attention", "full"):
+        r = runner.resolve_recipe(task, MODES[mode])
+        assert (r["preset"], r["optimizer"], r["momentum"], r["batch_size"], r["weight_decay"], r["grad_clip"],
+                r["augment"], r["retrain"]) == ("vit", "sgd", 0.9, 512, 0.0, 1.0, True, True), (mode, r)
+        assert (r["steps"], r["warmup_steps"], r["lr_grid"]) == (steps, warmup, list(lr_grid)), (mode, r)
+
+
 @pytest.fixture
 def db(tmp_path) -> Path:
     return tmp_path / "results.sqlite"

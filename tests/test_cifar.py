@@ -27,6 +27,7 @@ from transfer_eval.errors import UserError
 from transfer_eval.tasks import LoadContext
 
 sys.path.insert(0, str(Path(__file__).parent))
+import conftest  # noqa: E402
 import fixtures_cifar as F  # noqa: E402
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -54,18 +55,7 @@ def load(found, name: str, split: str, root: Path, verify: bool = False):
 
 
 def expected_holdout(labels: list[int], fraction: float = 0.1, seed: int = 0) -> list[int]:
-    """The documented rule, written out independently: for each class in sorted order, one default_rng(seed)
-    shared across classes permutes that class's indices; the first round(fraction * n) (at least 1 when n >= 2)
-    are held out."""
-    rng = np.random.default_rng(seed)
-    held = []
-    for c in sorted(set(labels)):
-        idx = np.array([i for i, y in enumerate(labels) if y == c], dtype=np.int64)
-        n = int(round(fraction * len(idx)))
-        if n == 0 and len(idx) >= 2:
-            n = 1
-        held += rng.permutation(idx)[:n].tolist()
-    return sorted(held)
+    return conftest.expected_holdout(labels, fraction, seed)
 
 
 def index_of(sample_id: str) -> int:

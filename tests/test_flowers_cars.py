@@ -27,7 +27,8 @@ from transfer_eval.tasks import LoadContext
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fixtures_flowers_cars as F  # noqa: E402
-from conftest import assert_one_line_error, cli, json_lines, stored_rows  # noqa: E402
+import conftest  # noqa: E402
+from conftest import assert_one_line_error, assert_vit_recipe, cli, json_lines, stored_rows  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 
@@ -170,9 +171,7 @@ def test_flowers_task_definition(found):
     assert t.num_classes == 102 and t.version == 1 and t.val_holdout is None and t.download is not None
     if hasattr(Flowers102, "classes"):
         assert list(t.classes) == list(Flowers102.classes)
-    ft = {"optimizer": "sgd", "momentum": 0.9, "batch_size": 512, "weight_decay": 0.0, "grad_clip": 1.0,
-          "steps": 500, "warmup_steps": 100, "lr_grid": [0.001, 0.003, 0.01, 0.03], "augment": True}
-    assert t.recipes == {"linear": {}, "attention": ft, "full": ft}
+    assert_vit_recipe(t, steps=500, warmup=100)
     doc = ast.get_docstring(ast.parse(Path(t.source).read_text()))
     assert "flowers-102/jpg/image_00001.jpg" in doc and "setid.mat" in doc and "transfer-eval run" in doc
     assert "--download" in t.data_help and t.description
@@ -210,18 +209,7 @@ def test_flowers_download_failure_is_one_user_error(found, tmp_path, monkeypatch
 
 
 def expected_holdout(labels: list[int], fraction: float = 0.2, seed: int = 0) -> list[int]:
-    """The documented rule, written out independently: for each class in sorted order, one default_rng(seed)
-    shared across classes permutes that class's indices; the first round(fraction * n) (at least 1 when n >= 2)
-    are held out."""
-    rng = np.random.default_rng(seed)
-    held = []
-    for c in sorted(set(labels)):
-        idx = np.array([i for i, y in enumerate(labels) if y == c], dtype=np.int64)
-        n = int(round(fraction * len(idx)))
-        if n == 0 and len(idx) >= 2:
-            n = 1
-        held += rng.permutation(idx)[:n].tolist()
-    return sorted(held)
+    return conftest.expected_holdout(labels, fraction, seed)
 
 
 def test_cars_fixture_is_in_the_real_format(cars):
@@ -356,9 +344,7 @@ def test_cars_task_definition(found):
     for layout in ("cars_train/00001.jpg", "cars_train/cars_train/", "devkit/cars_train_annos.mat",
                    "car_ims/000001.jpg", "transfer-eval run", "20%"):
         assert layout in doc, layout
-    ft = {"optimizer": "sgd", "momentum": 0.9, "batch_size": 512, "weight_decay": 0.0, "grad_clip": 1.0,
-          "steps": 2500, "warmup_steps": 200, "lr_grid": [0.001, 0.003, 0.01, 0.03], "augment": True}
-    assert t.recipes == {"linear": {}, "attention": ft, "full": ft}
+    assert_vit_recipe(t, steps=2500, warmup=200)
     with pytest.raises(UserError) as e:
         t.fetch(LoadContext(Path("unused"), download=True))
     for hint in ("7545", "rickyyyyyyy/torchvision-stanford-cars", "jessicali9530/stanford-cars-dataset",

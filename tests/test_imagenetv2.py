@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import conftest
+from conftest import assert_vit_recipe
+
 from transfer_eval import tasks
 from transfer_eval.errors import UserError
 from transfer_eval.tasks import LoadContext
@@ -65,16 +68,7 @@ def module_globals(found) -> dict:
 
 
 def expected_holdout(labels: list[int], fraction: float = 0.01, seed: int = 0) -> list[int]:
-    """The documented rule, written out independently (as in test_cifar.py)."""
-    rng = np.random.default_rng(seed)
-    held = []
-    for c in sorted(set(labels)):
-        idx = np.array([i for i, y in enumerate(labels) if y == c], dtype=np.int64)
-        n = int(round(fraction * len(idx)))
-        if n == 0 and len(idx) >= 2:
-            n = 1
-        held += rng.permutation(idx)[:n].tolist()
-    return sorted(held)
+    return conftest.expected_holdout(labels, fraction, seed)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -215,9 +209,8 @@ def test_task_definitions(found):
         assert t.download is None
         assert f"imagenetv2-{variant}.tar.gz" in t.data_help and "vaishaal/ImageNetV2" in t.data_help
         assert "DATA/imagenet/train" in t.data_help
-        ft = {"optimizer": "sgd", "momentum": 0.9, "lr_grid": [0.003, 0.01, 0.03, 0.06], "weight_decay": 0.0,
-              "batch_size": 512, "steps": 20000, "warmup_steps": 500, "grad_clip": 1.0, "augment": True}
-        assert t.recipes == {"linear": {}, "pretrained": {}, "attention": ft, "full": ft}
+        assert t.recipes["pretrained"] == {}
+        assert_vit_recipe(t, steps=20000, warmup=500, lr_grid=(0.003, 0.01, 0.03, 0.06))
         with pytest.raises(UserError, match="vaishaal/ImageNetV2"):
             t.fetch(LoadContext(Path("unused")))
     classes = found[MF].classes  # ImageNet-1k names from timm's bundled ImageNetInfo files

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import conftest
 from conftest import assert_one_line_error, cli, json_lines, stored_rows
 from transfer_eval import tasks
 from transfer_eval.errors import UserError
@@ -68,18 +69,7 @@ def plugin(found):
 
 
 def expected_holdout(labels: list[int], fraction: float = 0.1, seed: int = 0) -> list[int]:
-    """The documented rule, written out independently: for each class in sorted order, one default_rng(seed)
-    shared across classes permutes that class's indices (positions in the loader's documented order: sorted by
-    file name); the first round(fraction * n) (at least 1 when n >= 2) are held out."""
-    rng = np.random.default_rng(seed)
-    held = []
-    for c in sorted(set(labels)):
-        idx = np.array([i for i, y in enumerate(labels) if y == c], dtype=np.int64)
-        n = int(round(fraction * len(idx)))
-        if n == 0 and len(idx) >= 2:
-            n = 1
-        held += rng.permutation(idx)[:n].tolist()
-    return sorted(held)
+    return conftest.expected_holdout(labels, fraction, seed)
 
 
 def by_name(imgs) -> dict[str, F.Img]:
