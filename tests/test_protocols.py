@@ -227,3 +227,40 @@ def test_ffn_bitfit_lora_train_what_they_say():
     assert counted == 2 * (4 * (32 + 96) + 4 * (32 + 32)) + (32 * 10 + 10)
     assert all(".lora_" in n or n.startswith("head.") for n in names)
     assert not any("mlp" in n for n in names)
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_path, monkeypatch):
+    """A simulated GPU that fits 16 images: the run backs off 64 -> 32 -> 16 and trains exactly as a run that
+    used micro-batches of 16 from the start."""
+    import timm
+    import torch
+
+    from transfer_eval.results import Store
+    from transfer_eval.tasks import LoadContext
+
+    digits = tasks.discover()["digits"]
+    ck = load_registry()["vit_demo"]
+    overrides = {"steps": 6, "warmup_steps": 1, "batch_size": 64}
+
+    def execute(extra, db):
+        (run,) = runner.plan([ck], [digits], [MODES["full"]], overrides={**overrides, **extra})
+        return runner.execute(run, LoadContext(tmp_path), torch.device("cpu"), Store(db), log=lambda *a, **k: None)
+
+    reference = execute({"micro_batch_size": 16}, tmp_path / "ref.sqlite")
+    assert (reference.micro_batch_size, reference.oom_backoffs) == (16, 0)
+
+    real_forward = timm.models.vision_transformer.VisionTransformer.forward
+
+    def small_gpu(self, x):
+        if self.training and x.shape[0] > 16:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(self, x)
+
+    monkeypatch.setattr(timm.models.vision_transformer.VisionTransformer, "forward", small_gpu)
+    backed_off = execute({}, tmp_path / "oom.sqlite")
+    assert backed_off.status == "ok"
+    assert (backed_off.micro_batch_size, backed_off.oom_backoffs) == (16, 2)
+    assert backed_off.recipe["batch_size"] == 64  # the protocol is unchanged
+    a = Store(tmp_path / "ref.sqlite").predictions(reference.run_id)
+    b = Store(tmp_path / "oom.sqlite").predictions(backed_off.run_id)
+    assert np.array_equal(a[1], b[1])

@@ -94,14 +94,16 @@ def precision(device: torch.device) -> str:
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Endless batches of indices: epoch e is a permutation drawn from a generator seeded by (seed, e), cut into
-    full batches (the last partial one dropped, unless the split is smaller than a batch).
+    """Endless micro-batches of indices. Epoch e is a permutation drawn from a generator seeded by (seed, e), cut
+    into effective batches of `batch_size` (the last partial one dropped, unless the split is smaller than a
+    batch); each effective batch is yielded as consecutive chunks of at most `micro_size`.
 
-    Batch b is a pure function of (seed, b), so a resumed run starts at its batch without reading the ones
-    before it, and sees exactly the batches an uninterrupted run would."""
+    Effective batch b is a pure function of (seed, b): a resumed run starts at its batch without reading the ones
+    before it, and a smaller micro-batch (after running out of memory) splits the very same effective batch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_batch: int = 0):
+    def __init__(self, n: int, batch_size: int, seed: int, start_batch: int = 0, micro_size: int | None = None):
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start_batch
+        self.micro = micro_size or batch_size
         self.per_epoch = max(1, n // batch_size)
 
     def _epoch(self, e: int) -> torch.Tensor:
@@ -114,5 +116,10 @@ class EpochBatches(torch.utils.data.Sampler):
             e, j = divmod(b, self.per_epoch)
             perm = self._epoch(e)
             for k in range(j, self.per_epoch):
-                yield perm[k * self.batch_size:(k + 1) * self.batch_size].tolist()
+                batch = perm[k * self.batch_size:(k + 1) * self.batch_size]
+                for c in range(0, len(batch), self.micro):
+                    yield batch[c:c + self.micro].tolist()
             b = (e + 1) * self.per_epoch
+
+    def chunks_per_batch(self) -> int:
+        return -(-min(self.batch_size, self.n) // self.micro)

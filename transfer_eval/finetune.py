@@ -32,7 +32,7 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 512
-    micro_batch_size: int | None = None  # gradient accumulation: batch_size / micro_batch_size steps per update
+    micro_batch_size: int | None = None  # gradient accumulation: each step's batch in chunks of this size
     steps: int = 10000
     warmup_steps: int = 500
     grad_clip: float | None = 1.0
@@ -105,9 +105,6 @@ def make_recipe(fields: dict) -> Recipe:
         raise UserError(f"recipe optimizer {r.optimizer!r}: use sgd or adamw")
     if r.steps <= 0 or r.batch_size <= 0:
         raise UserError("recipe steps and batch_size must be positive")
-    if r.micro_batch_size and r.batch_size % r.micro_batch_size:
-        raise UserError(f"recipe batch_size {r.batch_size} is not a multiple of micro_batch_size "
-                        f"{r.micro_batch_size}")
     return r
 
 
@@ -149,7 +146,6 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
     new ones as it goes; a resumed phase sees the same batches and random draws as an uninterrupted one."""
     torch.manual_seed(seed)
     micro = recipe.micro_batch_size or recipe.batch_size
-    accum = recipe.batch_size // micro
     transform = data.train_transform(data_config, recipe.augment, recipe.hflip, recipe.crop_scale,
                                      recipe.randaugment, recipe.random_erasing)
     mix = None
@@ -164,32 +160,40 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
     opt = _optimizer(model, recipe, lr, device)
     sched = _schedule(opt, min(recipe.warmup_steps, recipe.steps), recipe.steps)
     params = [p for p in model.parameters() if p.requires_grad]
-    start_step, images, before = 0, 0, 0.0
+    start_step, images, before, backoffs = 0, 0, 0.0, 0
     state = checkpoints.load(phase, model, opt, sched) if checkpoints is not None else None
     if state is not None:
         start_step, images, before = state["step"], state["extra"]["images"], state["extra"]["seconds"]
+        micro, backoffs = state["extra"].get("micro", micro), state["extra"].get("backoffs", 0)
         print(f"transfer-eval: resuming {desc} at step {start_step} of {recipe.steps}", file=sys.stderr)
-    sampler = data.EpochBatches(len(split), micro, seed, start_batch=start_step * accum)
-    batches = iter(data.batch_loader(split, transform, sampler, device))
+
+    def batches_from(step):
+        sampler = data.EpochBatches(len(split), recipe.batch_size, seed, start_batch=step, micro_size=micro)
+        return sampler, iter(data.batch_loader(split, transform, sampler, device))
+
+    sampler, batches = batches_from(start_step)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     progress = bar(range(start_step, recipe.steps), desc, "step")
     for step in progress:
-        total = 0.0
-        for _ in range(accum):
-            x, y = next(batches)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if mix is not None and x.shape[0] % 2 == 0:
-                x, y_soft = mix(x, y)
-                with data.autocast(device):
-                    loss = soft_loss(model(x), y_soft) / accum
-            else:
-                with data.autocast(device):
-                    loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing) / accum
-            loss.backward()
-            total += float(loss.detach())
-            images += x.shape[0]
+        while True:
+            try:
+                total, seen = _accumulate(model, batches, sampler, device, recipe, mix,
+                                          soft_loss if mix is not None else None)
+                break
+            except torch.OutOfMemoryError:
+                # Halve the micro-batch and redo this step: the effective batch, and so the update, stay the same.
+                opt.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if micro == 1:
+                    raise
+                micro, backoffs = max(1, micro // 2), backoffs + 1
+                print(f"transfer-eval: out of memory; micro-batch now {micro} (effective batch "
+                      f"{recipe.batch_size} kept)", file=sys.stderr)
+                sampler, batches = batches_from(step)
+        images += seen
         if not math.isfinite(total):
             raise Diverged(f"loss became {total} at step {step} (lr {lr:g})")
         if recipe.grad_clip:
@@ -201,11 +205,33 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
             progress.set_postfix(loss=f"{total:.3f}")
         if checkpoints is not None and step + 1 < recipe.steps and checkpoints.due(step + 1):
             checkpoints.save(phase, step + 1, model, opt, sched,
-                             {"images": images, "seconds": before + time.perf_counter() - start})
+                             {"images": images, "seconds": before + time.perf_counter() - start, "micro": micro,
+                              "backoffs": backoffs})
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = before + time.perf_counter() - start
-    return {"seconds": seconds, "images": images}
+    return {"seconds": seconds, "images": images, "micro_batch_size": micro, "oom_backoffs": backoffs}
+
+
+def _accumulate(model, batches, sampler, device, recipe: Recipe, mix, soft_loss) -> tuple[float, int]:
+    """Forward and backward over one effective batch, chunk by chunk; each chunk's mean loss is weighted by its
+    share of the batch, so the gradient is the batch mean whatever the chunking. Returns (loss, images)."""
+    n = min(sampler.batch_size, sampler.n)
+    total = 0.0
+    for _ in range(sampler.chunks_per_batch()):
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        weight = x.shape[0] / n
+        if mix is not None and x.shape[0] % 2 == 0:
+            x, y_soft = mix(x, y)
+            with data.autocast(device):
+                loss = soft_loss(model(x), y_soft) * weight
+        else:
+            with data.autocast(device):
+                loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing) * weight
+        loss.backward()
+        total += float(loss.detach())
+    return total, n
 
 
 @torch.no_grad()
@@ -238,6 +264,7 @@ def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, d
     seconds, images = done.get("seconds", 0.0), done.get("images", 0)
     best = None  # (lr, val accuracy)
     best_tensors = None  # the best model's trainable tensors (without retraining, it is the final model)
+    memory = []  # (micro-batch used, out-of-memory back-offs) of each training phase
     for lr in recipe.lrs():
         key = f"{lr:g}"
         if key not in tried:
@@ -246,6 +273,7 @@ def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, d
                           checkpoints=checkpoints, phase=f"lr{key}")
             seconds += stats["seconds"]
             images += stats["images"]
+            memory.append((stats["micro_batch_size"], stats["oom_backoffs"]))
             val_logits, _ = predict(model, val_split, data_config, device, recipe.eval_batch_size, desc="val")
             tried[key] = round(float((val_logits.argmax(1) == val_split.labels).mean()), 6)
             if not recipe.retrain and (best is None or tried[key] > best[1]):
@@ -266,6 +294,7 @@ def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, d
                       desc=f"retrain lr={lr:g} on train+val", checkpoints=checkpoints, phase="retrain")
         seconds += stats["seconds"]
         images += stats["images"]
+        memory.append((stats["micro_batch_size"], stats["oom_backoffs"]))
     else:
         if best_tensors is None and checkpoints is not None:
             best_tensors = checkpoints.load_tensors("best")  # chosen before an interruption
@@ -280,5 +309,7 @@ def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, d
                       else "trained on train"},
         "train_seconds": seconds,
         "train_images": images,
+        "micro_batch_size": min((m for m, _ in memory), default=recipe.micro_batch_size or recipe.batch_size),
+        "oom_backoffs": sum(b for _, b in memory),
     }
 

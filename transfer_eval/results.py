@@ -61,6 +61,8 @@ class Result:
     device: str | None = None
     precision: str | None = None
     world_size: int = 1
+    micro_batch_size: int | None = None  # the micro-batch training ran with (smaller than the recipe's after OOM)
+    oom_backoffs: int = 0  # how often an out-of-memory error halved it (the effective batch is kept)
     gpu_hours: float | None = None
     # parameter sharing
     params_total: int | None = None

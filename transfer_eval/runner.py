@@ -314,6 +314,7 @@ def _finetune(run, model, cfg, splits, device, result, ckpts=None):
     result.train_seconds = out["train_seconds"]
     result.train_images_per_second = out["train_images"] / out["train_seconds"] if out["train_seconds"] else None
     result.train_pflops_total = result.train_gflops_per_image * out["train_images"] / 1e6
+    result.micro_batch_size, result.oom_backoffs = out["micro_batch_size"], out["oom_backoffs"]
 
 
 def check_own_head(ck: Checkpoint, task: Task) -> None:
