@@ -128,3 +128,21 @@ def test_peak_memory_is_measured_per_block():
         block += 1
     del block
     assert big.mb - small.mb > 200
+
+
+def test_bench_reports_side_by_side_figures():
+    """The benchmark runs and its figures are consistent (targets are checked in BENCHMARKS.md, not here)."""
+    proc = cli("bench", "-c", "vit_demo", "-m", "attention,full", "--batch-size", "8", "--steps", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (report,) = json_lines(proc.stdout)
+    att, full = report["modes"]["attention"], report["modes"]["full"]
+    assert report["matmul_peak_tflops"] > 0 and report["device"].startswith("cpu")
+    for r in (att, full):
+        assert r["suite_step_s"] > 0 and r["ref_step_s"] > 0
+        assert r["ratio_vs_reference"] == pytest.approx(r["ref_step_s"] / r["suite_step_s"])
+        assert r["suite_tflops"] == pytest.approx(r["train_gflops_per_step"] / 1e3 / r["suite_step_s"])
+        assert r["suite_peak_mb"] > 0 and r["ref_peak_mb"] > 0
+    assert att["params_trainable"] == 395_368 and full["params_trainable"] == 930_920  # the demo ViT, 1000 classes
+    assert att["train_gflops_per_step"] < full["train_gflops_per_step"]
+    assert report["attention_vs_full_step_time"] == pytest.approx(att["suite_step_s"] / full["suite_step_s"])
+    assert report["extraction"]["suite_images_per_s"] > 0

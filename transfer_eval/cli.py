@@ -439,6 +439,60 @@ def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_js
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("-c", "--checkpoint", "checkpoint_name", required=True,
+              help="A registry name or a timm architecture (its architecture only: nothing is downloaded).")
+@click.option("-m", "--mode", "mode_names", default="attention,full", show_default=True,
+              help="Fine-tuning modes to time, comma-separated.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps per loop.")
+@click.option("--resolution", type=click.IntRange(min=16), default=None)
+@registry_option
+@device_option
+@json_option
+def bench(checkpoint_name, mode_names, batch_size, steps, resolution, registries, device, as_json):
+    """Time the suite's training step and feature extraction against bare timm/torch loops, side by side.
+
+    Prints images/s, step time, peak memory, achieved TFLOP/s and its fraction of the device's measured matmul
+    peak, and ratio_vs_reference (the bare loop's step time over the suite's: 1.0 is parity). Targets:
+    suite step >= 0.97x the bare loop; attention-only <= 0.85x full's step time and <= 0.8x its peak memory
+    (ViT-B/16, 224 px); extraction >= 0.9x bare inference (it includes the suite's input pipeline).
+
+    \b
+    Example:
+      transfer-eval bench -c vit_base_patch16_224 -m attention,full --batch-size 64 --device cuda
+    """
+    from tabulate import tabulate
+
+    from transfer_eval import bench as benchmark
+    from transfer_eval import checkpoints, data, modes
+
+    ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
+    mode_list = [modes.resolve(n) for n in _csv(mode_names)]
+    if not any(m.kind == "finetune" for m in mode_list):
+        raise UserError("bench times fine-tuning modes: give at least one of attention, full, ffn, bitfit, lora")
+    report = benchmark.run(ck, mode_list, batch_size, steps, data.pick_device(device), resolution)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"{report['checkpoint']} ({report['model']}), batch {batch_size}, {steps} timed steps, "
+               f"{report['device']}, {report['precision']}, torch {report['torch']}")
+    click.echo(f"measured matmul peak: {report['matmul_peak_tflops']:.3f} TFLOP/s")
+    rows = [[name, f"{r['suite_images_per_s']:.1f}", f"{r['ref_images_per_s']:.1f}",
+             f"{r['ratio_vs_reference']:.3f}", f"{1000 * r['suite_step_s']:.1f}", f"{r['suite_peak_mb']:.0f}",
+             f"{r['ref_peak_mb']:.0f}", f"{r['suite_tflops']:.3f}", f"{100 * r['fraction_of_matmul_peak']:.1f}%"]
+            for name, r in report["modes"].items()]
+    e = report["extraction"]
+    rows.append(["extraction", f"{e['suite_images_per_s']:.1f}", f"{e['ref_images_per_s']:.1f}",
+                 f"{e['ratio_vs_reference']:.3f}", "-", "-", "-", "-", "-"])
+    click.echo(tabulate(rows, headers=["loop", "suite img/s", "bare img/s", "ratio_vs_reference", "suite ms/step",
+                                       "suite peak MB", "bare peak MB", "suite TFLOP/s", "of matmul peak"],
+                        disable_numparse=True))
+    if "attention_vs_full_step_time" in report:
+        click.echo(f"attention / full: step time {report['attention_vs_full_step_time']:.3f}x, peak memory "
+                   f"{report['attention_vs_full_peak_memory']:.3f}x")
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("run_id", type=int)
 @results_option
 @json_option

@@ -196,11 +196,7 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
         images += seen
         if not math.isfinite(total):
             raise Diverged(f"loss became {total} at step {step} (lr {lr:g})")
-        if recipe.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
+        _update(opt, sched, params, recipe)
         if step % 10 == 0:
             progress.set_postfix(loss=f"{total:.3f}")
         if checkpoints is not None and step + 1 < recipe.steps and checkpoints.due(step + 1):
@@ -211,6 +207,32 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
         torch.cuda.synchronize(device)
     seconds = before + time.perf_counter() - start
     return {"seconds": seconds, "images": images, "micro_batch_size": micro, "oom_backoffs": backoffs}
+
+
+def _update(opt, sched, params, recipe: Recipe) -> None:
+    if recipe.grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sched.step()
+
+
+def step_fn(model, recipe: Recipe, lr: float, device: torch.device):
+    """The suite's training step on given tensors (for `transfer-eval bench`): the same optimiser, schedule,
+    autocast, chunking and clipping as `train`, without the data pipeline."""
+    opt = _optimizer(model, recipe, lr, device)
+    sched = _schedule(opt, min(recipe.warmup_steps, recipe.steps), recipe.steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(x, y):
+        micro = recipe.micro_batch_size or len(x)
+        chunks = iter([(x[i:i + micro], y[i:i + micro]) for i in range(0, len(x), micro)])
+        sizes = data.EpochBatches(len(x), len(x), 0, micro_size=micro)  # one effective batch: only its sizes
+        loss, _ = _accumulate(model, chunks, sizes, device, recipe, None, None)
+        _update(opt, sched, params, recipe)
+        return loss
+
+    return step
 
 
 def _accumulate(model, batches, sampler, device, recipe: Recipe, mix, soft_loss) -> tuple[float, int]:

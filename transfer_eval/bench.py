@@ -1,0 +1,191 @@
+"""`transfer-eval bench`: the suite's own training step and feature extraction against bare reference loops,
+on the same architecture, seed, batch and device, one after the other.
+
+Reference training loop: a plain timm model, a plain torch optimiser (the recipe's kind, default settings), the
+same trainable parameters, bf16 autocast on CUDA, forward, backward, step. Each training loop runs in a fresh
+process, so its peak memory is its own. Reference inference: the plain model's
+`forward_features` + pre-logits on tensors already on the device. The suite's extraction includes its whole input
+pipeline (PIL images through timm's transform), so the ratio shows what that pipeline costs.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from transfer_eval import checkpoints, costs, data, finetune, modes, probe
+from transfer_eval.tasks import ImageSplit
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, steps: int, warmup: int, device) -> float:
+    """Seconds per call, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def matmul_peak_tflops(device, size: int = 4096, steps: int = 10) -> float:
+    """Measured dense matmul throughput: bf16 on CUDA, fp32 on CPU (the precision training runs in)."""
+    if device.type != "cuda":
+        size = min(size, 2048)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = _time(lambda: a @ b, steps, 2, device)
+    return 2 * size**3 / seconds / 1e12
+
+
+def _build(ck, mode, num_classes, resolution, device):
+    """The suite's model for a mode: built (seeded random init, no download), adapted, on the device."""
+    model, cfg = checkpoints.build_model(ck, num_classes, resolution, load_weights=False)
+    model = modes.prepare(mode, model, {"lora_rank": 8, "lora_alpha": 16.0})
+    names = modes.apply(mode, model)
+    return model.to(device), cfg, names
+
+
+def _bare_model(ck, mode, num_classes, resolution, device):
+    """A plain timm model of the same architecture, seed and trainable parameters."""
+    import timm
+
+    torch.manual_seed(ck.seed)
+    kwargs = {**ck.model_args, "num_classes": num_classes, **({"img_size": resolution} if resolution else {})}
+    ref = timm.create_model(ck.architecture, pretrained=False, **kwargs)
+    if mode.name == "lora":
+        ref = modes.prepare(mode, ref, {"lora_rank": 8, "lora_alpha": 16.0})
+    names = modes.trainable_names(mode, ref)
+    for n, p in ref.named_parameters():
+        p.requires_grad_(n in names)
+    return ref.to(device)
+
+
+def _in_use_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _loop(spec: dict, results) -> None:
+    """In a fresh process: build one loop (the suite's or the bare one), time it, and measure its peak memory
+    above what the process held before building it (on CPU a process never gives freed memory back, so
+    measuring two loops in one process would hide the second one's memory)."""
+    device = torch.device(spec["device"])
+    torch.set_num_threads(spec["threads"])
+    ck, mode = spec["checkpoint"], modes.MODES[spec["mode"]]
+    before = _in_use_mb(device)
+    if spec["which"] == "suite":
+        model, cfg, _ = _build(ck, mode, spec["num_classes"], spec["resolution"], device)
+        recipe = finetune.make_recipe({"optimizer": spec["optimizer"], "lr": 1e-4, "steps": 10**6,
+                                       "warmup_steps": 0, "batch_size": spec["batch_size"], "grad_clip": None})
+        step_fn = finetune.step_fn(model.train(), recipe, recipe.lr, device)
+        flops = costs.train_step_flops(model, cfg, device) * spec["batch_size"]
+    else:
+        model = _bare_model(ck, mode, spec["num_classes"], spec["resolution"], device).train()
+        cfg = checkpoints.data_config(model, ck, spec["resolution"])
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = (torch.optim.AdamW(params, lr=1e-4) if spec["optimizer"] == "adamw"
+               else torch.optim.SGD(params, lr=1e-4, momentum=0.9))
+
+        def step_fn(x, y):
+            with data.autocast(device):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        flops = None
+    c, h, w = cfg["input_size"]
+    x = torch.randn(spec["batch_size"], c, h, w, device=device)
+    y = torch.randint(0, spec["num_classes"], (spec["batch_size"],), device=device)
+    seconds = _time(lambda: step_fn(x, y), spec["steps"], 2, device)  # warm-up creates the optimiser state
+    with costs.PeakMemory(device) as mem:
+        step_fn(x, y)
+    results.put({"seconds": seconds, "peak_mb": mem.mb - before, "flops": flops,
+                 "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+
+
+def _in_child(spec: dict) -> dict:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_loop, args=(spec, results))
+    proc.start()
+    out = results.get(timeout=3600)
+    proc.join()
+    return out
+
+
+def train_step(ck, mode, batch_size: int, steps: int, device, resolution=None, num_classes=1000,
+               optimizer: str = "adamw") -> dict:
+    spec = {"checkpoint": ck, "mode": mode.name, "batch_size": batch_size, "steps": steps,
+            "device": str(device), "resolution": resolution, "num_classes": num_classes, "optimizer": optimizer,
+            "threads": torch.get_num_threads()}
+    suite = _in_child({**spec, "which": "suite"})
+    bare = _in_child({**spec, "which": "bare"})
+    return {
+        "suite_step_s": suite["seconds"], "ref_step_s": bare["seconds"],
+        "suite_images_per_s": batch_size / suite["seconds"], "ref_images_per_s": batch_size / bare["seconds"],
+        "ratio_vs_reference": bare["seconds"] / suite["seconds"], "suite_peak_mb": suite["peak_mb"],
+        "ref_peak_mb": bare["peak_mb"], "train_gflops_per_step": suite["flops"] / 1e9,
+        "suite_tflops": suite["flops"] / suite["seconds"] / 1e12, "params_trainable": suite["trainable"],
+    }
+
+
+def extraction(ck, batch_size: int, steps: int, device, resolution=None, num_classes=1000) -> dict:
+    """Feature extraction through the suite (PIL images, timm transform, loader) against bare inference."""
+    from PIL import Image
+
+    model, cfg, _ = _build(ck, modes.MODES["linear"], num_classes, resolution, device)
+    ref = _bare_model(ck, modes.MODES["linear"], num_classes, resolution, device)
+    c, h, w = cfg["input_size"]
+    n = batch_size * steps
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+    split = ImageSplit(lambda i: Image.fromarray(pixels[i]), np.zeros(n, dtype=np.int64))
+    probe.extract_features(model, split.subset(range(batch_size)), cfg, device, batch_size)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    probe.extract_features(model, split, cfg, device, batch_size)
+    _sync(device)
+    suite_s = time.perf_counter() - start
+    x = torch.randn(batch_size, c, h, w, device=device)
+    ref.eval()
+
+    @torch.no_grad()
+    def bare():
+        with data.autocast(device):
+            ref.forward_head(ref.forward_features(x), pre_logits=True)
+
+    ref_s = _time(bare, steps, 1, device) * steps
+    return {"suite_images_per_s": n / suite_s, "ref_images_per_s": n / ref_s, "ratio_vs_reference": ref_s / suite_s}
+
+
+def run(ck, mode_list, batch_size: int, steps: int, device, resolution=None) -> dict:
+    report = {"checkpoint": ck.name, "model": ck.model, "batch_size": batch_size, "steps": steps,
+              "device": costs.device_name(device), "precision": data.precision(device),
+              "torch": torch.__version__, "matmul_peak_tflops": matmul_peak_tflops(device), "modes": {}}
+    for mode in mode_list:
+        if mode.kind == "finetune":
+            r = train_step(ck, mode, batch_size, steps, device, resolution)
+            r["fraction_of_matmul_peak"] = r["suite_tflops"] / report["matmul_peak_tflops"]
+            report["modes"][mode.name] = r
+    report["extraction"] = extraction(ck, batch_size, steps, device, resolution)
+    m = report["modes"]
+    if "attention" in m and "full" in m:
+        report["attention_vs_full_step_time"] = m["attention"]["suite_step_s"] / m["full"]["suite_step_s"]
+        report["attention_vs_full_peak_memory"] = m["attention"]["suite_peak_mb"] / m["full"]["suite_peak_mb"]
+    return report
