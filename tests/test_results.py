@@ -68,3 +68,25 @@ def test_an_older_store_gains_new_fields(tmp_path):
     assert old.top1 == 0.25 and old.balanced_top1 is None
     store.put(_result(balanced_top1=0.5, shots=5))
     assert {r.checkpoint: r.balanced_top1 for r in store.query()} == {"old": None, "c": 0.5}
+
+
+def test_many_processes_opening_a_new_store_at_once(tmp_path):
+    """Setting up a new store can deadlock two openers, and SQLite then answers "locked" at once instead of
+    waiting: every opener must still succeed. Six processes open five new stores in lockstep."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time; from transfer_eval.results import Store, Result\n"
+            "start, folder, seed = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])\n"
+            "for r in range(5):\n"
+            "    while time.time() < start + 0.4 * r: pass\n"  # every process opens store r at the same instant
+            "    Store(f'{folder}/s{r}.sqlite').put(Result(checkpoint='c', weights_sha256='w', task='t', "
+            "task_version=1, mode='m', protocol_hash='p', seed=seed))\n")
+    start = time.time() + 4
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(start), str(tmp_path), str(i)],
+                              stderr=subprocess.PIPE) for i in range(6)]
+    errors = [p.communicate(timeout=300)[1].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    for r in range(5):
+        assert sorted(x.seed for x in Store(tmp_path / f"s{r}.sqlite").query()) == list(range(6))

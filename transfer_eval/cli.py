@@ -132,7 +132,7 @@ def run(checkpoint_names, task_names, mode_names, data_dir, results, registries,
       transfer-eval run -c vit_demo -t digits -m linear,attention,full
       transfer-eval run -c deit3_s16_in1k -t cifar100 -m attention --data-dir ~/data --set steps=2000
     """
-    from transfer_eval import checkpoints, data, modes, runner, tasks
+    from transfer_eval import checkpoints, data, distributed, modes, runner, tasks
     from transfer_eval.results import Store
 
     registry = checkpoints.load_registry(registries)
@@ -143,7 +143,8 @@ def run(checkpoint_names, task_names, mode_names, data_dir, results, registries,
     seed_list = _ints(seeds) if seeds is not None else None
     if not (ckpts and task_list and mode_list and (seed_list is None or seed_list)):
         raise UserError("give at least one checkpoint (-c), task (-t), mode (-m) and seed")
-    dev = data.pick_device(device)
+    dev = distributed.init(device) if distributed.launched() else data.pick_device(device)
+    main = distributed.is_main()
     runs = runner.plan(ckpts, task_list, mode_list, seed_list, _overrides(settings), resolution, preset)
     ctx = _load_context(data_dir, skip_verify, download, bad_images)
     store = Store(results or paths.default_results())
@@ -169,22 +170,33 @@ def run(checkpoint_names, task_names, mode_names, data_dir, results, registries,
             task.fetch(ctx)
         for split in sorted(split_names):
             task.dataset(split, ctx)
+    # Decided once, before anything is written, so that every torchrun process runs the same list.
+    todo = {r.key for r in pending}
+    distributed.barrier()
     shown, failed = [], 0
     for i, r in enumerate(runs, 1):
         prefix = f"[{i}/{len(runs)}] {r.label()}"
-        if not force and store.has(r.key):
-            stored = store.get_key(r.key)
-            click.echo(f"{prefix}: stored as run {stored.run_id}, skipped (--force to run again)", err=True)
-            shown.append(stored)
+        if r.key not in todo:
+            if main:
+                stored = store.get_key(r.key)
+                click.echo(f"{prefix}: stored as run {stored.run_id}, skipped (--force to run again)", err=True)
+                shown.append(stored)
             continue
-        click.echo(f"{prefix}: running on {dev}", err=True)
+        if not main and r.mode.kind != "finetune":
+            continue  # probes and evaluation are rank 0's; fine-tuning trains across every process
+        if main:
+            where = f"{dev}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
+            click.echo(f"{prefix}: running on {where}", err=True)
         result = runner.execute(r, ctx, dev, store, command, log=click.echo,
                                 save_delta=Path(save_delta) if save_delta else None,
                                 checkpoint_every=checkpoint_every)
         failed += result.status != "ok"
         shown.append(result)
-    _print_results(shown, as_json)
+    distributed.barrier()
+    if main:
+        _print_results(shown, as_json)
     store.close()
+    distributed.shutdown()
     if failed:
         sys.exit(1)
 

@@ -101,8 +101,10 @@ class EpochBatches(torch.utils.data.Sampler):
     Effective batch b is a pure function of (seed, b): a resumed run starts at its batch without reading the ones
     before it, and a smaller micro-batch (after running out of memory) splits the very same effective batch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_batch: int = 0, micro_size: int | None = None):
+    def __init__(self, n: int, batch_size: int, seed: int, start_batch: int = 0, micro_size: int | None = None,
+                 rank: int = 0, world: int = 1):
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start_batch
+        self.rank, self.world = rank, world
         self.micro = micro_size or batch_size
         self.per_epoch = max(1, n // batch_size)
 
@@ -117,9 +119,11 @@ class EpochBatches(torch.utils.data.Sampler):
             perm = self._epoch(e)
             for k in range(j, self.per_epoch):
                 batch = perm[k * self.batch_size:(k + 1) * self.batch_size]
+                share = len(batch) // self.world  # this process's contiguous share of the effective batch
+                batch = batch[self.rank * share:(self.rank + 1) * share]
                 for c in range(0, len(batch), self.micro):
                     yield batch[c:c + self.micro].tolist()
             b = (e + 1) * self.per_epoch
 
     def chunks_per_batch(self) -> int:
-        return -(-min(self.batch_size, self.n) // self.micro)
+        return -(-(min(self.batch_size, self.n) // self.world) // self.micro)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transfer_eval import data
+from transfer_eval import data, distributed
 from transfer_eval.progress import bar
 from transfer_eval.errors import UserError
 
@@ -167,8 +167,14 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
         micro, backoffs = state["extra"].get("micro", micro), state["extra"].get("backoffs", 0)
         print(f"transfer-eval: resuming {desc} at step {start_step} of {recipe.steps}", file=sys.stderr)
 
+    world, rank = distributed.world_size(), distributed.rank()
+    if min(recipe.batch_size, len(split)) % world:
+        raise UserError(f"batch_size {recipe.batch_size} does not split evenly over {world} processes")
+    ddp = distributed.wrap(model, device)
+
     def batches_from(step):
-        sampler = data.EpochBatches(len(split), recipe.batch_size, seed, start_batch=step, micro_size=micro)
+        sampler = data.EpochBatches(len(split), recipe.batch_size, seed, start_batch=step, micro_size=micro,
+                                    rank=rank, world=world)
         return sampler, iter(data.batch_loader(split, transform, sampler, device))
 
     sampler, batches = batches_from(start_step)
@@ -179,7 +185,7 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
     for step in progress:
         while True:
             try:
-                total, seen = _accumulate(model, batches, sampler, device, recipe, mix,
+                total, seen = _accumulate(ddp, batches, sampler, device, recipe, mix,
                                           soft_loss if mix is not None else None)
                 break
             except torch.OutOfMemoryError:
@@ -193,7 +199,7 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
                 print(f"transfer-eval: out of memory; micro-batch now {micro} (effective batch "
                       f"{recipe.batch_size} kept)", file=sys.stderr)
                 sampler, batches = batches_from(step)
-        images += seen
+        images += seen * world
         if not math.isfinite(total):
             raise Diverged(f"loss became {total} at step {step} (lr {lr:g})")
         _update(opt, sched, params, recipe)
@@ -237,13 +243,15 @@ def step_fn(model, recipe: Recipe, lr: float, device: torch.device):
 
 def _accumulate(model, batches, sampler, device, recipe: Recipe, mix, soft_loss) -> tuple[float, int]:
     """Forward and backward over one effective batch, chunk by chunk; each chunk's mean loss is weighted by its
-    share of the batch, so the gradient is the batch mean whatever the chunking. Returns (loss, images)."""
+    share of the batch, so the gradient is the batch mean whatever the chunking. Under DDP each process weights
+    by world size too, as DDP averages the processes' gradients. Returns (loss, images)."""
     n = min(sampler.batch_size, sampler.n)
+    world = sampler.world
     total = 0.0
     for _ in range(sampler.chunks_per_batch()):
         x, y = next(batches)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        weight = x.shape[0] / n
+        weight = x.shape[0] * world / n
         if mix is not None and x.shape[0] % 2 == 0:
             x, y_soft = mix(x, y)
             with data.autocast(device):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import time
 import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -131,12 +132,27 @@ class Store:
             raise UserError(f"results store {self.path} is a folder; give a file path with --results")
         try:
             self.db = sqlite3.connect(str(self.path), timeout=60)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(_SCHEMA)
-            self._add_new_columns()
+            self._set_up()
         except sqlite3.DatabaseError as e:
             raise UserError(f"results store {self.path} is not a transfer-eval SQLite database ({e})") from None
+
+    def _set_up(self, patience: float = 60.0):
+        """WAL mode and the schema. Switching a new file to WAL takes a lock that SQLite does not wait for, so
+        processes opening one new store together (torchrun, parallel runs) retry for a while."""
+        deadline = time.monotonic() + patience
+        delay = 0.05
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA foreign_keys=ON")
+                self.db.executescript(_SCHEMA)
+                self._add_new_columns()
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     def _add_new_columns(self):
         """A store written by an older version gains the record's newer fields (empty for its old rows)."""

@@ -37,6 +37,10 @@ class RunCheckpoints:
         return json.loads(f.read_text()) if f.is_file() else {}
 
     def record(self, **items) -> None:
+        from transfer_eval import distributed
+
+        if not distributed.is_main():
+            return
         self._atomic_json(self.folder / "progress.json", {**self.progress(), **items})
 
     # -- within a phase -------------------------------------------------------------------------------------
@@ -47,6 +51,10 @@ class RunCheckpoints:
         return time.monotonic() - self._last >= self.every_seconds
 
     def save(self, phase: str, step: int, model, optimizer, scheduler, extra: dict) -> None:
+        from transfer_eval import distributed
+
+        if not distributed.is_main():  # one writer; every process reads the same files on resume
+            return
         state = {
             "step": step,
             "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
@@ -85,6 +93,10 @@ class RunCheckpoints:
         return state
 
     def save_tensors(self, name: str, tensors: dict) -> None:
+        from transfer_eval import distributed
+
+        if not distributed.is_main():
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{name}.pt.part"
         torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)
@@ -95,6 +107,10 @@ class RunCheckpoints:
         return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
 
     def remove(self) -> None:
+        from transfer_eval import distributed
+
+        if not distributed.is_main():
+            return
         shutil.rmtree(self.folder, ignore_errors=True)
 
     @staticmethod

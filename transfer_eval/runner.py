@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import transfer_eval
-from transfer_eval import checkpoints, costs, data, finetune, modes, probe
+from transfer_eval import checkpoints, costs, data, distributed, finetune, modes, probe
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.modes import Mode
@@ -179,6 +179,7 @@ def execute(run: Run, ctx: LoadContext, device: torch.device, store: Store, comm
                     val_holdout=run.task.val_holdout if "val" in splits else None, n_test=len(splits["test"]),
                     split_manifest=splits["test"].manifest(), skipped_images=len(skipped),
                     skipped_files=skipped[:100], device=costs.device_name(device),
+                    world_size=distributed.world_size(),
                     precision=data.precision(device), started=started, **_provenance(command))
     fwd = costs.forward_flops(model, cfg, device)
     result.fwd_gflops_per_image = fwd / 1e9
@@ -219,7 +220,7 @@ def execute(run: Run, ctx: LoadContext, device: torch.device, store: Store, comm
         return _failed(store, result, (lines[-1] if lines else str(e)).strip(), log)
     result.peak_memory_mb = mem.mb
     path = None
-    if save_delta is not None:
+    if save_delta is not None and distributed.is_main():
         path = Path(save_delta) / f"{run.checkpoint.name}__{run.task.name}__{run.mode.name}__seed{run.seed}__" \
                                   f"{run.protocol_hash}.safetensors"
     result.bytes_per_task = costs.delta_bytes(delta, path, metadata=_delta_metadata(run, cfg))
@@ -232,7 +233,8 @@ def execute(run: Run, ctx: LoadContext, device: torch.device, store: Store, comm
     if device.type == "cuda" and result.train_seconds:
         result.gpu_hours = result.train_seconds * result.world_size / 3600
     result.finished = _now()
-    store.put(result, labels, top5)
+    if distributed.is_main():  # one writer; under torchrun every process holds the same result
+        store.put(result, labels, top5)
     if ckpts is not None:
         ckpts.remove()  # the result is stored: nothing left to resume
     return result
@@ -350,6 +352,7 @@ def _failed(store: Store, result: Result, reason: str, log) -> Result:
     result.status = "failed"
     result.error = reason
     result.finished = _now()
-    store.put(result)
+    if distributed.is_main():
+        store.put(result)
     log(f"transfer-eval: run failed: {reason}", file=sys.stderr)
     return result
