@@ -505,6 +505,84 @@ def bench(checkpoint_name, mode_names, batch_size, steps, resolution, registries
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("-c", "--checkpoint", "checkpoint_names", required=True, help="Checkpoints, comma-separated.")
+@click.option("-t", "--task", "task_names", required=True, help="Tasks, comma-separated.")
+@click.option("-m", "--mode", "mode_names", required=True, help="Modes, comma-separated.")
+@click.option("--seed", "--seeds", "seeds", default=None, help="Seeds, comma-separated (default per mode).")
+@click.option("--per", type=click.Choice(["run", "group"]), default="group", show_default=True,
+              help="One job per run, or per checkpoint x task (its modes and seeds together).")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="local: the jobs one after another here; slurm: submitted through submitit.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (the runs still missing, as jobs) and stop.")
+@click.option("--slurm-folder", type=click.Path(file_okay=False), default="transfer_eval_slurm", show_default=True)
+@click.option("--partition", default=None, help="Slurm partition.")
+@click.option("--gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--cpus-per-job", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--mem-gb", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--timeout-min", type=click.IntRange(min=1), default=24 * 60, show_default=True)
+@data_dir_option
+@results_option
+@registry_option
+@tasks_dir_option
+@click.option("--recipe", "preset", type=click.Choice(["vit", "deit"]), default="vit", show_default=True)
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Recipe overrides, as for run.")
+@click.option("--resolution", type=click.IntRange(min=16), default=None)
+@skip_verify_option
+def sweep(checkpoint_names, task_names, mode_names, seeds, per, executor, dry_run, slurm_folder, partition,
+          gpus_per_job, cpus_per_job, mem_gb, timeout_min, data_dir, results, registries, tasks_dirs, preset,
+          settings, resolution, skip_verify):
+    """Plan every run not yet stored and launch the missing ones as jobs (locally, or on Slurm via submitit).
+
+    All jobs write to the same results store; launching the same sweep again runs only what is still missing.
+
+    \b
+    Examples:
+      transfer-eval sweep -c vit_demo,vit_demo_shapes -t digits -m linear,fewshot --dry-run
+      transfer-eval sweep -c deit3_b16_in1k,dinov2_b14_lvd142m -t cifar100,flowers102 -m attention,full \\
+          --data-dir ~/data --executor slurm --partition gpu
+    """
+    from tabulate import tabulate
+
+    from transfer_eval import checkpoints, modes, runner, tasks
+    from transfer_eval import sweep as sweeps
+    from transfer_eval.results import Store
+
+    registry = checkpoints.load_registry(registries)
+    ckpts = [checkpoints.resolve(n, registry) for n in _csv(checkpoint_names)]
+    known = tasks.discover(tasks_dirs)
+    task_list = [tasks.resolve(n, known) for n in _csv(task_names)]
+    mode_list = [modes.resolve(n) for n in _csv(mode_names)]
+    runs = runner.plan(ckpts, task_list, mode_list, _ints(seeds) if seeds else None, _overrides(settings),
+                       resolution, preset)
+    results_path = results or str(paths.default_results())
+    store = Store(results_path)
+    pending = {r.key for r in runs if not store.has(r.key)}
+    store.close()
+    common = ["--results", str(results_path), "--recipe", preset]
+    common += [a for d in (data_dir,) if d for a in ("--data-dir", d)]
+    common += [a for f in registries for a in ("--registry", f)] + [a for d in tasks_dirs for a in ("--tasks-dir", d)]
+    common += [a for s in settings for a in ("--set", s)]
+    common += (["--resolution", str(resolution)] if resolution else []) + (["--skip-verify"] if skip_verify else [])
+    jobs = sweeps.plan_jobs(runs, pending, per, common)
+    click.echo(f"{len(runs)} runs planned, {len(runs) - len(pending)} stored, {len(pending)} to run in "
+               f"{len(jobs)} jobs")
+    click.echo(tabulate([[i, j.name, len(j.runs), "transfer-eval " + shlex.join(j.argv)]
+                         for i, j in enumerate(jobs, 1)], headers=["job", "what", "runs", "command"],
+                        maxcolwidths=[None, None, None, 90]))
+    if dry_run or not jobs:
+        return
+    if executor == "slurm":
+        ids = sweeps.launch_slurm(jobs, Path(slurm_folder), partition, gpus_per_job, cpus_per_job, mem_gb,
+                                  timeout_min)
+        click.echo(f"submitted {len(ids)} Slurm jobs: {', '.join(ids)}; logs in {slurm_folder}")
+        return
+    codes = sweeps.launch_local(jobs, echo=click.echo)
+    if any(codes):
+        click.echo(f"{sum(c != 0 for c in codes)} of {len(codes)} jobs failed", err=True)
+        sys.exit(1 if all(c in (0, 1) for c in codes) else 2)
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("run_id", type=int)
 @results_option
 @json_option

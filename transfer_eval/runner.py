@@ -92,6 +92,18 @@ def resolve_recipe(task: Task, mode: Mode, overrides: dict | None = None, resolu
     return _jsonable(dataclasses.asdict(finetune.make_recipe(fields)))
 
 
+def recipe_fields(mode: Mode) -> set[str]:
+    """The recipe fields a mode has (what --set may change for it)."""
+    if mode.kind == "probe":
+        return set(PROBE_DEFAULTS)
+    if mode.kind == "fewshot":
+        return set(FEWSHOT_DEFAULTS)
+    if mode.kind == "eval":
+        return set(EVAL_DEFAULTS)
+    names = {f.name for f in dataclasses.fields(finetune.Recipe)}
+    return names if mode.name == "lora" else names - set(LORA_DEFAULTS)
+
+
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d))
 
@@ -101,11 +113,18 @@ def plan(ckpts: list[Checkpoint], tasks: list[Task], mode_list: list[Mode], seed
     """Every run of checkpoints x tasks x modes x seeds; a few-shot mode becomes one run per shot count.
     Without `seeds`, each mode's default seeds (three for few-shot, one otherwise)."""
     runs = []
+    overrides = dict(overrides or {})
+    known = set().union(*(recipe_fields(m) for m in mode_list)) if mode_list else set()
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"unknown recipe field(s) {', '.join(unknown)} for mode(s) "
+                        f"{', '.join(m.name for m in mode_list)}; known: {', '.join(sorted(known))}")
     digests = {ck.name: checkpoints.weights_digest(ck) for ck in ckpts}
     for ck in ckpts:
         for task in tasks:
             for mode in mode_list:
-                recipe = resolve_recipe(task, mode, overrides, resolution, preset)
+                mine = {k: v for k, v in overrides.items() if k in recipe_fields(mode)}  # each mode its own fields
+                recipe = resolve_recipe(task, mode, mine, resolution, preset)
                 recipes = [{**recipe, "shots": k} for k in recipe["shots"]] if mode.kind == "fewshot" else [recipe]
                 for r in recipes:
                     for seed in seeds or DEFAULT_SEEDS.get(mode.name, (0,)):
