@@ -154,3 +154,11 @@ def test_bench_reports_side_by_side_figures():
     assert att["train_gflops_per_step"] < full["train_gflops_per_step"]
     assert report["attention_vs_full_step_time"] == pytest.approx(att["suite_step_s"] / full["suite_step_s"])
     assert report["extraction"]["suite_images_per_s"] > 0
+    pipe = report["input_pipeline"]
+    rates = ["small_cpu_images_per_s", "small_device_images_per_s", "jpeg_decode_images_per_s",
+             "jpeg_cached_images_per_s"]
+    assert all(pipe[k] > 0 for k in rates) and pipe["workers"] == 0
+    assert pipe["device_vs_cpu_small"] == pytest.approx(pipe["small_device_images_per_s"] /
+                                                        pipe["small_cpu_images_per_s"])
+    fastest = max(att["suite_images_per_s"], full["suite_images_per_s"])
+    assert pipe["jpeg_cached_vs_training"] == pytest.approx(pipe["jpeg_cached_images_per_s"] / fastest)

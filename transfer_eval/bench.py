@@ -2,10 +2,15 @@
 on the same architecture, seed, batch and device, one after the other.
 
 Reference training loop: a plain timm model, a plain torch optimiser (the recipe's kind, default settings), the
-same trainable parameters, bf16 autocast on CUDA, forward, backward, step. Each training loop runs in a fresh
+same trainable parameters, bf16 autocast on CUDA, forward, backward, step (with `compile`, both loops' forward
+passes go through torch.compile). Each training loop runs in a fresh
 process, so its peak memory is its own. Reference inference: the plain model's
 `forward_features` + pre-logits on tensors already on the device. The suite's extraction includes its whole input
 pipeline (PIL images through timm's transform), so the ratio shows what that pipeline costs.
+
+The input pipelines are timed alone too (`input_pipeline`): images per second delivered to the device for small
+images resized in CPU workers or on the device, and for JPEG files decoded each time or read from the
+decoded-image cache; compared with the training step's images per second, they show whether data keeps up.
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ def _loop(spec: dict, results) -> None:
         model, cfg, _ = _build(ck, mode, spec["num_classes"], spec["resolution"], device)
         recipe = finetune.make_recipe({"optimizer": spec["optimizer"], "lr": 1e-4, "steps": 10**6,
                                        "warmup_steps": 0, "batch_size": spec["batch_size"], "grad_clip": None})
-        step_fn = finetune.step_fn(model.train(), recipe, recipe.lr, device)
+        step_fn = finetune.step_fn(model.train(), recipe, recipe.lr, device, compile=spec["compile"])
         flops = costs.train_step_flops(model, cfg, device) * spec["batch_size"]
     else:
         model = _bare_model(ck, mode, spec["num_classes"], spec["resolution"], device).train()
@@ -98,10 +103,11 @@ def _loop(spec: dict, results) -> None:
         params = [p for p in model.parameters() if p.requires_grad]
         opt = (torch.optim.AdamW(params, lr=1e-4) if spec["optimizer"] == "adamw"
                else torch.optim.SGD(params, lr=1e-4, momentum=0.9))
+        forward = torch.compile(model) if spec["compile"] else model
 
         def step_fn(x, y):
             with data.autocast(device):
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(forward(x), y)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -130,10 +136,10 @@ def _in_child(spec: dict) -> dict:
 
 
 def train_step(ck, mode, batch_size: int, steps: int, device, resolution=None, num_classes=1000,
-               optimizer: str = "adamw") -> dict:
+               optimizer: str = "adamw", compile: bool = False) -> dict:
     spec = {"checkpoint": ck, "mode": mode.name, "batch_size": batch_size, "steps": steps,
             "device": str(device), "resolution": resolution, "num_classes": num_classes, "optimizer": optimizer,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "compile": compile}
     suite = _in_child({**spec, "which": "suite"})
     bare = _in_child({**spec, "which": "bare"})
     return {
@@ -174,16 +180,80 @@ def extraction(ck, batch_size: int, steps: int, device, resolution=None, num_cla
     return {"suite_images_per_s": n / suite_s, "ref_images_per_s": n / ref_s, "ratio_vs_reference": ref_s / suite_s}
 
 
-def run(ck, mode_list, batch_size: int, steps: int, device, resolution=None) -> dict:
-    report = {"checkpoint": ck.name, "model": ck.model, "batch_size": batch_size, "steps": steps,
+def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: int | None = None) -> dict:
+    """Images per second each input pipeline delivers to the device, training augmentation on, no model: 32 px
+    images (CIFAR's size) through the CPU transforms and through the on-device resize; 500x375 JPEG files
+    (the size of a typical Flowers or iNaturalist photo) decoded each time and from the decoded-image cache."""
+    import os
+    import tempfile
+
+    from PIL import Image
+
+    from transfer_eval import image_cache
+
+    aug = {"augment": True, "hflip": 0.5, "crop_scale": (0.05, 1.0), "randaugment": None, "random_erasing": 0.0}
+    n = batch_size * (batches + 1)
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    cifar = ImageSplit(lambda i: Image.fromarray(small[i]), np.zeros(n, dtype=np.int64))
+
+    def rate(split, plan) -> float:
+        pipe = data.pipeline(split, cfg, device, plan, train=aug)
+        sampler = data.EpochBatches(len(split), batch_size, 0)
+        it = iter(data.batch_loader(pipe, sampler, device, workers))
+        pipe.to_device(next(it))  # warm-up: workers started
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(batches):
+            x, _ = pipe.to_device(next(it))
+        _sync(device)
+        return batch_size * batches / (time.perf_counter() - start)
+
+    on_device = data.InputPlan(native_size=(32, 32), train_on_device=True, eval_on_device=True, workers=workers)
+    out = {"workers": data.default_workers(device) if workers is None else workers,
+           "small_cpu_images_per_s": rate(cifar, data.InputPlan(workers=workers)),
+           "small_device_images_per_s": rate(cifar, on_device)}
+    with tempfile.TemporaryDirectory() as tmp:
+        previous = os.environ.get("TRANSFER_EVAL_CACHE")
+        os.environ["TRANSFER_EVAL_CACHE"] = tmp
+        try:
+            files = []
+            photo = Image.fromarray(rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)).resize((500, 375))
+            for i in range(n):
+                files.append(os.path.join(tmp, f"{i}.jpg"))
+                photo.rotate(i % 360).save(files[-1], quality=90)
+            jpegs = ImageSplit.from_files(files, np.zeros(n, dtype=np.int64))
+            out["jpeg_decode_images_per_s"] = rate(jpegs, data.InputPlan(workers=workers))
+            image_cache.cached(jpegs, cfg)  # built once, not timed
+            out["jpeg_cached_images_per_s"] = rate(jpegs, data.InputPlan(cache_images=True, workers=workers))
+        finally:
+            if previous is None:
+                os.environ.pop("TRANSFER_EVAL_CACHE", None)
+            else:
+                os.environ["TRANSFER_EVAL_CACHE"] = previous
+    out["device_vs_cpu_small"] = out["small_device_images_per_s"] / out["small_cpu_images_per_s"]
+    out["cache_vs_decode_jpeg"] = out["jpeg_cached_images_per_s"] / out["jpeg_decode_images_per_s"]
+    return out
+
+
+def run(ck, mode_list, batch_size: int, steps: int, device, resolution=None, workers: int | None = None,
+        compile: bool = False) -> dict:
+    report = {"checkpoint": ck.name, "model": ck.model, "batch_size": batch_size, "steps": steps, "compile": compile,
               "device": costs.device_name(device), "precision": data.precision(device),
               "torch": torch.__version__, "matmul_peak_tflops": matmul_peak_tflops(device), "modes": {}}
     for mode in mode_list:
         if mode.kind == "finetune":
-            r = train_step(ck, mode, batch_size, steps, device, resolution)
+            r = train_step(ck, mode, batch_size, steps, device, resolution, compile=compile)
             r["fraction_of_matmul_peak"] = r["suite_tflops"] / report["matmul_peak_tflops"]
             report["modes"][mode.name] = r
     report["extraction"] = extraction(ck, batch_size, steps, device, resolution)
+    cfg = checkpoints.data_config(_bare_model(ck, modes.MODES["linear"], 1000, resolution, torch.device("cpu")), ck,
+                                  resolution)
+    report["input_pipeline"] = pipe = input_pipeline(cfg, batch_size, steps, device, workers)
+    if report["modes"]:  # does the fastest pipeline keep up with the fastest training step?
+        fastest = max(r["suite_images_per_s"] for r in report["modes"].values())
+        pipe["small_device_vs_training"] = pipe["small_device_images_per_s"] / fastest
+        pipe["jpeg_cached_vs_training"] = pipe["jpeg_cached_images_per_s"] / fastest
     m = report["modes"]
     if "attention" in m and "full" in m:
         report["attention_vs_full_step_time"] = m["attention"]["suite_step_s"] / m["full"]["suite_step_s"]

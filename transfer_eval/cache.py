@@ -1,7 +1,8 @@
 """The feature cache: pre-logits features on disk, keyed by everything that changes them.
 
 The key covers the weights digest, the architecture and its arguments, the task, its version, the split's
-manifest (sample ids and labels) and its image files' sizes and modification times, the transform (the full data config), the suite version and torch's version.
+manifest (sample ids and labels) and its image files' sizes and modification times, the transform (the full
+data config, and whether images were resized on the CPU or the device), the suite version and torch's version.
 A second probe on the same checkpoint and task then does no forward pass; a changed transform or split misses.
 """
 
@@ -20,13 +21,14 @@ from transfer_eval import paths
 
 
 def feature_key(weights_sha256: str, checkpoint, task, split_name: str, manifest: str, data_config: dict,
-                files: str | None = None) -> str:
+                files: str | None = None, resize: str = "cpu") -> str:
     import torch
 
     blob = json.dumps({
         "weights": weights_sha256, "model": checkpoint.model, "model_args": checkpoint.model_args,
         "task": task.name, "task_version": task.version, "split": split_name, "manifest": manifest, "files": files,
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())},
+        "resize": resize,
         "suite": transfer_eval.__version__, "torch": torch.__version__,
     }, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

@@ -53,6 +53,31 @@ data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), d
                                help="Root folder of the datasets. Default: $TRANSFER_EVAL_DATA or ./data.")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="auto (CUDA if visible, else CPU), cpu, cuda or cuda:N.")
+
+
+def input_options(f):
+    """--device-resize, --cache-images, --workers, --compile: how fast images reach the model, not what it learns."""
+    f = click.option("--compile", "compile_model", is_flag=True,
+                     help="Train through torch.compile (slower start, faster steps on a GPU).")(f)
+    f = click.option("--workers", type=click.IntRange(min=0), default=None,
+                     help="DataLoader worker processes. Default: none on a CPU, up to 8 with a GPU.")(f)
+    f = click.option("--cache-images", is_flag=True,
+                     help="Decode each image file once and keep it at the training resolution "
+                          "($TRANSFER_EVAL_CACHE/images): later epochs and runs skip decoding and the big resize.")(f)
+    f = click.option("--device-resize", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                     help="Resize small images (CIFAR's 32 px) on the device in one batched op instead of in the "
+                          "CPU workers; auto: on CUDA where the augmentation allows (not RandAugment).")(f)
+    return f
+
+
+def _input_argv(device_resize, cache_images, workers, compile_model) -> list[str]:
+    """The same choices as `run` arguments (for the jobs of a sweep)."""
+    argv = ["--device-resize", device_resize] if device_resize != "auto" else []
+    argv += ["--cache-images"] if cache_images else []
+    argv += ["--workers", str(workers)] if workers is not None else []
+    return argv + (["--compile"] if compile_model else [])
+
+
 skip_verify_option = click.option("--skip-verify", is_flag=True,
                                   help="Do not check dataset checksums (re-packed copies, test fixtures).")
 download_option = click.option("--download", is_flag=True,
@@ -115,13 +140,14 @@ def cli():
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Write a training checkpoint every N steps (0: every 10 minutes). A killed run resumes from it "
                    "when the same command is run again.")
+@input_options
 @skip_verify_option
 @download_option
 @bad_images_option
 @json_option
 def run(checkpoint_names, task_names, mode_names, data_dir, results, registries, tasks_dirs, device, seeds,
-        resolution, preset, settings, force, save_delta, checkpoint_every, skip_verify, download, bad_images,
-        as_json):
+        resolution, preset, settings, force, save_delta, checkpoint_every, device_resize, cache_images, workers,
+        compile_model, skip_verify, download, bad_images, as_json):
     """Adapt each checkpoint to each task in each mode; store and print the results.
 
     Runs whose result is already stored (same checkpoint, weights, task version, mode, recipe and seed) are
@@ -170,6 +196,10 @@ def run(checkpoint_names, task_names, mode_names, data_dir, results, registries,
             task.fetch(ctx)
         for split in sorted(split_names):
             task.dataset(split, ctx)
+    inputs = data.InputOptions(device_resize, cache_images, workers)
+    if device_resize == "on":  # refused now, not when the run comes
+        for r in pending:
+            runner.check_inputs(r, ctx, dev, inputs)
     # Decided once, before anything is written, so that every torchrun process runs the same list.
     todo = {r.key for r in pending}
     distributed.barrier()
@@ -189,7 +219,7 @@ def run(checkpoint_names, task_names, mode_names, data_dir, results, registries,
             click.echo(f"{prefix}: running on {where}", err=True)
         result = runner.execute(r, ctx, dev, store, command, log=click.echo,
                                 save_delta=Path(save_delta) if save_delta else None,
-                                checkpoint_every=checkpoint_every)
+                                checkpoint_every=checkpoint_every, compile=compile_model, inputs=inputs)
         failed += result.status != "ok"
         shown.append(result)
     distributed.barrier()
@@ -292,39 +322,51 @@ def list_modes(as_json):
 
 @cli.group("cache", context_settings=CONTEXT)
 def cache_group():
-    """The feature cache ($TRANSFER_EVAL_CACHE, default ~/.cache/transfer-eval): list or clear it."""
+    """The feature and decoded-image caches ($TRANSFER_EVAL_CACHE, default ~/.cache/transfer-eval): list or clear."""
 
 
 @cache_group.command("list", context_settings=CONTEXT)
 @json_option
 def cache_list(as_json):
-    """Cached feature files: checkpoint, task, split, images, size."""
+    """Cached feature files (checkpoint, task, split, images, size), then cached decoded images."""
     from tabulate import tabulate
 
-    from transfer_eval import cache
+    from transfer_eval import cache, image_cache
 
-    rows = cache.entries()
+    rows, images = cache.entries(), image_cache.entries()
     if as_json:
         for r in rows:
-            click.echo(json.dumps(r))
+            click.echo(json.dumps({"kind": "features", **r}))
+        for r in images:
+            click.echo(json.dumps({"kind": "images", **r}))
         return
     click.echo(tabulate([[r["key"], r.get("checkpoint", "?"), r.get("task", "?"), r.get("split", "?"),
                           r.get("images", "?"), f"{r['bytes'] / 2**20:.1f}", r["modified"]] for r in rows],
                         headers=["key", "checkpoint", "task", "split", "images", "MiB", "modified"]))
-    click.echo(f"{len(rows)} entries in {paths.cache_dir() / 'features'}")
+    click.echo(f"{len(rows)} feature entries in {paths.cache_dir() / 'features'}")
+    if images:
+        click.echo(tabulate([[r["key"], r.get("source", "?"), r.get("images", "?"), r.get("resize", "?"),
+                              f"{r['bytes'] / 2**20:.1f}", r["modified"]] for r in images],
+                            headers=["key", "images from", "images", "resized by", "MiB", "modified"],
+                            maxcolwidths=[None, 50, None, 50, None, None]))
+    click.echo(f"{len(images)} decoded-image entries in {image_cache.folder()}")
 
 
 @cache_group.command("clear", context_settings=CONTEXT)
 @click.option("-c", "--checkpoint", "checkpoint_names", default=None, help="Only these checkpoints' features.")
 @click.option("-t", "--task", "task_names", default=None, help="Only these tasks' features.")
-def cache_clear(checkpoint_names, task_names):
-    """Delete cached features (all, or those of some checkpoints or tasks)."""
-    from transfer_eval import cache
+@click.option("--images", "images_only", is_flag=True, help="Only the decoded-image cache.")
+def cache_clear(checkpoint_names, task_names, images_only):
+    """Delete cached features (all, or those of some checkpoints or tasks) and, without -c/-t, decoded images."""
+    from transfer_eval import cache, image_cache
 
     cks, tks = set(_csv(checkpoint_names)), set(_csv(task_names))
-    keys = {e["key"] for e in cache.entries()
-            if (not cks or e.get("checkpoint") in cks) and (not tks or e.get("task") in tks)}
-    click.echo(f"removed {cache.clear(keys)} cached feature files")
+    if not images_only:
+        keys = {e["key"] for e in cache.entries()
+                if (not cks or e.get("checkpoint") in cks) and (not tks or e.get("task") in tks)}
+        click.echo(f"removed {cache.clear(keys)} cached feature files")
+    if images_only or not (cks or tks):
+        click.echo(f"removed {image_cache.clear()} cached decoded-image entries")
 
 
 @cli.group(context_settings=CONTEXT)
@@ -458,10 +500,15 @@ def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_js
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps per loop.")
 @click.option("--resolution", type=click.IntRange(min=16), default=None)
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader workers for the input-pipeline timings. Default: as `run` (none on a CPU).")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="Both training loops through torch.compile (the warm-up steps absorb the compilation).")
 @registry_option
 @device_option
 @json_option
-def bench(checkpoint_name, mode_names, batch_size, steps, resolution, registries, device, as_json):
+def bench(checkpoint_name, mode_names, batch_size, steps, resolution, workers, compile_model, registries, device,
+          as_json):
     """Time the suite's training step and feature extraction against bare timm/torch loops, side by side.
 
     Prints images/s, step time, peak memory, achieved TFLOP/s and its fraction of the device's measured matmul
@@ -482,12 +529,14 @@ def bench(checkpoint_name, mode_names, batch_size, steps, resolution, registries
     mode_list = [modes.resolve(n) for n in _csv(mode_names)]
     if not any(m.kind == "finetune" for m in mode_list):
         raise UserError("bench times fine-tuning modes: give at least one of attention, full, ffn, bitfit, lora")
-    report = benchmark.run(ck, mode_list, batch_size, steps, data.pick_device(device), resolution)
+    report = benchmark.run(ck, mode_list, batch_size, steps, data.pick_device(device), resolution, workers,
+                           compile_model)
     if as_json:
         click.echo(json.dumps(report))
         return
     click.echo(f"{report['checkpoint']} ({report['model']}), batch {batch_size}, {steps} timed steps, "
-               f"{report['device']}, {report['precision']}, torch {report['torch']}")
+               f"{report['device']}, {report['precision']}{', torch.compile' if compile_model else ''}, "
+               f"torch {report['torch']}")
     click.echo(f"measured matmul peak: {report['matmul_peak_tflops']:.3f} TFLOP/s")
     rows = [[name, f"{r['suite_images_per_s']:.1f}", f"{r['ref_images_per_s']:.1f}",
              f"{r['ratio_vs_reference']:.3f}", f"{1000 * r['suite_step_s']:.1f}", f"{r['suite_peak_mb']:.0f}",
@@ -502,6 +551,18 @@ def bench(checkpoint_name, mode_names, batch_size, steps, resolution, registries
     if "attention_vs_full_step_time" in report:
         click.echo(f"attention / full: step time {report['attention_vs_full_step_time']:.3f}x, peak memory "
                    f"{report['attention_vs_full_peak_memory']:.3f}x")
+    p = report["input_pipeline"]
+    keeps = lambda k: f"{p[k]:.2f}x the fastest training step" if k in p else "-"  # noqa: E731
+    click.echo(f"input pipelines alone ({p['workers']} workers, training augmentation, images/s delivered):")
+    click.echo(tabulate([["32 px, CPU transforms", f"{p['small_cpu_images_per_s']:.0f}", "-"],
+                         ["32 px, resized on the device", f"{p['small_device_images_per_s']:.0f}",
+                          keeps("small_device_vs_training")],
+                         ["500x375 JPEG, decoded each time", f"{p['jpeg_decode_images_per_s']:.0f}", "-"],
+                         ["500x375 JPEG, decoded-image cache", f"{p['jpeg_cached_images_per_s']:.0f}",
+                          keeps("jpeg_cached_vs_training")]],
+                        headers=["pipeline", "img/s", "keeps up?"], disable_numparse=True))
+    click.echo(f"device resize / CPU transforms: {p['device_vs_cpu_small']:.2f}x; image cache / decoding: "
+               f"{p['cache_vs_decode_jpeg']:.2f}x")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -527,10 +588,11 @@ def bench(checkpoint_name, mode_names, batch_size, steps, resolution, registries
 @click.option("--recipe", "preset", type=click.Choice(["vit", "deit"]), default="vit", show_default=True)
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Recipe overrides, as for run.")
 @click.option("--resolution", type=click.IntRange(min=16), default=None)
+@input_options
 @skip_verify_option
 def sweep(checkpoint_names, task_names, mode_names, seeds, per, executor, dry_run, slurm_folder, partition,
           gpus_per_job, cpus_per_job, mem_gb, timeout_min, data_dir, results, registries, tasks_dirs, preset,
-          settings, resolution, skip_verify):
+          settings, resolution, device_resize, cache_images, workers, compile_model, skip_verify):
     """Plan every run not yet stored and launch the missing ones as jobs (locally, or on Slurm via submitit).
 
     All jobs write to the same results store; launching the same sweep again runs only what is still missing.
@@ -563,6 +625,7 @@ def sweep(checkpoint_names, task_names, mode_names, seeds, per, executor, dry_ru
     common += [a for f in registries for a in ("--registry", f)] + [a for d in tasks_dirs for a in ("--tasks-dir", d)]
     common += [a for s in settings for a in ("--set", s)]
     common += (["--resolution", str(resolution)] if resolution else []) + (["--skip-verify"] if skip_verify else [])
+    common += _input_argv(device_resize, cache_images, workers, compile_model)
     jobs = sweeps.plan_jobs(runs, pending, per, common)
     click.echo(f"{len(runs)} runs planned, {len(runs) - len(pending)} stored, {len(pending)} to run in "
                f"{len(jobs)} jobs")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -55,20 +57,246 @@ def default_workers(device: torch.device) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def loader(split: ImageSplit, transform, batch_size: int, device: torch.device, shuffle: bool = False,
-           generator: torch.Generator | None = None, drop_last: bool = False,
-           num_workers: int | None = None) -> DataLoader:
-    workers = default_workers(device) if num_workers is None else num_workers
-    return DataLoader(TransformedSplit(split, transform), batch_size=batch_size, shuffle=shuffle,
-                      generator=generator, drop_last=drop_last, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
+# --------------------------------------------------------------------------------------------------------------
+# Input pipelines. Images reach the model one of two ways:
+#
+# - "cpu": timm's transforms in DataLoader workers (decode, crop, resize, flip, normalise), float batches copied
+#   to the device. Optionally from a cache of decoded images already at the training resolution
+#   (`--cache-images`, transfer_eval/image_cache.py), which leaves the workers only a crop and a small resize.
+# - "device-resize": for small images (CIFAR's 32 px), the workers only hand over uint8 images at their own size
+#   with each one's crop box and flip (drawn exactly as timm's RandomResizedCrop and torchvision's flip draw
+#   them); one batched bicubic crop-resize-flip (grid_sample) on the device makes the 224 px inputs. Moving 32 px
+#   images instead of 224 px ones is 49x less data, and no CPU resizes.
+
+SMALL_IMAGE_MAX = 64  # px, the longer side: images at most this big may be resized on the device
+DEVICE_INTERPOLATIONS = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}
+RRC_RATIO = (3 / 4, 4 / 3)  # timm's RandomResizedCrop aspect-ratio range
 
 
-def batch_loader(split: ImageSplit, transform, batch_sampler, device: torch.device,
-                 num_workers: int | None = None) -> DataLoader:
-    workers = default_workers(device) if num_workers is None else num_workers
-    return DataLoader(TransformedSplit(split, transform), batch_sampler=batch_sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda")
+@dataclass(frozen=True)
+class InputOptions:
+    """What the user asked of the input pipeline (`run --device-resize/--cache-images/--workers`)."""
+
+    device_resize: str = "auto"  # auto (on CUDA, for small images, where the augmentation allows) | on | off
+    cache_images: bool = False  # decoded-image cache at the training resolution, for datasets of image files
+    workers: int | None = None  # DataLoader workers; None: none on a CPU, up to 8 on a GPU
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    """What a run's pipelines do, decided once before it starts (`plan_input`) and recorded with the result."""
+
+    native_size: tuple[int, int] | None = None  # (width, height) of the images, when resized on the device
+    train_on_device: bool = False
+    eval_on_device: bool = False
+    cache_images: bool = False
+    workers: int | None = None
+
+    def describe(self) -> str:
+        def one(on_device):
+            if on_device:
+                w, h = self.native_size
+                return f"device-resize from {w}x{h}"
+            return "cpu" + ("+image-cache" if self.cache_images else "")
+
+        train, ev = one(self.train_on_device), one(self.eval_on_device)
+        return train if train == ev else f"train: {train}; eval: {ev}"
+
+
+def plan_input(options: InputOptions, split: ImageSplit, data_config: dict, device: torch.device,
+               recipe: dict | None) -> InputPlan:
+    """Decide where images are resized. `split` (not test: it may be sealed) shows the images' size; `recipe`
+    (None for probes) the training augmentation. Under `on`, a pipeline the device cannot do is an error."""
+    from transfer_eval.errors import UserError
+
+    if options.device_resize not in ("auto", "on", "off"):
+        raise UserError(f"--device-resize {options.device_resize!r}: use auto, on or off")
+    cache = options.cache_images and split.paths is not None
+    base = InputPlan(cache_images=cache, workers=options.workers)
+    if options.device_resize == "off" or (options.device_resize == "auto" and device.type != "cuda"):
+        return base
+    size, why = _native_size(split, data_config)
+    train_why = why or (_train_blocker(recipe) if recipe is not None else None)
+    if options.device_resize == "on" and (why or train_why):
+        raise UserError(f"--device-resize on: {why or train_why}; use --device-resize auto or off")
+    # a probe's training data goes through the evaluation pipeline
+    return InputPlan(native_size=size, train_on_device=why is None if recipe is None else train_why is None,
+                     eval_on_device=why is None, cache_images=cache, workers=options.workers)
+
+
+def _native_size(split: ImageSplit, data_config: dict) -> tuple[tuple[int, int] | None, str | None]:
+    """(the images' common size, None) when every probed image has one small size; else (None, why not)."""
+    if DEVICE_INTERPOLATIONS.get(data_config.get("interpolation", "bicubic")) is None:
+        return None, f"interpolation {data_config.get('interpolation')!r} is done on the CPU only"
+    if data_config.get("crop_mode", "center") not in ("center", "squash", None):
+        return None, f"crop_mode {data_config.get('crop_mode')!r} is done on the CPU only"
+    n = len(split)
+    if n == 0:
+        return None, "the split is empty"
+    probe = sorted({int(i) for i in np.linspace(0, n - 1, min(n, 16))})
+    sizes = {split.image(i).size for i in probe}
+    if len(sizes) > 1:
+        return None, f"the images differ in size ({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:3])}, ...)"
+    (w, h), = sizes
+    out = data_config["input_size"][-1]
+    if max(w, h) > SMALL_IMAGE_MAX:
+        return None, f"the images ({w}x{h}) are larger than {SMALL_IMAGE_MAX} px (use --cache-images for those)"
+    if out < max(w, h):
+        return None, f"the model's input ({out} px) is smaller than the images ({w}x{h}): that needs antialiasing"
+    return (w, h), None
+
+
+def _train_blocker(recipe: dict) -> str | None:
+    if recipe.get("randaugment"):
+        return "RandAugment works on PIL images in the CPU workers"
+    if recipe.get("random_erasing"):
+        return "random erasing is done by the CPU transforms"
+    return None
+
+
+class Pipeline:
+    """A Dataset for the DataLoader and `to_device(batch) -> (x, y)`: normalised float images on the device."""
+
+    def __init__(self, dataset: Dataset, to_device, name: str):
+        self.dataset, self.to_device, self.name = dataset, to_device, name
+
+
+def pipeline(split: ImageSplit, data_config: dict, device: torch.device, plan: InputPlan | None = None,
+             train: dict | None = None) -> Pipeline:
+    """The pipeline of one split: `train` holds the recipe's augmentation fields (augment, hflip, crop_scale,
+    randaugment, random_erasing); None gives the evaluation pipeline."""
+    plan = plan or InputPlan()
+    on_device = plan.train_on_device if train is not None else plan.eval_on_device
+    augment = train is not None and train.get("augment", True)
+    if on_device:
+        box = RandomBoxes(train.get("crop_scale", (0.08, 1.0)), train.get("hflip", 0.5)) if augment else \
+            CenterBox(data_config)
+        return Pipeline(NativeSplit(split, plan.native_size, box), DeviceResize(data_config, device),
+                        "device-resize")
+    if plan.cache_images and split.paths is not None:
+        from transfer_eval import image_cache
+
+        split = image_cache.cached(split, data_config)
+    if train is None or not augment:
+        transform = eval_transform(data_config)
+    else:
+        transform = train_transform(data_config, True, train.get("hflip", 0.5), train.get("crop_scale", (0.08, 1.0)),
+                                    train.get("randaugment"), train.get("random_erasing", 0.0))
+
+    def to_device(batch):
+        x, y = batch
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    return Pipeline(TransformedSplit(split, transform), to_device, "cpu")
+
+
+class CenterBox:
+    """The source box timm's eval transform keeps: resize the shorter side to floor(size / crop_pct) (both sides
+    under crop_mode squash), then the centre size x size crop, as torchvision rounds them."""
+
+    def __init__(self, data_config: dict):
+        self.out_h, self.out_w = data_config["input_size"][-2:]
+        self.crop_pct = data_config.get("crop_pct") or 0.875
+        self.squash = data_config.get("crop_mode") == "squash"
+
+    def __call__(self, img) -> tuple[list[float], bool]:
+        import math
+
+        w, h = img.size
+        sh, sw = math.floor(self.out_h / self.crop_pct), math.floor(self.out_w / self.crop_pct)
+        if self.squash:
+            new_w, new_h = sw, sh
+        elif sh != sw:
+            raise ValueError("a non-square input size resizes with timm's ResizeKeepRatio, on the CPU only")
+        elif w <= h:  # torchvision's Resize(int): the shorter side to sh, the longer one truncated
+            new_w, new_h = sh, int(sh * h / w)
+        else:
+            new_w, new_h = int(sh * w / h), sh
+        top, left = int(round((new_h - self.out_h) / 2.0)), int(round((new_w - self.out_w) / 2.0))
+        kx, ky = w / new_w, h / new_h
+        return [left * kx, top * ky, self.out_w * kx, self.out_h * ky], False
+
+
+class RandomBoxes:
+    """timm's RandomResizedCrop box (its own get_params, drawn with Python's random as timm does) and
+    torchvision's horizontal flip draw (torch.rand), in that order: the same draws as the CPU transforms."""
+
+    def __init__(self, scale, hflip: float):
+        self.scale, self.hflip = tuple(scale), hflip
+
+    def __call__(self, img) -> tuple[list[float], bool]:
+        from timm.data.transforms import RandomResizedCropAndInterpolation
+
+        i, j, ch, cw = RandomResizedCropAndInterpolation.get_params(img, self.scale, RRC_RATIO)
+        flip = self.hflip > 0 and bool(torch.rand(1) < self.hflip)
+        return [float(j), float(i), float(cw), float(ch)], flip
+
+
+class NativeSplit(Dataset):
+    """(uint8 3xHxW image at its own size, crop box [x, y, w, h] in its pixels, flip, label)."""
+
+    def __init__(self, split: ImageSplit, size: tuple[int, int], box):
+        self.split, self.size, self.box = split, tuple(size), box
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img = self.split.image(i)
+        if img.size != self.size:  # an odd one out among same-size images: brought to the common size here
+            img = img.resize(self.size, Image.BICUBIC)
+        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        box, flip = self.box(img)
+        return arr, torch.tensor(box, dtype=torch.float32), torch.tensor(flip), int(self.split.labels[i])
+
+
+class DeviceResize:
+    """A batch of uint8 images, boxes and flips to normalised float images at the model's input size, on the
+    device, in one grid_sample: each output pixel centre maps into its image's box (align_corners=False, as PIL
+    resamples), bicubic as the data config says, edges replicated, rounded to 8 bits as PIL's output is."""
+
+    def __init__(self, data_config: dict, device: torch.device):
+        self.device = device
+        self.out_h, self.out_w = data_config["input_size"][-2:]
+        self.mode = DEVICE_INTERPOLATIONS[data_config.get("interpolation", "bicubic")]
+        self.mean = torch.tensor(data_config["mean"], device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, batch):
+        import torch.nn.functional as F
+
+        img, box, flip, y = batch
+        x = img.to(self.device, non_blocking=True).float()
+        box, flip = box.to(self.device, non_blocking=True), flip.to(self.device, non_blocking=True)
+        n, _, h, w = x.shape
+        theta = torch.zeros(n, 2, 3, device=self.device)
+        sx = box[:, 2] / w
+        theta[:, 0, 0] = torch.where(flip, -sx, sx)
+        theta[:, 0, 2] = (2 * box[:, 0] + box[:, 2]) / w - 1
+        theta[:, 1, 1] = box[:, 3] / h
+        theta[:, 1, 2] = (2 * box[:, 1] + box[:, 3]) / h - 1
+        grid = F.affine_grid(theta, [n, 3, self.out_h, self.out_w], align_corners=False)
+        out = F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False)
+        out = out.clamp_(0, 255).round_()
+        return (out - self.mean) / self.std, y.to(self.device, non_blocking=True)
+
+
+def loader(pipe: Pipeline, batch_size: int, device: torch.device, workers: int | None = None) -> DataLoader:
+    """An in-order loader (evaluation, features). Its workers persist: a loader iterated again (val after each
+    learning rate) reuses them instead of starting new ones."""
+    workers = default_workers(device) if workers is None else workers
+    return DataLoader(pipe.dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+
+def batch_loader(pipe: Pipeline, batch_sampler, device: torch.device, workers: int | None = None) -> DataLoader:
+    """A loader over `batch_sampler`'s index lists (training: EpochBatches, which never ends, so one iterator
+    serves the whole phase and its workers live as long)."""
+    workers = default_workers(device) if workers is None else workers
+    return DataLoader(pipe.dataset, batch_sampler=batch_sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
 
 
 def pick_device(name: str = "auto") -> torch.device:

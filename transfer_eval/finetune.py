@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -138,16 +139,29 @@ def _batches(dl):
         yield from dl
 
 
+def seed_everything(seed: int) -> None:
+    """torch's, Python's and numpy's generators: timm's crops and mixup draw from Python's and numpy's."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def augmentation(recipe: Recipe) -> dict:
+    return {k: getattr(recipe, k) for k in ("augment", "hflip", "crop_scale", "randaugment", "random_erasing")}
+
+
 def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: torch.device, seed: int,
-          desc: str = "train", checkpoints=None, phase: str = "train") -> dict:
+          desc: str = "train", checkpoints=None, phase: str = "train", plan: data.InputPlan | None = None,
+          compile: bool = False) -> dict:
     """Train the parameters that require grad for `recipe.steps` optimizer steps. Returns timing figures.
 
     With `checkpoints` (resume.RunCheckpoints), the phase resumes from its last training checkpoint and writes
-    new ones as it goes; a resumed phase sees the same batches and random draws as an uninterrupted one."""
-    torch.manual_seed(seed)
+    new ones as it goes; a resumed phase sees the same batches and random draws as an uninterrupted one.
+    `plan` says how images reach the model (data.plan_input); `compile` runs the forward and backward through
+    torch.compile."""
+    seed_everything(seed)
     micro = recipe.micro_batch_size or recipe.batch_size
-    transform = data.train_transform(data_config, recipe.augment, recipe.hflip, recipe.crop_scale,
-                                     recipe.randaugment, recipe.random_erasing)
+    pipe = data.pipeline(split, data_config, device, plan, train=augmentation(recipe))
     mix = None
     if recipe.mixup > 0 or recipe.cutmix > 0:  # timm's batch mixing, with label smoothing folded into the targets
         from timm.data import Mixup
@@ -171,11 +185,14 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
     if min(recipe.batch_size, len(split)) % world:
         raise UserError(f"batch_size {recipe.batch_size} does not split evenly over {world} processes")
     ddp = distributed.wrap(model, device)
+    if compile:
+        ddp = compiled(ddp)
+    workers = plan.workers if plan is not None else None
 
     def batches_from(step):
         sampler = data.EpochBatches(len(split), recipe.batch_size, seed, start_batch=step, micro_size=micro,
                                     rank=rank, world=world)
-        return sampler, iter(data.batch_loader(split, transform, sampler, device))
+        return sampler, map(pipe.to_device, data.batch_loader(pipe, sampler, device, workers))
 
     sampler, batches = batches_from(start_step)
     if device.type == "cuda":
@@ -215,6 +232,14 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
     return {"seconds": seconds, "images": images, "micro_batch_size": micro, "oom_backoffs": backoffs}
 
 
+def compiled(model):
+    """torch.compile, with a clear line where this machine cannot compile (no C++ compiler, an old GPU)."""
+    try:
+        return torch.compile(model)
+    except RuntimeError as e:
+        raise UserError(f"--compile: torch.compile is not available here ({e}); run without --compile") from None
+
+
 def _update(opt, sched, params, recipe: Recipe) -> None:
     if recipe.grad_clip:
         torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
@@ -223,18 +248,20 @@ def _update(opt, sched, params, recipe: Recipe) -> None:
     sched.step()
 
 
-def step_fn(model, recipe: Recipe, lr: float, device: torch.device):
+def step_fn(model, recipe: Recipe, lr: float, device: torch.device, compile: bool = False):
     """The suite's training step on given tensors (for `transfer-eval bench`): the same optimiser, schedule,
-    autocast, chunking and clipping as `train`, without the data pipeline."""
+    autocast, chunking, clipping and (with `compile`) torch.compile as `train`, without the data pipeline."""
     opt = _optimizer(model, recipe, lr, device)
     sched = _schedule(opt, min(recipe.warmup_steps, recipe.steps), recipe.steps)
     params = [p for p in model.parameters() if p.requires_grad]
+    forward = compiled(model) if compile else model
 
     def step(x, y):
         micro = recipe.micro_batch_size or len(x)
+        x, y = x.to(device), y.to(device)
         chunks = iter([(x[i:i + micro], y[i:i + micro]) for i in range(0, len(x), micro)])
         sizes = data.EpochBatches(len(x), len(x), 0, micro_size=micro)  # one effective batch: only its sizes
-        loss, _ = _accumulate(model, chunks, sizes, device, recipe, None, None)
+        loss, _ = _accumulate(forward, chunks, sizes, device, recipe, None, None)
         _update(opt, sched, params, recipe)
         return loss
 
@@ -249,8 +276,7 @@ def _accumulate(model, batches, sampler, device, recipe: Recipe, mix, soft_loss)
     world = sampler.world
     total = 0.0
     for _ in range(sampler.chunks_per_batch()):
-        x, y = next(batches)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = next(batches)  # on the device already
         weight = x.shape[0] * world / n
         if mix is not None and x.shape[0] % 2 == 0:
             x, y_soft = mix(x, y)
@@ -264,24 +290,36 @@ def _accumulate(model, batches, sampler, device, recipe: Recipe, mix, soft_loss)
     return total, n
 
 
-@torch.no_grad()
+def eval_loader(split, data_config: dict, device: torch.device, batch_size: int = 256,
+                plan: data.InputPlan | None = None):
+    """(DataLoader, to_device) over a split for evaluation; a loader kept and iterated again reuses its workers."""
+    pipe = data.pipeline(split, data_config, device, plan)
+    return data.loader(pipe, batch_size, device, plan.workers if plan is not None else None), pipe.to_device
+
+
 def predict(model, split, data_config: dict, device: torch.device, batch_size: int = 256,
-            desc: str = "eval") -> tuple[np.ndarray, float]:
-    """Logits (N x K float32) in the split's order, and the seconds it took."""
+            desc: str = "eval", plan: data.InputPlan | None = None, loader=None) -> tuple[np.ndarray, float]:
+    """Logits (N x K float32) in the split's order, and the seconds it took. `loader`: an eval_loader's pair."""
+    dl, to_device = loader or eval_loader(split, data_config, device, batch_size, plan)
+    return predict_batches(model, dl, to_device, device, desc)
+
+
+@torch.no_grad()
+def predict_batches(model, dl, to_device, device: torch.device, desc: str = "eval") -> tuple[np.ndarray, float]:
     model.to(device).eval()
-    dl = data.loader(split, data.eval_transform(data_config), batch_size, device)
     out = []
     start = time.perf_counter()
-    for x, _ in bar(dl, desc, "batch"):
+    for batch in bar(dl, desc, "batch"):
+        x, _ = to_device(batch)
         with data.autocast(device):
-            out.append(model(x.to(device, non_blocking=True)).float().cpu())
+            out.append(model(x).float().cpu())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return torch.cat(out).numpy(), time.perf_counter() - start
 
 
 def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, device: torch.device,
-             seed: int, checkpoints=None) -> dict:
+             seed: int, checkpoints=None, plan: data.InputPlan | None = None, compile: bool = False) -> dict:
     """Train one model per learning rate in the recipe, keep the best on val; with `retrain`, train again from the
     start on train+val with the chosen rate (the ViT protocol). Test is not touched here.
 
@@ -295,16 +333,18 @@ def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, d
     best = None  # (lr, val accuracy)
     best_tensors = None  # the best model's trainable tensors (without retraining, it is the final model)
     memory = []  # (micro-batch used, out-of-memory back-offs) of each training phase
+    val_loader = None  # made once: its workers serve every learning rate's evaluation
     for lr in recipe.lrs():
         key = f"{lr:g}"
         if key not in tried:
             model.load_state_dict(initial)
             stats = train(model, train_split, data_config, recipe, lr, device, seed, desc=f"train lr={key}",
-                          checkpoints=checkpoints, phase=f"lr{key}")
+                          checkpoints=checkpoints, phase=f"lr{key}", plan=plan, compile=compile)
             seconds += stats["seconds"]
             images += stats["images"]
             memory.append((stats["micro_batch_size"], stats["oom_backoffs"]))
-            val_logits, _ = predict(model, val_split, data_config, device, recipe.eval_batch_size, desc="val")
+            val_loader = val_loader or eval_loader(val_split, data_config, device, recipe.eval_batch_size, plan)
+            val_logits, _ = predict(model, val_split, data_config, device, desc="val", loader=val_loader)
             tried[key] = round(float((val_logits.argmax(1) == val_split.labels).mean()), 6)
             if not recipe.retrain and (best is None or tried[key] > best[1]):
                 params = dict(model.named_parameters())
@@ -321,7 +361,8 @@ def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, d
         from transfer_eval.tasks import ImageSplit
 
         stats = train(model, ImageSplit.concat(train_split, val_split), data_config, recipe, lr, device, seed,
-                      desc=f"retrain lr={lr:g} on train+val", checkpoints=checkpoints, phase="retrain")
+                      desc=f"retrain lr={lr:g} on train+val", checkpoints=checkpoints, phase="retrain", plan=plan,
+                      compile=compile)
         seconds += stats["seconds"]
         images += stats["images"]
         memory.append((stats["micro_batch_size"], stats["oom_backoffs"]))

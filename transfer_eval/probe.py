@@ -17,14 +17,16 @@ FINE_STEPS = 5
 
 @torch.no_grad()
 def extract_features(model, split, data_config: dict, device: torch.device, batch_size: int = 256,
-                     desc: str = "features") -> tuple[np.ndarray, np.ndarray]:
+                     desc: str = "features", plan: data.InputPlan | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pre-logits features (N x D float32) and labels, in the split's order."""
     model.eval().to(device)
     feats = []
-    dl = data.loader(split, data.eval_transform(data_config), batch_size, device)
-    for x, _ in bar(dl, desc, "batch"):
+    pipe = data.pipeline(split, data_config, device, plan)
+    dl = data.loader(pipe, batch_size, device, plan.workers if plan is not None else None)
+    for batch in bar(dl, desc, "batch"):
+        x, _ = pipe.to_device(batch)
         with data.autocast(device):
-            f = model.forward_head(model.forward_features(x.to(device, non_blocking=True)), pre_logits=True)
+            f = model.forward_head(model.forward_features(x), pre_logits=True)
         feats.append(f.float().cpu())
     out = torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
     return out.astype(np.float32), split.labels.copy()
@@ -103,16 +105,19 @@ def _best(scores: dict[float, float]) -> float:
 
 
 def cached_features(model, split, data_config: dict, device, batch_size: int, key_parts: dict,
-                    desc: str = "features") -> tuple[np.ndarray, np.ndarray, bool]:
-    """Features from the cache when present (True), else extracted and cached (False)."""
+                    desc: str = "features", plan: data.InputPlan | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Features from the cache when present (True), else extracted and cached (False). Features resized on the
+    device are keyed apart from those of the CPU transforms (the pixels differ slightly); the decoded-image
+    cache gives the CPU transforms' exact pixels, so it shares their entries."""
     from transfer_eval import cache
 
+    resize = "device" if plan is not None and plan.eval_on_device else "cpu"
     key = cache.feature_key(manifest=split.manifest(), data_config=data_config, files=split.files_signature(),
-                            **key_parts)
+                            resize=resize, **key_parts)
     hit = cache.load(key)
     if hit is not None:
         return hit[0], hit[1], True
-    feats, labels = extract_features(model, split, data_config, device, batch_size, desc)
+    feats, labels = extract_features(model, split, data_config, device, batch_size, desc, plan)
     about = {"checkpoint": key_parts["checkpoint"].name, "task": key_parts["task"].name,
              "split": key_parts["split_name"], "images": len(labels)}
     cache.save(key, feats, labels, about)

@@ -61,6 +61,8 @@ class Result:
     peak_memory_mb: float | None = None
     device: str | None = None
     precision: str | None = None
+    input_pipeline: str | None = None  # where images were resized: cpu, cpu+image-cache, device-resize from WxH
+    compiled: bool = False  # trained through torch.compile
     world_size: int = 1
     micro_batch_size: int | None = None  # the micro-batch training ran with (smaller than the recipe's after OOM)
     oom_backoffs: int = 0  # how often an out-of-memory error halved it (the effective batch is kept)
@@ -91,7 +93,7 @@ class Result:
 _JSON_FIELDS = {"recipe", "selection", "val_holdout", "skipped_files"}
 def _sql_type(f) -> str:
     t = str(f.type)
-    if "int" in t:
+    if "int" in t or "bool" in t:
         return "INTEGER"
     if "float" in t:
         return "REAL"
@@ -194,6 +196,7 @@ class Store:
             d = dict(zip(names, row))
             for c in _JSON_FIELDS:
                 d[c] = json.loads(d[c]) if d[c] is not None else None
+            d["compiled"] = bool(d.get("compiled"))
             out.append(Result(**d))
         return out
 

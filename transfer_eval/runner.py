@@ -174,11 +174,13 @@ def checkpoints_for(run: Run, every_steps: int = 0):
 
 
 def execute(run: Run, ctx: LoadContext, device: torch.device, store: Store, command: str = "",
-            log=print, save_delta: Path | None = None, checkpoint_every: int = 0) -> Result:
+            log=print, save_delta: Path | None = None, checkpoint_every: int = 0,
+            inputs: data.InputOptions | None = None, compile: bool = False) -> Result:
     """Adapt, measure and store one run. Bad input raises UserError before anything is stored.
 
     With `save_delta` (a folder), the per-task delta is kept there as a safetensors file: the shared checkpoint
     plus `checkpoints.apply_delta(model, file)` gives back this run's model and its test predictions exactly.
+    `inputs` says how images may reach the model (data.InputOptions); `compile` trains through torch.compile.
     """
     started = _now()
     recipe = run.recipe
@@ -194,12 +196,17 @@ def execute(run: Run, ctx: LoadContext, device: torch.device, store: Store, comm
     model = modes.prepare(run.mode, model, recipe)
     model.to(device)
     trainable = modes.apply(run.mode, model)
+    # Where images are resized, decided once from a split that is not sealed (test is read last).
+    shown = splits["train"] if "train" in splits else splits["test"]
+    plan = data.plan_input(inputs or data.InputOptions(), shown, cfg, device,
+                           recipe if run.mode.kind == "finetune" else None)
     result = Result(*run.key, status="ok", resolution=cfg["input_size"][-1], recipe=recipe,
                     val_holdout=run.task.val_holdout if "val" in splits else None, n_test=len(splits["test"]),
                     split_manifest=splits["test"].manifest(), skipped_images=len(skipped),
                     skipped_files=skipped[:100], device=costs.device_name(device),
                     world_size=distributed.world_size(),
-                    precision=data.precision(device), started=started, **_provenance(command))
+                    precision=data.precision(device), input_pipeline=plan.describe(),
+                    compiled=compile and run.mode.kind == "finetune", started=started, **_provenance(command))
     fwd = costs.forward_flops(model, cfg, device)
     result.fwd_gflops_per_image = fwd / 1e9
     result.fwd_gmacs_per_image = fwd / 2e9
@@ -215,18 +222,19 @@ def execute(run: Run, ctx: LoadContext, device: torch.device, store: Store, comm
         with costs.PeakMemory(device) as mem:
             if run.mode.kind == "fewshot":
                 splits["test"].unseal()  # nothing is chosen: lambda is fixed (big_vision)
-                logits, eval_seconds, delta = _fewshot(run, model, cfg, splits, device, result)
+                logits, eval_seconds, delta = _fewshot(run, model, cfg, splits, device, result, plan)
             else:
                 if run.mode.kind == "probe":
-                    _probe(run, model, cfg, splits, device, result)
+                    _probe(run, model, cfg, splits, device, result, plan)
                 elif run.mode.kind == "finetune":
-                    _finetune(run, model, cfg, splits, device, result, ckpts)
+                    _finetune(run, model, cfg, splits, device, result, ckpts, plan, compile)
                 else:
                     result.train_gflops_per_image = result.train_pflops_total = result.train_seconds = 0.0
                 # the test split is read once, here, after every model choice has been made on val
                 splits["test"].unseal()
                 bs = int(recipe.get("eval_batch_size", recipe.get("batch_size", 256)))
-                logits, eval_seconds = finetune.predict(model, splits["test"], cfg, device, bs, desc="test")
+                logits, eval_seconds = finetune.predict(model, splits["test"], cfg, device, bs, desc="test",
+                                                        plan=plan)
                 state = model.state_dict()
                 delta = {n: state[n] for n in sorted(trainable)}
     except finetune.Diverged as e:
@@ -265,21 +273,21 @@ def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(np.mean([(predictions[labels == c] == c).mean() for c in classes]))
 
 
-def _features(run, model, cfg, split, name, device):
+def _features(run, model, cfg, split, name, device, plan=None):
     """(features, labels, extraction seconds or 0.0 on a cache hit)."""
     start = time.perf_counter()
     key_parts = {"weights_sha256": run.weights_sha256, "checkpoint": run.checkpoint, "task": run.task,
                  "split_name": name}
     feats, labels, hit = probe.cached_features(model, split, cfg, device, int(run.recipe["batch_size"]),
-                                               key_parts, desc=f"features {name}")
+                                               key_parts, desc=f"features {name}", plan=plan)
     return feats, labels, 0.0 if hit else time.perf_counter() - start
 
 
-def _fewshot(run, model, cfg, splits, device, result):
+def _fewshot(run, model, cfg, splits, device, result, plan=None):
     """big_vision's few-shot evaluator for one (shots, seed): features of train and test (cached), k examples
     per class sampled by the run's seed, closed-form ridge regression, test top-1."""
-    xtr, ytr, extract_seconds = _features(run, model, cfg, splits["train"], "train", device)
-    xte, yte, test_seconds = _features(run, model, cfg, splits["test"], "test", device)
+    xtr, ytr, extract_seconds = _features(run, model, cfg, splits["train"], "train", device, plan)
+    xte, yte, test_seconds = _features(run, model, cfg, splits["test"], "test", device, plan)
     shots = int(run.recipe["shots"])
     counts = np.bincount(ytr)
     short = int(((counts > 0) & (counts < shots)).sum())  # classes with fewer than k examples give all they have
@@ -304,10 +312,10 @@ def _fewshot(run, model, cfg, splits, device, result):
     return logits, test_seconds, delta
 
 
-def _probe(run, model, cfg, splits, device, result):
+def _probe(run, model, cfg, splits, device, result, plan=None):
     feats, extract_seconds = {}, 0.0
     for s in ("train", "val"):
-        x, y, seconds = _features(run, model, cfg, splits[s], s, device)
+        x, y, seconds = _features(run, model, cfg, splits[s], s, device, plan)
         feats[s], extract_seconds = (x, y), extract_seconds + seconds
     t1 = time.perf_counter()
     out = probe.linear_probe(feats["train"], feats["val"], run.task.num_classes, run.seed, run.recipe["c_grid"])
@@ -326,16 +334,28 @@ def _probe(run, model, cfg, splits, device, result):
         head.bias.copy_(torch.from_numpy(out["head_bias"]))
 
 
-def _finetune(run, model, cfg, splits, device, result, ckpts=None):
+def _finetune(run, model, cfg, splits, device, result, ckpts=None, plan=None, compile=False):
     recipe = finetune.make_recipe(run.recipe)
     result.train_gflops_per_image = costs.train_step_flops(model, cfg, device) / 1e9
-    out = finetune.finetune(model, splits["train"], splits["val"], cfg, recipe, device, run.seed, ckpts)
+    out = finetune.finetune(model, splits["train"], splits["val"], cfg, recipe, device, run.seed, ckpts, plan,
+                            compile)
     result.val_top1 = out["val_top1"]
     result.selection = out["selection"]
     result.train_seconds = out["train_seconds"]
     result.train_images_per_second = out["train_images"] / out["train_seconds"] if out["train_seconds"] else None
     result.train_pflops_total = result.train_gflops_per_image * out["train_images"] / 1e6
     result.micro_batch_size, result.oom_backoffs = out["micro_batch_size"], out["oom_backoffs"]
+
+
+def check_inputs(run: Run, ctx: LoadContext, device: torch.device, inputs: data.InputOptions) -> None:
+    """Raise UserError now if the input pipeline asked for cannot serve this run (`--device-resize on` for large
+    images, say), rather than when the run starts. The architecture is built on the meta device: no weights."""
+    with torch.device("meta"):
+        _, cfg = checkpoints.build_model(run.checkpoint, run.task.num_classes, run.recipe.get("resolution"),
+                                         load_weights=False)
+    shown = "train" if "train" in run.mode.splits else "test"
+    data.plan_input(inputs, run.task.dataset(shown, ctx), cfg, device,
+                    run.recipe if run.mode.kind == "finetune" else None)
 
 
 def check_own_head(ck: Checkpoint, task: Task) -> None:
