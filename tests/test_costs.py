@@ -85,6 +85,8 @@ def test_cost_unknown_checkpoint_is_exit_2():
 
 
 @pytest.mark.parametrize("mode, extra", [("attention", ["--set", "steps=30", "--set", "warmup_steps=3"]),
+                                         ("lora", ["--set", "steps=30", "--set", "warmup_steps=3",
+                                                   "--set", "lora_rank=4"]),
                                          ("linear", ["--set", "c_grid=[0.1,10]"])])
 def test_saved_delta_reproduces_the_test_predictions_exactly(tmp_path, mode, extra):
     db, deltas = tmp_path / "r.sqlite", tmp_path / "deltas"
@@ -102,6 +104,7 @@ def test_saved_delta_reproduces_the_test_predictions_exactly(tmp_path, mode, ext
     model, cfg = checkpoints.build_model(ck, 10)  # the shared checkpoint, fresh head
     meta = checkpoints.apply_delta(model, path)
     assert meta["task"] == "digits" and meta["mode"] == mode
+    assert any("lora_B" in k for k in model.state_dict()) == (mode == "lora")  # adapters injected from the delta
     test = tasks.discover()["digits"].dataset("test", LoadContext(tmp_path))
     logits, _ = finetune.predict(model, test, cfg, CPU, batch_size=256)
     labels, top5 = Store(db).predictions(row["run_id"])

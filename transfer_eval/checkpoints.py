@@ -434,15 +434,24 @@ def data_config(model, ck: Checkpoint, resolution: int | None = None) -> dict[st
 
 def apply_delta(model, path: str | Path) -> dict:
     """Load a per-task delta (safetensors, as written by `run --save-delta`) into a model built from the shared
-    checkpoint; returns the delta's metadata. Every tensor must exist in the model with the same shape."""
+    checkpoint; returns the delta's metadata. Every tensor must exist in the model with the same shape. A LoRA
+    delta first gets its adapters injected into the model (peft), with the rank and alpha it records."""
     from safetensors import safe_open
 
     import torch
 
-    own = model.state_dict()
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if meta.get("mode") == "lora" and not any("lora_" in k for k in model.state_dict()):
+        from transfer_eval import modes
+
+        if "lora_rank" not in meta:
+            raise UserError(f"delta {path} holds LoRA adapters but not their rank and alpha; rebuild it with "
+                            f"`run --save-delta`")
+        modes.prepare(modes.MODES["lora"], model, {"lora_rank": int(meta["lora_rank"]),
+                                                   "lora_alpha": float(meta["lora_alpha"])})
+    own = model.state_dict()
     bad = [k for k, v in tensors.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
     if bad:
         raise UserError(f"delta {path} does not fit this model: {', '.join(bad[:5])}; build the checkpoint with "

@@ -384,7 +384,9 @@ def _delta_metadata(run: Run, cfg: dict) -> dict[str, str]:
     return {"checkpoint": run.checkpoint.name, "weights_sha256": run.weights_sha256, "task": run.task.name,
             "task_version": str(run.task.version), "mode": run.mode.name, "num_classes": str(run.task.num_classes),
             "resolution": str(cfg["input_size"][-1]), "protocol_hash": run.protocol_hash, "seed": str(run.seed),
-            "format": "transfer-eval delta v1: load with transfer_eval.checkpoints.apply_delta"}
+            "format": "transfer-eval delta v1: load with transfer_eval.checkpoints.apply_delta",
+            **({"lora_rank": str(run.recipe["lora_rank"]), "lora_alpha": str(run.recipe["lora_alpha"])}
+               if run.mode.name == "lora" else {})}
 
 
 def _failed(store: Store, result: Result, reason: str, log) -> Result:
