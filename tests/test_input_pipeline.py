@@ -191,6 +191,13 @@ def test_image_cache_is_built_once_and_keyed_by_files_and_resize(tmp_path, monke
     again = image_cache.cached(split, CFG)
     assert torch.equal(data.eval_transform(CFG)(again.image(5)), data.eval_transform(CFG)(split.image(5)))
     assert image_cache.clear() == 3 and image_cache.entries() == []
+    # train+val (retraining) is served by its parts' entries, not a third one
+    train, val = split.subset([0, 1, 2]), split.subset([3, 4, 5])
+    image_cache.cached(train, CFG)
+    image_cache.cached(val, CFG)
+    both = image_cache.cached(ImageSplit.concat(train, val), CFG)
+    assert len(image_cache.entries()) == 2 and both.ids == split.ids
+    assert torch.equal(data.eval_transform(CFG)(both.image(4)), data.eval_transform(CFG)(split.image(4)))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -57,7 +57,11 @@ def key(split: ImageSplit, data_config: dict) -> str:
 
 
 def cached(split: ImageSplit, data_config: dict, threads: int | None = None) -> ImageSplit:
-    """The split over its cached images, building the cache entry first where there is none (or a damaged one)."""
+    """The split over its cached images, building the cache entry first where there is none (or a damaged one).
+    A concatenation (train+val, for retraining) is served by its parts' entries: nothing is stored twice."""
+    if split.parts is not None:
+        a, b = (cached(part, data_config, threads) for part in split.parts)
+        return ImageSplit.concat(a, b)
     k = key(split, data_config)
     data, index = folder() / f"{k}.u8", folder() / f"{k}.npz"
     entry = _open(data, index, len(split))

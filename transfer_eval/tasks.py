@@ -98,6 +98,7 @@ class ImageSplit:
         self.paths = list(paths) if paths is not None else None
         self.skipped: list[str] = []  # unreadable files left out under --bad-images skip
         self.sealed: str | None = None  # while set, reading an image raises SealedSplitRead with this reason
+        self.parts: tuple | None = None  # the splits a concatenation was made of
         if len(self.ids) != len(self.labels) or (self.paths is not None and len(self.paths) != len(self.labels)):
             raise ValueError("ids, paths and labels differ in length")
 
@@ -134,6 +135,7 @@ class ImageSplit:
         out = ImageSplit(lambda i: a._image(i) if i < n else b._image(i - n), np.concatenate([a.labels, b.labels]),
                          a.ids + b.ids, paths)
         out.skipped = a.skipped + b.skipped
+        out.parts = (a, b)  # so caches of the parts serve the whole (train+val for retraining)
         return out
 
     def unreadable(self, workers: int = 8) -> list[int]:
