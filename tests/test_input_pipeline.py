@@ -308,3 +308,14 @@ def test_cli_cache_images_gives_the_same_probe_and_is_listed(tmp_path):
     cleared = conftest.cli("cache", "clear", "--images", env=env)
     assert "removed 3 cached decoded-image entries" in cleared.stdout
     assert not list((tmp_path / "c2" / "images").glob("*.u8"))
+
+
+def test_a_machine_that_cannot_compile_gets_one_clear_error(monkeypatch):
+    real = torch.compile
+
+    def broken_backend(graph, inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=broken_backend))
+    with pytest.raises(UserError, match="--compile: torch.compile failed here .*no C\\+\\+ compiler.*without"):
+        train_once(compile=True, augment=False)

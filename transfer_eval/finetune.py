@@ -205,7 +205,12 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
                 total, seen = _accumulate(ddp, batches, sampler, device, recipe, mix,
                                           soft_loss if mix is not None else None)
                 break
-            except torch.OutOfMemoryError:
+            except Exception as e:  # torch.compile compiles at the first step: a machine that cannot, says so
+                if compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                    raise UserError(f"--compile: torch.compile failed here ({type(e).__name__}: "
+                                    f"{' '.join(str(e).split())[:240]}); run without --compile") from None
+                if not isinstance(e, torch.OutOfMemoryError):
+                    raise
                 # Halve the micro-batch and redo this step: the effective batch, and so the update, stay the same.
                 opt.zero_grad(set_to_none=True)
                 if device.type == "cuda":
