@@ -127,6 +127,14 @@ def test_presets_resolve_to_the_documented_values():
     assert (deit["optimizer"], deit["weight_decay"], deit["label_smoothing"], deit["randaugment"], deit["mixup"],
             deit["cutmix"], deit["lr_grid"]) == ("adamw", 0.05, 0.1, "rand-m9-mstd0.5-inc1", 0.8, 1.0, [])
     assert deit["steps"] == 10000 and deit["warmup_steps"] == 500  # the task's schedule carries over
+    assert deit["batch_size"] == 512 and deit["lr"] == 5e-4 and deit["preset_version"] == 2
+    # DeiT's linear scaling rule: lr = 5e-4 x batch / 512, unless lr itself is set
+    small = runner.resolve_recipe(cifar, MODES["attention"], {"batch_size": 128}, preset="deit")
+    assert small["lr"] == pytest.approx(1.25e-4)
+    fixed = runner.resolve_recipe(cifar, MODES["attention"], {"batch_size": 128, "lr": 1e-3}, preset="deit")
+    assert fixed["lr"] == 1e-3
+    vit = runner.resolve_recipe(cifar, MODES["attention"], {"batch_size": 128})
+    assert vit["lr_grid"] == [0.001, 0.003, 0.01, 0.03]  # the vit preset searches lr: no scaling rule
     over = runner.resolve_recipe(cifar, MODES["full"], {"steps": 7, "lr": 0.5}, resolution=384)
     assert (over["steps"], over["lr"], over["resolution"]) == (7, 0.5, 384)
     r1 = runner.plan([load_registry()["vit_demo"]], [digits], [MODES["full"]])[0]

@@ -71,7 +71,8 @@ PRESETS = {
         "about": "DeiT / DeiT III fine-tuning as facebookresearch/deit main.py sets it: AdamW lr 5e-4 x batch/512, "
                  "weight decay 0.05, label smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0, "
                  "random erasing 0.25, stochastic depth 0.1, cosine after warmup; no lr search",
-        "fields": {"preset": "deit", "preset_version": 1, "optimizer": "adamw", "lr": 5e-4, "lr_grid": [],
+        "lr_per_512": 5e-4,  # DeiT's linear scaling rule: lr = 5e-4 x batch / 512, unless lr is set
+        "fields": {"preset": "deit", "preset_version": 2, "optimizer": "adamw", "lr": 5e-4, "lr_grid": [],
                    "weight_decay": 0.05, "batch_size": 512, "grad_clip": None, "label_smoothing": 0.1,
                    "randaugment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "mixup": 0.8, "cutmix": 1.0,
                    "drop_path": 0.1, "retrain": False, "augment": True, "hflip": 0.5, "crop_scale": [0.08, 1.0]},
@@ -90,6 +91,14 @@ def preset_fields(name: str, task_fields: dict) -> dict:
     if name == "vit":
         return {**base, **task_fields}
     return {**base, **{k: v for k, v in task_fields.items() if k in SCHEDULE_FIELDS}}
+
+
+def scale_lr(preset: str, fields: dict, overrides: dict) -> dict:
+    """A preset with a linear scaling rule (deit) sets lr from the batch size, unless the user set lr."""
+    per_512 = PRESETS.get(preset, {}).get("lr_per_512")
+    if per_512 is None or "lr" in overrides:
+        return fields
+    return {**fields, "lr": per_512 * int(fields["batch_size"]) / 512}
 
 
 def make_recipe(fields: dict) -> Recipe:

@@ -89,6 +89,7 @@ def resolve_recipe(task: Task, mode: Mode, overrides: dict | None = None, resolu
         else {**finetune.preset_fields(preset, task_fields), **overrides}
     if mode.name != "lora" and any(fields.get(k) is not None for k in LORA_DEFAULTS):
         raise UserError(f"lora_rank and lora_alpha apply to mode lora only, not {mode.name}")
+    fields = finetune.scale_lr(preset, fields, overrides)
     return _jsonable(dataclasses.asdict(finetune.make_recipe(fields)))
 
 
