@@ -47,7 +47,7 @@ def first_batch(split, plan, train, seed=3):
     pipe = data.pipeline(split, CFG, CPU, plan, train=train)
     random.seed(seed)
     torch.manual_seed(seed)
-    return pipe.to_device(next(iter(data.loader(pipe, len(split), CPU, workers=0))))
+    return pipe.to_device(next(iter(data.loader(pipe, len(split), CPU))))  # no workers on a CPU
 
 
 def gray_levels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -200,7 +200,7 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
     def rate(split, plan) -> float:
         pipe = data.pipeline(split, cfg, device, plan, train=aug)
         sampler = data.EpochBatches(len(split), batch_size, 0)
-        it = iter(data.batch_loader(pipe, sampler, device, workers))
+        it = iter(data.batch_loader(pipe, sampler, device))
         pipe.to_device(next(it))  # warm-up: workers started
         _sync(device)
         start = time.perf_counter()

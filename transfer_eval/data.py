@@ -155,10 +155,11 @@ def _train_blocker(recipe: dict) -> str | None:
 
 
 class Pipeline:
-    """A Dataset for the DataLoader and `to_device(batch) -> (x, y)`: normalised float images on the device."""
+    """A Dataset for the DataLoader, its worker count (None: default_workers), and `to_device(batch) -> (x, y)`:
+    normalised float images on the device."""
 
-    def __init__(self, dataset: Dataset, to_device, name: str):
-        self.dataset, self.to_device, self.name = dataset, to_device, name
+    def __init__(self, dataset: Dataset, to_device, workers: int | None):
+        self.dataset, self.to_device, self.workers = dataset, to_device, workers
 
 
 def pipeline(split: ImageSplit, data_config: dict, device: torch.device, plan: InputPlan | None = None,
@@ -171,8 +172,7 @@ def pipeline(split: ImageSplit, data_config: dict, device: torch.device, plan: I
     if on_device:
         box = RandomBoxes(train.get("crop_scale", (0.08, 1.0)), train.get("hflip", 0.5)) if augment else \
             CenterBox(data_config)
-        return Pipeline(NativeSplit(split, plan.native_size, box), DeviceResize(data_config, device),
-                        "device-resize")
+        return Pipeline(NativeSplit(split, plan.native_size, box), DeviceResize(data_config, device), plan.workers)
     if plan.cache_images and split.paths is not None:
         from transfer_eval import image_cache
 
@@ -187,7 +187,7 @@ def pipeline(split: ImageSplit, data_config: dict, device: torch.device, plan: I
         x, y = batch
         return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    return Pipeline(TransformedSplit(split, transform), to_device, "cpu")
+    return Pipeline(TransformedSplit(split, transform), to_device, plan.workers)
 
 
 class CenterBox:
@@ -222,12 +222,13 @@ class RandomBoxes:
     torchvision's horizontal flip draw (torch.rand), in that order: the same draws as the CPU transforms."""
 
     def __init__(self, scale, hflip: float):
-        self.scale, self.hflip = tuple(scale), hflip
-
-    def __call__(self, img) -> tuple[list[float], bool]:
         from timm.data.transforms import RandomResizedCropAndInterpolation
 
-        i, j, ch, cw = RandomResizedCropAndInterpolation.get_params(img, self.scale, RRC_RATIO)
+        self.scale, self.hflip = tuple(scale), hflip
+        self.get_params = RandomResizedCropAndInterpolation.get_params
+
+    def __call__(self, img) -> tuple[list[float], bool]:
+        i, j, ch, cw = self.get_params(img, self.scale, RRC_RATIO)
         flip = self.hflip > 0 and bool(torch.rand(1) < self.hflip)
         return [float(j), float(i), float(cw), float(ch)], flip
 
@@ -283,18 +284,18 @@ class DeviceResize:
         return (out - self.mean) / self.std, y.to(self.device, non_blocking=True)
 
 
-def loader(pipe: Pipeline, batch_size: int, device: torch.device, workers: int | None = None) -> DataLoader:
+def loader(pipe: Pipeline, batch_size: int, device: torch.device) -> DataLoader:
     """An in-order loader (evaluation, features). Its workers persist: a loader iterated again (val after each
     learning rate) reuses them instead of starting new ones."""
-    workers = default_workers(device) if workers is None else workers
+    workers = default_workers(device) if pipe.workers is None else pipe.workers
     return DataLoader(pipe.dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
 
-def batch_loader(pipe: Pipeline, batch_sampler, device: torch.device, workers: int | None = None) -> DataLoader:
+def batch_loader(pipe: Pipeline, batch_sampler, device: torch.device) -> DataLoader:
     """A loader over `batch_sampler`'s index lists (training: EpochBatches, which never ends, so one iterator
     serves the whole phase and its workers live as long)."""
-    workers = default_workers(device) if workers is None else workers
+    workers = default_workers(device) if pipe.workers is None else pipe.workers
     return DataLoader(pipe.dataset, batch_sampler=batch_sampler, num_workers=workers,
                       pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
 

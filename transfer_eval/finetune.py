@@ -143,11 +143,6 @@ def _schedule(optimizer, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _batches(dl):
-    while True:
-        yield from dl
-
-
 def seed_everything(seed: int) -> None:
     """torch's, Python's and numpy's generators: timm's crops and mixup draw from Python's and numpy's."""
     torch.manual_seed(seed)
@@ -196,12 +191,11 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
     ddp = distributed.wrap(model, device)
     if compile:
         ddp = compiled(ddp)
-    workers = plan.workers if plan is not None else None
 
     def batches_from(step):
         sampler = data.EpochBatches(len(split), recipe.batch_size, seed, start_batch=step, micro_size=micro,
                                     rank=rank, world=world)
-        return sampler, map(pipe.to_device, data.batch_loader(pipe, sampler, device, workers))
+        return sampler, map(pipe.to_device, data.batch_loader(pipe, sampler, device))
 
     sampler, batches = batches_from(start_step)
     if device.type == "cuda":
@@ -308,7 +302,7 @@ def eval_loader(split, data_config: dict, device: torch.device, batch_size: int 
                 plan: data.InputPlan | None = None):
     """(DataLoader, to_device) over a split for evaluation; a loader kept and iterated again reuses its workers."""
     pipe = data.pipeline(split, data_config, device, plan)
-    return data.loader(pipe, batch_size, device, plan.workers if plan is not None else None), pipe.to_device
+    return data.loader(pipe, batch_size, device), pipe.to_device
 
 
 def predict(model, split, data_config: dict, device: torch.device, batch_size: int = 256,

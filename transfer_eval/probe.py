@@ -22,7 +22,7 @@ def extract_features(model, split, data_config: dict, device: torch.device, batc
     model.eval().to(device)
     feats = []
     pipe = data.pipeline(split, data_config, device, plan)
-    dl = data.loader(pipe, batch_size, device, plan.workers if plan is not None else None)
+    dl = data.loader(pipe, batch_size, device)
     for batch in bar(dl, desc, "batch"):
         x, _ = pipe.to_device(batch)
         with data.autocast(device):
