@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import cli, json_lines
-from transfer_eval import cache, probe, runner, tasks
+from transfer_eval import cache, evaluate, fewshot, probe, runner, tasks
 from transfer_eval.checkpoints import load_registry
 from transfer_eval.modes import MODES
 
@@ -21,13 +21,13 @@ def _independent_ridge(x, y, k, l2):
 def test_fewshot_solver_matches_an_independent_computation(n, d):
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(n, d)) * rng.uniform(0.5, 3, size=d) + 2.0, np.arange(n) % 4
-    mean, std, w = probe.fewshot_solve(x, y, 4, l2=1024.0)
+    mean, std, w = fewshot.solve(x, y, 4, l2=1024.0)
     w_ref, mean_ref, std_ref = _independent_ridge(x, y, 4, 1024.0)
     assert np.allclose(mean, mean_ref) and np.allclose(std, std_ref)
     assert np.allclose(w, w_ref, rtol=1e-6, atol=1e-9)
     xt = rng.normal(size=(7, d))
     ref = np.hstack([(xt - mean_ref) / std_ref, 100.0 * np.ones((7, 1))]) @ w_ref
-    assert np.allclose(probe.fewshot_predict(xt, mean, std, w), ref)
+    assert np.allclose(fewshot.scores(xt, mean, std, w), ref)
 
 
 def test_fewshot_sampling_follows_big_vision():
@@ -35,8 +35,8 @@ def test_fewshot_sampling_follows_big_vision():
     for seed in range(3):
         rng = np.random.default_rng(seed)  # one generator, classes in order, permute then take the first k
         expected = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:2] for c in (0, 1, 2)])
-        assert np.array_equal(probe.fewshot_indices(labels, 2, seed), expected)
-    assert not np.array_equal(probe.fewshot_indices(labels, 2, 0), probe.fewshot_indices(labels, 2, 1))
+        assert np.array_equal(fewshot.indices(labels, 2, seed), expected)
+    assert not np.array_equal(fewshot.indices(labels, 2, 0), fewshot.indices(labels, 2, 1))
 
 
 def test_fewshot_plan_is_one_run_per_shots_and_seed():
@@ -97,7 +97,7 @@ def test_second_probe_does_no_forward_pass(tmp_path, monkeypatch):
     def no_forward(*a, **k):
         raise AssertionError("a cached split was extracted again")
 
-    monkeypatch.setattr(probe, "extract_features", no_forward)
+    monkeypatch.setattr(evaluate, "features", no_forward)
     second = probe.cached_features(model, split, cfg, torch.device("cpu"), 64, parts)
     assert second[2] is True and np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
     other = split.subset(range(10))  # a changed split misses

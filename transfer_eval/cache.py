@@ -4,6 +4,11 @@ The key covers the weights digest, the architecture and its arguments, the task,
 manifest (sample ids and labels) and its image files' sizes and modification times, the transform (the full
 data config, and whether images were resized on the CPU or the device), the suite version and torch's version.
 A second probe on the same checkpoint and task then does no forward pass; a changed transform or split misses.
+
+An entry is a folder `features/KEY/` holding `features.npy` (N x D float32), `labels.npy` and `about.json`.
+Extraction writes each batch into the preallocated `features.npy` as it comes (`FeatureWriter`), so its memory
+does not grow with N; readers memory-map it; `entries` reads the .npy headers only. An entry is built in a
+temporary folder and renamed into place whole: readers never see half of one.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -18,6 +24,8 @@ import numpy as np
 
 import transfer_eval
 from transfer_eval import paths
+
+FEATURES, LABELS, ABOUT = "features.npy", "labels.npy", "about.json"
 
 
 def feature_key(weights_sha256: str, checkpoint, task, split_name: str, manifest: str, data_config: dict,
@@ -39,42 +47,98 @@ def _folder() -> Path:
 
 
 def load(key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    f = _folder() / f"{key}.npz"
-    if not f.is_file():
-        return None
+    """(features memory-mapped copy-on-write: N x D float32, labels), or None where missing or damaged."""
+    entry = _folder() / key
     try:
-        with np.load(f, allow_pickle=False) as z:
-            return z["features"], z["labels"]
-    except (OSError, ValueError, KeyError):  # a damaged entry is a miss, and is replaced
+        feats = np.load(entry / FEATURES, mmap_mode="c", allow_pickle=False)
+        labels = np.load(entry / LABELS, allow_pickle=False)
+    except (OSError, ValueError):  # a damaged entry is a miss, and is replaced
         return None
+    if feats.ndim != 2 or len(feats) != len(labels):
+        return None
+    return feats, labels
 
 
-def save(key: str, features: np.ndarray, labels: np.ndarray, about: dict) -> None:
-    folder = _folder()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.{os.getpid()}.part.npz"
-    np.savez(tmp, features=features, labels=labels, about=np.asarray(json.dumps(about, default=str)))
-    os.replace(tmp, folder / f"{key}.npz")  # readers never see half a file
+class FeatureWriter:
+    """A cache entry being written: `write(rows)` appends a batch of feature rows (B x D) to a preallocated
+    N x D float32 .npy, `commit(labels, about)` publishes the entry. Rows go through plain file writes at their
+    offset, not a writable memory map, so written pages are the kernel's page cache, never the process's memory.
+    Leaving the `with` block without a commit removes the partial entry."""
+
+    def __init__(self, key: str, n: int):
+        self.key, self.n, self.done = key, n, 0
+        self.tmp = _folder() / f".{key}.{os.getpid()}.part"
+        self.file = None
+
+    def __enter__(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if self.file is None:  # the width is known at the first batch
+            header = np.lib.format.open_memmap(self.tmp / FEATURES, mode="w+", dtype=np.float32,
+                                               shape=(self.n, rows.shape[1]))
+            offset = header.offset
+            del header
+            self.file = open(self.tmp / FEATURES, "r+b")
+            self.file.seek(offset)
+        if self.done + len(rows) > self.n:
+            raise ValueError(f"more feature rows than the {self.n} the entry was made for")
+        self.file.write(rows.tobytes())
+        self.done += len(rows)
+
+    def commit(self, labels: np.ndarray, about: dict) -> None:
+        if self.done != self.n:
+            raise ValueError(f"{self.done} feature rows written, {self.n} expected")
+        if self.file is None:  # an empty split
+            np.save(self.tmp / FEATURES, np.zeros((0, 0), np.float32))
+        else:
+            self.file.close()
+            self.file = None
+        np.save(self.tmp / LABELS, np.asarray(labels))
+        (self.tmp / ABOUT).write_text(json.dumps(about, default=str))
+        entry = _folder() / self.key
+        if entry.exists() and load(self.key) is None:
+            shutil.rmtree(entry, ignore_errors=True)  # a damaged entry is replaced
+        try:
+            os.replace(self.tmp, entry)
+        except OSError:  # another process published the same entry first: the same features
+            if load(self.key) is None:
+                raise
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            self.file.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
 
 
 def entries() -> list[dict]:
+    """Every entry, from its .npy header and about.json (no feature is read)."""
     out = []
-    for f in sorted(_folder().glob("*.npz")) if _folder().is_dir() else []:
+    for entry in sorted(p for p in _folder().iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if _folder().is_dir() else []:
         try:
-            with np.load(f, allow_pickle=False) as z:
-                about = json.loads(str(z["about"]))
-                shape = z["features"].shape
-        except (OSError, ValueError, KeyError):
+            about = json.loads((entry / ABOUT).read_text())
+            shape = list(np.load(entry / FEATURES, mmap_mode="r", allow_pickle=False).shape)  # maps, reads nothing
+        except (OSError, ValueError):
             about, shape = {}, None
-        out.append({"key": f.stem, "bytes": f.stat().st_size, "shape": list(shape) if shape else None,
-                    "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(f.stat().st_mtime)), **about})
+        size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+        out.append({"key": entry.name, "bytes": size, "shape": shape,
+                    "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.stat().st_mtime)), **about})
     return out
 
 
 def clear(keys=None) -> int:
+    """Remove entries (all, or those whose key is in `keys`); without keys, also entries of earlier formats."""
     removed = 0
     for e in entries():
         if keys is None or e["key"] in keys:
-            (_folder() / f"{e['key']}.npz").unlink(missing_ok=True)
+            shutil.rmtree(_folder() / e["key"], ignore_errors=True)
             removed += 1
+    if keys is None and _folder().is_dir():
+        for old in _folder().glob("*.npz"):  # entries of suite 0.1's single-file format
+            old.unlink(missing_ok=True)
     return removed

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transfer_eval import data, distributed
+from transfer_eval import data, distributed, evaluate
 from transfer_eval.progress import bar
 from transfer_eval.errors import UserError
 
@@ -298,34 +298,6 @@ def _accumulate(model, batches, sampler, device, recipe: Recipe, mix, soft_loss)
     return total, n
 
 
-def eval_loader(split, data_config: dict, device: torch.device, batch_size: int = 256,
-                plan: data.InputPlan | None = None):
-    """(DataLoader, to_device) over a split for evaluation; a loader kept and iterated again reuses its workers."""
-    pipe = data.pipeline(split, data_config, device, plan)
-    return data.loader(pipe, batch_size, device), pipe.to_device
-
-
-def predict(model, split, data_config: dict, device: torch.device, batch_size: int = 256,
-            desc: str = "eval", plan: data.InputPlan | None = None, loader=None) -> tuple[np.ndarray, float]:
-    """Logits (N x K float32) in the split's order, and the seconds it took. `loader`: an eval_loader's pair."""
-    dl, to_device = loader or eval_loader(split, data_config, device, batch_size, plan)
-    return predict_batches(model, dl, to_device, device, desc)
-
-
-@torch.no_grad()
-def predict_batches(model, dl, to_device, device: torch.device, desc: str = "eval") -> tuple[np.ndarray, float]:
-    model.to(device).eval()
-    out = []
-    start = time.perf_counter()
-    for batch in bar(dl, desc, "batch"):
-        x, _ = to_device(batch)
-        with data.autocast(device):
-            out.append(model(x).float().cpu())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return torch.cat(out).numpy(), time.perf_counter() - start
-
-
 def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, device: torch.device,
              seed: int, checkpoints=None, plan: data.InputPlan | None = None, compile: bool = False) -> dict:
     """Train one model per learning rate in the recipe, keep the best on val; with `retrain`, train again from the
@@ -351,9 +323,10 @@ def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, d
             seconds += stats["seconds"]
             images += stats["images"]
             memory.append((stats["micro_batch_size"], stats["oom_backoffs"]))
-            val_loader = val_loader or eval_loader(val_split, data_config, device, recipe.eval_batch_size, plan)
-            val_logits, _ = predict(model, val_split, data_config, device, desc="val", loader=val_loader)
-            tried[key] = round(float((val_logits.argmax(1) == val_split.labels).mean()), 6)
+            val_loader = val_loader or evaluate.eval_loader(val_split, data_config, device, recipe.eval_batch_size,
+                                                            plan)
+            val_top1, _ = evaluate.predict(model, val_split, data_config, device, desc="val", loader=val_loader, k=1)
+            tried[key] = round(float((val_top1[:, 0] == val_split.labels).mean()), 6)
             if not recipe.retrain and (best is None or tried[key] > best[1]):
                 params = dict(model.named_parameters())
                 best_tensors = {n: params[n].detach().cpu().clone() for n in trainable}

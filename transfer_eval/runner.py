@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import transfer_eval
-from transfer_eval import checkpoints, costs, data, distributed, finetune, modes, probe
+from transfer_eval import checkpoints, costs, data, distributed, evaluate, fewshot, finetune, logistic, modes, probe
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.modes import Mode
@@ -25,10 +25,12 @@ from transfer_eval.results import Result, Store
 from transfer_eval.tasks import LoadContext, Task, UnreadableImage
 
 # Bump when a mode's code changes in a way that can move accuracy; it is part of every protocol hash.
-PROTOCOL_VERSION = {"linear": 1, "fewshot": 1, "attention": 1, "full": 1, "ffn": 1, "bitfit": 1, "lora": 1,
+# linear 2: the torch L-BFGS solver run to convergence (tol, max_iter) in place of scikit-learn's capped fits.
+PROTOCOL_VERSION = {"linear": 2, "fewshot": 1, "attention": 1, "full": 1, "ffn": 1, "bitfit": 1, "lora": 1,
                     "pretrained": 1}
-PROBE_DEFAULTS = {"batch_size": 256, "c_grid": list(probe.COARSE_C), "resolution": None}
-FEWSHOT_DEFAULTS = {"batch_size": 256, "shots": list(probe.FEWSHOT_SHOTS), "l2": probe.FEWSHOT_L2,
+PROBE_DEFAULTS = {"batch_size": 256, "c_grid": list(probe.COARSE_C), "tol": logistic.TOL,
+                  "max_iter": logistic.MAX_ITER, "resolution": None}
+FEWSHOT_DEFAULTS = {"batch_size": 256, "shots": list(fewshot.SHOTS), "l2": fewshot.L2,
                     "resolution": None}
 EVAL_DEFAULTS = {"batch_size": 256, "resolution": None}
 LORA_DEFAULTS = {"lora_rank": 8, "lora_alpha": 16.0}
@@ -157,14 +159,6 @@ def _provenance(command: str) -> dict:
             "torchvision_version": torchvision.__version__, "command": command}
 
 
-def _topk(logits: np.ndarray, k: int = 5) -> np.ndarray:
-    k = min(k, logits.shape[1])
-    idx = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-    if k < 5:  # pad so every run stores N x 5
-        idx = np.concatenate([idx, np.full((len(idx), 5 - k), -1, idx.dtype)], axis=1)
-    return idx
-
-
 def checkpoints_for(run: Run, every_steps: int = 0):
     """The training checkpoints of a run: one folder per run key, so the same command finds them again."""
     from transfer_eval import paths
@@ -223,7 +217,7 @@ def execute(run: Run, ctx: LoadContext, device: torch.device, store: Store, comm
         with costs.PeakMemory(device) as mem:
             if run.mode.kind == "fewshot":
                 splits["test"].unseal()  # nothing is chosen: lambda is fixed (big_vision)
-                logits, eval_seconds, delta = _fewshot(run, model, cfg, splits, device, result, plan)
+                top5, eval_seconds, delta = _fewshot(run, model, cfg, splits, device, result, plan)
             else:
                 if run.mode.kind == "probe":
                     _probe(run, model, cfg, splits, device, result, plan)
@@ -234,8 +228,7 @@ def execute(run: Run, ctx: LoadContext, device: torch.device, store: Store, comm
                 # the test split is read once, here, after every model choice has been made on val
                 splits["test"].unseal()
                 bs = int(recipe.get("eval_batch_size", recipe.get("batch_size", 256)))
-                logits, eval_seconds = finetune.predict(model, splits["test"], cfg, device, bs, desc="test",
-                                                        plan=plan)
+                top5, eval_seconds = evaluate.predict(model, splits["test"], cfg, device, bs, plan, desc="test")
                 state = model.state_dict()
                 delta = {n: state[n] for n in sorted(trainable)}
     except finetune.Diverged as e:
@@ -254,7 +247,6 @@ def execute(run: Run, ctx: LoadContext, device: torch.device, store: Store, comm
     result.bytes_per_task = costs.delta_bytes(delta, path, metadata=_delta_metadata(run, cfg))
     result.eval_images_per_second = len(splits["test"]) / eval_seconds if eval_seconds else None
     labels = splits["test"].labels
-    top5 = _topk(logits)
     result.top1 = float((top5[:, 0] == labels).mean())
     result.top5 = float((top5 == labels[:, None]).any(1).mean())
     result.balanced_top1 = balanced_accuracy(labels, top5[:, 0])
@@ -292,10 +284,10 @@ def _fewshot(run, model, cfg, splits, device, result, plan=None):
     shots = int(run.recipe["shots"])
     counts = np.bincount(ytr)
     short = int(((counts > 0) & (counts < shots)).sum())  # classes with fewer than k examples give all they have
-    idx = probe.fewshot_indices(ytr, shots, run.seed)
+    idx = np.sort(fewshot.indices(ytr, shots, run.seed))  # in file order: one pass over memory-mapped features
     start = time.perf_counter()
-    mean, std, w = probe.fewshot_solve(xtr[idx], ytr[idx], run.task.num_classes, run.recipe["l2"])
-    logits = probe.fewshot_predict(xte, mean, std, w)
+    mean, std, w = fewshot.solve(xtr[idx], ytr[idx], run.task.num_classes, run.recipe["l2"], device)
+    top5 = fewshot.predict(xte, mean, std, w, device)
     solve_seconds = time.perf_counter() - start
     result.shots = shots
     result.selection = {"searched": "none (l2 fixed)", "l2": run.recipe["l2"], "examples": int(len(idx)),
@@ -310,7 +302,7 @@ def _fewshot(run, model, cfg, splits, device, result, plan=None):
     delta = {"fewshot.weight": torch.from_numpy(w.astype(np.float32)),
              "fewshot.mean": torch.from_numpy(mean.astype(np.float32)),
              "fewshot.std": torch.from_numpy(std.astype(np.float32))}
-    return logits, test_seconds, delta
+    return top5, test_seconds, delta
 
 
 def _probe(run, model, cfg, splits, device, result, plan=None):
@@ -319,7 +311,8 @@ def _probe(run, model, cfg, splits, device, result, plan=None):
         x, y, seconds = _features(run, model, cfg, splits[s], s, device, plan)
         feats[s], extract_seconds = (x, y), extract_seconds + seconds
     t1 = time.perf_counter()
-    out = probe.linear_probe(feats["train"], feats["val"], run.task.num_classes, run.seed, run.recipe["c_grid"])
+    out = probe.linear_probe(feats["train"], feats["val"], run.task.num_classes, run.recipe["c_grid"], device,
+                             run.recipe["tol"], run.recipe["max_iter"])
     fit_seconds = time.perf_counter() - t1
     n = len(splits["train"]) + len(splits["val"])
     # A probe's training compute is the feature extraction over train+val (the classifier's is negligible).

@@ -1,0 +1,98 @@
+"""One evaluation loop over a split, on the device: every mode's top-k predictions and the probes' features.
+
+Nothing of size N x K leaves the device: each batch's logits become its top-k class indices there, and the host
+keeps those (N x k integers). Features go batch by batch to a writer (the feature cache's, or an array).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from transfer_eval import data
+from transfer_eval.progress import bar
+
+TOP_K = 5  # every run stores its test top-5
+
+
+def eval_loader(split, data_config: dict, device: torch.device, batch_size: int = 256,
+                plan: data.InputPlan | None = None):
+    """(DataLoader, to_device) over a split for evaluation; a loader kept and iterated again reuses its workers."""
+    pipe = data.pipeline(split, data_config, device, plan)
+    return data.loader(pipe, batch_size, device), pipe.to_device
+
+
+@torch.no_grad()
+def outputs(forward: Callable, split, data_config: dict, device: torch.device, batch_size: int = 256,
+            plan: data.InputPlan | None = None, desc: str = "eval", loader=None) -> Iterator[torch.Tensor]:
+    """`forward(x)` of every batch of the split, in order, on the device (eval mode, no grad, bf16 autocast on
+    CUDA). `loader`: an eval_loader pair to reuse."""
+    dl, to_device = loader or eval_loader(split, data_config, device, batch_size, plan)
+    for batch in bar(dl, desc, "batch"):
+        x, _ = to_device(batch)
+        with data.autocast(device):
+            yield forward(x)
+
+
+def topk(scores: torch.Tensor, k: int = TOP_K) -> torch.Tensor:
+    """The k best classes of each row (N x k, best first; equal scores in class order, as a stable sort gives),
+    padded with -1 where there are fewer than k classes."""
+    n, classes = scores.shape
+    kk = min(k, classes)
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    vals, idx = scores.topk(kk, dim=1)
+    idx, order = idx.sort(dim=1)  # class order, then a stable sort by score keeps it among equal scores
+    vals = vals.gather(1, order)
+    idx = idx.gather(1, (-vals).argsort(dim=1, stable=True))
+    if kk < k:
+        idx = torch.cat([idx, idx.new_full((n, k - kk), -1)], 1)
+    return idx
+
+
+def predict(model, split, data_config: dict, device: torch.device, batch_size: int = 256,
+            plan: data.InputPlan | None = None, desc: str = "eval", loader=None,
+            k: int = TOP_K) -> tuple[np.ndarray, float]:
+    """The model's top-k classes of every image (N x k int64, in the split's order) and the seconds it took.
+    k = 1 gives the argmax only (what learning-rate selection on val needs)."""
+    model.to(device).eval()
+    out = []
+    start = time.perf_counter()
+    for logits in outputs(model, split, data_config, device, batch_size, plan, desc, loader):
+        out.append(topk(logits, k).cpu())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return (torch.cat(out).numpy() if out else np.zeros((0, k), np.int64)), seconds
+
+
+def features(model, split, data_config: dict, device: torch.device, write: Callable[[np.ndarray], None],
+             batch_size: int = 256, plan: data.InputPlan | None = None, desc: str = "features") -> None:
+    """Pre-logits features (float32 rows, in the split's order) handed to `write` batch by batch."""
+    model.to(device).eval()
+
+    def forward(x):
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+
+    for f in outputs(forward, split, data_config, device, batch_size, plan, desc):
+        write(f.float().cpu().numpy())
+
+
+def feature_array(model, split, data_config: dict, device: torch.device, batch_size: int = 256,
+                  plan: data.InputPlan | None = None, desc: str = "features") -> np.ndarray:
+    """The features of a split as one N x D float32 array in memory, filled in place (no list of batches)."""
+    out: list[np.ndarray] = []
+    done = 0
+
+    def write(rows):
+        nonlocal done
+        if not out:
+            out.append(np.empty((len(split), rows.shape[1]), np.float32))
+        out[0][done:done + len(rows)] = rows
+        done += len(rows)
+
+    features(model, split, data_config, device, write, batch_size, plan, desc)
+    return out[0] if out else np.zeros((0, 0), np.float32)
