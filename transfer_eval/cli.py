@@ -493,10 +493,26 @@ def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_js
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("-c", "--checkpoint", "checkpoint_name", required=True,
-              help="A registry name or a timm architecture (its architecture only: nothing is downloaded).")
+@click.option("-c", "--checkpoint", "checkpoint_name", default=None,
+              help="A registry name or a timm architecture (its architecture only: nothing is downloaded). "
+                   "Required, except with --scale.")
 @click.option("-m", "--mode", "mode_names", default="attention,full", show_default=True,
               help="Fine-tuning modes to time, comma-separated.")
+@click.option("--scale", is_flag=True,
+              help="Instead: the linear probe on synthetic N x D x K features (the suite's solver and "
+                   "scikit-learn's, side by side) and feature extraction's peak memory at two dataset sizes.")
+@click.option("--n", "scale_n", type=click.IntRange(min=10), default=50_000, show_default=True,
+              help="--scale: training rows (val and test get N/5 each).")
+@click.option("--dim", "scale_dim", type=click.IntRange(min=1), default=384, show_default=True,
+              help="--scale: feature dimension D.")
+@click.option("--classes", "scale_classes", type=click.IntRange(min=2), default=1000, show_default=True,
+              help="--scale: number of classes K.")
+@click.option("--c-grid", "scale_grid", default="0.1,1,10", show_default=True,
+              help="--scale: the probe's coarse C grid (the fine grid and refit follow, as in a run).")
+@click.option("--sklearn/--no-sklearn", "scale_sklearn", default=True, show_default=True,
+              help="--scale: also run the protocol with scikit-learn (slow at large N x K).")
+@click.option("--extract-sizes", "scale_sizes", default="2000,20000", show_default=True,
+              help="--scale: image counts for the extraction peak-memory runs; 0 skips them.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Timed steps per loop.")
 @click.option("--resolution", type=click.IntRange(min=16), default=None)
@@ -507,8 +523,8 @@ def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_js
 @registry_option
 @device_option
 @json_option
-def bench(checkpoint_name, mode_names, batch_size, steps, resolution, workers, compile_model, registries, device,
-          as_json):
+def bench(checkpoint_name, mode_names, scale, scale_n, scale_dim, scale_classes, scale_grid, scale_sklearn,
+          scale_sizes, batch_size, steps, resolution, workers, compile_model, registries, device, as_json):
     """Time the suite's training step and feature extraction against bare timm/torch loops, side by side.
 
     Prints images/s, step time, peak memory, achieved TFLOP/s and its fraction of the device's measured matmul
@@ -516,15 +532,25 @@ def bench(checkpoint_name, mode_names, batch_size, steps, resolution, workers, c
     suite step >= 0.97x the bare loop; attention-only <= 0.85x full's step time and <= 0.8x its peak memory
     (ViT-B/16, 224 px); extraction >= 0.9x bare inference (it includes the suite's input pipeline).
 
+    With --scale: the linear probe on synthetic features through the suite's solver and scikit-learn's (time,
+    iterations, chosen C, agreement), and extraction's peak memory at two dataset sizes (target: flat in N).
+
     \b
-    Example:
+    Examples:
       transfer-eval bench -c vit_base_patch16_224 -m attention,full --batch-size 64 --device cuda
+      transfer-eval bench --scale --n 50000 --dim 384 --classes 1000
+      transfer-eval bench --scale --n 1281167 --dim 768 --classes 1000 --no-sklearn --device cuda
     """
     from tabulate import tabulate
 
     from transfer_eval import bench as benchmark
     from transfer_eval import checkpoints, data, modes
 
+    if scale:
+        return _bench_scale(scale_n, scale_dim, scale_classes, scale_grid, scale_sklearn, scale_sizes,
+                            data.pick_device(device), as_json)
+    if checkpoint_name is None:
+        raise UserError("bench needs -c CHECKPOINT (or --scale for the probe and extraction at scale)")
     ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
     mode_list = [modes.resolve(n) for n in _csv(mode_names)]
     if not any(m.kind == "finetune" for m in mode_list):
@@ -563,6 +589,48 @@ def bench(checkpoint_name, mode_names, batch_size, steps, resolution, workers, c
                         headers=["pipeline", "img/s", "keeps up?"], disable_numparse=True))
     click.echo(f"device resize / CPU transforms: {p['device_vs_cpu_small']:.2f}x; image cache / decoding: "
                f"{p['cache_vs_decode_jpeg']:.2f}x")
+
+
+def _bench_scale(n, dim, classes, grid, with_sklearn, sizes, device, as_json):
+    from tabulate import tabulate
+
+    from transfer_eval import bench_scale
+
+    try:
+        c_grid = [float(c) for c in _csv(grid)]
+        extract = [int(k) for k in _csv(sizes) if int(k) > 0]
+    except ValueError:
+        raise UserError(f"--c-grid {grid!r} / --extract-sizes {sizes!r}: give comma-separated numbers") from None
+    if not c_grid or any(c <= 0 for c in c_grid):
+        raise UserError(f"--c-grid {grid!r}: give positive values of C, comma-separated")
+    report = {"probe": bench_scale.probe_scale(n, dim, classes, device, c_grid, sklearn=with_sklearn)}
+    if extract:
+        report["extraction"] = bench_scale.extraction_memory(tuple(sorted(extract)))
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    p = report["probe"]
+    click.echo(f"linear probe: {p['n_train']} train + {p['n_val']} val rows x {p['dim']} dims x {p['classes']} "
+               f"classes on {p['device']}; coarse C grid {p['c_grid']}, tol {p['tol']:g}")
+    solvers = [("suite (torch L-BFGS)", p["suite"])] + ([("scikit-learn", p["sklearn"])] if "sklearn" in p else [])
+    click.echo(tabulate([[name, f"{r['seconds']:.1f}", r["total_iterations"], f"{r['seconds_per_iteration']:.3f}",
+                          f"{r['chosen_c']:.4g}", f"{r['test_top1']:.4f}"] for name, r in solvers],
+                        headers=["solver", "seconds", "iterations", "s/iteration", "chosen C", "test top-1"],
+                        disable_numparse=True))
+    if p["suite"]["not_converged"]:
+        click.echo(f"suite fits stopped at the iteration cap: {', '.join(p['suite']['not_converged'])}")
+    if "agreement" in p:
+        a = p["agreement"]
+        click.echo(f"suite / scikit-learn: {p['speedup_vs_sklearn']:.2f}x faster; same C: {a['same_c']}; "
+                   f"identical test predictions {100 * a['test_predictions_identical']:.2f}%; head weights within "
+                   f"{a['head_weight_max_diff_relative']:.2e} of the largest")
+    if "extraction" in report:
+        e = report["extraction"]
+        click.echo(f"feature extraction (width {e['width']}, each size in a fresh process):")
+        click.echo(tabulate([[r["images"], f"{r['feature_mb']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['seconds']:.1f}"]
+                             for r in e["runs"]], headers=["images", "features MB", "peak RSS MB", "seconds"],
+                            disable_numparse=True))
+        click.echo(f"peak memory, largest / smallest: {e['peak_growth']:.3f}x (target: within 1.10x)")
 
 
 @cli.command(context_settings=CONTEXT)

@@ -38,8 +38,9 @@ def outputs(forward: Callable, split, data_config: dict, device: torch.device, b
 
 
 def topk(scores: torch.Tensor, k: int = TOP_K) -> torch.Tensor:
-    """The k best classes of each row (N x k, best first; equal scores in class order, as a stable sort gives),
-    padded with -1 where there are fewer than k classes."""
+    """The k best classes of each row (N x k, best first), exactly as a stable argsort of -scores orders them
+    (equal scores: the lower class first), padded with -1 where there are fewer than k classes. topk does the
+    work; only rows where equal scores straddle the k-th place are sorted whole."""
     n, classes = scores.shape
     kk = min(k, classes)
     if scores.dtype in (torch.float16, torch.bfloat16):
@@ -48,6 +49,10 @@ def topk(scores: torch.Tensor, k: int = TOP_K) -> torch.Tensor:
     idx, order = idx.sort(dim=1)  # class order, then a stable sort by score keeps it among equal scores
     vals = vals.gather(1, order)
     idx = idx.gather(1, (-vals).argsort(dim=1, stable=True))
+    straddle = (scores >= vals.min(1, keepdim=True).values).sum(1) > kk
+    if straddle.any():
+        rows = straddle.nonzero()[:, 0]
+        idx[rows] = scores[rows].argsort(dim=1, descending=True, stable=True)[:, :kk]
     if kk < k:
         idx = torch.cat([idx, idx.new_full((n, k - kk), -1)], 1)
     return idx

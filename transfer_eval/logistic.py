@@ -67,9 +67,6 @@ class Rows:
         for x, y in self.chunks:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def labels(self) -> np.ndarray:
-        return np.concatenate([y.cpu().numpy() for _, y in self.chunks]) if self.chunks else np.zeros(0, np.int64)
-
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation of every column (float64 sums, two passes)."""
         total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)

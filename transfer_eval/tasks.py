@@ -99,6 +99,7 @@ class ImageSplit:
         self.skipped: list[str] = []  # unreadable files left out under --bad-images skip
         self.sealed: str | None = None  # while set, reading an image raises SealedSplitRead with this reason
         self.parts: tuple | None = None  # the splits a concatenation was made of
+        self._signature: str | None = None  # files_signature, computed once per split
         if len(self.ids) != len(self.labels) or (self.paths is not None and len(self.paths) != len(self.labels)):
             raise ValueError("ids, paths and labels differ in length")
 
@@ -139,8 +140,22 @@ class ImageSplit:
         return out
 
     def unreadable(self, workers: int = 8) -> list[int]:
-        """Indices of the images that do not decode (every image is decoded once)."""
+        """Indices of the images that do not decode. Every image is decoded once; the answer is kept in the cache
+        under the files' signature, so later runs over unchanged files do not decode them again."""
+        import json
         from concurrent.futures import ThreadPoolExecutor
+
+        from transfer_eval import io
+
+        signature = self.files_signature()
+        memo = paths.cache_dir() / "unreadable" / f"{signature}.json" if signature else None
+        if memo is not None and memo.is_file():
+            try:
+                found = json.loads(memo.read_text())
+                if found.get("images") == len(self):
+                    return [int(i) for i in found["unreadable"]]
+            except (OSError, ValueError, KeyError, AttributeError):
+                pass  # a damaged memo is recomputed
 
         def bad(i):
             try:
@@ -151,7 +166,10 @@ class ImageSplit:
 
         with ThreadPoolExecutor(workers) as pool:
             flags = list(pool.map(bad, range(len(self))))
-        return [i for i, f in enumerate(flags) if f]
+        found = [i for i, f in enumerate(flags) if f]
+        if memo is not None:
+            io.write_text(memo, json.dumps({"images": len(self), "unreadable": found}))
+        return found
 
     def without_unreadable(self) -> "ImageSplit":
         bad = set(self.unreadable())
@@ -166,6 +184,13 @@ class ImageSplit:
         replaced or damaged file changes it, so cached features of the old one are not reused."""
         if self.paths is None:
             return None
+        if self._signature is None:
+            self._signature = self._stat_signature()
+        return self._signature
+
+    def _stat_signature(self) -> str:
+        if self.parts is not None and all(p.paths is not None for p in self.parts):  # from the parts' own
+            return hashlib.sha256("+".join(p.files_signature() for p in self.parts).encode()).hexdigest()
         h = hashlib.sha256()
         for p in self.paths:
             try:
