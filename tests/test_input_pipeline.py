@@ -47,7 +47,7 @@ def first_batch(split, plan, train, seed=3):
     pipe = data.pipeline(split, CFG, CPU, plan, train=train)
     random.seed(seed)
     torch.manual_seed(seed)
-    return pipe.to_device(next(iter(data.loader(pipe, len(split), CPU))))  # no workers on a CPU
+    return next(pipe.batches(data.loader(pipe, len(split), CPU)))  # no workers on a CPU
 
 
 def gray_levels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -181,7 +181,9 @@ def test_image_cache_is_built_once_and_keyed_by_files_and_resize(tmp_path, monke
     before = image_cache.key(split, CFG)
     photo(99, (200, 150)).save(files[2], quality=92)  # a replaced file
     os.utime(files[2], ns=(stamp + 10**9, stamp + 10**9))
-    assert image_cache.key(split, CFG) != before
+    assert image_cache.key(split, CFG) == before  # a split's signature is taken once (one run's snapshot) ...
+    split = ImageSplit.from_files(files, [0] * 6)
+    assert image_cache.key(split, CFG) != before  # ... and the next run's split sees the replaced file
     fresh = image_cache.cached(split, CFG)
     assert len(image_cache.entries()) == 3
     assert torch.equal(data.eval_transform(CFG)(fresh.image(2)), data.eval_transform(CFG)(split.image(2)))

@@ -114,3 +114,64 @@ def test_signature_and_unreadable_scan_are_computed_once(tmp_path, monkeypatch):
     files[3].write_bytes(b"damaged later")  # a changed file changes the signature: scanned again
     changed = ImageSplit.from_files(files, np.zeros(6, np.int64))
     assert changed.files_signature() != first and changed.unreadable() == [2, 3]
+
+
+def test_loss_is_read_every_n_steps_and_a_nan_still_names_its_step(monkeypatch):
+    import torch.nn.functional as F
+
+    from transfer_eval import checkpoints, finetune
+    from transfer_eval.tasks import ImageSplit
+
+    model, cfg = checkpoints.build_model(checkpoints.load_registry()["vit_demo"], 10)
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 16, 16, 3), dtype=np.uint8)
+    from PIL import Image
+
+    split = ImageSplit(lambda i: Image.fromarray(images[i]), np.arange(16) % 10)
+    recipe = finetune.make_recipe({"steps": 30, "warmup_steps": 1, "batch_size": 8, "augment": False})
+    calls = []
+    real = F.cross_entropy
+
+    def nan_at_step_7(logits, y, **kw):
+        calls.append(1)
+        loss = real(logits, y, **kw)
+        return loss * float("nan") if len(calls) == 8 else loss
+
+    monkeypatch.setattr(finetune.F, "cross_entropy", nan_at_step_7)
+    reads = []
+    real_check = finetune.check_losses
+    monkeypatch.setattr(finetune, "check_losses", lambda losses, lr: (reads.append(len(losses)),
+                                                                      real_check(losses, lr))[1])
+    with pytest.raises(finetune.Diverged, match=r"loss became nan at step 7 .*read at step 19"):
+        finetune.train(model, split, cfg, recipe, 0.01, torch.device("cpu"), seed=0)
+    assert reads == [finetune.LOSS_EVERY] and len(calls) == 20  # one read for 20 steps, none per step
+
+
+def test_default_workers_follow_the_cores(monkeypatch):
+    from transfer_eval import data
+
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert data.default_workers(torch.device("cuda")) == 15  # not capped at 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert data.default_workers(torch.device("cuda")) == 7  # two processes share the machine's cores
+    assert data.default_workers(torch.device("cpu")) == 0
+
+
+def test_workers_hand_over_uint8_and_the_device_normalises():
+    from transfer_eval import data
+    from transfer_eval.tasks import ImageSplit
+
+    from PIL import Image
+
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
+    split = ImageSplit(lambda i: Image.fromarray(images[i]), [0, 1, 2, 3])
+    cfg = {"input_size": (3, 16, 16), "interpolation": "bilinear", "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3),
+           "crop_pct": 1.0}
+    pipe = data.pipeline(split, cfg, torch.device("cpu"))
+    dl = data.loader(pipe, 4, torch.device("cpu"))
+    raw, _ = next(iter(dl))
+    assert raw.dtype == torch.uint8 and raw.shape == (4, 3, 16, 16)  # what crosses the worker boundary
+    x, y = next(pipe.batches(dl))
+    ref = data.eval_transform(cfg)  # timm's float transform: ToTensor + Normalize on the CPU
+    expected = torch.stack([ref(split.image(i)) for i in range(4)])
+    assert torch.allclose(x, expected, atol=1e-5) and y.tolist() == [0, 1, 2, 3]

@@ -200,12 +200,12 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
     def rate(split, plan) -> float:
         pipe = data.pipeline(split, cfg, device, plan, train=aug)
         sampler = data.EpochBatches(len(split), batch_size, 0)
-        it = iter(data.batch_loader(pipe, sampler, device))
-        pipe.to_device(next(it))  # warm-up: workers started
+        it = pipe.batches(data.batch_loader(pipe, sampler, device))
+        next(it)  # warm-up: workers started
         _sync(device)
         start = time.perf_counter()
         for _ in range(batches):
-            x, _ = pipe.to_device(next(it))
+            x, _ = next(it)
         _sync(device)
         return batch_size * batches / (time.perf_counter() - start)
 

@@ -12,24 +12,28 @@ from torch.utils.data import DataLoader, Dataset
 from transfer_eval.tasks import ImageSplit
 
 
-def eval_transform(data_config: dict):
-    """timm's evaluation transform: resize to size/crop_pct, centre crop, normalise with the weights' mean/std."""
+def eval_transform(data_config: dict, uint8: bool = False):
+    """timm's evaluation transform: resize to size/crop_pct, centre crop, normalise with the weights' mean/std.
+    With `uint8`, it stops before normalising and gives uint8 CHW arrays (timm's prefetcher form): the device
+    normalises (`Pipeline.batches`)."""
     from timm.data import create_transform
 
-    return create_transform(**_transform_args(data_config), is_training=False)
+    return create_transform(**_transform_args(data_config), is_training=False, use_prefetcher=uint8)
 
 
 def train_transform(data_config: dict, augment: bool = True, hflip: float = 0.5,
                     crop_scale: tuple[float, float] = (0.08, 1.0), randaugment: str | None = None,
-                    random_erasing: float = 0.0):
+                    random_erasing: float = 0.0, uint8: bool = False):
     """Random-resized crop and flip (the ViT/BiT fine-tuning augmentation), plus timm's RandAugment and random
-    erasing where the recipe asks; the eval transform if not augment."""
+    erasing where the recipe asks; the eval transform if not augment. With `uint8`, uint8 CHW arrays, and random
+    erasing is left to the device (timm's PrefetchLoader erases after normalising, as the CPU transform does)."""
     from timm.data import create_transform
 
     if not augment:
-        return eval_transform(data_config)
+        return eval_transform(data_config, uint8)
     return create_transform(**_transform_args(data_config), is_training=True, hflip=hflip, scale=tuple(crop_scale),
-                            color_jitter=None, auto_augment=randaugment, re_prob=random_erasing)
+                            color_jitter=None, auto_augment=randaugment, re_prob=random_erasing,
+                            use_prefetcher=uint8)
 
 
 def _transform_args(cfg: dict) -> dict:
@@ -51,17 +55,21 @@ class TransformedSplit(Dataset):
 
 
 def default_workers(device: torch.device) -> int:
-    # On a CPU the workers would compete with the model for the same cores.
+    """Every core this process may use but one (for the training loop), shared among the processes of a
+    torchrun on this machine; none on a CPU, where workers would compete with the model for the same cores."""
     if device.type != "cuda":
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // max(local, 1) - 1)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Input pipelines. Images reach the model one of two ways:
 #
-# - "cpu": timm's transforms in DataLoader workers (decode, crop, resize, flip, normalise), float batches copied
-#   to the device. Optionally from a cache of decoded images already at the training resolution
+# - "cpu": timm's transforms in DataLoader workers (decode, crop, resize, flip) hand over uint8 batches; timm's
+#   PrefetchLoader copies the next one on a side stream while the model works on this one, and converts and
+#   normalises it on the device (a uint8 batch is 4x less to move and pin than a float one). Optionally from a cache of decoded images already at the training resolution
 #   (`--cache-images`, transfer_eval/image_cache.py), which leaves the workers only a crop and a small resize.
 # - "device-resize": for small images (CIFAR's 32 px), the workers only hand over uint8 images at their own size
 #   with each one's crop box and flip (drawn exactly as timm's RandomResizedCrop and torchvision's flip draw
@@ -155,11 +163,11 @@ def _train_blocker(recipe: dict) -> str | None:
 
 
 class Pipeline:
-    """A Dataset for the DataLoader, its worker count (None: default_workers), and `to_device(batch) -> (x, y)`:
-    normalised float images on the device."""
+    """A Dataset for the DataLoader, its collate function, its worker count (None: default_workers), and
+    `batches(loader)`: an iterator of (x, y), normalised float images and labels on the device."""
 
-    def __init__(self, dataset: Dataset, to_device, workers: int | None):
-        self.dataset, self.to_device, self.workers = dataset, to_device, workers
+    def __init__(self, dataset: Dataset, batches, workers: int | None, collate=None):
+        self.dataset, self.batches, self.workers, self.collate = dataset, batches, workers, collate
 
 
 def pipeline(split: ImageSplit, data_config: dict, device: torch.device, plan: InputPlan | None = None,
@@ -172,22 +180,42 @@ def pipeline(split: ImageSplit, data_config: dict, device: torch.device, plan: I
     if on_device:
         box = RandomBoxes(train.get("crop_scale", (0.08, 1.0)), train.get("hflip", 0.5)) if augment else \
             CenterBox(data_config)
-        return Pipeline(NativeSplit(split, plan.native_size, box), DeviceResize(data_config, device), plan.workers)
+        resize = DeviceResize(data_config, device)
+        return Pipeline(NativeSplit(split, plan.native_size, box), lambda dl: map(resize, dl), plan.workers)
     if plan.cache_images and split.paths is not None:
         from transfer_eval import image_cache
 
         split = image_cache.cached(split, data_config)
+    erasing = train.get("random_erasing", 0.0) if train is not None and augment else 0.0
     if train is None or not augment:
-        transform = eval_transform(data_config)
+        transform = eval_transform(data_config, uint8=True)
     else:
         transform = train_transform(data_config, True, train.get("hflip", 0.5), train.get("crop_scale", (0.08, 1.0)),
-                                    train.get("randaugment"), train.get("random_erasing", 0.0))
+                                    train.get("randaugment"), erasing, uint8=True)
 
-    def to_device(batch):
-        x, y = batch
-        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    def batches(dl):
+        from timm.data.loader import PrefetchLoader
 
-    return Pipeline(TransformedSplit(split, transform), to_device, plan.workers)
+        loader = PrefetchLoader(dl, mean=data_config["mean"], std=data_config["std"], device=device, re_prob=erasing)
+        if dl.num_workers > 0:
+            return iter(loader)
+        # Without workers the transforms run here, drawing from this process's generators: reading one batch
+        # ahead would move those draws before the step they used to follow, and a resumed run would not see the
+        # crops of an uninterrupted one. The same conversion, one batch at a time.
+        return (loader_step(loader, x, y) for x, y in dl)
+
+    from timm.data.loader import fast_collate
+
+    return Pipeline(TransformedSplit(split, transform), batches, plan.workers, collate=fast_collate)
+
+
+def loader_step(prefetch, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What timm's PrefetchLoader does to one uint8 batch, without its read-ahead: to the device, float,
+    normalised, randomly erased where the recipe asks."""
+    x = x.to(prefetch.device, non_blocking=True).to(prefetch.img_dtype).sub_(prefetch.mean).div_(prefetch.std)
+    if prefetch.random_erasing is not None:
+        x = prefetch.random_erasing(x)
+    return x, y.to(prefetch.device, non_blocking=True)
 
 
 class CenterBox:
@@ -289,7 +317,7 @@ def loader(pipe: Pipeline, batch_size: int, device: torch.device) -> DataLoader:
     learning rate) reuses them instead of starting new ones."""
     workers = default_workers(device) if pipe.workers is None else pipe.workers
     return DataLoader(pipe.dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0, collate_fn=pipe.collate)
 
 
 def batch_loader(pipe: Pipeline, batch_sampler, device: torch.device) -> DataLoader:
@@ -297,7 +325,8 @@ def batch_loader(pipe: Pipeline, batch_sampler, device: torch.device) -> DataLoa
     serves the whole phase and its workers live as long)."""
     workers = default_workers(device) if pipe.workers is None else pipe.workers
     return DataLoader(pipe.dataset, batch_sampler=batch_sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                      collate_fn=pipe.collate)
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -20,9 +20,9 @@ TOP_K = 5  # every run stores its test top-5
 
 def eval_loader(split, data_config: dict, device: torch.device, batch_size: int = 256,
                 plan: data.InputPlan | None = None):
-    """(DataLoader, to_device) over a split for evaluation; a loader kept and iterated again reuses its workers."""
+    """(DataLoader, Pipeline) over a split for evaluation; a loader kept and iterated again reuses its workers."""
     pipe = data.pipeline(split, data_config, device, plan)
-    return data.loader(pipe, batch_size, device), pipe.to_device
+    return data.loader(pipe, batch_size, device), pipe
 
 
 @torch.no_grad()
@@ -30,9 +30,8 @@ def outputs(forward: Callable, split, data_config: dict, device: torch.device, b
             plan: data.InputPlan | None = None, desc: str = "eval", loader=None) -> Iterator[torch.Tensor]:
     """`forward(x)` of every batch of the split, in order, on the device (eval mode, no grad, bf16 autocast on
     CUDA). `loader`: an eval_loader pair to reuse."""
-    dl, to_device = loader or eval_loader(split, data_config, device, batch_size, plan)
-    for batch in bar(dl, desc, "batch"):
-        x, _ = to_device(batch)
+    dl, pipe = loader or eval_loader(split, data_config, device, batch_size, plan)
+    for x, _ in bar(pipe.batches(dl), desc, "batch", total=len(dl)):
         with data.autocast(device):
             yield forward(x)
 

@@ -122,6 +122,9 @@ class Diverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+LOSS_EVERY = 20  # optimizer steps between reads of the loss: each read waits for the device to finish its queue
+
+
 def _optimizer(model, recipe: Recipe, lr: float, device: torch.device):
     from timm.optim import create_optimizer_v2
 
@@ -195,13 +198,20 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
     def batches_from(step):
         sampler = data.EpochBatches(len(split), recipe.batch_size, seed, start_batch=step, micro_size=micro,
                                     rank=rank, world=world)
-        return sampler, map(pipe.to_device, data.batch_loader(pipe, sampler, device))
+        return sampler, pipe.batches(data.batch_loader(pipe, sampler, device))
 
     sampler, batches = batches_from(start_step)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     progress = bar(range(start_step, recipe.steps), desc, "step")
+    losses: list[tuple[int, torch.Tensor]] = []  # (step, loss still on the device) since the last read
+
+    def read_losses():
+        if losses:
+            progress.set_postfix(loss=f"{check_losses(losses, lr):.3f}")
+            losses.clear()
+
     for step in progress:
         while True:
             try:
@@ -225,19 +235,31 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
                       f"{recipe.batch_size} kept)", file=sys.stderr)
                 sampler, batches = batches_from(step)
         images += seen * world
-        if not math.isfinite(total):
-            raise Diverged(f"loss became {total} at step {step} (lr {lr:g})")
+        losses.append((step, total))
         _update(opt, sched, params, recipe)
-        if step % 10 == 0:
-            progress.set_postfix(loss=f"{total:.3f}")
+        if (step + 1 - start_step) % LOSS_EVERY == 0:
+            read_losses()
         if checkpoints is not None and step + 1 < recipe.steps and checkpoints.due(step + 1):
+            read_losses()  # a training checkpoint is never written after a diverged step
             checkpoints.save(phase, step + 1, model, opt, sched,
                              {"images": images, "seconds": before + time.perf_counter() - start, "micro": micro,
                               "backoffs": backoffs})
+    read_losses()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = before + time.perf_counter() - start
     return {"seconds": seconds, "images": images, "micro_batch_size": micro, "oom_backoffs": backoffs}
+
+
+def check_losses(losses: list[tuple[int, torch.Tensor]], lr: float) -> float:
+    """Read (step, loss on the device) pairs back in one transfer; a NaN or infinite loss fails the run, naming
+    its step. Returns the last loss."""
+    values = torch.stack([v for _, v in losses]).tolist()
+    for (step, _), v in zip(losses, values):
+        if not math.isfinite(v):
+            raise Diverged(f"loss became {v} at step {step} (lr {lr:g}; read at step {losses[-1][0]}, losses are "
+                           f"read every {LOSS_EVERY} steps)")
+    return values[-1]
 
 
 def compiled(model):
@@ -276,13 +298,13 @@ def step_fn(model, recipe: Recipe, lr: float, device: torch.device, compile: boo
     return step
 
 
-def _accumulate(model, batches, sampler, device, recipe: Recipe, mix, soft_loss) -> tuple[float, int]:
+def _accumulate(model, batches, sampler, device, recipe: Recipe, mix, soft_loss) -> tuple[torch.Tensor, int]:
     """Forward and backward over one effective batch, chunk by chunk; each chunk's mean loss is weighted by its
     share of the batch, so the gradient is the batch mean whatever the chunking. Under DDP each process weights
-    by world size too, as DDP averages the processes' gradients. Returns (loss, images)."""
+    by world size too, as DDP averages the processes' gradients. Returns (loss, still on the device; images)."""
     n = min(sampler.batch_size, sampler.n)
     world = sampler.world
-    total = 0.0
+    total = torch.zeros((), device=device)
     for _ in range(sampler.chunks_per_batch()):
         x, y = next(batches)  # on the device already
         weight = x.shape[0] * world / n
@@ -294,7 +316,7 @@ def _accumulate(model, batches, sampler, device, recipe: Recipe, mix, soft_loss)
             with data.autocast(device):
                 loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing) * weight
         loss.backward()
-        total += float(loss.detach())
+        total += loss.detach().float()
     return total, n
 
 

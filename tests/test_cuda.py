@@ -1,0 +1,146 @@
+"""On a CUDA GPU: bf16 autocast, fused AdamW, the on-device resize, the probe, the out-of-memory back-off, DDP over
+NCCL and the record's device fields. Skipped, saying why, where no GPU is visible (CI's CPU); run them with
+`python -m pytest -m cuda` or scripts/gpu_check.sh on a GPU machine."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli, json_lines
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible: GPU tests skipped")]
+
+CUDA = torch.device("cuda")
+FULL = ["-c", "vit_demo", "-t", "digits", "-m", "full", "--json"]
+
+
+def test_bf16_fine_tuning_matches_fp32_and_the_record_says_so(tmp_path):
+    gpu = cli("run", *FULL, "--device", "cuda", "--results", tmp_path / "gpu.sqlite")
+    cpu = cli("run", *FULL, "--device", "cpu", "--results", tmp_path / "cpu.sqlite")
+    assert gpu.returncode == 0 and cpu.returncode == 0, gpu.stderr + cpu.stderr
+    (g,), (c,) = json_lines(gpu.stdout), json_lines(cpu.stdout)
+    assert g["status"] == "ok" and abs(g["top1"] - c["top1"]) <= 0.01, (g["top1"], c["top1"])
+    assert g["precision"] == "bf16-autocast" and c["precision"] == "fp32"
+    assert g["device"] == torch.cuda.get_device_name(0)
+    assert 0 < g["peak_memory_mb"] < torch.cuda.get_device_properties(0).total_memory / 2**20
+    assert g["gpu_hours"] and g["gpu_hours"] > 0
+
+
+def _digits_batch(n=256):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x[:n], dtype=torch.float32).view(n, 1, 8, 8).repeat(1, 3, 2, 2) / 8 - 1  # 16 px, 3 channels
+    return x, torch.tensor(y[:n])
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_optimizers_train_on_cuda(optimizer):
+    from transfer_eval import checkpoints, finetune
+
+    model, _ = checkpoints.build_model(checkpoints.load_registry()["vit_demo"], 10)
+    model.to(CUDA).train()
+    recipe = finetune.make_recipe({"optimizer": optimizer, "lr": 1e-3 if optimizer == "adamw" else 0.03,
+                                   "steps": 30, "warmup_steps": 1, "batch_size": 256})
+    step = finetune.step_fn(model, recipe, recipe.lr, CUDA)
+    x, y = _digits_batch()
+    losses = [float(step(x, y)) for _ in range(30)]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0], losses
+    if optimizer == "adamw":
+        opt = finetune._optimizer(model, recipe, recipe.lr, CUDA)
+        assert opt.defaults.get("fused") is True  # the fused kernel on CUDA
+
+
+def test_device_resize_on_cuda_gives_the_cpu_transforms_pixels():
+    from test_input_pipeline import AUGMENT, CFG, ON_DEVICE, gray_levels, small_split
+
+    from transfer_eval import data
+
+    split = small_split()
+
+    def batch(device, plan, train, seed=3):
+        import random
+
+        pipe = data.pipeline(split, CFG, device, plan, train=train)
+        random.seed(seed)
+        torch.manual_seed(seed)
+        x, y = next(pipe.batches(data.loader(pipe, len(split), device)))
+        return x.cpu(), y.cpu()
+
+    cpu_x, _ = batch(torch.device("cpu"), data.InputPlan(), None)
+    dev_x, _ = batch(CUDA, ON_DEVICE, None)
+    diff = gray_levels(cpu_x, dev_x)
+    assert diff.mean() < 2.0 and diff.max() <= 16, (float(diff.mean()), float(diff.max()))
+    cpu_t, _ = batch(torch.device("cpu"), data.InputPlan(), AUGMENT)
+    dev_t, _ = batch(CUDA, ON_DEVICE, AUGMENT)
+    assert (gray_levels(cpu_t, dev_t).flatten(1).mean(1) < 4.0).all()
+
+
+def test_probe_on_cuda_chooses_as_on_cpu():
+    from test_linear_probe import GRID, blobs
+
+    from transfer_eval import probe
+
+    train, val, (xte, _) = blobs()
+    on_gpu = probe.linear_probe(train, val, 7, c_grid=GRID, device=CUDA)
+    on_cpu = probe.linear_probe(train, val, 7, c_grid=GRID, device="cpu")
+    assert on_gpu["selection"]["chosen"]["C"] == on_cpu["selection"]["chosen"]["C"]
+    assert "cuda" in on_gpu["selection"]["solver"] and on_gpu["selection"]["not_converged"] == []
+    pred = lambda o: (xte @ o["head_weight"].T + o["head_bias"]).argmax(1)  # noqa: E731
+    assert (pred(on_gpu) == pred(on_cpu)).mean() >= 0.995
+
+
+def test_a_real_out_of_memory_backs_off_and_keeps_the_effective_batch():
+    from PIL import Image
+
+    from transfer_eval import checkpoints, finetune
+    from transfer_eval.checkpoints import Checkpoint
+    from transfer_eval.tasks import ImageSplit
+
+    ck = Checkpoint(name="vit_s16_random", model="vit_small_patch16_224", weights="none")
+    model, cfg = checkpoints.build_model(ck, 10)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(8, 224, 224, 3), dtype=np.uint8)
+    split = ImageSplit(lambda i: Image.fromarray(pixels[i % 8]), np.arange(512) % 10)
+    recipe = finetune.make_recipe({"optimizer": "sgd", "lr": 0.01, "steps": 2, "warmup_steps": 1,
+                                   "batch_size": 512, "augment": False})
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(3 * 2**30 / total)  # 3 GiB: a 512-image ViT-S step does not fit
+    try:
+        out = finetune.train(model, split, cfg, recipe, recipe.lr, CUDA, seed=0)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    assert out["oom_backoffs"] >= 1 and out["micro_batch_size"] < 512
+    assert out["images"] == 2 * 512  # every step still took the whole effective batch
+
+
+def test_ddp_over_nccl_with_one_process_is_no_ddp():
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from transfer_eval import checkpoints, finetune
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    try:
+        recipe = finetune.make_recipe({"optimizer": "sgd", "lr": 0.03, "steps": 5, "warmup_steps": 1,
+                                       "batch_size": 128})
+        x, y = _digits_batch(128)
+        weights = []
+        for wrap in (False, True):
+            torch.manual_seed(0)
+            model, _ = checkpoints.build_model(checkpoints.load_registry()["vit_demo"], 10)
+            model.to(CUDA).train()
+            net = DistributedDataParallel(model, device_ids=[0]) if wrap else model
+            step = finetune.step_fn(net, recipe, recipe.lr, CUDA)
+            for _ in range(5):
+                step(x, y)
+            weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        assert torch.allclose(weights[0], weights[1], rtol=1e-5, atol=1e-6)
+    finally:
+        dist.destroy_process_group()
