@@ -321,3 +321,37 @@ def test_a_machine_that_cannot_compile_gets_one_clear_error(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=broken_backend))
     with pytest.raises(UserError, match="--compile: torch.compile failed here .*no C\\+\\+ compiler.*without"):
         train_once(compile=True, augment=False)
+
+
+def test_training_splits_are_cached_as_jpeg_and_evaluation_splits_raw(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_EVAL_CACHE", str(tmp_path / "cache"))
+    files = write_jpegs(tmp_path / "jpg")
+    split = ImageSplit.from_files(files, [0, 1, 2, 0, 1, 2])
+    plan = data.InputPlan(cache_images=True)
+    data.pipeline(split, CFG, CPU, plan)  # evaluation: raw
+    data.pipeline(split, CFG, CPU, plan, train=AUGMENT)  # training: JPEG
+    entries = {e["format"]: e for e in image_cache.entries()}
+    assert set(entries) == {"raw", "jpeg"}
+    assert entries["jpeg"]["bytes"] < entries["raw"]["bytes"] / 2
+    raw = image_cache.cached(split, CFG)
+    jpeg = image_cache.cached(split, CFG, kind=image_cache.JPEG)
+    for i in range(len(split)):
+        a, b = np.asarray(raw.image(i), dtype=np.int16), np.asarray(jpeg.image(i), dtype=np.int16)
+        assert a.shape == b.shape and np.abs(a - b).mean() < 3.0  # quality 90: close to the raw pixels
+    estimate = image_cache.estimate_bytes(split, CFG, image_cache.JPEG)
+    assert 0.8 * entries["jpeg"]["bytes"] < estimate < 1.5 * entries["jpeg"]["bytes"]
+
+
+def test_an_image_cache_that_would_not_fit_is_refused_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from transfer_eval.errors import UserError
+
+    monkeypatch.setenv("TRANSFER_EVAL_CACHE", str(tmp_path / "cache"))
+    split = ImageSplit.from_files(write_jpegs(tmp_path / "jpg"), [0] * 6)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(UserError, match=r"needs about .* GB .* free; free some space, set TRANSFER_EVAL_CACHE"):
+        image_cache.cached(split, CFG)
+    assert image_cache.entries() == [] and list((tmp_path / "cache" / "images").iterdir()) == []

@@ -224,8 +224,10 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
                 photo.rotate(i % 360).save(files[-1], quality=90)
             jpegs = ImageSplit.from_files(files, np.zeros(n, dtype=np.int64))
             out["jpeg_decode_images_per_s"] = rate(jpegs, data.InputPlan(workers=workers))
-            image_cache.cached(jpegs, cfg)  # built once, not timed
+            image_cache.cached(jpegs, cfg, kind=image_cache.JPEG)  # built once, as training stores it; not timed
             out["jpeg_cached_images_per_s"] = rate(jpegs, data.InputPlan(cache_images=True, workers=workers))
+            (entry,) = [e for e in image_cache.entries() if e.get("format") == image_cache.JPEG]
+            out["train_cache_vs_source_bytes"] = entry["bytes"] / sum(os.path.getsize(f) for f in files)
         finally:
             if previous is None:
                 os.environ.pop("TRANSFER_EVAL_CACHE", None)

@@ -68,8 +68,9 @@ def default_workers(device: torch.device) -> int:
 # Input pipelines. Images reach the model one of two ways:
 #
 # - "cpu": timm's transforms in DataLoader workers (decode, crop, resize, flip) hand over uint8 batches; timm's
-#   PrefetchLoader copies the next one on a side stream while the model works on this one, and converts and
-#   normalises it on the device (a uint8 batch is 4x less to move and pin than a float one). Optionally from a cache of decoded images already at the training resolution
+#   PrefetchLoader copies the next one on a side stream while the model works on this one, and the device
+#   converts and normalises it, bit for bit as torchvision would on the CPU (a uint8 batch is 4x less to move
+#   and pin than a float one). Optionally from a cache of decoded images already at the training resolution
 #   (`--cache-images`, transfer_eval/image_cache.py), which leaves the workers only a crop and a small resize.
 # - "device-resize": for small images (CIFAR's 32 px), the workers only hand over uint8 images at their own size
 #   with each one's crop box and flip (drawn exactly as timm's RandomResizedCrop and torchvision's flip draw
@@ -185,7 +186,7 @@ def pipeline(split: ImageSplit, data_config: dict, device: torch.device, plan: I
     if plan.cache_images and split.paths is not None:
         from transfer_eval import image_cache
 
-        split = image_cache.cached(split, data_config)
+        split = image_cache.cached(split, data_config, kind=image_cache.RAW if train is None else image_cache.JPEG)
     erasing = train.get("random_erasing", 0.0) if train is not None and augment else 0.0
     if train is None or not augment:
         transform = eval_transform(data_config, uint8=True)
@@ -193,29 +194,44 @@ def pipeline(split: ImageSplit, data_config: dict, device: torch.device, plan: I
         transform = train_transform(data_config, True, train.get("hflip", 0.5), train.get("crop_scale", (0.08, 1.0)),
                                     train.get("randaugment"), erasing, uint8=True)
 
+    normalise = Normalise(data_config, device, erasing)
+
     def batches(dl):
         from timm.data.loader import PrefetchLoader
 
-        loader = PrefetchLoader(dl, mean=data_config["mean"], std=data_config["std"], device=device, re_prob=erasing)
-        if dl.num_workers > 0:
-            return iter(loader)
-        # Without workers the transforms run here, drawing from this process's generators: reading one batch
-        # ahead would move those draws before the step they used to follow, and a resumed run would not see the
-        # crops of an uninterrupted one. The same conversion, one batch at a time.
-        return (loader_step(loader, x, y) for x, y in dl)
+        if dl.num_workers == 0:
+            # Without workers the transforms run here, drawing from this process's generators: reading one batch
+            # ahead would move those draws before the step they used to follow, and a resumed run would not see
+            # the crops of an uninterrupted one. The same conversion, one batch at a time.
+            return (normalise(x.to(device, non_blocking=True).float().div_(255), y.to(device, non_blocking=True))
+                    for x, y in dl)
+        # timm's prefetcher copies the next batch on a side stream and scales it to [0, 1] there (mean 0, std 1:
+        # x / 255, as torchvision's ToTensor computes it); the normalisation follows, bit for bit torchvision's.
+        prefetch = PrefetchLoader(dl, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), device=device)
+        return (normalise(x, y) for x, y in prefetch)
 
     from timm.data.loader import fast_collate
 
     return Pipeline(TransformedSplit(split, transform), batches, plan.workers, collate=fast_collate)
 
 
-def loader_step(prefetch, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """What timm's PrefetchLoader does to one uint8 batch, without its read-ahead: to the device, float,
-    normalised, randomly erased where the recipe asks."""
-    x = x.to(prefetch.device, non_blocking=True).to(prefetch.img_dtype).sub_(prefetch.mean).div_(prefetch.std)
-    if prefetch.random_erasing is not None:
-        x = prefetch.random_erasing(x)
-    return x, y.to(prefetch.device, non_blocking=True)
+class Normalise:
+    """(x in [0, 1], y) on the device to normalised x, exactly as torchvision's Normalize computes it on the CPU
+    (so a run's pixels do not depend on where they were normalised), then timm's random erasing where the recipe
+    asks (after normalising, as timm's CPU transform erases)."""
+
+    def __init__(self, data_config: dict, device: torch.device, erasing: float = 0.0):
+        self.mean = torch.tensor(data_config["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data_config["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.erase = None
+        if erasing > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.erase = RandomErasing(probability=erasing, device=device)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.sub_(self.mean).div_(self.std)
+        return (self.erase(x) if self.erase is not None else x), y
 
 
 class CenterBox:

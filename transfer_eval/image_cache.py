@@ -2,10 +2,17 @@
 resolution, so that later epochs, learning rates and runs skip JPEG decoding and the big resize.
 
 An image is stored after the resize step of timm's evaluation transform for the model's data config (shorter side
-to floor(size / crop_pct), as timm's eval transform does before its centre crop), as raw 8-bit RGB in one file per
-split with an index of offsets and shapes. Evaluation on cached images therefore gives exactly the pixels of an
-uncached run (the resize to the size an image already has is the identity); training crops are cut from these
-images rather than the full-size originals, as FFCV and similar loaders do.
+to floor(size / crop_pct), as timm's eval transform does before its centre crop), in one file per split with an
+index of offsets, byte sizes and shapes:
+
+- splits read by evaluation (val, test, a probe's features): raw 8-bit RGB, so evaluation on cached images gives
+  exactly the pixels of an uncached run (the resize to the size an image already has is the identity);
+- splits read by training: JPEG at quality 90, as FFCV stores them: about a tenth of raw (ImageNet's train split
+  is 336 GB raw at 224 px, against 140 GB of source JPEGs), and training crops are cut from these images rather
+  than the full-size originals.
+
+The size is estimated from a sample before anything is written, and a build that would not fit on the disk is
+refused in one line. Images are decoded in bounded chunks, so memory does not grow with the split.
 
 The key covers the image files (paths, sizes, modification times), the sample ids and labels, the resize (size,
 interpolation, crop mode) and the versions of the suite and Pillow; `transfer-eval cache list|clear` shows and
@@ -15,6 +22,7 @@ removes entries.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -25,8 +33,14 @@ import numpy as np
 
 import transfer_eval
 from transfer_eval import paths
+from transfer_eval.errors import UserError
 from transfer_eval.progress import bar
 from transfer_eval.tasks import ImageSplit
+
+RAW, JPEG = "raw", "jpeg"
+JPEG_QUALITY = 90
+CHUNK = 256  # images decoded per submission to the thread pool
+SAMPLE = 16  # images encoded to estimate an entry's size
 
 
 def folder() -> Path:
@@ -47,36 +61,42 @@ def resize_transform(data_config: dict):
     return transforms.Compose(steps)
 
 
-def key(split: ImageSplit, data_config: dict) -> str:
+def key(split: ImageSplit, data_config: dict, kind: str = RAW) -> str:
     import PIL
 
     blob = json.dumps({"files": split.files_signature(), "manifest": split.manifest(),
                        "resize": repr(resize_transform(data_config)), "suite": transfer_eval.__version__,
-                       "pillow": PIL.__version__}, sort_keys=True)
+                       "pillow": PIL.__version__, "format": kind if kind == RAW else f"{kind}{JPEG_QUALITY}"},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def cached(split: ImageSplit, data_config: dict, threads: int | None = None) -> ImageSplit:
-    """The split over its cached images, building the cache entry first where there is none (or a damaged one).
-    A concatenation (train+val, for retraining) is served by its parts' entries: nothing is stored twice."""
+def cached(split: ImageSplit, data_config: dict, threads: int | None = None, kind: str = RAW) -> ImageSplit:
+    """The split over its cached images (`kind` RAW for evaluation, JPEG for training), building the cache entry
+    first where there is none (or a damaged one). A concatenation (train+val, for retraining) is served by its
+    parts' entries: nothing is stored twice."""
     if split.parts is not None:
-        a, b = (cached(part, data_config, threads) for part in split.parts)
+        a, b = (cached(part, data_config, threads, kind) for part in split.parts)
         return ImageSplit.concat(a, b)
-    k = key(split, data_config)
+    k = key(split, data_config, kind)
     data, index = folder() / f"{k}.u8", folder() / f"{k}.npz"
     entry = _open(data, index, len(split))
     if entry is None:
-        _build(split, data_config, data, index, threads)
+        _build(split, data_config, data, index, threads, kind)
         entry = _open(data, index, len(split))
         if entry is None:
             raise OSError(f"the decoded-image cache entry {data} cannot be read back after writing it")
-    offsets, shapes, pixels = entry
+    offsets, sizes, shapes, pixels = entry
 
     def image(i):
         from PIL import Image
 
-        o, (h, w) = int(offsets[i]), shapes[i]
-        return Image.fromarray(np.asarray(pixels[o:o + h * w * 3]).reshape(h, w, 3))
+        o, n = int(offsets[i]), int(sizes[i])
+        if kind == RAW:
+            h, w = shapes[i]
+            return Image.fromarray(np.asarray(pixels[o:o + n]).reshape(h, w, 3))
+        with Image.open(io.BytesIO(pixels[o:o + n].tobytes())) as img:
+            return img.convert("RGB")
 
     out = ImageSplit(image, split.labels, split.ids, split.paths)
     out.skipped = list(split.skipped)
@@ -84,41 +104,81 @@ def cached(split: ImageSplit, data_config: dict, threads: int | None = None) -> 
 
 
 def _open(data: Path, index: Path, n: int):
-    """(offsets, shapes, pixels) of an entry, or None where it is missing or damaged."""
+    """(offsets, byte sizes, shapes, bytes) of an entry, or None where it is missing or damaged."""
     try:
         with np.load(index, allow_pickle=False) as z:
-            offsets, shapes = z["offsets"], z["shapes"]
+            offsets, sizes, shapes = z["offsets"], z["sizes"], z["shapes"]
         pixels = np.memmap(data, dtype=np.uint8, mode="r")
     except (OSError, ValueError, KeyError):
         return None
-    if len(offsets) != n or (n and int(offsets[-1] + shapes[-1].prod() * 3) != pixels.size):
+    if len(offsets) != n or len(sizes) != n or (n and int(offsets[-1] + sizes[-1]) != pixels.size):
         return None
-    return offsets, shapes, pixels
+    return offsets, sizes, shapes, pixels
 
 
-def _build(split: ImageSplit, data_config: dict, data: Path, index: Path, threads: int | None) -> None:
+def _encoder(resize, kind: str):
+    def encode(img) -> tuple[bytes, tuple[int, int]]:
+        img = resize(img)
+        if kind == RAW:
+            return np.asarray(img, dtype=np.uint8).tobytes(), (img.height, img.width)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+        return buf.getvalue(), (img.height, img.width)
+
+    return encode
+
+
+def estimate_bytes(split: ImageSplit, data_config: dict, kind: str = RAW) -> int:
+    """An entry's size from SAMPLE images spread over the split, encoded as the build would."""
+    n = len(split)
+    if n == 0:
+        return 0
+    encode = _encoder(resize_transform(data_config), kind)
+    probe = sorted({int(i) for i in np.linspace(0, n - 1, min(n, SAMPLE))})
+    return int(np.mean([len(encode(split.image(i))[0]) for i in probe]) * n * 1.05)
+
+
+def _check_room(split: ImageSplit, data_config: dict, kind: str, where: Path) -> None:
+    import shutil
+
+    need = estimate_bytes(split, data_config, kind)
+    free = shutil.disk_usage(where).free
+    if need > free:
+        raise UserError(f"--cache-images: the {kind} image cache of this split ({len(split)} images) needs about "
+                        f"{need / 1e9:.1f} GB in {where}, which has {free / 1e9:.1f} GB free; free some space, set "
+                        f"TRANSFER_EVAL_CACHE to a larger disk, or run without --cache-images")
+
+
+def _build(split: ImageSplit, data_config: dict, data: Path, index: Path, threads: int | None,
+           kind: str = RAW) -> None:
     resize = resize_transform(data_config)
     data.parent.mkdir(parents=True, exist_ok=True)
+    _check_room(split, data_config, kind, data.parent)
     tmp_data = data.with_name(f".{data.name}.{os.getpid()}.part")
     tmp_index = index.with_name(f".{index.stem}.{os.getpid()}.part.npz")
     offsets = np.zeros(len(split), np.int64)
+    sizes = np.zeros(len(split), np.int64)
     shapes = np.zeros((len(split), 2), np.int64)
-
-    def decode(i):
-        return np.asarray(resize(split.image(i)), dtype=np.uint8)
+    encode = _encoder(resize, kind)
 
     offset = 0
     try:
         with open(tmp_data, "wb") as f, ThreadPoolExecutor(threads or min(8, os.cpu_count() or 2)) as pool:
-            # Pillow releases the GIL while decoding and resizing: threads keep every core busy.
-            for i, arr in enumerate(bar(pool.map(decode, range(len(split))), "caching decoded images", "img",
-                                        total=len(split))):
-                offsets[i], shapes[i] = offset, arr.shape[:2]
-                f.write(arr.tobytes())
-                offset += arr.size
-        about = {"source": _common_folder(split.paths), "images": len(split),
+            # Pillow releases the GIL while decoding, resizing and encoding: threads keep every core busy. The
+            # work goes to the pool a chunk at a time, so at most CHUNK decoded images are ever held.
+            progress = bar(range(len(split)), "caching decoded images", "img")
+            for start in range(0, len(split), CHUNK):
+                chunk = range(start, min(start + CHUNK, len(split)))
+                for i, (blob, shape) in zip(chunk, pool.map(lambda j: encode(split.image(j)), chunk)):
+                    offsets[i], sizes[i], shapes[i] = offset, len(blob), shape
+                    f.write(blob)
+                    offset += len(blob)
+                progress.update(len(chunk))
+            progress.close()
+        about = {"source": _common_folder(split.paths), "images": len(split), "format": kind,
                  "resize": repr(resize).replace("\n", " "), "created": time.strftime("%Y-%m-%d %H:%M")}
-        np.savez(tmp_index, offsets=offsets, shapes=shapes, about=np.asarray(json.dumps(about)))
+        np.savez(tmp_index, offsets=offsets, sizes=sizes, shapes=shapes, format=np.asarray(kind),
+                 about=np.asarray(json.dumps(about)))
         os.replace(tmp_data, data)  # pixels first: an index is only ever beside complete pixels
         os.replace(tmp_index, index)
     finally:
