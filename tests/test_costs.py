@@ -166,3 +166,17 @@ def test_bench_reports_side_by_side_figures():
                                                         pipe["small_cpu_images_per_s"])
     fastest = max(att["suite_images_per_s"], full["suite_images_per_s"])
     assert pipe["jpeg_cached_vs_training"] == pytest.approx(pipe["jpeg_cached_images_per_s"] / fastest)
+
+
+def test_cost_of_lora_and_fewshot_as_a_run_counts_them():
+    """`cost -m lora` injects the adapters before asking for the trainable set (it used to end in a traceback),
+    and few-shot is charged forward passes only, as the runner records it (it used to get a backward pass)."""
+    proc = cli("cost", "-c", "vit_demo", "-m", "lora,fewshot,linear", "--num-classes", "10", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["mode"]: r for r in json_lines(proc.stdout)}
+    dim, depth, rank, head = 128, 4, 8, 128 * 10 + 10
+    adapters = depth * ((rank * dim + 3 * dim * rank) + (rank * dim + dim * rank))  # qkv and proj of each block
+    assert rows["lora"]["params_per_task"] == adapters + head
+    assert rows["lora"]["params_total"] == rows["linear"]["params_total"] + adapters
+    assert rows["fewshot"]["train_gflops_per_image"] == rows["fewshot"]["fwd_gflops_per_image"]
+    assert rows["lora"]["train_gflops_per_image"] > rows["lora"]["fwd_gflops_per_image"]

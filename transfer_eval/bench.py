@@ -56,7 +56,7 @@ def matmul_peak_tflops(device, size: int = 4096, steps: int = 10) -> float:
 def _build(ck, mode, num_classes, resolution, device):
     """The suite's model for a mode: built (seeded random init, no download), adapted, on the device."""
     model, cfg = checkpoints.build_model(ck, num_classes, resolution, load_weights=False)
-    model = modes.prepare(mode, model, {"lora_rank": 8, "lora_alpha": 16.0})
+    model = modes.prepare(mode, model)
     names = modes.apply(mode, model)
     return model.to(device), cfg, names
 
@@ -69,7 +69,7 @@ def _bare_model(ck, mode, num_classes, resolution, device):
     kwargs = {**ck.model_args, "num_classes": num_classes, **({"img_size": resolution} if resolution else {})}
     ref = timm.create_model(ck.architecture, pretrained=False, **kwargs)
     if mode.name == "lora":
-        ref = modes.prepare(mode, ref, {"lora_rank": 8, "lora_alpha": 16.0})
+        ref = modes.prepare(mode, ref)
     names = modes.trainable_names(mode, ref)
     for n, p in ref.named_parameters():
         p.requires_grad_(n in names)

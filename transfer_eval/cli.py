@@ -475,7 +475,7 @@ def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_js
     mode_list = [modes.resolve(n) for n in _csv(mode_names)]
     model, cfg = checkpoints.build_model(ck, num_classes, resolution, load_weights=False)
     rows = []
-    for mode in mode_list:  # cost_card sets the mode's trainable set on the one model
+    for mode in mode_list:  # cost_card adapts a copy of the one model for each mode
         rows.append({"checkpoint": ck.name, "model": ck.model, "mode": mode.name, "num_classes": num_classes,
                      **costs.cost_card(model, cfg, mode)})
     if as_json:

@@ -139,12 +139,19 @@ def device_name(device: torch.device) -> str:
 
 
 def cost_card(model, data_config: dict, mode, device=torch.device("cpu")) -> dict:
-    """Compute and sharing figures of a mode on a built model, without data: what `transfer-eval cost` prints."""
+    """Compute and sharing figures of a mode on a built model, without data: what `transfer-eval cost` prints.
+    The model is adapted as a run adapts it (LoRA adapters injected with the mode's default rank) on a copy, so
+    one built model serves every mode."""
+    import copy
+
     from transfer_eval import modes
 
+    model = modes.prepare(mode, copy.deepcopy(model))
     names = modes.apply(mode, model)
     fwd = forward_flops(model, data_config, device)
-    train = fwd if mode.kind == "probe" else train_step_flops(model, data_config, device)
+    # Probes' training compute is forward passes only (features; few-shot solves in closed form), as the runner
+    # records it.
+    train = fwd if mode.kind in ("probe", "fewshot") else train_step_flops(model, data_config, device)
     state = model.state_dict()
     total = count(model)
     per_task = count(model, names)

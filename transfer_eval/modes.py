@@ -140,7 +140,10 @@ def attention_linears(model: nn.Module) -> list[str]:
     return out
 
 
-def prepare(mode: Mode, model: nn.Module, recipe: dict) -> nn.Module:
+LORA_DEFAULTS = {"lora_rank": 8, "lora_alpha": 16.0}  # mode lora's recipe fields, unless a run sets them
+
+
+def prepare(mode: Mode, model: nn.Module, recipe: dict | None = None) -> nn.Module:
     """Change the model's structure where the mode needs it: LoRA adapters are injected in place (peft), so the
     model stays a timm model (forward_head, get_classifier) and only gains lora_A / lora_B parameters."""
     if mode.name != "lora":
@@ -151,6 +154,7 @@ def prepare(mode: Mode, model: nn.Module, recipe: dict) -> nn.Module:
         from transfer_eval.errors import UserError
 
         raise UserError("mode lora needs the peft library: pip install peft") from None
+    recipe = {**LORA_DEFAULTS, **(recipe or {})}
     config = LoraConfig(r=int(recipe["lora_rank"]), lora_alpha=float(recipe["lora_alpha"]), lora_dropout=0.0,
                         target_modules=attention_linears(model), bias="none")
     return inject_adapter_in_model(config, model)

@@ -33,7 +33,7 @@ PROBE_DEFAULTS = {"batch_size": 256, "c_grid": list(probe.COARSE_C), "tol": logi
 FEWSHOT_DEFAULTS = {"batch_size": 256, "shots": list(fewshot.SHOTS), "l2": fewshot.L2,
                     "resolution": None}
 EVAL_DEFAULTS = {"batch_size": 256, "resolution": None}
-LORA_DEFAULTS = {"lora_rank": 8, "lora_alpha": 16.0}
+LORA_DEFAULTS = modes.LORA_DEFAULTS
 DEFAULT_SEEDS = {"fewshot": (0, 1, 2)}  # big_vision's three sampling seeds; one seed elsewhere
 
 
