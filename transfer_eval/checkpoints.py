@@ -278,19 +278,17 @@ def _download(ck: Checkpoint) -> Path:
     suffix = Path(ck.weights.split("?")[0]).suffix or ".pth"
     dest = paths.cache_dir() / "weights" / f"{ck.sha256}{suffix}"
     if not dest.is_file():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(dest.suffix + ".part")
-        try:
-            torch.hub.download_url_to_file(ck.weights, str(tmp), progress=True)
-        except Exception as e:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"checkpoint {ck.name!r}: cannot download {ck.weights}: {e}") from None
-        digest = file_sha256(tmp)
-        if digest != ck.sha256:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"checkpoint {ck.name!r}: {ck.weights} has sha256 {digest}, expected {ck.sha256}; "
-                            f"not used")
-        tmp.replace(dest)
+        from transfer_eval import io
+
+        with io.replacing(dest) as tmp:  # kept only once its digest is checked
+            try:
+                torch.hub.download_url_to_file(ck.weights, str(tmp), progress=True)
+            except Exception as e:
+                raise UserError(f"checkpoint {ck.name!r}: cannot download {ck.weights}: {e}") from None
+            digest = file_sha256(tmp)
+            if digest != ck.sha256:
+                raise UserError(f"checkpoint {ck.name!r}: {ck.weights} has sha256 {digest}, expected "
+                                f"{ck.sha256}; not used")
     return dest
 
 

@@ -757,8 +757,6 @@ def features(checkpoint_name, task_name, split, output, resolution, batch_size, 
 
     Rows are in the split's order, the order the probes sample from.
     """
-    import os
-
     import numpy as np
 
     from transfer_eval import checkpoints, data, probe, tasks
@@ -772,11 +770,11 @@ def features(checkpoint_name, task_name, split, output, resolution, batch_size, 
     key_parts = {"weights_sha256": checkpoints.weights_digest(ck), "checkpoint": ck, "task": task,
                  "split_name": split}
     feats, labels, _ = probe.cached_features(model, ds, cfg, dev, batch_size, key_parts, desc=f"features {split}")
+    from transfer_eval import io
+
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part.npz")
-    np.savez(tmp, features=feats, labels=labels, ids=np.asarray(ds.ids))
-    os.replace(tmp, out)  # never leave a half-written file under the requested name
+    with io.replacing(out, ".npz") as tmp:  # never a half-written file under the requested name
+        np.savez(tmp, features=feats, labels=labels, ids=np.asarray(ds.ids))
     click.echo(f"wrote {out}: features {feats.shape[0]} x {feats.shape[1]} float32, labels {len(labels)}")
 
 

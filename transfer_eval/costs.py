@@ -76,11 +76,10 @@ def delta_bytes(tensors: dict[str, torch.Tensor], path: str | Path | None = None
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        from transfer_eval import io
+
+        with io.replacing(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
         return os.path.getsize(path)
     with tempfile.TemporaryDirectory() as d:
         f = os.path.join(d, "delta.safetensors")

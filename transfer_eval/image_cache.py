@@ -34,6 +34,7 @@ import numpy as np
 import transfer_eval
 from transfer_eval import paths
 from transfer_eval.errors import UserError
+from transfer_eval.io import replacing
 from transfer_eval.progress import bar
 from transfer_eval.tasks import ImageSplit
 
@@ -154,15 +155,15 @@ def _build(split: ImageSplit, data_config: dict, data: Path, index: Path, thread
     resize = resize_transform(data_config)
     data.parent.mkdir(parents=True, exist_ok=True)
     _check_room(split, data_config, kind, data.parent)
-    tmp_data = data.with_name(f".{data.name}.{os.getpid()}.part")
-    tmp_index = index.with_name(f".{index.stem}.{os.getpid()}.part.npz")
     offsets = np.zeros(len(split), np.int64)
     sizes = np.zeros(len(split), np.int64)
     shapes = np.zeros((len(split), 2), np.int64)
     encode = _encoder(resize, kind)
 
     offset = 0
-    try:
+    # The pixels' block is the inner one, so they are renamed into place first: an index only ever stands beside
+    # complete pixels.
+    with replacing(index, ".npz") as tmp_index, replacing(data) as tmp_data:
         with open(tmp_data, "wb") as f, ThreadPoolExecutor(threads or min(8, os.cpu_count() or 2)) as pool:
             # Pillow releases the GIL while decoding, resizing and encoding: threads keep every core busy. The
             # work goes to the pool a chunk at a time, so at most CHUNK decoded images are ever held.
@@ -179,11 +180,6 @@ def _build(split: ImageSplit, data_config: dict, data: Path, index: Path, thread
                  "resize": repr(resize).replace("\n", " "), "created": time.strftime("%Y-%m-%d %H:%M")}
         np.savez(tmp_index, offsets=offsets, sizes=sizes, shapes=shapes, format=np.asarray(kind),
                  about=np.asarray(json.dumps(about)))
-        os.replace(tmp_data, data)  # pixels first: an index is only ever beside complete pixels
-        os.replace(tmp_index, index)
-    finally:
-        tmp_data.unlink(missing_ok=True)
-        tmp_index.unlink(missing_ok=True)
 
 
 def _common_folder(files) -> str | None:

@@ -27,8 +27,6 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -906,33 +904,22 @@ def check_plot_path(path: str | Path):
 
 
 def _save(fig, path):
+    from transfer_eval import io
+
     path = Path(path)
     check_plot_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with io.replacing(path, path.suffix) as tmp:  # savefig takes the format from the suffix
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_text(path: str | Path, text: str):
     """Write a file atomically: a temporary file beside it, then a rename."""
+    from transfer_eval import io
+
     path = Path(path)
     if path.is_dir():
         raise UserError(f"--output {path} is a folder; name a file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    io.write_text(path, text)
 
 
 # ----------------------------------------------------------------------------------------------------- report

@@ -10,7 +10,6 @@ val accuracy. A stored result removes the folder.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from transfer_eval import io
 
 
 class RunCheckpoints:
@@ -66,10 +67,8 @@ class RunCheckpoints:
         }
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{phase}.pt.part"
-        torch.save(state, tmp)
-        os.replace(tmp, self.folder / f"{phase}.pt")
+        with io.replacing(self.folder / f"{phase}.pt") as tmp:
+            torch.save(state, tmp)
         self._last = time.monotonic()
 
     def load(self, phase: str, model, optimizer, scheduler) -> dict | None:
@@ -97,10 +96,8 @@ class RunCheckpoints:
 
         if not distributed.is_main():
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{name}.pt.part"
-        torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, self.folder / f"{name}.pt")
+        with io.replacing(self.folder / f"{name}.pt") as tmp:
+            torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp)
 
     def load_tensors(self, name: str) -> dict | None:
         f = self.folder / f"{name}.pt"
@@ -115,10 +112,7 @@ class RunCheckpoints:
 
     @staticmethod
     def _atomic_json(path: Path, obj: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_text(json.dumps(obj))
-        os.replace(tmp, path)
+        io.write_text(path, json.dumps(obj))
 
 
 def _jsonable(obj):
