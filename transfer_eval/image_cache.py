@@ -7,9 +7,9 @@ index of offsets, byte sizes and shapes:
 
 - splits read by evaluation (val, test, a probe's features): raw 8-bit RGB, so evaluation on cached images gives
   exactly the pixels of an uncached run (the resize to the size an image already has is the identity);
-- splits read by training: JPEG at quality 90, as FFCV stores them: about a tenth of raw (ImageNet's train split
-  is 336 GB raw at 224 px, against 140 GB of source JPEGs), and training crops are cut from these images rather
-  than the full-size originals.
+- splits read by training: JPEG at quality 90, as FFCV stores them (measured: 0.54x the bytes of 500x375 source
+  JPEGs, where raw takes about 3.4x; ImageNet's train split would be 336 GB raw at 224 px), and training crops
+  are cut from these images rather than the full-size originals.
 
 The size is estimated from a sample before anything is written, and a build that would not fit on the disk is
 refused in one line. Images are decoded in bounded chunks, so memory does not grow with the split.

@@ -9,7 +9,7 @@ other class's logit fixed at 0). scipy's L-BFGS-B drives it with scikit-learn's 
 projected gradient, ftol 64 eps, 50 line-search steps), but the loss and gradient are computed here in torch, in
 row chunks, on the run's device: float32 matmuls, float64 sums across chunks. Nothing of size N x K is ever held
 (one chunk's logits at a time), the features stay on the GPU where they fit, and every core (or the GPU) works
-on the softmax, where scikit-learn's runs on one thread in float64.
+on the softmax, where scikit-learn's runs on one thread.
 
 The standardisation (x - mean) / std is applied chunk by chunk as the features are read, so train, val and the
 train+val refit share one resident copy of the raw features.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -32,25 +34,14 @@ def linear_probe(train: tuple, val: tuple, num_classes: int, c_grid=COARSE_C, de
     z_tr, z_va = logistic.Standardised(rows_tr, mean, std), logistic.Standardised(rows_va, mean, std)
     classes, yva = np.unique(ytr), np.asarray(yva)
 
-    scores: dict[float, float] = {}
     fits: dict[float, logistic.Fit] = {}
 
     def score(c):
-        if c not in scores:
-            lower = [k for k in fits if k < c]  # start from the nearest more strongly regularised fit
-            fits[c] = logistic.fit(z_tr, classes, c, fits[max(lower)] if lower else None, tol, max_iter)
-            scores[c] = float((z_va.predict(fits[c])[:, 0] == yva).mean())
-        return scores[c]
+        lower = [k for k in fits if k < c]  # start from the nearest more strongly regularised fit
+        fits[c] = logistic.fit(z_tr, classes, c, fits[max(lower)] if lower else None, tol, max_iter)
+        return float((z_va.predict(fits[c])[:, 0] == yva).mean())
 
-    for c in bar(sorted(c_grid), "probe: C grid"):  # ascending C: each fit starts from the last solution
-        score(c)
-    best = _best(scores)
-    grid = sorted(c_grid)
-    i = grid.index(best)
-    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    for c in np.logspace(np.log10(lo), np.log10(hi), FINE_STEPS):
-        score(float(c))
-    best = _best(scores)
+    best, scores = search_c(c_grid, score)
 
     rows_all = logistic.Rows.concat(rows_tr, rows_va)
     mean, std = rows_all.moments()
@@ -72,6 +63,26 @@ def linear_probe(train: tuple, val: tuple, num_classes: int, c_grid=COARSE_C, de
         "head_weight": weight.astype(np.float32),
         "head_bias": bias.astype(np.float32),
     }
+
+
+def search_c(c_grid, score: Callable[[float], float]) -> tuple[float, dict[float, float]]:
+    """The probe's search for C: every C of the coarse grid in ascending order (so each fit can start from the
+    last), then FINE_STEPS log-spaced values between the best one's neighbours; the best on val, ties to the
+    stronger regularisation. `score(c)` (val accuracy of a fit at c) is called once per distinct C. Returns the
+    chosen C and every score."""
+    scores: dict[float, float] = {}
+
+    def once(c):
+        if c not in scores:
+            scores[c] = score(c)
+
+    grid = sorted(c_grid)
+    for c in bar(grid, "probe: C grid"):
+        once(c)
+    i = grid.index(_best(scores))
+    for c in np.logspace(np.log10(grid[max(i - 1, 0)]), np.log10(grid[min(i + 1, len(grid) - 1)]), FINE_STEPS):
+        once(float(c))
+    return _best(scores), scores
 
 
 def _best(scores: dict[float, float]) -> float:
