@@ -81,7 +81,7 @@ def _arc(cx, cy, rx, ry, a0, a1, n=None):
 
 def _bezier(p0, p1, p2, n=10):
     t = np.linspace(0, 1, n)[:, None]
-    return (1 - t) ** 2 * np.asarray(p0) + 2 * (1 - t) * t * np.asarray(p1) + t ** 2 * np.asarray(p2)
+    return (1 - t) ** 2 * np.asarray(p0) + 2 * (1 - t) * t * np.asarray(p1) + t**2 * np.asarray(p2)
 
 
 def _seg(*pts):
@@ -100,6 +100,7 @@ def _line(angle):
     def f(r):
         L = r.uniform(0.6, 1.0)
         return [_seg((-L, 0), (L, 0)) @ _rot(angle).T], 0.2
+
     return f
 
 
@@ -201,8 +202,12 @@ def _two_rings(r):
 
 
 def _hash(r):
-    return [_seg((-0.9, -0.35), (0.9, -0.35)), _seg((-0.9, 0.35), (0.9, 0.35)),
-            _seg((-0.35, -0.9), (-0.35, 0.9)), _seg((0.35, -0.9), (0.35, 0.9))], 0.3
+    return [
+        _seg((-0.9, -0.35), (0.9, -0.35)),
+        _seg((-0.9, 0.35), (0.9, 0.35)),
+        _seg((-0.35, -0.9), (-0.35, 0.9)),
+        _seg((0.35, -0.9), (0.35, 0.9)),
+    ], 0.3
 
 
 def _scribble(r):
@@ -212,12 +217,33 @@ def _scribble(r):
 
 
 SHAPES = {
-    "line_horizontal": _line(0.0), "line_vertical": _line(math.pi / 2), "line_diagonal_up": _line(-math.pi / 4),
-    "line_diagonal_down": _line(math.pi / 4), "ring": _ring, "ellipse": _ellipse, "arc": _arc_open,
-    "s_curve": _s_curve, "spiral": _spiral, "plus": _plus, "cross_x": _x, "corner": _corner, "tee": _tee,
-    "chevron": _chevron, "triangle": _triangle, "square": _square, "zigzag": _zigzag, "wave": _wave,
-    "parallel_lines": _parallel, "figure_eight": _eight, "loop_with_tail": _loop_tail, "hook": _hook,
-    "asterisk": _asterisk, "dot": _dot, "two_rings": _two_rings, "hash": _hash, "scribble": _scribble,
+    "line_horizontal": _line(0.0),
+    "line_vertical": _line(math.pi / 2),
+    "line_diagonal_up": _line(-math.pi / 4),
+    "line_diagonal_down": _line(math.pi / 4),
+    "ring": _ring,
+    "ellipse": _ellipse,
+    "arc": _arc_open,
+    "s_curve": _s_curve,
+    "spiral": _spiral,
+    "plus": _plus,
+    "cross_x": _x,
+    "corner": _corner,
+    "tee": _tee,
+    "chevron": _chevron,
+    "triangle": _triangle,
+    "square": _square,
+    "zigzag": _zigzag,
+    "wave": _wave,
+    "parallel_lines": _parallel,
+    "figure_eight": _eight,
+    "loop_with_tail": _loop_tail,
+    "hook": _hook,
+    "asterisk": _asterisk,
+    "dot": _dot,
+    "two_rings": _two_rings,
+    "hash": _hash,
+    "scribble": _scribble,
 }
 
 NUM_GLYPHS = 64  # random stroke glyphs, each a class (see _glyph_prototypes)
@@ -272,11 +298,13 @@ def _texture(kind: str, r) -> np.ndarray:
 
 def _upsample2(a: np.ndarray) -> np.ndarray:
     """Bilinear 2x upscaling with half-pixel centres and clamped edges (PIL's and torchvision's bilinear)."""
+
     def one(a, axis):
         prev = np.concatenate([np.take(a, [0], axis), np.take(a, np.arange(a.shape[axis] - 1), axis)], axis)
         nxt = np.concatenate([np.take(a, np.arange(1, a.shape[axis]), axis), np.take(a, [-1], axis)], axis)
         even, odd = 0.75 * a + 0.25 * prev, 0.75 * a + 0.25 * nxt
-        return np.stack([even, odd], axis + 1).reshape(*a.shape[:axis], -1, *a.shape[axis + 1:])
+        return np.stack([even, odd], axis + 1).reshape(*a.shape[:axis], -1, *a.shape[axis + 1 :])
+
     return one(one(a, 0), 1)
 
 
@@ -321,8 +349,9 @@ def _draw(label: int, r, protos) -> np.ndarray:
     return np.clip(img, 0.0, 1.0).astype(np.float32), cov.astype(np.float32)
 
 
-def synth_images(n: int, seed: int = 0, start: int = 0, num_glyphs: int = NUM_GLYPHS, protos=None,
-                 clean: bool = False) -> tuple[np.ndarray, ...]:
+def synth_images(
+    n: int, seed: int = 0, start: int = 0, num_glyphs: int = NUM_GLYPHS, protos=None, clean: bool = False
+) -> tuple[np.ndarray, ...]:
     """Images `start` .. `start + n - 1` of `seed`: (n, 16, 16) float32 in [0, 1], and int64 labels.
 
     Deterministic: image i is drawn from numpy's default_rng([seed, i]) alone, its class uniform over
@@ -362,11 +391,19 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
     ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--recon-weight", type=float, default=10.0,
-                    help="weight of the auxiliary loss, the MSE of rebuilding the clean strokes from the pre-logits "
-                         "feature (default 10; 0 trains the classifier alone)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: the weights, hence the sha256, depend on it)")
+    ap.add_argument(
+        "--recon-weight",
+        type=float,
+        default=10.0,
+        help="weight of the auxiliary loss, the MSE of rebuilding the clean strokes from the pre-logits "
+        "feature (default 10; 0 trains the classifier alone)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the weights, hence the sha256, depend on it)",
+    )
     ap.add_argument("--preview", type=Path, help="write a PNG grid of 8 images per class instead of training")
     args = ap.parse_args(argv)
     if not args.output and not args.preview:
@@ -386,13 +423,22 @@ def main(argv=None) -> None:
         from PIL import Image
 
         imgs, labels = synth_images(16 * len(names), args.seed, protos=protos)
-        rows = [np.concatenate(list(imgs[labels == c][:8]) + [np.zeros((SIZE, SIZE), np.float32)]
-                               * (8 - min(8, int((labels == c).sum()))), 1) for c in range(len(names))]
+        rows = [
+            np.concatenate(
+                list(imgs[labels == c][:8])
+                + [np.zeros((SIZE, SIZE), np.float32)] * (8 - min(8, int((labels == c).sum()))),
+                1,
+            )
+            for c in range(len(names))
+        ]
         grid = np.concatenate([np.pad(row, ((1, 1), (0, 0))) for row in rows], 0)
-        Image.fromarray((grid * 255).astype(np.uint8)).resize((grid.shape[1] * 3, grid.shape[0] * 3),
-                                                             Image.NEAREST).save(args.preview)
-        print(f"wrote {args.preview}: {len(names)} classes, one per row ({', '.join(names[:len(SHAPES) + 2])}, "
-              f"glyph_00 .. glyph_{len(protos) - 1:02d})")
+        Image.fromarray((grid * 255).astype(np.uint8)).resize(
+            (grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST
+        ).save(args.preview)
+        print(
+            f"wrote {args.preview}: {len(names)} classes, one per row ({', '.join(names[: len(SHAPES) + 2])}, "
+            f"glyph_00 .. glyph_{len(protos) - 1:02d})"
+        )
         return
 
     t0 = time.time()
@@ -401,18 +447,25 @@ def main(argv=None) -> None:
     decoder = torch.nn.Sequential(torch.nn.Linear(width, 256), torch.nn.GELU(), torch.nn.Linear(256, SIZE * SIZE))
     params = list(model.named_parameters()) + [("decoder." + n, p) for n, p in decoder.named_parameters()]
     no_wd = lambda n, p: p.ndim < 2 or "pos_embed" in n or "token" in n  # noqa: E731  biases, norms, embeddings
-    opt = torch.optim.AdamW([{"params": [p for n, p in params if not no_wd(n, p)], "weight_decay": args.weight_decay},
-                             {"params": [p for n, p in params if no_wd(n, p)], "weight_decay": 0.0}], lr=args.lr)
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in params if not no_wd(n, p)], "weight_decay": args.weight_decay},
+            {"params": [p for n, p in params if no_wd(n, p)], "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+    )
     warmup = max(1, args.steps // 20)
     cosine = lambda s: 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, args.steps - warmup)))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warmup if s < warmup else cosine(s))
-    print(f"pretraining {ARCH} {MODEL_ARGS} on {len(names)} synthetic classes: {args.steps} steps of "
-          f"{args.batch_size}, seed {args.seed}, {args.threads} thread(s)", flush=True)
+    print(
+        f"pretraining {ARCH} {MODEL_ARGS} on {len(names)} synthetic classes: {args.steps} steps of "
+        f"{args.batch_size}, seed {args.seed}, {args.threads} thread(s)",
+        flush=True,
+    )
     model.train()
     ema = {}
     for step in range(args.steps):
-        x, y, clean = synth_images(args.batch_size, args.seed, start=step * args.batch_size, protos=protos,
-                                   clean=True)
+        x, y, clean = synth_images(args.batch_size, args.seed, start=step * args.batch_size, protos=protos, clean=True)
         x, y = _as_input(x), torch.from_numpy(y)
         feats = model.forward_head(model.forward_features(x), pre_logits=True)
         logits = model.head(feats)
@@ -427,8 +480,11 @@ def main(argv=None) -> None:
         for k, v in (("ce", ce.item()), ("mse", mse.item()), ("acc", (logits.argmax(1) == y).float().mean().item())):
             ema[k] = 0.98 * ema[k] + 0.02 * v if k in ema else v
         if step % 100 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  ce {ema['ce']:.3f}  mse {ema['mse']:.4f}  train acc {ema['acc']:.3f}  "
-                  f"lr {sched.get_last_lr()[0]:.2e}  {time.time() - t0:.0f} s", flush=True)
+            print(
+                f"step {step:5d}  ce {ema['ce']:.3f}  mse {ema['mse']:.4f}  train acc {ema['acc']:.3f}  "
+                f"lr {sched.get_last_lr()[0]:.2e}  {time.time() - t0:.0f} s",
+                flush=True,
+            )
 
     model.eval()
     xv, yv = synth_images(1000, args.seed, start=10**9, protos=protos)  # beyond every training index
@@ -437,16 +493,30 @@ def main(argv=None) -> None:
     print(f"held-out synthetic accuracy {acc:.3f} ({len(names)} classes, chance {1 / len(names):.3f})")
 
     state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items() if not k.startswith("head.")}
-    info = {"model": ARCH, "model_args": MODEL_ARGS, "classes": len(names), "steps": args.steps, "seed": args.seed,
-            "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-            "recon_weight": args.recon_weight, "threads": args.threads, "script": "scripts/pretrain_demo.py",
-            "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__}
+    info = {
+        "model": ARCH,
+        "model_args": MODEL_ARGS,
+        "classes": len(names),
+        "steps": args.steps,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "weight_decay": args.weight_decay,
+        "recon_weight": args.recon_weight,
+        "threads": args.threads,
+        "script": "scripts/pretrain_demo.py",
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     # One metadata key: safetensors writes its metadata map in no fixed order, which would change the sha256.
     save_file(state, str(args.output), metadata={"pretrain_demo": json.dumps(info, sort_keys=True)})
     digest = hashlib.sha256(args.output.read_bytes()).hexdigest()
-    print(f"wrote {args.output}: {args.output.stat().st_size:,} bytes, {len(state)} float32 tensors (no head), "
-          f"{time.time() - t0:.0f} s")
+    print(
+        f"wrote {args.output}: {args.output.stat().st_size:,} bytes, {len(state)} float32 tensors (no head), "
+        f"{time.time() - t0:.0f} s"
+    )
     print(f"sha256 {digest}")
 
 

@@ -14,22 +14,26 @@ from functools import lru_cache
 from pathlib import Path
 
 from transfer_eval.errors import UserError
-from transfer_eval.tasks import ImageSplit, LoadContext, Task, holdout
+from transfer_eval.tasks import ImageSplit, LoadContext, Task
 
 VAL_FRACTION, VAL_SEED = 0.1, 0
 
 _FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _FILES = {"cifar10": "data_batch_1..5, test_batch, batches.meta", "cifar100": "train, test, meta"}
-_URLS = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-         "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"}
+_URLS = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+}
 
 
 def _root(name: str, data_dir: Path) -> Path:
     for root in (data_dir, data_dir / name):
         if (root / _FOLDERS[name]).is_dir():
             return root
-    raise UserError(f"task {name}: no {_FOLDERS[name]}/ under {data_dir} (nor {data_dir / name}); expected "
-                    f"{_FILES[name]} as extracted from {_URLS[name]}; pass --data-dir or set TRANSFER_EVAL_DATA")
+    raise UserError(
+        f"task {name}: no {_FOLDERS[name]}/ under {data_dir} (nor {data_dir / name}); expected "
+        f"{_FILES[name]} as extracted from {_URLS[name]}; pass --data-dir or set TRANSFER_EVAL_DATA"
+    )
 
 
 def _files(cls) -> list[str]:
@@ -53,19 +57,26 @@ def _cached_dataset(name: str, root: str, train: bool, verify: bool, signature: 
     folder = Path(root) / _FOLDERS[name]
     missing = [f for f in _files(cls) if not (folder / f).is_file()]
     if missing:
-        raise UserError(f"task {name}: {folder} lacks {', '.join(missing)}; expected {_FILES[name]} as "
-                        f"extracted from {_URLS[name]}")
+        raise UserError(
+            f"task {name}: {folder} lacks {', '.join(missing)}; expected {_FILES[name]} as extracted from {_URLS[name]}"
+        )
     if not verify:  # re-packed copies and test fixtures: same files, md5 not checked (existence still is)
-        cls = type(cls.__name__ + "Unverified", (cls,), {
-            "train_list": [[f, None] for f, _ in cls.train_list],
-            "test_list": [[f, None] for f, _ in cls.test_list],
-            "meta": {**cls.meta, "md5": None},
-        })
+        cls = type(
+            cls.__name__ + "Unverified",
+            (cls,),
+            {
+                "train_list": [[f, None] for f, _ in cls.train_list],
+                "test_list": [[f, None] for f, _ in cls.test_list],
+                "meta": {**cls.meta, "md5": None},
+            },
+        )
     try:
         return cls(root, train=train, download=False)
     except RuntimeError:  # torchvision's md5 check of every file (only reached when verifying)
-        raise UserError(f"task {name}: files in {folder} do not match the official md5 checksums; re-extract "
-                        f"{_URLS[name]}, or pass --skip-verify for a re-packed copy") from None
+        raise UserError(
+            f"task {name}: files in {folder} do not match the official md5 checksums; re-extract "
+            f"{_URLS[name]}, or pass --skip-verify for a re-packed copy"
+        ) from None
     except Exception as e:  # a truncated or foreign pickle
         raise UserError(f"task {name}: cannot read {folder}: {type(e).__name__}: {e}") from None
 
@@ -75,11 +86,8 @@ def _loader(name: str):
         root = str(_root(name, Path(ctx.data_dir)))
         ds = _dataset(name, root, split != "test", ctx.verify)
         prefix = "test" if split == "test" else "train"
-        full = ImageSplit(lambda i: ds[i][0], ds.targets, [f"{prefix}/{i}" for i in range(len(ds.targets))])
-        if split == "test":
-            return full
-        train_idx, val_idx = holdout(full.labels, VAL_FRACTION, VAL_SEED)
-        return full.subset(train_idx if split == "train" else val_idx)
+        # train: the whole official train set; Task.dataset holds val out of it (val_holdout)
+        return ImageSplit(lambda i: ds[i][0], ds.targets, [f"{prefix}/{i}" for i in range(len(ds.targets))])
 
     return load
 
@@ -130,8 +138,9 @@ cifar100 = Task(
     load=_loader("cifar100"),
     version=1,
     description="CIFAR-100 (Krizhevsky 2009): 50,000 train / 10,000 test 32x32 images, 100 fine classes; "
-                "val = 10% of train",
+    "val = 10% of train",
     data_help=_HELP.format(tar=_URLS["cifar100"], folder=_FOLDERS["cifar100"]),
     recipes=_recipes(),
-    val_holdout={"fraction": VAL_FRACTION, "seed": VAL_SEED},    download=_downloader("cifar100"),
+    val_holdout={"fraction": VAL_FRACTION, "seed": VAL_SEED},
+    download=_downloader("cifar100"),
 )

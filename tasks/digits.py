@@ -36,8 +36,9 @@ def load(split: str, ctx: LoadContext) -> ImageSplit:
 
     pixels, labels = _digits()
     idx = _split_indices()[split]
-    return ImageSplit(lambda i: Image.fromarray(pixels[idx[i]], mode="L").convert("RGB"), labels[idx],
-                      [f"digit_{i}" for i in idx])
+    return ImageSplit(
+        lambda i: Image.fromarray(pixels[idx[i]], mode="L").convert("RGB"), labels[idx], [f"digit_{i}" for i in idx]
+    )
 
 
 digits = Task(
@@ -52,12 +53,39 @@ digits = Task(
         # Sized so that the demo checkpoint (16 px) runs all three modes in about a minute and a half on a
         # 2-core CPU; measured there: linear ~90%, attention ~94%, full ~96% test top-1 from random init.
         "linear": {},
-        "attention": {"optimizer": "adamw", "lr": 2e-3, "lr_grid": [], "retrain": False, "weight_decay": 0.05,
-                      "batch_size": 64, "steps": 400, "warmup_steps": 40, "augment": False},
-        "full": {"optimizer": "adamw", "lr": 1e-3, "lr_grid": [], "retrain": False, "weight_decay": 0.05,
-                 "batch_size": 64, "steps": 800, "warmup_steps": 80, "augment": False},
+        "attention": {
+            "optimizer": "adamw",
+            "lr": 2e-3,
+            "lr_grid": [],
+            "retrain": False,
+            "weight_decay": 0.05,
+            "batch_size": 64,
+            "steps": 400,
+            "warmup_steps": 40,
+            "augment": False,
+        },
+        "full": {
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "lr_grid": [],
+            "retrain": False,
+            "weight_decay": 0.05,
+            "batch_size": 64,
+            "steps": 800,
+            "warmup_steps": 80,
+            "augment": False,
+        },
         # the other fine-tuning modes (ffn, bitfit) use the attention schedule
-        "finetune": {"optimizer": "adamw", "lr": 2e-3, "lr_grid": [], "retrain": False, "weight_decay": 0.05,
-                     "batch_size": 64, "steps": 400, "warmup_steps": 40, "augment": False},
+        "finetune": {
+            "optimizer": "adamw",
+            "lr": 2e-3,
+            "lr_grid": [],
+            "retrain": False,
+            "weight_decay": 0.05,
+            "batch_size": 64,
+            "steps": 400,
+            "warmup_steps": 40,
+            "augment": False,
+        },
     },
 )

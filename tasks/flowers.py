@@ -27,27 +27,116 @@ FOLDER = "flowers-102"
 URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 _MATS = ("imagelabels.mat", "setid.mat")
 _EXPECTED = "jpg/image_NNNNN.jpg, imagelabels.mat and setid.mat"
-HELP = (f"pass --download to fetch the official files, or put 102flowers.tgz (extracted: jpg/), imagelabels.mat "
-        f"and setid.mat from {URL} into DATA/{FOLDER}/ and pass --data-dir DATA")
+HELP = (
+    f"pass --download to fetch the official files, or put 102flowers.tgz (extracted: jpg/), imagelabels.mat "
+    f"and setid.mat from {URL} into DATA/{FOLDER}/ and pass --data-dir DATA"
+)
 
 # torchvision's Flowers102.classes (a class attribute since torchvision 0.20), the official class order. Kept
 # here so that discovering the plugins does not import torchvision (seconds); tests check that they agree.
 CLASSES = (
-    "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea", "english marigold", "tiger lily",
-    "moon orchid", "bird of paradise", "monkshood", "globe thistle", "snapdragon", "colt's foot", "king protea",
-    "spear thistle", "yellow iris", "globe-flower", "purple coneflower", "peruvian lily", "balloon flower",
-    "giant white arum lily", "fire lily", "pincushion flower", "fritillary", "red ginger", "grape hyacinth",
-    "corn poppy", "prince of wales feathers", "stemless gentian", "artichoke", "sweet william", "carnation",
-    "garden phlox", "love in the mist", "mexican aster", "alpine sea holly", "ruby-lipped cattleya", "cape flower",
-    "great masterwort", "siam tulip", "lenten rose", "barbeton daisy", "daffodil", "sword lily", "poinsettia",
-    "bolero deep blue", "wallflower", "marigold", "buttercup", "oxeye daisy", "common dandelion", "petunia",
-    "wild pansy", "primula", "sunflower", "pelargonium", "bishop of llandaff", "gaura", "geranium", "orange dahlia",
-    "pink-yellow dahlia?", "cautleya spicata", "japanese anemone", "black-eyed susan", "silverbush",
-    "californian poppy", "osteospermum", "spring crocus", "bearded iris", "windflower", "tree poppy", "gazania",
-    "azalea", "water lily", "rose", "thorn apple", "morning glory", "passion flower", "lotus", "toad lily",
-    "anthurium", "frangipani", "clematis", "hibiscus", "columbine", "desert-rose", "tree mallow", "magnolia",
-    "cyclamen", "watercress", "canna lily", "hippeastrum", "bee balm", "ball moss", "foxglove", "bougainvillea",
-    "camellia", "mallow", "mexican petunia", "bromelia", "blanket flower", "trumpet creeper", "blackberry lily",
+    "pink primrose",
+    "hard-leaved pocket orchid",
+    "canterbury bells",
+    "sweet pea",
+    "english marigold",
+    "tiger lily",
+    "moon orchid",
+    "bird of paradise",
+    "monkshood",
+    "globe thistle",
+    "snapdragon",
+    "colt's foot",
+    "king protea",
+    "spear thistle",
+    "yellow iris",
+    "globe-flower",
+    "purple coneflower",
+    "peruvian lily",
+    "balloon flower",
+    "giant white arum lily",
+    "fire lily",
+    "pincushion flower",
+    "fritillary",
+    "red ginger",
+    "grape hyacinth",
+    "corn poppy",
+    "prince of wales feathers",
+    "stemless gentian",
+    "artichoke",
+    "sweet william",
+    "carnation",
+    "garden phlox",
+    "love in the mist",
+    "mexican aster",
+    "alpine sea holly",
+    "ruby-lipped cattleya",
+    "cape flower",
+    "great masterwort",
+    "siam tulip",
+    "lenten rose",
+    "barbeton daisy",
+    "daffodil",
+    "sword lily",
+    "poinsettia",
+    "bolero deep blue",
+    "wallflower",
+    "marigold",
+    "buttercup",
+    "oxeye daisy",
+    "common dandelion",
+    "petunia",
+    "wild pansy",
+    "primula",
+    "sunflower",
+    "pelargonium",
+    "bishop of llandaff",
+    "gaura",
+    "geranium",
+    "orange dahlia",
+    "pink-yellow dahlia?",
+    "cautleya spicata",
+    "japanese anemone",
+    "black-eyed susan",
+    "silverbush",
+    "californian poppy",
+    "osteospermum",
+    "spring crocus",
+    "bearded iris",
+    "windflower",
+    "tree poppy",
+    "gazania",
+    "azalea",
+    "water lily",
+    "rose",
+    "thorn apple",
+    "morning glory",
+    "passion flower",
+    "lotus",
+    "toad lily",
+    "anthurium",
+    "frangipani",
+    "clematis",
+    "hibiscus",
+    "columbine",
+    "desert-rose",
+    "tree mallow",
+    "magnolia",
+    "cyclamen",
+    "watercress",
+    "canna lily",
+    "hippeastrum",
+    "bee balm",
+    "ball moss",
+    "foxglove",
+    "bougainvillea",
+    "camellia",
+    "mallow",
+    "mexican petunia",
+    "bromelia",
+    "blanket flower",
+    "trumpet creeper",
+    "blackberry lily",
 )
 assert len(CLASSES) == 102
 
@@ -57,8 +146,10 @@ def _root(data_dir: Path) -> Path:
     for root in (data_dir, data_dir / NAME):
         if (root / FOLDER).is_dir():
             return root
-    raise UserError(f"task {NAME}: no {FOLDER}/ under {data_dir} (nor {data_dir / NAME}); expected "
-                    f"{FOLDER}/ holding {_EXPECTED}; {HELP}")
+    raise UserError(
+        f"task {NAME}: no {FOLDER}/ under {data_dir} (nor {data_dir / NAME}); expected "
+        f"{FOLDER}/ holding {_EXPECTED}; {HELP}"
+    )
 
 
 def _signature(folder: Path) -> tuple:
@@ -76,8 +167,11 @@ def _torchvision_class(verify: bool):
     if verify:
         return Flowers102
     # Re-packed copies and test fixtures: the .mat files must exist, their md5s are not checked.
-    return type("Flowers102Unverified", (Flowers102,), {
-        "_file_dict": {k: (fname, None) for k, (fname, _) in Flowers102._file_dict.items()}})
+    return type(
+        "Flowers102Unverified",
+        (Flowers102,),
+        {"_file_dict": {k: (fname, None) for k, (fname, _) in Flowers102._file_dict.items()}},
+    )
 
 
 @lru_cache(maxsize=8)
@@ -91,13 +185,17 @@ def _index(root: str, split: str, verify: bool, signature: tuple) -> tuple[list[
         if "not found or corrupted" not in str(e):
             raise UserError(f"task {NAME}: cannot read {folder}: {e}") from None
         # the files are all there (checked before), so it is the md5 check that failed
-        raise UserError(f"task {NAME}: {', '.join(_MATS)} in {folder} do not match the official md5 "
-                        f"checksums; download them again from {URL}, or pass --skip-verify for a re-packed "
-                        f"copy") from None
+        raise UserError(
+            f"task {NAME}: {', '.join(_MATS)} in {folder} do not match the official md5 "
+            f"checksums; download them again from {URL}, or pass --skip-verify for a re-packed "
+            f"copy"
+        ) from None
     except Exception as e:  # a truncated .mat file, a missing variable, an image id without a label
-        raise UserError(f"task {NAME}: cannot read {', '.join(_MATS)} in {folder}: {type(e).__name__}: {e}; "
-                        f"expected `labels` (1 x N, classes 1..102) and `trnid`, `valid`, `tstid` "
-                        f"(1-based image ids, two or more each)") from None
+        raise UserError(
+            f"task {NAME}: cannot read {', '.join(_MATS)} in {folder}: {type(e).__name__}: {e}; "
+            f"expected `labels` (1 x N, classes 1..102) and `trnid`, `valid`, `tstid` "
+            f"(1-based image ids, two or more each)"
+        ) from None
     return [str(p) for p in ds._image_files], [int(y) for y in ds._labels]
 
 
@@ -114,8 +212,10 @@ def load(split: str, ctx: LoadContext) -> ImageSplit:
         raise UserError(f"task {NAME}: {folder / 'imagelabels.mat'} has class {bad[0] + 1} outside 1..102")
     absent = [p for p in paths if not Path(p).is_file()]
     if absent:
-        raise UserError(f"task {NAME}: {len(absent)} of the {len(paths)} {split} images named by setid.mat are "
-                        f"missing, e.g. {absent[0]}; extract 102flowers.tgz from {URL} into {folder}")
+        raise UserError(
+            f"task {NAME}: {len(absent)} of the {len(paths)} {split} images named by setid.mat are "
+            f"missing, e.g. {absent[0]}; extract 102flowers.tgz from {URL} into {folder}"
+        )
     ids = [Path(p).relative_to(folder).as_posix() for p in paths]
     return ImageSplit.from_files(paths, labels, ids)
 
@@ -133,8 +233,9 @@ def download(ctx: LoadContext) -> None:
     try:
         Flowers102(str(data_dir), split="train", download=True)
     except Exception as e:
-        raise UserError(f"task {NAME}: download from {URL} into {data_dir / FOLDER} failed "
-                        f"({type(e).__name__}: {e}); {HELP}") from None
+        raise UserError(
+            f"task {NAME}: download from {URL} into {data_dir / FOLDER} failed ({type(e).__name__}: {e}); {HELP}"
+        ) from None
 
 
 def _recipes() -> dict:
@@ -152,7 +253,7 @@ flowers102 = Task(
     version=1,
     classes=CLASSES,
     description="Oxford Flowers-102 (Nilsback & Zisserman 2008): official splits, 1,020 train / 1,020 val / "
-                "6,149 test images, 102 classes",
+    "6,149 test images, 102 classes",
     data_help=HELP,
     recipes=_recipes(),
     val_holdout=None,  # val is the official one

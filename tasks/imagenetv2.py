@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer_eval.errors import UserError
-from transfer_eval.tasks import ImageSplit, LoadContext, Task, holdout
+from transfer_eval.tasks import ImageSplit, LoadContext, Task
 
 NUM_CLASSES = 1000
 VAL_FRACTION, VAL_SEED = 0.01, 0
@@ -94,8 +94,9 @@ def _images_in(folder: str) -> list[str]:
     """Image file names directly in a folder, sorted (hidden files and non-images left out)."""
     exts = _image_extensions()
     with os.scandir(folder) as it:
-        names = [e.name for e in it
-                 if not _is_hidden(e.name) and os.path.splitext(e.name)[1].lower() in exts and e.is_file()]
+        names = [
+            e.name for e in it if not _is_hidden(e.name) and os.path.splitext(e.name)[1].lower() in exts and e.is_file()
+        ]
     return sorted(names)
 
 
@@ -108,16 +109,20 @@ def _v2_root(task: str, data_dir: Path) -> Path:
     for root in (data_dir / name, data_dir / "imagenetv2" / name):
         if root.is_dir():
             return root
-    raise UserError(f"task {task}: no {name}/ under {data_dir} (nor under {data_dir / 'imagenetv2'}); expected "
-                    f"{name}/<class index 0..999>/*.jpeg as extracted from {tarball(VARIANTS[task])} of the "
-                    f"Hugging Face dataset {HF_DATASET} ({HF_URL}); extract it into the data folder and pass "
-                    f"--data-dir or set TRANSFER_EVAL_DATA")
+    raise UserError(
+        f"task {task}: no {name}/ under {data_dir} (nor under {data_dir / 'imagenetv2'}); expected "
+        f"{name}/<class index 0..999>/*.jpeg as extracted from {tarball(VARIANTS[task])} of the "
+        f"Hugging Face dataset {HF_DATASET} ({HF_URL}); extract it into the data folder and pass "
+        f"--data-dir or set TRANSFER_EVAL_DATA"
+    )
 
 
 def _class_index(task: str, root: Path, name: str) -> int:
     if not (name.isascii() and name.isdigit() and 0 <= int(name) < NUM_CLASSES):
-        raise UserError(f"task {task}: folder {root / name} is not an ImageNet-1k class index (an integer "
-                        f"0..999); {root} must hold only the folders 0..999 of {tarball(VARIANTS[task])}")
+        raise UserError(
+            f"task {task}: folder {root / name} is not an ImageNet-1k class index (an integer "
+            f"0..999); {root} must hold only the folders 0..999 of {tarball(VARIANTS[task])}"
+        )
     return int(name)
 
 
@@ -154,25 +159,31 @@ def _walk(root: str, mtime_ns: int, subdirs: tuple, classes: tuple) -> tuple[lis
 def _in1k_train_root(task: str, data_dir: Path) -> Path:
     root = data_dir / "imagenet" / "train"
     if not root.is_dir():
-        raise UserError(f"task {task}: needs ImageNet-1k train at {root} (torchvision ImageNet layout: "
-                        f"train/<wnid>/*.JPEG, the 1000 wnid folders) for linear/attention/full, or use "
-                        f"`-m pretrained` to evaluate an ImageNet-1k classifier as it is")
+        raise UserError(
+            f"task {task}: needs ImageNet-1k train at {root} (torchvision ImageNet layout: "
+            f"train/<wnid>/*.JPEG, the 1000 wnid folders) for linear/attention/full, or use "
+            f"`-m pretrained` to evaluate an ImageNet-1k classifier as it is"
+        )
     return root
 
 
-def _in1k_listing(task: str, root: Path) -> tuple[list[str], np.ndarray, list[str], np.ndarray, np.ndarray]:
-    """Paths, labels (the wnid's rank among the 1000 sorted wnids: the standard ImageNet-1k class indices), ids
-    ("<wnid>/<file>"), and the indices of the train and val (1% per class) parts."""
+def _in1k_listing(task: str, root: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """Paths, labels (the wnid's rank among the 1000 sorted wnids: the standard ImageNet-1k class indices) and ids
+    ("<wnid>/<file>")."""
     subdirs = _subdirs(root)
     names = [n for n, _ in subdirs]
     stray = [n for n in names if not _WNID.fullmatch(n)]
     if stray:
-        raise UserError(f"task {task}: {root / stray[0]} is not a WordNet-id folder (n########); {root} must "
-                        f"hold exactly the 1000 ImageNet-1k class folders of torchvision's ImageNet layout")
+        raise UserError(
+            f"task {task}: {root / stray[0]} is not a WordNet-id folder (n########); {root} must "
+            f"hold exactly the 1000 ImageNet-1k class folders of torchvision's ImageNet layout"
+        )
     if len(names) != NUM_CLASSES:
-        raise UserError(f"task {task}: {root} has {len(names)} wnid folders, ImageNet-1k train has exactly "
-                        f"{NUM_CLASSES}; the class index is a wnid's rank among all 1000 in sorted order, so a "
-                        f"subset would shift the indices away from the ImageNet-1k (and ImageNet-V2) labels")
+        raise UserError(
+            f"task {task}: {root} has {len(names)} wnid folders, ImageNet-1k train has exactly "
+            f"{NUM_CLASSES}; the class index is a wnid's rank among all 1000 in sorted order, so a "
+            f"subset would shift the indices away from the ImageNet-1k (and ImageNet-V2) labels"
+        )
     return _split_in1k(str(root), root.stat().st_mtime_ns, tuple(subdirs))
 
 
@@ -181,8 +192,7 @@ def _split_in1k(root: str, mtime_ns: int, subdirs: tuple):
     classes = tuple((idx, name) for idx, (name, _) in enumerate(subdirs))  # subdirs are sorted by name
     paths, labels, ids = _walk(root, mtime_ns, subdirs, classes)
     labels = np.asarray(labels, dtype=np.int64)
-    train_idx, val_idx = holdout(labels, VAL_FRACTION, VAL_SEED)
-    return paths, labels, ids, train_idx, val_idx
+    return paths, labels, ids
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -195,9 +205,8 @@ def _loader(task: str):
         if split == "test":
             paths, labels, ids = _v2_listing(task, _v2_root(task, data_dir))
             return ImageSplit.from_files(paths, labels, ids)
-        paths, labels, ids, train_idx, val_idx = _in1k_listing(task, _in1k_train_root(task, data_dir))
-        idx = train_idx if split == "train" else val_idx
-        return ImageSplit.from_files([paths[i] for i in idx], labels[idx], [ids[i] for i in idx])
+        # train: the whole ImageNet-1k train set; Task.dataset holds val out of it (val_holdout)
+        return ImageSplit.from_files(*_in1k_listing(task, _in1k_train_root(task, data_dir)))
 
     return load
 
@@ -211,8 +220,11 @@ def _imagenet1k_classes() -> tuple[str, ...] | None:
             return None
         info = Path(list(spec.submodule_search_locations)[0]) / "data" / "_info"
         synsets = (info / "imagenet_synsets.txt").read_text(encoding="utf-8").split()
-        lemmas = dict(line.split("\t", 1) for line in
-                      (info / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines() if "\t" in line)
+        lemmas = dict(
+            line.split("\t", 1)
+            for line in (info / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines()
+            if "\t" in line
+        )
         names = tuple(lemmas[s] for s in synsets)
     except (OSError, ValueError, KeyError):
         return None
@@ -220,12 +232,14 @@ def _imagenet1k_classes() -> tuple[str, ...] | None:
 
 
 def _help(variant: str) -> str:
-    return (f"extract {tarball(variant)} from the Hugging Face dataset {HF_DATASET} ({HF_URL}) into DATA (so "
-            f"that DATA/{folder_name(variant)}/0..999/ exist; DATA/imagenetv2/{folder_name(variant)}/ works too) "
-            f"and pass --data-dir DATA; not downloaded automatically (no published sha256 to verify the tarball "
-            f"against). ImageNet-V2 is test-only: -m pretrained needs nothing else; linear, attention and full "
-            f"also need ImageNet-1k train at DATA/imagenet/train (torchvision layout: <wnid>/*.JPEG, all 1000 "
-            f"wnid folders; from image-net.org)")
+    return (
+        f"extract {tarball(variant)} from the Hugging Face dataset {HF_DATASET} ({HF_URL}) into DATA (so "
+        f"that DATA/{folder_name(variant)}/0..999/ exist; DATA/imagenetv2/{folder_name(variant)}/ works too) "
+        f"and pass --data-dir DATA; not downloaded automatically (no published sha256 to verify the tarball "
+        f"against). ImageNet-V2 is test-only: -m pretrained needs nothing else; linear, attention and full "
+        f"also need ImageNet-1k train at DATA/imagenet/train (torchvision layout: <wnid>/*.JPEG, all 1000 "
+        f"wnid folders; from image-net.org)"
+    )
 
 
 # The ViT paper's ImageNet fine-tuning (Table 4 / App. B.1.1): the `vit` preset (SGD momentum 0.9, batch 512, no
@@ -246,7 +260,7 @@ def _task(name: str) -> Task:
         classes=_CLASSES,
         splits=("train", "val", "test"),
         description=f"ImageNet-V2 {variant} (Recht et al. 2019): test-only, 10,000 images, ImageNet-1k labels; "
-                    f"train/val = ImageNet-1k train / its 1% minival",
+        f"train/val = ImageNet-1k train / its 1% minival",
         data_help=_help(variant),
         recipes={"linear": {}, "pretrained": {}, "attention": dict(_FINETUNE), "full": dict(_FINETUNE)},
         val_holdout={"fraction": VAL_FRACTION, "seed": VAL_SEED},

@@ -42,13 +42,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from transfer_eval.errors import UserError
-from transfer_eval.tasks import ImageSplit, LoadContext, Task, holdout
+from transfer_eval.tasks import ImageSplit, LoadContext, Task
 
 VAL_FRACTION, VAL_SEED = 0.1, 0
 URL = "https://ml-inat-competition-datasets.s3.amazonaws.com"
@@ -57,8 +57,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 _YEARS = {"inat2018": ("2018", 8142, "120 GB"), "inat2019": ("2019", 1010, "74 GB")}
 # task -> (train folder names on disk, its official (tarball / JSON) name, its size)
-_TRAIN_2021 = {"inat2021": (("2021_train", "train"), "train", "224 GB"),
-               "inat2021_mini": (("2021_train_mini", "train_mini"), "train_mini", "42 GB")}
+_TRAIN_2021 = {
+    "inat2021": (("2021_train", "train"), "train", "224 GB"),
+    "inat2021_mini": (("2021_train_mini", "train_mini"), "train_mini", "42 GB"),
+}
 _VAL_2021 = (("2021_valid", "val"), "val", "8.4 GB")
 _CLASS_FOLDER = re.compile(r"^(\d{5})_.+")
 
@@ -69,19 +71,23 @@ _CLASS_FOLDER = re.compile(r"^(\d{5})_.+")
 
 def _year_help(name: str) -> str:
     year, _, size = _YEARS[name]
-    return (f"put train{year}.json and val{year}.json in DATA beside the extracted images DATA/{year}/ (or "
-            f"DATA/train_val{year}/): extract train_val{year}.tar.gz ({size}), train{year}.json.tar.gz and "
-            f"val{year}.json.tar.gz from {URL}/{year}/ (the official URLs are listed in {REPO}) into DATA, and "
-            f"pass --data-dir DATA; there is no automatic download")
+    return (
+        f"put train{year}.json and val{year}.json in DATA beside the extracted images DATA/{year}/ (or "
+        f"DATA/train_val{year}/): extract train_val{year}.tar.gz ({size}), train{year}.json.tar.gz and "
+        f"val{year}.json.tar.gz from {URL}/{year}/ (the official URLs are listed in {REPO}) into DATA, and "
+        f"pass --data-dir DATA; there is no automatic download"
+    )
 
 
 def _json_path(name: str, data_dir: Path, which: str) -> Path:
     year = _YEARS[name][0]
     path = data_dir / f"{which}{year}.json"
     if not path.is_file():
-        raise UserError(f"task {name}: no {path.name} in {data_dir} (expected train{year}.json and "
-                        f"val{year}.json from the iNat {year} competition, beside the images in "
-                        f"{data_dir / year} or {data_dir / ('train_val' + year)}; URLs in {REPO})")
+        raise UserError(
+            f"task {name}: no {path.name} in {data_dir} (expected train{year}.json and "
+            f"val{year}.json from the iNat {year} competition, beside the images in "
+            f"{data_dir / year} or {data_dir / ('train_val' + year)}; URLs in {REPO})"
+        )
     return path
 
 
@@ -90,9 +96,11 @@ def _image_dir(name: str, data_dir: Path) -> Path:
     for folder in (data_dir / year, data_dir / f"train_val{year}"):
         if folder.is_dir():
             return folder
-    raise UserError(f"task {name}: no image folder {data_dir / year} (nor {data_dir / ('train_val' + year)}); "
-                    f"expected train_val{year}.tar.gz extracted there (<Supercategory>/<category_id>/<hex>.jpg), "
-                    f"beside train{year}.json and val{year}.json")
+    raise UserError(
+        f"task {name}: no image folder {data_dir / year} (nor {data_dir / ('train_val' + year)}); "
+        f"expected train_val{year}.tar.gz extracted there (<Supercategory>/<category_id>/<hex>.jpg), "
+        f"beside train{year}.json and val{year}.json"
+    )
 
 
 _KEEP = frozenset({"images", "annotations", "categories", "id", "file_name", "image_id", "category_id", "name"})
@@ -110,10 +118,6 @@ class _Annotations:
     def __init__(self, file_names: list[str], labels: np.ndarray, class_names: dict[int, str]):
         self.file_names, self.labels, self.class_names = file_names, labels, class_names
 
-    @cached_property
-    def train_val(self) -> tuple[np.ndarray, np.ndarray]:
-        return holdout(self.labels, VAL_FRACTION, VAL_SEED)  # O(images x classes): ~5 s on 2018, so kept
-
 
 def _annotations(name: str, path: Path) -> _Annotations:
     st = path.stat()
@@ -128,8 +132,10 @@ def _parse(name: str, path: str, mtime_ns: int, size: int) -> _Annotations:
         with open(path, encoding="utf-8") as f:  # text mode: no second, bytes copy of the file in memory
             doc = json.load(f, object_pairs_hook=_slim)
     except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UserError(f"task {name}: cannot read {path}: {type(e).__name__}: {e}; re-extract "
-                        f"{Path(path).name}.tar.gz from {URL}/{year}/") from None
+        raise UserError(
+            f"task {name}: cannot read {path}: {type(e).__name__}: {e}; re-extract "
+            f"{Path(path).name}.tar.gz from {URL}/{year}/"
+        ) from None
     what = f"task {name}: {path} is not an iNat {year} annotation file"
     try:
         images, annotations = doc["images"], doc["annotations"]
@@ -140,8 +146,9 @@ def _parse(name: str, path: str, mtime_ns: int, size: int) -> _Annotations:
         for a in annotations:
             img, cat = a["image_id"], a["category_id"]
             if not isinstance(cat, int) or not 0 <= cat < num_classes:
-                raise UserError(f"{what}: category_id {cat!r} (annotation {a.get('id')}) is outside "
-                                f"0..{num_classes - 1}")
+                raise UserError(
+                    f"{what}: category_id {cat!r} (annotation {a.get('id')}) is outside 0..{num_classes - 1}"
+                )
             if category.setdefault(img, cat) != cat:
                 raise UserError(f"{what}: image {img} has two annotations, category_id {category[img]} and {cat}")
         pairs, unlabelled = [], []
@@ -159,11 +166,14 @@ def _parse(name: str, path: str, mtime_ns: int, size: int) -> _Annotations:
                 pairs.append((fn, category[im["id"]]))
         names = {c["id"]: str(c["name"]) for c in categories if "name" in c}
     except (KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{what}: {type(e).__name__}: {e} (expected COCO-style 'images' [{{id, file_name}}] and "
-                        f"'annotations' [{{image_id, category_id}}])") from None
+        raise UserError(
+            f"{what}: {type(e).__name__}: {e} (expected COCO-style 'images' [{{id, file_name}}] and "
+            f"'annotations' [{{image_id, category_id}}])"
+        ) from None
     if unlabelled:
-        raise UserError(f"{what}: {len(unlabelled):,} of its {len(images):,} images have no annotation, e.g. "
-                        f"{unlabelled[0]}")
+        raise UserError(
+            f"{what}: {len(unlabelled):,} of its {len(images):,} images have no annotation, e.g. {unlabelled[0]}"
+        )
     del doc, images, annotations, category
     pairs.sort()
     for a, b in zip(pairs, pairs[1:]):
@@ -200,15 +210,14 @@ def _year_loader(name: str):
         rels = [fn.partition("/")[2] for fn in ann.file_names]
         missing = _missing(images, rels)
         if missing:
-            raise UserError(f"task {name}: {len(missing):,} of the {len(rels):,} images listed in {path} are "
-                            f"missing, e.g. {images / missing[0]}; expected the whole train_val"
-                            f"{_YEARS[name][0]}.tar.gz extracted in {images}")
+            raise UserError(
+                f"task {name}: {len(missing):,} of the {len(rels):,} images listed in {path} are "
+                f"missing, e.g. {images / missing[0]}; expected the whole train_val"
+                f"{_YEARS[name][0]}.tar.gz extracted in {images}"
+            )
         root = str(images)
-        full = ImageSplit.from_files([os.path.join(root, r) for r in rels], ann.labels, ann.file_names)
-        if split == "test":
-            return full
-        train_idx, val_idx = ann.train_val
-        return full.subset(train_idx if split == "train" else val_idx)
+        # train: the whole official train set; Task.dataset holds val out of it (val_holdout)
+        return ImageSplit.from_files([os.path.join(root, r) for r in rels], ann.labels, ann.file_names)
 
     return load
 
@@ -219,10 +228,12 @@ def _year_loader(name: str):
 
 def _help_2021(name: str) -> str:
     (disk, official, size), (vdisk, vofficial, vsize) = _TRAIN_2021[name], _VAL_2021
-    return (f"extract {official}.tar.gz ({size}) and {vofficial}.tar.gz ({vsize}) from {URL}/2021/ (the official "
-            f"URLs are listed in {REPO}) into DATA, giving DATA/{official}/ and DATA/{vofficial}/ (or name them "
-            f"DATA/{disk[0]}/ and DATA/{vdisk[0]}/ as torchvision does), and pass --data-dir DATA; there is no "
-            f"automatic download")
+    return (
+        f"extract {official}.tar.gz ({size}) and {vofficial}.tar.gz ({vsize}) from {URL}/2021/ (the official "
+        f"URLs are listed in {REPO}) into DATA, giving DATA/{official}/ and DATA/{vofficial}/ (or name them "
+        f"DATA/{disk[0]}/ and DATA/{vdisk[0]}/ as torchvision does), and pass --data-dir DATA; there is no "
+        f"automatic download"
+    )
 
 
 class _Folder:
@@ -231,26 +242,25 @@ class _Folder:
     def __init__(self, rels: list[str], labels: np.ndarray, class_names: dict[int, str]):
         self.rels, self.labels, self.class_names = rels, labels, class_names
 
-    @cached_property
-    def train_val(self) -> tuple[np.ndarray, np.ndarray]:
-        return holdout(self.labels, VAL_FRACTION, VAL_SEED)  # O(images x classes): ~25 s on 2021_train, so kept
-
 
 def _folder(name: str, data_dir: Path, names: tuple[str, ...], official: str) -> Path:
     for n in names:
         if (data_dir / n).is_dir():
             return data_dir / n
-    raise UserError(f"task {name}: no {data_dir / names[0]}/ (nor {data_dir / names[1]}/); expected {official}.tar.gz "
-                    f"from the iNat 2021 competition extracted there: folders "
-                    f"NNNNN_Kingdom_Phylum_Class_Order_Family_Genus_epithet/ of .jpg images (URLs in {REPO})")
+    raise UserError(
+        f"task {name}: no {data_dir / names[0]}/ (nor {data_dir / names[1]}/); expected {official}.tar.gz "
+        f"from the iNat 2021 competition extracted there: folders "
+        f"NNNNN_Kingdom_Phylum_Class_Order_Family_Genus_epithet/ of .jpg images (URLs in {REPO})"
+    )
 
 
 def _scan(name: str, folder: Path, official: str) -> _Folder:
     """The folder's class folders with their modification times (which change when a file in them is added,
     removed or renamed): the cache key of the listing."""
     try:
-        entries = sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(folder)
-                         if not e.name.startswith(".") and e.is_dir())
+        entries = sorted(
+            (e.name, e.stat().st_mtime_ns) for e in os.scandir(folder) if not e.name.startswith(".") and e.is_dir()
+        )
     except OSError as e:
         raise UserError(f"task {name}: cannot list {folder}: {e}") from None
     return _walk(name, str(folder), official, tuple(entries))
@@ -262,29 +272,40 @@ def _walk(name: str, folder: str, official: str, entries: tuple) -> _Folder:
     for dir_name, _ in entries:
         m = _CLASS_FOLDER.match(dir_name)
         if not m:
-            raise UserError(f"task {name}: {os.path.join(folder, dir_name)} is not a class folder; expected only "
-                            f"NNNNN_Kingdom_Phylum_Class_Order_Family_Genus_epithet folders directly in {folder}, as "
-                            f"extracted from {official}.tar.gz")
+            raise UserError(
+                f"task {name}: {os.path.join(folder, dir_name)} is not a class folder; expected only "
+                f"NNNNN_Kingdom_Phylum_Class_Order_Family_Genus_epithet folders directly in {folder}, as "
+                f"extracted from {official}.tar.gz"
+            )
         label = int(m.group(1))
         if label >= 10000:
-            raise UserError(f"task {name}: class folder {os.path.join(folder, dir_name)}: {m.group(1)} is outside "
-                            f"the 10,000 categories 00000..09999")
+            raise UserError(
+                f"task {name}: class folder {os.path.join(folder, dir_name)}: {m.group(1)} is outside "
+                f"the 10,000 categories 00000..09999"
+            )
         if label in seen:
-            raise UserError(f"task {name}: class folders {seen[label]} and {dir_name} in {folder} share the "
-                            f"category id {m.group(1)}")
+            raise UserError(
+                f"task {name}: class folders {seen[label]} and {dir_name} in {folder} share the "
+                f"category id {m.group(1)}"
+            )
         seen[label] = dir_name
         class_names[label] = dir_name[6:]
         try:
-            files = sorted(f for f in os.listdir(os.path.join(folder, dir_name))
-                           if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+            files = sorted(
+                f
+                for f in os.listdir(os.path.join(folder, dir_name))
+                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+            )
         except OSError as e:
             raise UserError(f"task {name}: cannot list {os.path.join(folder, dir_name)}: {e}") from None
         rels += [f"{dir_name}/{f}" for f in files]
         labels += [label] * len(files)
     if not seen:
-        raise UserError(f"task {name}: {folder} has no class folders; expected "
-                        f"NNNNN_Kingdom_Phylum_Class_Order_Family_Genus_epithet/ folders of images, as extracted "
-                        f"from {official}.tar.gz")
+        raise UserError(
+            f"task {name}: {folder} has no class folders; expected "
+            f"NNNNN_Kingdom_Phylum_Class_Order_Family_Genus_epithet/ folders of images, as extracted "
+            f"from {official}.tar.gz"
+        )
     return _Folder(rels, np.asarray(labels, dtype=np.int64), class_names)
 
 
@@ -295,12 +316,10 @@ def _loader_2021(name: str):
         folder = _folder(name, data_dir, names, official)
         listing = _scan(name, folder, official)
         root = str(folder)
-        full = ImageSplit.from_files([os.path.join(root, r) for r in listing.rels], listing.labels,
-                                     [f"{official}/{r}" for r in listing.rels])
-        if split == "test":
-            return full
-        train_idx, val_idx = listing.train_val
-        return full.subset(train_idx if split == "train" else val_idx)
+        # train: the whole official train set; Task.dataset holds val out of it (val_holdout)
+        return ImageSplit.from_files(
+            [os.path.join(root, r) for r in listing.rels], listing.labels, [f"{official}/{r}" for r in listing.rels]
+        )
 
     return load
 
@@ -336,7 +355,7 @@ inat2018 = Task(
     load=_year_loader("inat2018"),
     version=1,
     description="iNaturalist 2018 (8,142 species): official train 437,513 (90% train / 10% val) / official val "
-                "24,426 as test",
+    "24,426 as test",
     data_help=_year_help("inat2018"),
     recipes=_recipes(),
     val_holdout=dict(_HOLDOUT),
@@ -348,7 +367,7 @@ inat2019 = Task(
     load=_year_loader("inat2019"),
     version=1,
     description="iNaturalist 2019 (1,010 species): official train 265,213 (90% train / 10% val) / official val "
-                "3,030 as test",
+    "3,030 as test",
     data_help=_year_help("inat2019"),
     recipes=_recipes(),
     val_holdout=dict(_HOLDOUT),
@@ -360,7 +379,7 @@ inat2021 = Task(
     load=_loader_2021("inat2021"),
     version=1,
     description="iNaturalist 2021 (10,000 species): train 2,686,843 (90% train / 10% val) / official val "
-                "100,000 as test",
+    "100,000 as test",
     data_help=_help_2021("inat2021"),
     recipes=_recipes(),
     val_holdout=dict(_HOLDOUT),
@@ -372,7 +391,7 @@ inat2021_mini = Task(
     load=_loader_2021("inat2021_mini"),
     version=1,
     description="iNaturalist 2021 mini (10,000 species, 50 images each): train_mini 500,000 (90% train / 10% val) "
-                "/ official val 100,000 as test",
+    "/ official val 100,000 as test",
     data_help=_help_2021("inat2021_mini"),
     recipes=_recipes(),
     val_holdout=dict(_HOLDOUT),

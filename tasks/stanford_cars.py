@@ -31,20 +31,24 @@ from pathlib import Path
 import numpy as np
 
 from transfer_eval.errors import UserError
-from transfer_eval.tasks import ImageSplit, LoadContext, Task, holdout
+from transfer_eval.tasks import ImageSplit, LoadContext, Task
 
 NAME = "stanford_cars"
 FOLDER = "stanford_cars"
 NUM_CLASSES = 196
 VAL_FRACTION, VAL_SEED = 0.2, 0
 TEST_ANNOS = "cars_test_annos_withlabels.mat"
-HELP = ("the official download is gone (pytorch/vision#7545), so nothing can be downloaded: get the Kaggle "
-        "dataset rickyyyyyyy/torchvision-stanford-cars (already in torchvision's layout) and put its stanford_cars/ "
-        "folder under DATA; or get Kaggle jessicali9530/stanford-cars-dataset (cars_train/, cars_test/) into "
-        "DATA/stanford_cars/, add devkit/ from https://github.com/pytorch/vision/files/11644847/car_devkit.tgz "
-        f"and {TEST_ANNOS} (linked in the pytorch/vision#7545 thread); then pass --data-dir DATA")
-_EXPECTED = (f"cars_train/, cars_test/, devkit/cars_train_annos.mat and {TEST_ANNOS} (torchvision's layout), "
-             "or car_ims/ and cars_annos.mat (the all-in-one release)")
+HELP = (
+    "the official download is gone (pytorch/vision#7545), so nothing can be downloaded: get the Kaggle "
+    "dataset rickyyyyyyy/torchvision-stanford-cars (already in torchvision's layout) and put its stanford_cars/ "
+    "folder under DATA; or get Kaggle jessicali9530/stanford-cars-dataset (cars_train/, cars_test/) into "
+    "DATA/stanford_cars/, add devkit/ from https://github.com/pytorch/vision/files/11644847/car_devkit.tgz "
+    f"and {TEST_ANNOS} (linked in the pytorch/vision#7545 thread); then pass --data-dir DATA"
+)
+_EXPECTED = (
+    f"cars_train/, cars_test/, devkit/cars_train_annos.mat and {TEST_ANNOS} (torchvision's layout), "
+    "or car_ims/ and cars_annos.mat (the all-in-one release)"
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -75,9 +79,11 @@ def _cached_mat(path: str, size: int, mtime: int, variable: str, fields: tuple[s
     names = value.dtype.names or ()
     lacking = [f for f in fields if f not in names]
     if lacking:
-        raise UserError(f"task {NAME}: {variable} in {path} lacks the field(s) {', '.join(lacking)} "
-                        f"(it has {', '.join(names) or 'no fields'})"
-                        f"{'; it has no labels: use ' + TEST_ANNOS if 'class' in lacking else ''}")
+        raise UserError(
+            f"task {NAME}: {variable} in {path} lacks the field(s) {', '.join(lacking)} "
+            f"(it has {', '.join(names) or 'no fields'})"
+            f"{'; it has no labels: use ' + TEST_ANNOS if 'class' in lacking else ''}"
+        )
     return value
 
 
@@ -106,8 +112,9 @@ def _check_meta(devkit: Path) -> None:
 def _base(data_dir: Path) -> Path:
     base = data_dir / FOLDER
     if not base.is_dir():
-        raise UserError(f"task {NAME}: no {FOLDER}/ folder under {data_dir}; expected {FOLDER}/ holding "
-                        f"{_EXPECTED}; {HELP}")
+        raise UserError(
+            f"task {NAME}: no {FOLDER}/ folder under {data_dir}; expected {FOLDER}/ holding {_EXPECTED}; {HELP}"
+        )
     return base
 
 
@@ -115,8 +122,7 @@ def _image_folder(base: Path, name: str, first: str) -> Path:
     """cars_train/ or, as in the Kaggle copy, cars_train/cars_train/: whichever holds the first annotated file."""
     flat, nested = base / name, base / name / name
     if not flat.is_dir():
-        raise UserError(f"task {NAME}: no {name}/ under {base}; expected {name}/*.jpg (or {name}/{name}/*.jpg); "
-                        f"{HELP}")
+        raise UserError(f"task {NAME}: no {name}/ under {base}; expected {name}/*.jpg (or {name}/{name}/*.jpg); {HELP}")
     if not (flat / first).is_file() and (nested / first).is_file():
         return nested
     return flat
@@ -129,15 +135,18 @@ def _split_files(base: Path, split: str) -> tuple[list[Path], list[int], list[st
         candidates = [base / TEST_ANNOS, devkit / TEST_ANNOS]
         annos_path = next((p for p in candidates if p.is_file()), None)
         if annos_path is None:
-            raise UserError(f"task {NAME}: no {TEST_ANNOS} in {base} (nor in {devkit}); it holds the test labels "
-                            f"(devkit/cars_test_annos.mat has none): get it from the pytorch/vision#7545 thread "
-                            f"(or Kaggle rickyyyyyyy/torchvision-stanford-cars) and put it in {base}")
+            raise UserError(
+                f"task {NAME}: no {TEST_ANNOS} in {base} (nor in {devkit}); it holds the test labels "
+                f"(devkit/cars_test_annos.mat has none): get it from the pytorch/vision#7545 thread "
+                f"(or Kaggle rickyyyyyyy/torchvision-stanford-cars) and put it in {base}"
+            )
         folder_name = "cars_test"
     else:
         annos_path = devkit / "cars_train_annos.mat"
         if not annos_path.is_file():
-            raise UserError(f"task {NAME}: {devkit} lacks cars_train_annos.mat; expected car_devkit.tgz extracted "
-                            f"there; {HELP}")
+            raise UserError(
+                f"task {NAME}: {devkit} lacks cars_train_annos.mat; expected car_devkit.tgz extracted there; {HELP}"
+            )
         folder_name = "cars_train"
     _check_meta(devkit)
     annos = _read_mat(annos_path, "annotations", ("class", "fname"))
@@ -168,24 +177,24 @@ def _official(data_dir: Path, split: str) -> tuple[list[Path], list[int], list[s
         paths, labels, ids = _all_in_one(base, split)
     else:
         found = sorted(p.name + ("/" if p.is_dir() else "") for p in base.iterdir())[:8]
-        raise UserError(f"task {NAME}: no devkit/ (nor car_ims/ with cars_annos.mat) in {base} "
-                        f"(it holds {', '.join(found) or 'nothing'}); expected {_EXPECTED}; {HELP}")
+        raise UserError(
+            f"task {NAME}: no devkit/ (nor car_ims/ with cars_annos.mat) in {base} "
+            f"(it holds {', '.join(found) or 'nothing'}); expected {_EXPECTED}; {HELP}"
+        )
     absent = [p for p in paths if not p.is_file()]
     if absent:
-        raise UserError(f"task {NAME}: {len(absent)} of the {len(paths)} {'test' if split == 'test' else 'train'} "
-                        f"images named in the annotations are missing, e.g. "
-                        f"{', '.join(str(p) for p in absent[:3])}; the image files must match the "
-                        f"annotation file names (some re-packed copies lack files or rename them)")
+        raise UserError(
+            f"task {NAME}: {len(absent)} of the {len(paths)} {'test' if split == 'test' else 'train'} "
+            f"images named in the annotations are missing, e.g. "
+            f"{', '.join(str(p) for p in absent[:3])}; the image files must match the "
+            f"annotation file names (some re-packed copies lack files or rename them)"
+        )
     return paths, labels, ids
 
 
 def load(split: str, ctx: LoadContext) -> ImageSplit:
     paths, labels, ids = _official(Path(ctx.data_dir), split)
-    full = ImageSplit.from_files(paths, labels, ids)
-    if split == "test":
-        return full
-    train_idx, val_idx = holdout(full.labels, VAL_FRACTION, VAL_SEED)
-    return full.subset(train_idx if split == "train" else val_idx)
+    return ImageSplit.from_files(paths, labels, ids)  # train: whole; Task.dataset holds val out (val_holdout)
 
 
 def _recipes() -> dict:
@@ -202,8 +211,7 @@ stanford_cars = Task(
     load=load,
     version=1,
     classes=None,  # the names are in the data (devkit/cars_meta.mat), not shipped here
-    description="Stanford Cars (Krause et al. 2013): 8,144 train / 8,041 test images, 196 classes; "
-                "val = 20% of train",
+    description="Stanford Cars (Krause et al. 2013): 8,144 train / 8,041 test images, 196 classes; val = 20% of train",
     data_help=HELP,
     recipes=_recipes(),
     val_holdout={"fraction": VAL_FRACTION, "seed": VAL_SEED},

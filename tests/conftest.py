@@ -11,13 +11,26 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Every test process and the programs it starts share one fresh feature cache, never the user's.
 os.environ["TRANSFER_EVAL_CACHE"] = tempfile.mkdtemp(prefix="transfer-eval-test-cache-")
+# The user's own settings never reach a test: results, data and registries are what each test names.
+USER_SETTINGS = ("TRANSFER_EVAL_DATA", "TRANSFER_EVAL_RESULTS", "TRANSFER_EVAL_REGISTRY")
 
 
 def cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
-    """Run the real program, as a user would: `python -m transfer_eval ARGS`."""
-    full_env = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "transfer_eval", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=1800)
+    """Run the real program, as a user would: `python -m transfer_eval ARGS`, hermetically: none of the user's
+    TRANSFER_EVAL_* settings (but the tests' cache), no progress bars, no network for Hugging Face, and a fresh
+    empty working folder unless `cwd` is given (so a default results file never lands in the repository).
+    `env` adds or overrides variables."""
+    full_env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}
+    full_env.update({"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", **{k: str(v) for k, v in (env or {}).items()}})
+    cwd = cwd if cwd is not None else tempfile.mkdtemp(prefix="transfer-eval-test-cwd-")
+    return subprocess.run(
+        [sys.executable, "-m", "transfer_eval", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=1800,
+    )
 
 
 def json_lines(text: str) -> list[dict]:
@@ -66,8 +79,16 @@ def assert_vit_recipe(task, steps: int, warmup: int, lr_grid=(0.001, 0.003, 0.01
     assert task.recipes["linear"] == {}
     for mode in ("attention", "full"):
         r = runner.resolve_recipe(task, MODES[mode])
-        assert (r["preset"], r["optimizer"], r["momentum"], r["batch_size"], r["weight_decay"], r["grad_clip"],
-                r["augment"], r["retrain"]) == ("vit", "sgd", 0.9, 512, 0.0, 1.0, True, True), (mode, r)
+        assert (
+            r["preset"],
+            r["optimizer"],
+            r["momentum"],
+            r["batch_size"],
+            r["weight_decay"],
+            r["grad_clip"],
+            r["augment"],
+            r["retrain"],
+        ) == ("vit", "sgd", 0.9, 512, 0.0, 1.0, True, True), (mode, r)
         assert (r["steps"], r["warmup_steps"], r["lr_grid"]) == (steps, warmup, list(lr_grid)), (mode, r)
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import timm
@@ -43,8 +42,10 @@ def _write(path: Path, text: str) -> Path:
 
 def _entry(name: str, weights: str, model_args: dict = TINY, extra: str = "") -> str:
     args = ", ".join(f"{k}: {v}" for k, v in model_args.items())
-    return (f"{name}:\n  model: {ARCH}\n  weights: {weights}\n  pretraining: test weights\n"
-            f"  model_args: {{{args}}}\n{extra}")
+    return (
+        f"{name}:\n  model: {ARCH}\n  weights: {weights}\n  pretraining: test weights\n"
+        f"  model_args: {{{args}}}\n{extra}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,9 @@ def test_keep_head_keeps_initialised_head():
 
 
 def test_user_file_adds_and_overrides(tmp_path):
-    user = _write(tmp_path / "user.yaml", """
+    user = _write(
+        tmp_path / "user.yaml",
+        """
         vit_demo:
           model: vit_tiny_patch16_224
           weights: none
@@ -141,7 +144,8 @@ def test_user_file_adds_and_overrides(tmp_path):
           weights: none
           pretraining: none
           family: test
-    """)
+    """,
+    )
     builtin = load_registry()
     reg = load_registry([user])
     assert set(reg) == set(builtin) | {"my_tiny"}
@@ -179,14 +183,17 @@ def test_empty_user_file_adds_nothing(tmp_path):
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path):
-    bad = _write(tmp_path / "bad.yaml", """
+    bad = _write(
+        tmp_path / "bad.yaml",
+        """
         ok_entry:
           model: vit_small_patch16_224
           pretraining: x
         broken:
           model: vit_small_patch16_224
            pretraining: x
-    """)
+    """,
+    )
     with pytest.raises(yaml.YAMLError) as yerr:
         yaml.safe_load(bad.read_text())
     line = yerr.value.problem_mark.line + 1
@@ -205,14 +212,17 @@ def test_unclosed_bracket_reports_yaml_line(tmp_path):
 
 
 def test_missing_field_names_file_line_and_entry(tmp_path):
-    f = _write(tmp_path / "r.yaml", """
+    f = _write(
+        tmp_path / "r.yaml",
+        """
         good:
           model: vit_small_patch16_224
           pretraining: x
         no_pretraining:
           model: vit_small_patch16_224
           weights: none
-    """)
+    """,
+    )
     with pytest.raises(UserError) as e:
         load_registry([f])
     msg = str(e.value)
@@ -226,7 +236,9 @@ def test_missing_model_is_reported(tmp_path):
 
 
 def test_unknown_field_names_file_line_entry_and_field(tmp_path):
-    f = _write(tmp_path / "r.yaml", """
+    f = _write(
+        tmp_path / "r.yaml",
+        """
         first:
           model: vit_small_patch16_224
           pretraining: x
@@ -234,7 +246,8 @@ def test_unknown_field_names_file_line_entry_and_field(tmp_path):
           model: vit_small_patch16_224
           pretraining: x
           weigths: none
-    """)
+    """,
+    )
     with pytest.raises(UserError) as e:
         load_registry([f])
     msg = str(e.value)
@@ -254,12 +267,15 @@ def test_top_level_not_a_mapping(tmp_path):
 
 
 def test_url_without_sha256(tmp_path):
-    f = _write(tmp_path / "r.yaml", """
+    f = _write(
+        tmp_path / "r.yaml",
+        """
         remote:
           model: vit_small_patch16_224
           weights: https://example.com/w.safetensors
           pretraining: x
-    """)
+    """,
+    )
     with pytest.raises(UserError) as e:
         load_registry([f])
     assert f"{f}:1" in str(e.value) and "'remote'" in str(e.value) and "sha256" in str(e.value)
@@ -372,6 +388,7 @@ def test_registry_file_named_checkpoints_yaml_resolves_its_own_folder(tmp_path, 
 
 def _to_jax_npz(sd: dict, depth: int, num_heads: int, path: Path) -> None:
     """Inverse of timm.models.vision_transformer._load_weights for a plain ViT (class token, no big_vision)."""
+
     def n(t):
         return t.detach().cpu().numpy().astype(np.float32)
 
@@ -394,8 +411,8 @@ def _to_jax_npz(sd: dict, depth: int, num_heads: int, path: Path) -> None:
         w[p + "LayerNorm_2/scale"], w[p + "LayerNorm_2/bias"] = n(sd[b + "norm2.weight"]), n(sd[b + "norm2.bias"])
         qkv_w, qkv_b = sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"]
         for j, name in enumerate(("query", "key", "value")):
-            w[mha + f"{name}/kernel"] = n(qkv_w[j * dim:(j + 1) * dim].T.reshape(dim, num_heads, hd))
-            w[mha + f"{name}/bias"] = n(qkv_b[j * dim:(j + 1) * dim].reshape(num_heads, hd))
+            w[mha + f"{name}/kernel"] = n(qkv_w[j * dim : (j + 1) * dim].T.reshape(dim, num_heads, hd))
+            w[mha + f"{name}/bias"] = n(qkv_b[j * dim : (j + 1) * dim].reshape(num_heads, hd))
         w[mha + "out/kernel"] = n(sd[b + "attn.proj.weight"].reshape(dim, num_heads, hd).permute(1, 2, 0))
         w[mha + "out/bias"] = n(sd[b + "attn.proj.bias"])
         for r in range(2):
@@ -466,8 +483,14 @@ def test_unreadable_files_are_user_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"this is not a checkpoint")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 16)
     torch.save([torch.zeros(2)], tmp_path / "list.pth")
-    reg = load_registry([_write(tmp_path / "user.yaml", _entry("a", "junk.pth") + _entry("b", "junk.safetensors")
-                                + _entry("c", "list.pth"))])
+    reg = load_registry(
+        [
+            _write(
+                tmp_path / "user.yaml",
+                _entry("a", "junk.pth") + _entry("b", "junk.safetensors") + _entry("c", "list.pth"),
+            )
+        ]
+    )
     for name in ("a", "b"):
         with pytest.raises(UserError):
             build_model(reg[name], 5)
@@ -519,9 +542,15 @@ def test_registry_sha256_checked_by_weights_digest(tmp_path, sd_a):
     torch.save(sd_a, tmp_path / "a.pth")
     real = hashlib.sha256((tmp_path / "a.pth").read_bytes()).hexdigest()
     wrong = "deadbeef" * 8
-    reg = load_registry([_write(tmp_path / "user.yaml",
-                                _entry("bad_sum", "a.pth", extra=f"  sha256: {wrong}\n")
-                                + _entry("good_sum", "a.pth", extra=f"  sha256: {real.upper()}\n"))])
+    reg = load_registry(
+        [
+            _write(
+                tmp_path / "user.yaml",
+                _entry("bad_sum", "a.pth", extra=f"  sha256: {wrong}\n")
+                + _entry("good_sum", "a.pth", extra=f"  sha256: {real.upper()}\n"),
+            )
+        ]
+    )
     with pytest.raises(UserError) as e:
         weights_digest(reg["bad_sum"])
     assert real in str(e.value) and wrong in str(e.value)
@@ -590,10 +619,7 @@ def test_resolution_with_random_init_and_data_config_override(tmp_path):
 
 
 def _cli(args, cwd):
-    env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFER_EVAL_CACHE": str(cwd / "cache")}
-    env.pop("TRANSFER_EVAL_REGISTRY", None)
-    return subprocess.run([sys.executable, "-m", "transfer_eval", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return conftest.cli(*args, cwd=cwd, env={"TRANSFER_EVAL_CACHE": cwd / "cache"})
 
 
 @pytest.mark.parametrize("case", ["checkpoint", "registry", "task", "mode"])
@@ -611,8 +637,12 @@ def test_cli_bad_input_exits_2_with_one_line(case, tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith("transfer-eval: error: ")
-    expected = {"checkpoint": "unknown checkpoint 'nonexistent_ckpt'", "registry": f"{bad_reg}:3",
-                "task": "unknown task 'no_such_task'", "mode": "unknown mode 'no_such_mode'"}[case]
+    expected = {
+        "checkpoint": "unknown checkpoint 'nonexistent_ckpt'",
+        "registry": f"{bad_reg}:3",
+        "task": "unknown task 'no_such_task'",
+        "mode": "unknown mode 'no_such_mode'",
+    }[case]
     assert expected in lines[0]
     assert "Traceback" not in p.stdout + p.stderr
     if db.exists():

@@ -1,4 +1,4 @@
-"""cifar10 / cifar100 tasks over miniature copies of the official pickles (see fixtures_cifar.py).
+"""cifar10 / cifar100 tasks over miniature copies of the official pickles (see fixtures/cifar.py).
 
 Covers the labels and ids of each split (val = a stratified 10% hold-out of train, recomputed here from its
 rule), image decoding (R|G|B planes, row-major), the errors for unverifiable, missing, incomplete and corrupt
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import pickletools
 import shutil
@@ -28,7 +27,7 @@ from transfer_eval.tasks import LoadContext
 
 sys.path.insert(0, str(Path(__file__).parent))
 import conftest  # noqa: E402
-import fixtures_cifar as F  # noqa: E402
+from fixtures import cifar as F  # noqa: E402
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 VAL_COUNTS = {"cifar10": dict(enumerate(F.CIFAR10_VAL_COUNTS)), "cifar100": F.CIFAR100_VAL_COUNTS}
@@ -67,11 +66,24 @@ def index_of(sample_id: str) -> int:
 # The fixture itself is in the real format
 
 
-@pytest.mark.parametrize("name,files", [
-    ("cifar10", ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
-                 "batches.meta"]),
-    ("cifar100", ["train", "test", "meta"]),
-])
+@pytest.mark.parametrize(
+    "name,files",
+    [
+        (
+            "cifar10",
+            [
+                "data_batch_1",
+                "data_batch_2",
+                "data_batch_3",
+                "data_batch_4",
+                "data_batch_5",
+                "test_batch",
+                "batches.meta",
+            ],
+        ),
+        ("cifar100", ["train", "test", "meta"]),
+    ],
+)
 def test_fixture_pickles_are_python2_style(written, name, files):
     folder = written[name].folder
     assert sorted(p.name for p in folder.iterdir() if p.name != "readme.html") == sorted(files)
@@ -234,11 +246,14 @@ def test_missing_folder_names_task_and_path(found, tmp_path, name, folder):
     assert name in msg and str(tmp_path) in msg and folder in msg
 
 
-@pytest.mark.parametrize("name,missing,split", [
-    ("cifar10", "data_batch_3", "test"),  # torchvision checks every file, whatever the split
-    ("cifar10", "batches.meta", "train"),
-    ("cifar100", "train", "test"),
-])
+@pytest.mark.parametrize(
+    "name,missing,split",
+    [
+        ("cifar10", "data_batch_3", "test"),  # torchvision checks every file, whatever the split
+        ("cifar10", "batches.meta", "train"),
+        ("cifar100", "train", "test"),
+    ],
+)
 def test_missing_file_is_a_user_error(found, written, tmp_path, name, missing, split):
     w = written[name]
     shutil.copytree(w.folder, tmp_path / w.folder.name)
@@ -272,11 +287,7 @@ def test_truncated_pickle_is_a_user_error(found, written, tmp_path):
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("TRANSFER_EVAL_DATA", None)
-    env.pop("TRANSFER_EVAL_RESULTS", None)
-    return subprocess.run([sys.executable, "-m", "transfer_eval", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return conftest.cli(*args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})
 
 
 def db_rows(db: Path) -> int:
@@ -290,8 +301,24 @@ def db_rows(db: Path) -> int:
 @pytest.mark.slow
 def test_cli_linear_run_on_both_tasks(written, data_root, tmp_path):
     db = tmp_path / "results.sqlite"
-    out = cli("run", "-c", "vit_demo", "-t", "cifar10,cifar100", "-m", "linear", "--device", "cpu",
-              "--data-dir", str(data_root), "--skip-verify", "--results", str(db), "--json", cwd=tmp_path)
+    out = cli(
+        "run",
+        "-c",
+        "vit_demo",
+        "-t",
+        "cifar10,cifar100",
+        "-m",
+        "linear",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_root),
+        "--skip-verify",
+        "--results",
+        str(db),
+        "--json",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["task"] for r in rows] == ["cifar10", "cifar100"]
@@ -310,8 +337,24 @@ def test_cli_linear_run_on_both_tasks(written, data_root, tmp_path):
 def test_cli_missing_data_dir_exits_2_and_stores_nothing(tmp_path):
     db = tmp_path / "results.sqlite"
     missing = tmp_path / "no_such_data"
-    out = cli("run", "-c", "vit_demo", "-t", "cifar10", "-m", "linear", "--device", "cpu",
-              "--data-dir", str(missing), "--skip-verify", "--results", str(db), "--json", cwd=tmp_path)
+    out = cli(
+        "run",
+        "-c",
+        "vit_demo",
+        "-t",
+        "cifar10",
+        "-m",
+        "linear",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(missing),
+        "--skip-verify",
+        "--results",
+        str(db),
+        "--json",
+        cwd=tmp_path,
+    )
     assert out.returncode == 2, (out.stdout, out.stderr)
     errors = [line for line in out.stderr.splitlines() if line.startswith("transfer-eval: error:")]
     assert len(errors) == 1, out.stderr

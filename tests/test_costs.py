@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import timm
 import torch
-
 from conftest import cli, json_lines
+
 from transfer_eval import checkpoints, costs, evaluate, modes
 from transfer_eval.results import Store
 
@@ -23,11 +23,14 @@ def _matmul_flops(dim, depth, tokens, patch, img, classes, mlp_ratio=4):
     return dict(patch=patch_embed, attn=depth * (qkv + proj + scores_and_mix), mlp=depth * mlp, head=head)
 
 
-@pytest.mark.parametrize("arch, total, attention", [
-    ("vit_small_patch16_224", 22_050_664, 7_556_968),
-    ("vit_base_patch16_224", 86_567_656, 29_268_712),
-    ("vit_large_patch16_224", 304_326_632, 101_988_328),
-])
+@pytest.mark.parametrize(
+    "arch, total, attention",
+    [
+        ("vit_small_patch16_224", 22_050_664, 7_556_968),
+        ("vit_base_patch16_224", 86_567_656, 29_268_712),
+        ("vit_large_patch16_224", 304_326_632, 101_988_328),
+    ],
+)
 def test_parameter_counts(arch, total, attention):
     model = timm.create_model(arch, pretrained=False, num_classes=1000)
     assert costs.count(model) == total
@@ -84,14 +87,19 @@ def test_cost_unknown_checkpoint_is_exit_2():
     assert proc.returncode == 2 and "unknown checkpoint" in proc.stderr
 
 
-@pytest.mark.parametrize("mode, extra", [("attention", ["--set", "steps=30", "--set", "warmup_steps=3"]),
-                                         ("lora", ["--set", "steps=30", "--set", "warmup_steps=3",
-                                                   "--set", "lora_rank=4"]),
-                                         ("linear", ["--set", "c_grid=[0.1,10]"])])
+@pytest.mark.parametrize(
+    "mode, extra",
+    [
+        ("attention", ["--set", "steps=30", "--set", "warmup_steps=3"]),
+        ("lora", ["--set", "steps=30", "--set", "warmup_steps=3", "--set", "lora_rank=4"]),
+        ("linear", ["--set", "c_grid=[0.1,10]"]),
+    ],
+)
 def test_saved_delta_reproduces_the_test_predictions_exactly(tmp_path, mode, extra):
     db, deltas = tmp_path / "r.sqlite", tmp_path / "deltas"
-    proc = cli("run", "-c", "vit_demo", "-t", "digits", "-m", mode, "--results", db, "--save-delta", deltas,
-               "--json", *extra)
+    proc = cli(
+        "run", "-c", "vit_demo", "-t", "digits", "-m", mode, "--results", db, "--save-delta", deltas, "--json", *extra
+    )
     assert proc.returncode == 0, proc.stderr
     (row,) = json_lines(proc.stdout)
     (path,) = deltas.glob("*.safetensors")
@@ -129,13 +137,15 @@ def test_peak_memory_is_measured_per_block():
     import subprocess
     import sys
 
-    code = ("import numpy as np, torch; from transfer_eval.costs import PeakMemory\n"
-            "with PeakMemory(torch.device('cpu')) as small: pass\n"
-            "with PeakMemory(torch.device('cpu')) as big:\n"
-            "    block = np.ones((64, 2**20), np.float32); block += 1\n"  # 256 MiB touched
-            "del block\n"
-            "with PeakMemory(torch.device('cpu')) as after: pass\n"
-            "print(small.mb, big.mb, after.mb)")
+    code = (
+        "import numpy as np, torch; from transfer_eval.devices import PeakMemory\n"
+        "with PeakMemory(torch.device('cpu')) as small: pass\n"
+        "with PeakMemory(torch.device('cpu')) as big:\n"
+        "    block = np.ones((64, 2**20), np.float32); block += 1\n"  # 256 MiB touched
+        "del block\n"
+        "with PeakMemory(torch.device('cpu')) as after: pass\n"
+        "print(small.mb, big.mb, after.mb)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     small, big, after = map(float, out)
     assert big - small > 200  # the block's 256 MiB show in its own peak
@@ -159,11 +169,16 @@ def test_bench_reports_side_by_side_figures():
     assert report["attention_vs_full_step_time"] == pytest.approx(att["suite_step_s"] / full["suite_step_s"])
     assert report["extraction"]["suite_images_per_s"] > 0
     pipe = report["input_pipeline"]
-    rates = ["small_cpu_images_per_s", "small_device_images_per_s", "jpeg_decode_images_per_s",
-             "jpeg_cached_images_per_s"]
+    rates = [
+        "small_cpu_images_per_s",
+        "small_device_images_per_s",
+        "jpeg_decode_images_per_s",
+        "jpeg_cached_images_per_s",
+    ]
     assert all(pipe[k] > 0 for k in rates) and pipe["workers"] == 0
-    assert pipe["device_vs_cpu_small"] == pytest.approx(pipe["small_device_images_per_s"] /
-                                                        pipe["small_cpu_images_per_s"])
+    assert pipe["device_vs_cpu_small"] == pytest.approx(
+        pipe["small_device_images_per_s"] / pipe["small_cpu_images_per_s"]
+    )
     fastest = max(att["suite_images_per_s"], full["suite_images_per_s"])
     assert pipe["jpeg_cached_vs_training"] == pytest.approx(pipe["jpeg_cached_images_per_s"] / fastest)
 

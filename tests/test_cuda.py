@@ -7,11 +7,12 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from conftest import cli, json_lines
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible: GPU tests skipped")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible: GPU tests skipped"),
+]
 
 CUDA = torch.device("cuda")
 FULL = ["-c", "vit_demo", "-t", "digits", "-m", "full", "--json"]
@@ -43,8 +44,15 @@ def test_optimizers_train_on_cuda(optimizer):
 
     model, _ = checkpoints.build_model(checkpoints.load_registry()["vit_demo"], 10)
     model.to(CUDA).train()
-    recipe = finetune.make_recipe({"optimizer": optimizer, "lr": 1e-3 if optimizer == "adamw" else 0.03,
-                                   "steps": 30, "warmup_steps": 1, "batch_size": 256})
+    recipe = finetune.make_recipe(
+        {
+            "optimizer": optimizer,
+            "lr": 1e-3 if optimizer == "adamw" else 0.03,
+            "steps": 30,
+            "warmup_steps": 1,
+            "batch_size": 256,
+        }
+    )
     step = finetune.step_fn(model, recipe, recipe.lr, CUDA)
     x, y = _digits_batch()
     losses = [float(step(x, y)) for _ in range(30)]
@@ -104,8 +112,9 @@ def test_a_real_out_of_memory_backs_off_and_keeps_the_effective_batch():
     model, cfg = checkpoints.build_model(ck, 10)
     pixels = np.random.default_rng(0).integers(0, 256, size=(8, 224, 224, 3), dtype=np.uint8)
     split = ImageSplit(lambda i: Image.fromarray(pixels[i % 8]), np.arange(512) % 10)
-    recipe = finetune.make_recipe({"optimizer": "sgd", "lr": 0.01, "steps": 2, "warmup_steps": 1,
-                                   "batch_size": 512, "augment": False})
+    recipe = finetune.make_recipe(
+        {"optimizer": "sgd", "lr": 0.01, "steps": 2, "warmup_steps": 1, "batch_size": 512, "augment": False}
+    )
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.empty_cache()
     torch.cuda.set_per_process_memory_fraction(3 * 2**30 / total)  # 3 GiB: a 512-image ViT-S step does not fit
@@ -128,8 +137,9 @@ def test_ddp_over_nccl_with_one_process_is_no_ddp():
     os.environ.setdefault("MASTER_PORT", "29533")
     dist.init_process_group("nccl", rank=0, world_size=1)
     try:
-        recipe = finetune.make_recipe({"optimizer": "sgd", "lr": 0.03, "steps": 5, "warmup_steps": 1,
-                                       "batch_size": 128})
+        recipe = finetune.make_recipe(
+            {"optimizer": "sgd", "lr": 0.03, "steps": 5, "warmup_steps": 1, "batch_size": 128}
+        )
         x, y = _digits_batch(128)
         weights = []
         for wrap in (False, True):

@@ -4,8 +4,8 @@ import sqlite3
 
 import numpy as np
 import pytest
-
 from conftest import cli, json_lines
+
 from transfer_eval.results import Result, Store
 
 MODES = ("linear", "attention", "full")
@@ -43,7 +43,8 @@ def test_json_lines_carry_the_record_fields(demo):
         assert r["n_test"] == 539 and len(r["split_manifest"]) == 64
         assert r["params_total"] == 803_210  # 0.8M demo ViT with a 10-class head
         assert r["fwd_gflops_per_image"] > 0 and r["fwd_gmacs_per_image"] == pytest.approx(
-            r["fwd_gflops_per_image"] / 2)
+            r["fwd_gflops_per_image"] / 2
+        )
         assert r["torch_version"] and r["timm_version"] and r["command"].startswith("transfer-eval run")
         assert r["started"] <= r["finished"]
     # what trains, and what one more task must store
@@ -53,7 +54,7 @@ def test_json_lines_carry_the_record_fields(demo):
     assert rows["attention"]["train_gflops_per_image"] < rows["full"]["train_gflops_per_image"]
     assert rows["linear"]["bytes_per_task"] < rows["attention"]["bytes_per_task"] < rows["full"]["bytes_per_task"]
     # model choices on val, recorded
-    assert f'{rows["linear"]["selection"]["chosen"]["C"]:.4g}' in rows["linear"]["selection"]["grid"]
+    assert f"{rows['linear']['selection']['chosen']['C']:.4g}" in rows["linear"]["selection"]["grid"]
     assert rows["linear"]["selection"]["not_converged"] == []  # every C's fit reached the gradient tolerance
     assert rows["full"]["selection"]["chosen"]["lr"] == 1e-3
 

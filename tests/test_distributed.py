@@ -5,20 +5,52 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import cli, json_lines, stored_rows
+
 from transfer_eval.results import Store
 
-ARGS = ["-c", "vit_demo", "-t", "digits", "-m", "full", "--set", "steps=12", "--set", "warmup_steps=2",
-        "--set", "batch_size=64", "--device", "cpu", "--json"]
+ARGS = [
+    "-c",
+    "vit_demo",
+    "-t",
+    "digits",
+    "-m",
+    "full",
+    "--set",
+    "steps=12",
+    "--set",
+    "warmup_steps=2",
+    "--set",
+    "batch_size=64",
+    "--device",
+    "cpu",
+    "--json",
+]
 
 
 def test_two_processes_match_one_with_the_same_global_batch_and_seed(tmp_path):
     two_db, one_db = tmp_path / "two.sqlite", tmp_path / "one.sqlite"
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                          "--standalone", "-m", "transfer_eval", "run", *ARGS, "--results", str(two_db)],
-                         capture_output=True, text=True, env=env, timeout=900)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--standalone",
+            "-m",
+            "transfer_eval",
+            "run",
+            *ARGS,
+            "--results",
+            str(two_db),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     assert two.returncode == 0, two.stderr
     # one process, the same effective batch of 64 in the same two halves the two processes take
     one = cli("run", *ARGS, "--set", "micro_batch_size=32", "--results", one_db)

@@ -1,4 +1,4 @@
-"""flowers102 and stanford_cars over miniature copies of the real files (see fixtures_flowers_cars.py).
+"""flowers102 and stanford_cars over miniature copies of the real files (see fixtures/flowers_cars.py).
 
 Covers the labels and ids of each split (flowers: the official setid.mat ids; cars: val = a stratified 20%
 hold-out of train, recomputed here from its rule), agreement with torchvision's own classes on the same files,
@@ -26,9 +26,9 @@ from transfer_eval.errors import UserError
 from transfer_eval.tasks import LoadContext
 
 sys.path.insert(0, str(Path(__file__).parent))
-import fixtures_flowers_cars as F  # noqa: E402
 import conftest  # noqa: E402
 from conftest import assert_one_line_error, assert_vit_recipe, cli, json_lines, stored_rows  # noqa: E402
+from fixtures import flowers_cars as F  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 
@@ -133,7 +133,7 @@ def test_flowers_images_of_every_mode_load_as_rgb(found, flowers):
     for split in SPLITS:
         ds = load(found, "flowers102", split, flowers.root)
         for i, sid in enumerate(ds.ids):
-            image_id = int(sid[len("jpg/image_"):-len(".jpg")])
+            image_id = int(sid[len("jpg/image_") : -len(".jpg")])
             kinds[flowers.kind(image_id)] += 1
             assert_pixel(ds.image(i), F.expected_pixel(flowers.kind(image_id), image_id))
     assert set(kinds) == {"rgb", "L", "CMYK", "P", "png"}
@@ -262,8 +262,12 @@ def test_cars_kaggle_nested_layout_gives_the_same_splits(found, cars, tmp_path):
         assert a.ids == b.ids and a.labels.tolist() == b.labels.tolist() and a.manifest() == b.manifest()
         folder = "cars_test/cars_test" if split == "test" else "cars_train/cars_train"
         assert all(p.startswith(str(tmp_path / "stanford_cars" / folder) + "/") for p in b.paths)
-        assert_pixel(b.image(len(b) - 1), F.expected_pixel("rgb", F.cars_colour_index(
-            "test" if split == "test" else "train", int(b.ids[-1].split("/")[1][:5]))))
+        assert_pixel(
+            b.image(len(b) - 1),
+            F.expected_pixel(
+                "rgb", F.cars_colour_index("test" if split == "test" else "train", int(b.ids[-1].split("/")[1][:5]))
+            ),
+        )
 
 
 def test_cars_test_annotations_inside_devkit(found, cars, tmp_path):
@@ -341,14 +345,25 @@ def test_cars_task_definition(found):
     t = found["stanford_cars"]
     assert t.num_classes == 196 and t.version == 1 and t.download is None and t.description
     doc = ast.get_docstring(ast.parse(Path(t.source).read_text()))
-    for layout in ("cars_train/00001.jpg", "cars_train/cars_train/", "devkit/cars_train_annos.mat",
-                   "car_ims/000001.jpg", "transfer-eval run", "20%"):
+    for layout in (
+        "cars_train/00001.jpg",
+        "cars_train/cars_train/",
+        "devkit/cars_train_annos.mat",
+        "car_ims/000001.jpg",
+        "transfer-eval run",
+        "20%",
+    ):
         assert layout in doc, layout
     assert_vit_recipe(t, steps=2500, warmup=200)
     with pytest.raises(UserError) as e:
         t.fetch(LoadContext(Path("unused"), download=True))
-    for hint in ("7545", "rickyyyyyyy/torchvision-stanford-cars", "jessicali9530/stanford-cars-dataset",
-                 "https://github.com/pytorch/vision/files/11644847/car_devkit.tgz", "cars_test_annos_withlabels"):
+    for hint in (
+        "7545",
+        "rickyyyyyyy/torchvision-stanford-cars",
+        "jessicali9530/stanford-cars-dataset",
+        "https://github.com/pytorch/vision/files/11644847/car_devkit.tgz",
+        "cars_test_annos_withlabels",
+    ):
         assert hint in t.data_help and hint in str(e.value)
 
 
@@ -362,8 +377,24 @@ def test_cars_task_definition(found):
 
 
 def run_args(task: str, root: Path, db: Path, *extra) -> list:
-    return ["run", "-c", "vit_demo", "-t", task, "-m", "linear", "--device", "cpu", "--data-dir", root,
-            "--skip-verify", "--results", db, "--json", *extra]
+    return [
+        "run",
+        "-c",
+        "vit_demo",
+        "-t",
+        task,
+        "-m",
+        "linear",
+        "--device",
+        "cpu",
+        "--data-dir",
+        root,
+        "--skip-verify",
+        "--results",
+        db,
+        "--json",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -388,11 +419,16 @@ def cli_runs(good, tmp_path_factory):
         "empty_cars": run_args("stanford_cars", empty, db["empty_cars"]),
     }
     pool = ThreadPoolExecutor(2)
-    futures = {name: pool.submit(cli, *args, env={"TRANSFER_EVAL_CACHE": str(base / f"cache_{name}"),
-                                                  "OMP_NUM_THREADS": "1"}, cwd=base)
-               for name, args in commands.items()}
-    yield {name: (f, {"db": db.get(name), "corrupt": corrupt, "empty": empty, "good": good_root})
-           for name, f in futures.items()}
+    futures = {
+        name: pool.submit(
+            cli, *args, env={"TRANSFER_EVAL_CACHE": str(base / f"cache_{name}"), "OMP_NUM_THREADS": "1"}, cwd=base
+        )
+        for name, args in commands.items()
+    }
+    yield {
+        name: (f, {"db": db.get(name), "corrupt": corrupt, "empty": empty, "good": good_root})
+        for name, f in futures.items()
+    }
     pool.shutdown(wait=True)
 
 
@@ -423,9 +459,13 @@ def test_cli_data_check_lists_every_split(cli_runs):
     rows = {(r["task"], r["split"]): r for r in json_lines(proc.stdout)}
     n_val = sum(F.CARS_VAL_COUNTS.values())
     assert {k: (r["status"], r["images"]) for k, r in rows.items()} == {
-        ("flowers102", "train"): ("ok", 6), ("flowers102", "val"): ("ok", 4), ("flowers102", "test"): ("ok", 10),
-        ("stanford_cars", "train"): ("ok", 18 - n_val), ("stanford_cars", "val"): ("ok", n_val),
-        ("stanford_cars", "test"): ("ok", 8)}
+        ("flowers102", "train"): ("ok", 6),
+        ("flowers102", "val"): ("ok", 4),
+        ("flowers102", "test"): ("ok", 10),
+        ("stanford_cars", "train"): ("ok", 18 - n_val),
+        ("stanford_cars", "val"): ("ok", n_val),
+        ("stanford_cars", "test"): ("ok", 8),
+    }
 
 
 @pytest.mark.slow
@@ -448,8 +488,11 @@ def test_cli_unreadable_image_fails_the_run_naming_it(cli_runs):
     stored = db_row(at["db"])
     assert stored["status"] == "failed" and str(bad) in stored["error"]
     said = [line for line in proc.stderr.splitlines() if str(bad) in line]
-    assert len(said) == 1 and said[0].startswith("transfer-eval: run failed: unreadable image") and \
-        "--bad-images skip" in said[0]
+    assert (
+        len(said) == 1
+        and said[0].startswith("transfer-eval: run failed: unreadable image")
+        and "--bad-images skip" in said[0]
+    )
     assert "Traceback" not in proc.stderr
 
 

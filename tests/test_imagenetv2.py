@@ -1,4 +1,4 @@
-"""ImageNet-V2 tasks over miniature copies of the real folders (see fixtures_imagenet.py).
+"""ImageNet-V2 tasks over miniature copies of the real folders (see fixtures/imagenet.py).
 
 Covers the label rule (int(folder), never a rank: ImageFolder's string order and a rank among the folders
 present are both shown to be wrong on the fixture), image decoding (every image encodes its class), both
@@ -19,10 +19,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
-
-import conftest
 from conftest import assert_vit_recipe
 
 from transfer_eval import tasks
@@ -30,11 +29,10 @@ from transfer_eval.errors import UserError
 from transfer_eval.tasks import LoadContext
 
 sys.path.insert(0, str(Path(__file__).parent))
-import fixtures_imagenet as F  # noqa: E402
+from fixtures import imagenet as F  # noqa: E402
 
 MF = "imagenetv2_matched_frequency"
-TASKS = {MF: "matched-frequency", "imagenetv2_threshold07": "threshold0.7",
-         "imagenetv2_top_images": "top-images"}
+TASKS = {MF: "matched-frequency", "imagenetv2_threshold07": "threshold0.7", "imagenetv2_top_images": "top-images"}
 
 
 @pytest.fixture(scope="session")
@@ -118,8 +116,9 @@ def test_imagefolder_and_rank_labels_would_be_wrong_on_this_fixture(found, v2_ro
     test = load(found, "test", v2_root)
     ours = dict(zip(map(os.path.normpath, test.paths), test.labels.tolist()))
     imagefolder = ImageFolder(str(top))  # the official README's loader (lists, decodes nothing)
-    by_imagefolder = {os.path.normpath(p): t for p, t in imagefolder.samples if p in ours or
-                      os.path.normpath(p) in ours}
+    by_imagefolder = {
+        os.path.normpath(p): t for p, t in imagefolder.samples if p in ours or os.path.normpath(p) in ours
+    }
     assert set(by_imagefolder) == set(ours)
     wrong = [p for p in ours if by_imagefolder[p] != ours[p]]
     assert len(wrong) >= 10, wrong  # e.g. folder 10 -> 2, 100 -> 3, 2 -> 6, 998 -> 10
@@ -131,8 +130,9 @@ def test_imagefolder_and_rank_labels_would_be_wrong_on_this_fixture(found, v2_ro
 
 def test_removing_folders_does_not_change_other_labels(found, v2_root, tmp_path):
     full = load(found, "test", v2_root)
-    shutil.copytree(v2_root / "imagenetv2-matched-frequency-format-val",
-                    tmp_path / "imagenetv2-matched-frequency-format-val")
+    shutil.copytree(
+        v2_root / "imagenetv2-matched-frequency-format-val", tmp_path / "imagenetv2-matched-frequency-format-val"
+    )
     removed = {0, 3, 100, 998}
     for c in removed:
         shutil.rmtree(tmp_path / "imagenetv2-matched-frequency-format-val" / str(c))
@@ -167,8 +167,10 @@ def test_any_image_extension_is_read(found, tmp_path):
 
 
 def test_imagenetv2_subfolder_layout_is_accepted(found, v2_root, tmp_path):
-    shutil.copytree(v2_root / "imagenetv2-matched-frequency-format-val",
-                    tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val")
+    shutil.copytree(
+        v2_root / "imagenetv2-matched-frequency-format-val",
+        tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val",
+    )
     a, b = load(found, "test", v2_root), load(found, "test", tmp_path)
     assert a.ids == b.ids and a.labels.tolist() == b.labels.tolist() and a.manifest() == b.manifest()
     assert all(str(tmp_path / "imagenetv2") in p for p in b.paths)
@@ -220,8 +222,9 @@ def test_task_definitions(found):
 
     assert list(classes) == ImageNetInfo("imagenet-1k").label_descriptions()
     doc = sys.modules[found[MF].load.__module__].__doc__
-    assert ("transfer-eval run -c deit3_s16_in1k -t imagenetv2_matched_frequency -m attention --resolution 384 "
-            "--data-dir D") in doc
+    assert (
+        "transfer-eval run -c deit3_s16_in1k -t imagenetv2_matched_frequency -m attention --resolution 384 --data-dir D"
+    ) in doc
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -258,8 +261,11 @@ def test_in1k_val_is_the_one_percent_holdout(found, full_root):
     train, val = load(found, "train", full_root), load(found, "val", full_root)
     assert Counter(val.labels.tolist()) == {c: n for c, n in F.IN1K_VAL_COUNTS.items() if n}
     # every file in listing order (class index, then file name), then the documented rule over it
-    listing = [(idx, f"{F.FAKE_WNIDS[idx]}/{F.FAKE_WNIDS[idx]}_{1000 + 37 * n}.JPEG")
-               for idx in sorted(F.IN1K_COUNTS) for n in range(F.IN1K_COUNTS[idx])]
+    listing = [
+        (idx, f"{F.FAKE_WNIDS[idx]}/{F.FAKE_WNIDS[idx]}_{1000 + 37 * n}.JPEG")
+        for idx in sorted(F.IN1K_COUNTS)
+        for n in range(F.IN1K_COUNTS[idx])
+    ]
     held = expected_holdout([y for y, _ in listing])
     assert val.ids == [listing[i][1] for i in held]
     assert train.ids == [sid for i, (_, sid) in enumerate(listing) if i not in set(held)]
@@ -301,8 +307,9 @@ def test_listing_is_cached_and_refreshed_when_a_folder_changes(found, full_root,
     for split in ("train", "val", "train", "val"):
         load(found, split, full_root)
     assert len(listed) == 1000  # each class folder listed once, for both splits and repeated loads
-    shutil.copytree(v2_root / "imagenetv2-matched-frequency-format-val",
-                    tmp_path / "imagenetv2-matched-frequency-format-val")
+    shutil.copytree(
+        v2_root / "imagenetv2-matched-frequency-format-val", tmp_path / "imagenetv2-matched-frequency-format-val"
+    )
     before = load(found, "test", tmp_path)
     extra = tmp_path / "imagenetv2-matched-frequency-format-val" / "101" / ("f" * 40 + ".jpeg")
     extra.write_bytes(F.encode(101, "RGB"))
@@ -315,11 +322,7 @@ def test_listing_is_cached_and_refreshed_when_a_folder_changes(found, full_root,
 
 
 def cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    for k in ("TRANSFER_EVAL_DATA", "TRANSFER_EVAL_RESULTS", "TRANSFER_EVAL_REGISTRY"):
-        env.pop(k, None)
-    return subprocess.run([sys.executable, "-m", "transfer_eval", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
+    return conftest.cli(*args, cwd=cwd, env={"OMP_NUM_THREADS": "1"})
 
 
 def one_error_line(proc) -> str:
@@ -358,10 +361,12 @@ def registry(tmp_path_factory) -> Path:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / f"{name}.safetensors"))
     text = ""
     for name in ("tiny1k", "tiny10"):
-        text += (f"{name}:\n  model: vit_small_patch16_224\n  weights: {folder / (name + '.safetensors')}\n"
-                 f"  model_args: {json.dumps(TINY)}\n"
-                 f"  data_config: {{mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], crop_pct: 1.0}}\n"
-                 f"  pretraining: test fixture\n")
+        text += (
+            f"{name}:\n  model: vit_small_patch16_224\n  weights: {folder / (name + '.safetensors')}\n"
+            f"  model_args: {json.dumps(TINY)}\n"
+            f"  data_config: {{mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5], crop_pct: 1.0}}\n"
+            f"  pretraining: test fixture\n"
+        )
     (folder / "registry.yaml").write_text(text)
     return folder / "registry.yaml"
 
@@ -369,8 +374,25 @@ def registry(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_cli_pretrained_evaluates_the_checkpoints_own_head(registry, v2_root, tmp_path):
     db = tmp_path / "results.sqlite"
-    out = cli("run", "--registry", registry, "-c", "tiny1k", "-t", MF, "-m", "pretrained", "--device", "cpu",
-              "--data-dir", v2_root, "--results", db, "--json", cwd=tmp_path)
+    out = cli(
+        "run",
+        "--registry",
+        registry,
+        "-c",
+        "tiny1k",
+        "-t",
+        MF,
+        "-m",
+        "pretrained",
+        "--device",
+        "cpu",
+        "--data-dir",
+        v2_root,
+        "--results",
+        db,
+        "--json",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 1
@@ -386,32 +408,96 @@ def test_cli_pretrained_evaluates_the_checkpoints_own_head(registry, v2_root, tm
 
 @pytest.mark.slow
 def test_cli_pretrained_refuses_random_weights(v2_root, tmp_path):
-    out = cli("run", "-c", "vit_demo", "-t", MF, "-m", "pretrained", "--device", "cpu", "--data-dir", v2_root,
-              "--results", tmp_path / "r.sqlite", "--json", cwd=tmp_path)
+    out = cli(
+        "run",
+        "-c",
+        "vit_demo",
+        "-t",
+        MF,
+        "-m",
+        "pretrained",
+        "--device",
+        "cpu",
+        "--data-dir",
+        v2_root,
+        "--results",
+        tmp_path / "r.sqlite",
+        "--json",
+        cwd=tmp_path,
+    )
     assert "random weights" in one_error_line(out)
     assert out.stdout == ""
 
 
 @pytest.mark.slow
 def test_cli_pretrained_refuses_a_10_class_head(registry, v2_root, tmp_path):
-    out = cli("run", "--registry", registry, "-c", "tiny10", "-t", MF, "-m", "pretrained", "--device", "cpu",
-              "--data-dir", v2_root, "--results", tmp_path / "r.sqlite", "--json", cwd=tmp_path)
+    out = cli(
+        "run",
+        "--registry",
+        registry,
+        "-c",
+        "tiny10",
+        "-t",
+        MF,
+        "-m",
+        "pretrained",
+        "--device",
+        "cpu",
+        "--data-dir",
+        v2_root,
+        "--results",
+        tmp_path / "r.sqlite",
+        "--json",
+        cwd=tmp_path,
+    )
     line = one_error_line(out)
     assert "10 classes" in line and "1000-class head" in line
 
 
 @pytest.mark.slow
 def test_cli_linear_without_in1k_train_names_the_path(v2_root, tmp_path):
-    out = cli("run", "-c", "vit_demo", "-t", MF, "-m", "linear", "--device", "cpu", "--data-dir", v2_root,
-              "--results", tmp_path / "r.sqlite", "--json", cwd=tmp_path)
+    out = cli(
+        "run",
+        "-c",
+        "vit_demo",
+        "-t",
+        MF,
+        "-m",
+        "linear",
+        "--device",
+        "cpu",
+        "--data-dir",
+        v2_root,
+        "--results",
+        tmp_path / "r.sqlite",
+        "--json",
+        cwd=tmp_path,
+    )
     line = one_error_line(out)
     assert str(v2_root / "imagenet" / "train") in line and "-m pretrained" in line
 
 
 @pytest.mark.slow
 def test_cli_linear_with_in1k_train(full_root, tmp_path):
-    out = cli("run", "-c", "vit_demo", "-t", MF, "-m", "linear", "--device", "cpu", "--data-dir", full_root,
-              "--results", tmp_path / "r.sqlite", "--json", "--set", "c_grid=[1.0]", cwd=tmp_path)  # one C: fast
+    out = cli(
+        "run",
+        "-c",
+        "vit_demo",
+        "-t",
+        MF,
+        "-m",
+        "linear",
+        "--device",
+        "cpu",
+        "--data-dir",
+        full_root,
+        "--results",
+        tmp_path / "r.sqlite",
+        "--json",
+        "--set",
+        "c_grid=[1.0]",
+        cwd=tmp_path,
+    )  # one C: fast
     assert out.returncode == 0, out.stderr
     (r,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert r["status"] == "ok" and r["n_test"] == F.V2_COUNT

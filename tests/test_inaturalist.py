@@ -1,4 +1,4 @@
-"""inat2018 / inat2019 / inat2021 / inat2021_mini over miniature copies of the official formats (fixtures_inat.py).
+"""inat2018 / inat2019 / inat2021 / inat2021_mini over miniature copies of the official formats (fixtures/inat.py).
 
 Covers the labels and ids of each split (test = the official val annotations; val = a stratified 10% hold-out
 of the official train set, recomputed here from its rule; official val images never in train or val), both
@@ -15,22 +15,26 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
-
-import conftest
 from conftest import assert_one_line_error, cli, json_lines, stored_rows
+
 from transfer_eval import tasks
 from transfer_eval.errors import UserError
 from transfer_eval.tasks import LoadContext
 
 sys.path.insert(0, str(Path(__file__).parent))
-import fixtures_inat as F  # noqa: E402
+from fixtures import inat as F  # noqa: E402
 
 YEARS = {"inat2018": "2018", "inat2019": "2019"}
 NUM_CLASSES = {"inat2018": 8142, "inat2019": 1010, "inat2021": 10000, "inat2021_mini": 10000}
-VAL_COUNTS = {"inat2018": F.VAL_COUNTS_2018, "inat2019": F.VAL_COUNTS_2019,
-              "inat2021": F.TRAIN_VAL_COUNTS_2021, "inat2021_mini": F.TRAIN_MINI_VAL_COUNTS}
+VAL_COUNTS = {
+    "inat2018": F.VAL_COUNTS_2018,
+    "inat2019": F.VAL_COUNTS_2019,
+    "inat2021": F.TRAIN_VAL_COUNTS_2021,
+    "inat2021_mini": F.TRAIN_MINI_VAL_COUNTS,
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +45,12 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def written(data_root):
-    return {"inat2018": F.write_year(data_root, "2018"), "inat2019": F.write_year(data_root, "2019"),
-            "inat2021_mini": F.write_2021(data_root, "train_mini", F.TRAIN_MINI_COUNTS),
-            "valid": F.write_2021(data_root, "val", F.VALID_COUNTS_2021)}
+    return {
+        "inat2018": F.write_year(data_root, "2018"),
+        "inat2019": F.write_year(data_root, "2019"),
+        "inat2021_mini": F.write_2021(data_root, "train_mini", F.TRAIN_MINI_COUNTS),
+        "valid": F.write_2021(data_root, "val", F.VALID_COUNTS_2021),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +228,7 @@ def test_2021_tarball_folder_names_give_the_same_splits(found, written, tmp_path
     shutil.copytree(written["inat2021_mini"].folder, tmp_path / "train_mini")
     shutil.copytree(written["valid"].folder, tmp_path / "val")
     for split in ("train", "val", "test"):
-        a, b = load(found, "inat2021_mini", split, written["valid"].root), load(found, "inat2021_mini", split,
-                                                                                tmp_path)
+        a, b = load(found, "inat2021_mini", split, written["valid"].root), load(found, "inat2021_mini", split, tmp_path)
         assert a.ids == b.ids and a.manifest() == b.manifest()
         assert all(p.startswith(str(tmp_path) + os.sep) for p in b.paths)
 
@@ -237,9 +243,12 @@ def test_2021_labels_are_the_folder_prefix_and_ds_store_is_ignored(found, writte
 
 def test_2021_sparse_prefixes_keep_their_ids(found, tmp_path):
     """A copy holding only some species: the label is int(prefix), not the folder's rank."""
-    classes = [F.CLASSES_2021[0], "00002_Fungi_Basidiomycota_Agaricomycetes_Agaricales_Amanitaceae_Amanita_muscaria",
-               "00011_Plantae_Tracheophyta_Magnoliopsida_Fagales_Fagaceae_Quercus_agrifolia",
-               "09999_Plantae_Tracheophyta_Liliopsida_Asparagales_Asparagaceae_Yucca_schidigera"]
+    classes = [
+        F.CLASSES_2021[0],
+        "00002_Fungi_Basidiomycota_Agaricomycetes_Agaricales_Amanitaceae_Amanita_muscaria",
+        "00011_Plantae_Tracheophyta_Magnoliopsida_Fagales_Fagaceae_Quercus_agrifolia",
+        "09999_Plantae_Tracheophyta_Liliopsida_Asparagales_Asparagaceae_Yucca_schidigera",
+    ]
     F.write_2021(tmp_path, "train_mini", {0: 2, 2: 3, 11: 2, 9999: 2}, classes=classes)
     F.write_2021(tmp_path, "val", {0: 1, 2: 1, 11: 1, 9999: 1}, classes=classes)
     test = load(found, "inat2021_mini", "test", tmp_path)
@@ -251,8 +260,10 @@ def test_2021_sparse_prefixes_keep_their_ids(found, tmp_path):
 def test_class_names(found, written, data_root):
     mod = plugin(found)
     assert mod.class_names("inat2018", data_root) == {c: n for c, n, _ in F.CATEGORIES_2018}
-    assert mod.class_names("inat2021_mini", data_root)[2] == "Fungi_Basidiomycota_Agaricomycetes_Agaricales_" \
-                                                             "Amanitaceae_Amanita_muscaria"
+    assert (
+        mod.class_names("inat2021_mini", data_root)[2] == "Fungi_Basidiomycota_Agaricomycetes_Agaricales_"
+        "Amanitaceae_Amanita_muscaria"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -327,12 +338,19 @@ def test_missing_image_folder(found, written, tmp_path):
     assert "inat2018" in msg and str(tmp_path / "2018") in msg and "train_val2018" in msg
 
 
-@pytest.mark.parametrize("content,fragment", [
-    (lambda text: text[: len(text) // 2], "JSONDecodeError"),  # truncated download
-    (lambda text: json.dumps({"images": json.loads(text)["images"]}), "annotations"),  # no annotations
-    (lambda text: text.replace('"category_id": 1,', '"category_id": 5000,', 1)
-     .replace('"category_id": 1}', '"category_id": 5000}', 1), "5000"),  # not this year's label space
-])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (lambda text: text[: len(text) // 2], "JSONDecodeError"),  # truncated download
+        (lambda text: json.dumps({"images": json.loads(text)["images"]}), "annotations"),  # no annotations
+        (
+            lambda text: text.replace('"category_id": 1,', '"category_id": 5000,', 1).replace(
+                '"category_id": 1}', '"category_id": 5000}', 1
+            ),
+            "5000",
+        ),  # not this year's label space
+    ],
+)
 def test_malformed_json_names_the_file(found, written, tmp_path, content, fragment):
     w = written["inat2019"]
     shutil.copytree(w.folder, tmp_path / "2019")
@@ -357,11 +375,14 @@ def test_missing_image_file_names_one_and_counts(found, written, tmp_path):
     assert f"2 of the {len(w.train)} images" in msg and str(tmp_path / gone[0]) in msg
 
 
-@pytest.mark.parametrize("layout,fragment", [
-    (None, "2021_train_mini"),  # nothing there
-    ("nested", "is not a class folder"),  # train_mini.tar.gz extracted one level too deep
-    ("empty", "has no class folders"),
-])
+@pytest.mark.parametrize(
+    "layout,fragment",
+    [
+        (None, "2021_train_mini"),  # nothing there
+        ("nested", "is not a class folder"),  # train_mini.tar.gz extracted one level too deep
+        ("empty", "has no class folders"),
+    ],
+)
 def test_2021_missing_or_misplaced_folder(found, written, tmp_path, layout, fragment):
     if layout == "nested":
         shutil.copytree(written["inat2021_mini"].folder, tmp_path / "2021_train_mini" / "train_mini")
@@ -388,8 +409,24 @@ def test_no_automatic_download(found):
 @pytest.mark.slow
 def test_cli_linear_run(written, data_root, tmp_path):
     db = tmp_path / "results.sqlite"
-    proc = cli("run", "-c", "vit_demo", "-t", "inat2019,inat2021_mini", "-m", "linear", "--device", "cpu",
-               "--data-dir", data_root, "--results", db, "--json", env={"OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    proc = cli(
+        "run",
+        "-c",
+        "vit_demo",
+        "-t",
+        "inat2019,inat2021_mini",
+        "-m",
+        "linear",
+        "--device",
+        "cpu",
+        "--data-dir",
+        data_root,
+        "--results",
+        db,
+        "--json",
+        env={"OMP_NUM_THREADS": "1"},
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json_lines(proc.stdout)
     assert [r["task"] for r in rows] == ["inat2019", "inat2021_mini"]
@@ -408,9 +445,10 @@ def test_cli_data_check(written, data_root):
     rows = {(r["task"], r["split"]): r for r in json_lines(proc.stdout)}
     expected = {}
     for name, counts, val_counts, test_counts in (
-            ("inat2018", F.TRAIN_COUNTS_2018, F.VAL_COUNTS_2018, F.TEST_COUNTS_2018),
-            ("inat2019", F.TRAIN_COUNTS_2019, F.VAL_COUNTS_2019, F.TEST_COUNTS_2019),
-            ("inat2021_mini", F.TRAIN_MINI_COUNTS, F.TRAIN_MINI_VAL_COUNTS, F.VALID_COUNTS_2021)):
+        ("inat2018", F.TRAIN_COUNTS_2018, F.VAL_COUNTS_2018, F.TEST_COUNTS_2018),
+        ("inat2019", F.TRAIN_COUNTS_2019, F.VAL_COUNTS_2019, F.TEST_COUNTS_2019),
+        ("inat2021_mini", F.TRAIN_MINI_COUNTS, F.TRAIN_MINI_VAL_COUNTS, F.VALID_COUNTS_2021),
+    ):
         n_val = sum(val_counts.values())
         expected[(name, "train")] = (sum(counts.values()) - n_val, len(counts))
         expected[(name, "val")] = (n_val, sum(1 for n in val_counts.values() if n))
@@ -428,7 +466,22 @@ def test_cli_data_check(written, data_root):
 def test_cli_empty_data_dir_exits_2_and_stores_nothing(tmp_path):
     db, empty = tmp_path / "results.sqlite", tmp_path / "data"
     empty.mkdir()
-    proc = cli("run", "-c", "vit_demo", "-t", "inat2018", "-m", "linear", "--device", "cpu", "--data-dir", empty,
-               "--results", db, "--json", cwd=tmp_path)
+    proc = cli(
+        "run",
+        "-c",
+        "vit_demo",
+        "-t",
+        "inat2018",
+        "-m",
+        "linear",
+        "--device",
+        "cpu",
+        "--data-dir",
+        empty,
+        "--results",
+        db,
+        "--json",
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, "inat2018", str(empty), "train2018.json")
     assert proc.stdout == "" and stored_rows(db) == 0

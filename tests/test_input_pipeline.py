@@ -14,17 +14,24 @@ import pytest
 import torch
 from PIL import Image
 
-from transfer_eval import data, finetune, image_cache
+from transfer_eval import data, finetune, transforms
+from transfer_eval.cache import images as image_cache
 from transfer_eval.errors import UserError
 from transfer_eval.tasks import ImageSplit
 
 sys.path.insert(0, str(Path(__file__).parent))
 import conftest  # noqa: E402
-import fixtures_cifar  # noqa: E402
+from fixtures import cifar as fixtures_cifar  # noqa: E402
 
 CPU = torch.device("cpu")
-CFG = {"input_size": (3, 96, 96), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
-       "std": (0.229, 0.224, 0.225), "crop_pct": 0.9, "crop_mode": "center"}
+CFG = {
+    "input_size": (3, 96, 96),
+    "interpolation": "bicubic",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.9,
+    "crop_mode": "center",
+}
 AUGMENT = {"augment": True, "hflip": 0.5, "crop_scale": (0.05, 1.0), "randaugment": None, "random_erasing": 0.0}
 
 
@@ -153,7 +160,7 @@ def test_image_cache_gives_the_eval_transforms_exact_pixels(tmp_path, monkeypatc
     files = write_jpegs(tmp_path / "jpg")
     split = ImageSplit.from_files(files, [0, 1, 2, 0, 1, 2])
     cached = image_cache.cached(split, CFG)
-    transform = data.eval_transform(CFG)
+    transform = transforms.eval_transform(CFG)
     for i in range(len(split)):
         assert cached.image(i).size != split.image(i).size  # stored resized (shorter side 106)
         assert min(cached.image(i).size) == 106
@@ -186,12 +193,12 @@ def test_image_cache_is_built_once_and_keyed_by_files_and_resize(tmp_path, monke
     assert image_cache.key(split, CFG) != before  # ... and the next run's split sees the replaced file
     fresh = image_cache.cached(split, CFG)
     assert len(image_cache.entries()) == 3
-    assert torch.equal(data.eval_transform(CFG)(fresh.image(2)), data.eval_transform(CFG)(split.image(2)))
+    assert torch.equal(transforms.eval_transform(CFG)(fresh.image(2)), transforms.eval_transform(CFG)(split.image(2)))
     # a damaged entry is rebuilt, not served
     (pixels,) = [p for p in (tmp_path / "cache" / "images").glob("*.u8") if p.stem == image_cache.key(split, CFG)]
     pixels.write_bytes(pixels.read_bytes()[:100])
     again = image_cache.cached(split, CFG)
-    assert torch.equal(data.eval_transform(CFG)(again.image(5)), data.eval_transform(CFG)(split.image(5)))
+    assert torch.equal(transforms.eval_transform(CFG)(again.image(5)), transforms.eval_transform(CFG)(split.image(5)))
     assert image_cache.clear() == 3 and image_cache.entries() == []
     # train+val (retraining) is served by its parts' entries, not a third one
     train, val = split.subset([0, 1, 2]), split.subset([3, 4, 5])
@@ -199,7 +206,7 @@ def test_image_cache_is_built_once_and_keyed_by_files_and_resize(tmp_path, monke
     image_cache.cached(val, CFG)
     both = image_cache.cached(ImageSplit.concat(train, val), CFG)
     assert len(image_cache.entries()) == 2 and both.ids == split.ids
-    assert torch.equal(data.eval_transform(CFG)(both.image(4)), data.eval_transform(CFG)(split.image(4)))
+    assert torch.equal(transforms.eval_transform(CFG)(both.image(4)), transforms.eval_transform(CFG)(split.image(4)))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -210,8 +217,9 @@ def tiny_vit():
     import timm
 
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                             num_classes=3)
+    return timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=3
+    )
 
 
 TINY_CFG = {**CFG, "input_size": (3, 32, 32)}
@@ -271,10 +279,38 @@ def cifar_root(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_cli_device_resize_on_cifar_is_recorded(cifar_root, tmp_path):
     db = tmp_path / "r.sqlite"
-    common = ["-c", "vit_demo", "-t", "cifar10", "--data-dir", cifar_root, "--skip-verify", "--device", "cpu",
-              "--device-resize", "on"]
-    out = conftest.cli("run", "-m", "linear,attention", *common, "--results", db, "--resolution", "32", "--json",
-                       "--set", "steps=4", "--set", "batch_size=16", "--set", "lr_grid=[]", "--set", "retrain=false")
+    common = [
+        "-c",
+        "vit_demo",
+        "-t",
+        "cifar10",
+        "--data-dir",
+        cifar_root,
+        "--skip-verify",
+        "--device",
+        "cpu",
+        "--device-resize",
+        "on",
+    ]
+    out = conftest.cli(
+        "run",
+        "-m",
+        "linear,attention",
+        *common,
+        "--results",
+        db,
+        "--resolution",
+        "32",
+        "--json",
+        "--set",
+        "steps=4",
+        "--set",
+        "batch_size=16",
+        "--set",
+        "lr_grid=[]",
+        "--set",
+        "retrain=false",
+    )
     assert out.returncode == 0, out.stderr
     rows = conftest.json_lines(out.stdout)
     assert [r["input_pipeline"] for r in rows] == ["device-resize from 32x32"] * 2
@@ -289,16 +325,32 @@ def test_cli_device_resize_on_cifar_is_recorded(cifar_root, tmp_path):
 @pytest.mark.slow
 def test_cli_cache_images_gives_the_same_probe_and_is_listed(tmp_path):
     """A linear probe with --cache-images scores exactly as one without (the eval pixels are the same)."""
-    import fixtures_flowers_cars as FC
+    from fixtures import flowers_cars as FC
 
     root = tmp_path / "data"
     FC.write_flowers(root)
     results = []
     for flag, cache in (([], "c1"), (["--cache-images"], "c2")):
         env = {"TRANSFER_EVAL_CACHE": str(tmp_path / cache)}
-        out = conftest.cli("run", "-c", "vit_demo", "-t", "flowers102", "-m", "linear", "--data-dir", root,
-                           "--skip-verify", "--results", tmp_path / f"{cache}.sqlite", "--device", "cpu", "--json",
-                           *flag, env=env)
+        out = conftest.cli(
+            "run",
+            "-c",
+            "vit_demo",
+            "-t",
+            "flowers102",
+            "-m",
+            "linear",
+            "--data-dir",
+            root,
+            "--skip-verify",
+            "--results",
+            tmp_path / f"{cache}.sqlite",
+            "--device",
+            "cpu",
+            "--json",
+            *flag,
+            env=env,
+        )
         assert out.returncode == 0, out.stderr
         results.append(conftest.json_lines(out.stdout)[0])
     assert results[0]["input_pipeline"] == "cpu" and results[1]["input_pipeline"] == "cpu+image-cache"

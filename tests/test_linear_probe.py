@@ -83,8 +83,12 @@ def test_chunking_and_warm_starts_do_not_change_the_solution():
     assert np.allclose(rows_many.moments()[1], std)
     classes = np.unique(y)
     one = logistic.fit(logistic.Standardised(rows_one, mean, std), classes, 1.0)
-    many = logistic.fit(logistic.Standardised(rows_many, mean, std), classes, 1.0,
-                        start=logistic.fit(logistic.Standardised(rows_many, mean, std), classes, 0.1))
+    many = logistic.fit(
+        logistic.Standardised(rows_many, mean, std),
+        classes,
+        1.0,
+        start=logistic.fit(logistic.Standardised(rows_many, mean, std), classes, 0.1),
+    )
     assert one.converged and many.converged
     assert np.abs(one.coef - many.coef).max() < 1e-3 * np.abs(one.coef).max()
 

@@ -13,11 +13,14 @@ def _vit_attention_count(dim, depth, tokens, classes, branches=1):
     return depth * branches * mhsa + tokens * dim + (dim * classes + classes)
 
 
-@pytest.mark.parametrize("arch, dim, depth, tokens, branches, total", [
-    ("vit_small_patch16_224", 384, 12, 197, 1, 22_050_664),
-    ("deit3_base_patch16_224", 768, 12, 196, 1, None),  # DeiT III: no position embedding for the class token
-    ("vit_small_patch16_18x2_224", 384, 18, 197, 2, None),
-])
+@pytest.mark.parametrize(
+    "arch, dim, depth, tokens, branches, total",
+    [
+        ("vit_small_patch16_224", 384, 12, 197, 1, 22_050_664),
+        ("deit3_base_patch16_224", 768, 12, 196, 1, None),  # DeiT III: no position embedding for the class token
+        ("vit_small_patch16_18x2_224", 384, 18, 197, 2, None),
+    ],
+)
 def test_attention_set_by_name_and_count(arch, dim, depth, tokens, branches, total):
     model = timm.create_model(arch, pretrained=False, num_classes=1000)
     names = modes.trainable_names(modes.MODES["attention"], model)
@@ -54,8 +57,16 @@ def test_published_attention_only_counts():
 
 
 def test_apply_sets_requires_grad_and_gradients_follow():
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=3, img_size=32, patch_size=8,
-                              embed_dim=32, depth=2, num_heads=2)
+    model = timm.create_model(
+        "vit_small_patch16_224",
+        pretrained=False,
+        num_classes=3,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+    )
     names = modes.apply(modes.MODES["attention"], model)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     for n, p in model.named_parameters():
@@ -64,8 +75,16 @@ def test_apply_sets_requires_grad_and_gradients_follow():
 
 
 def test_full_and_linear():
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8,
-                              embed_dim=32, depth=1, num_heads=2)
+    model = timm.create_model(
+        "vit_small_patch16_224",
+        pretrained=False,
+        num_classes=5,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+    )
     assert modes.trainable_names(modes.MODES["full"], model) == {n for n, _ in model.named_parameters()}
     assert modes.trainable_names(modes.MODES["linear"], model) == {"head.weight", "head.bias"}
 

@@ -7,7 +7,6 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import REPO, cli, json_lines
 
 
@@ -23,19 +22,42 @@ def test_console_script_and_module_are_the_same_program():
 
 def test_wheel_install_has_builtin_tasks_and_registry(tmp_path):
     pytest.importorskip("hatchling")
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr
     (wheel,) = (tmp_path / "dist").glob("transfer_eval-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for expected in ("transfer_eval/_builtin/tasks/digits.py", "transfer_eval/_builtin/tasks/cifar.py",
-                     "transfer_eval/_builtin/checkpoints.yaml", "transfer_eval/cli.py"):
+    for expected in (
+        "transfer_eval/_builtin/tasks/digits.py",
+        "transfer_eval/_builtin/tasks/cifar.py",
+        "transfer_eval/_builtin/checkpoints.yaml",
+        "transfer_eval/cli/__init__.py",
+        "transfer_eval/report/site.py",
+        "transfer_eval/cache/images.py",
+    ):
         assert expected in names
     assert any(n.endswith("entry_points.txt") for n in names)
 
     target = tmp_path / "site"
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                              str(wheel)], capture_output=True, text=True)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
     assert install.returncode == 0, install.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

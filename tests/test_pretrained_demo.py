@@ -11,8 +11,8 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
+
 from transfer_eval import checkpoints
 from transfer_eval.checkpoints import build_model, load_registry, weights_digest
 

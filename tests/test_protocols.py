@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-
 from conftest import cli, json_lines
-from transfer_eval import cache, evaluate, fewshot, probe, runner, tasks
+
+from transfer_eval import evaluate, fewshot, probe, runner, tasks
+from transfer_eval.cache import features as cache
 from transfer_eval.checkpoints import load_registry
 from transfer_eval.modes import MODES
 
@@ -50,8 +51,21 @@ def test_fewshot_plan_is_one_run_per_shots_and_seed():
 
 def test_fewshot_end_to_end_with_one_extraction(tmp_path):
     env = {"TRANSFER_EVAL_CACHE": str(tmp_path / "cache")}
-    proc = cli("run", "-c", "vit_demo", "-t", "digits", "-m", "fewshot", "--set", "shots=[1,5]",
-               "--results", tmp_path / "r.sqlite", "--json", env=env)
+    proc = cli(
+        "run",
+        "-c",
+        "vit_demo",
+        "-t",
+        "digits",
+        "-m",
+        "fewshot",
+        "--set",
+        "shots=[1,5]",
+        "--results",
+        tmp_path / "r.sqlite",
+        "--json",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json_lines(proc.stdout)
     assert sorted((r["shots"], r["seed"]) for r in rows) == [(1, 0), (1, 1), (1, 2), (5, 0), (5, 1), (5, 2)]
@@ -65,10 +79,16 @@ def test_fewshot_end_to_end_with_one_extraction(tmp_path):
 def test_feature_cache_key_covers_what_changes_features(tmp_path):
     reg = load_registry()
     ck, digits = reg["vit_demo"], tasks.discover()["digits"]
-    base = dict(weights_sha256="a" * 64, checkpoint=ck, task=digits, split_name="train", manifest="m" * 64,
-                data_config={"input_size": (3, 16, 16), "mean": (0.5,) * 3, "interpolation": "bilinear"})
-    key = cache.feature_key(**base)
-    assert key == cache.feature_key(**base)
+    base = dict(
+        weights_sha256="a" * 64,
+        checkpoint=ck,
+        task=digits,
+        split_name="train",
+        manifest="m" * 64,
+        data_config={"input_size": (3, 16, 16), "mean": (0.5,) * 3, "interpolation": "bilinear"},
+    )
+    key = cache.key(**base)
+    assert key == cache.key(**base)
     changed = [
         {"weights_sha256": "b" * 64},
         {"manifest": "n" * 64},  # another split or another set of examples
@@ -77,7 +97,7 @@ def test_feature_cache_key_covers_what_changes_features(tmp_path):
         {"data_config": {**base["data_config"], "input_size": (3, 32, 32)}},  # another resolution
     ]
     for change in changed:
-        assert cache.feature_key(**{**base, **change}) != key, change
+        assert cache.key(**{**base, **change}) != key, change
 
 
 def test_second_probe_does_no_forward_pass(tmp_path, monkeypatch):
@@ -119,13 +139,28 @@ def test_balanced_accuracy():
 def test_presets_resolve_to_the_documented_values():
     digits, cifar = tasks.discover()["digits"], tasks.discover()["cifar100"]
     vit = runner.resolve_recipe(cifar, MODES["full"])
-    assert (vit["preset"], vit["optimizer"], vit["momentum"], vit["weight_decay"], vit["batch_size"],
-            vit["grad_clip"], vit["warmup_steps"], vit["steps"], vit["retrain"]) == \
-        ("vit", "sgd", 0.9, 0.0, 512, 1.0, 500, 10000, True)
+    assert (
+        vit["preset"],
+        vit["optimizer"],
+        vit["momentum"],
+        vit["weight_decay"],
+        vit["batch_size"],
+        vit["grad_clip"],
+        vit["warmup_steps"],
+        vit["steps"],
+        vit["retrain"],
+    ) == ("vit", "sgd", 0.9, 0.0, 512, 1.0, 500, 10000, True)
     assert vit["lr_grid"] == [0.001, 0.003, 0.01, 0.03]
     deit = runner.resolve_recipe(cifar, MODES["attention"], preset="deit")
-    assert (deit["optimizer"], deit["weight_decay"], deit["label_smoothing"], deit["randaugment"], deit["mixup"],
-            deit["cutmix"], deit["lr_grid"]) == ("adamw", 0.05, 0.1, "rand-m9-mstd0.5-inc1", 0.8, 1.0, [])
+    assert (
+        deit["optimizer"],
+        deit["weight_decay"],
+        deit["label_smoothing"],
+        deit["randaugment"],
+        deit["mixup"],
+        deit["cutmix"],
+        deit["lr_grid"],
+    ) == ("adamw", 0.05, 0.1, "rand-m9-mstd0.5-inc1", 0.8, 1.0, [])
     assert deit["steps"] == 10000 and deit["warmup_steps"] == 500  # the task's schedule carries over
     assert deit["batch_size"] == 512 and deit["lr"] == 5e-4 and deit["preset_version"] == 2
     # DeiT's linear scaling rule: lr = 5e-4 x batch / 512, unless lr itself is set
@@ -163,8 +198,9 @@ def test_probe_choice_comes_from_val():
     assert out["val_top1"] == best
     assert grid[f"{out['selection']['chosen']['C']:.4g}"] == best
     flipped = probe.linear_probe((x, y), (xv, 1 - yv_true), 2, c_grid=(1e-4, 1e-2, 1.0))  # val decides, not train
-    assert flipped["selection"]["chosen"]["C"] != out["selection"]["chosen"]["C"] or \
-        flipped["val_top1"] != out["val_top1"]
+    assert (
+        flipped["selection"]["chosen"]["C"] != out["selection"]["chosen"]["C"] or flipped["val_top1"] != out["val_top1"]
+    )
 
 
 def test_test_split_is_sealed_during_selection(tmp_path, monkeypatch):
@@ -207,11 +243,11 @@ def test_test_split_is_sealed_during_selection(tmp_path, monkeypatch):
     monkeypatch.setattr(Task, "dataset", capture)
     monkeypatch.setattr(finetune, "finetune", cheating)
     with pytest.raises(SealedSplitRead, match="never test"):
-        runner.execute(run, ctx, torch.device("cpu"), store, log=lambda *a, **k: None)
+        runner.execute(run, ctx, torch.device("cpu"), store)
     assert reads == [] and store.query(status=None) == []
 
     monkeypatch.setattr(finetune, "finetune", real)
-    result = runner.execute(run, ctx, torch.device("cpu"), store, log=lambda *a, **k: None)
+    result = runner.execute(run, ctx, torch.device("cpu"), store)
     assert result.status == "ok" and len(reads) == len(digits.dataset("test", ctx))
 
 
@@ -220,11 +256,20 @@ def test_ffn_bitfit_lora_train_what_they_say():
 
     from transfer_eval import modes
 
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10, img_size=32, patch_size=8,
-                              embed_dim=32, depth=2, num_heads=2)
+    model = timm.create_model(
+        "vit_small_patch16_224",
+        pretrained=False,
+        num_classes=10,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+    )
     ffn = modes.trainable_names(MODES["ffn"], model)
-    assert ffn == {f"blocks.{b}.mlp.{l}.{p}" for b in range(2) for l in ("fc1", "fc2") for p in ("weight", "bias")} \
-        | {"pos_embed", "head.weight", "head.bias"}
+    assert ffn == {
+        f"blocks.{b}.mlp.{fc}.{p}" for b in range(2) for fc in ("fc1", "fc2") for p in ("weight", "bias")
+    } | {"pos_embed", "head.weight", "head.bias"}
     bitfit = modes.trainable_names(MODES["bitfit"], model)
     assert bitfit == {n for n, _ in model.named_parameters() if n.endswith("bias")} | {"head.weight"}
     pytest.importorskip("peft")
@@ -252,7 +297,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_effective_batch(tmp_
 
     def execute(extra, db):
         (run,) = runner.plan([ck], [digits], [MODES["full"]], overrides={**overrides, **extra})
-        return runner.execute(run, LoadContext(tmp_path), torch.device("cpu"), Store(db), log=lambda *a, **k: None)
+        return runner.execute(run, LoadContext(tmp_path), torch.device("cpu"), Store(db))
 
     reference = execute({"micro_batch_size": 16}, tmp_path / "ref.sqlite")
     assert (reference.micro_batch_size, reference.oom_backoffs) == (16, 0)

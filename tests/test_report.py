@@ -12,16 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, cli, json_lines
 from scipy.stats import binomtest
 
-from conftest import assert_one_line_error, cli, json_lines
 from transfer_eval import report
 from transfer_eval.errors import UserError
 from transfer_eval.results import Result, Store
 
 PAPER6 = ("inat2018", "inat2019", "cifar10", "cifar100", "stanford_cars", "flowers102")
-CLASSES = {"inat2018": 8142, "inat2019": 1010, "cifar10": 10, "cifar100": 100, "stanford_cars": 196,
-           "flowers102": 102}
+CLASSES = {"inat2018": 8142, "inat2019": 1010, "cifar10": 10, "cifar100": 100, "stanford_cars": 196, "flowers102": 102}
 BACKBONE = 10_000  # parameters of the fake backbone
 N = 100  # test examples per task
 
@@ -41,28 +40,55 @@ def _correct(acc: float, n: int = N, rng=None) -> np.ndarray:
     return rng.permutation(c) if rng is not None else c
 
 
-def put(store, checkpoint, task, mode, acc=None, seed=0, correct=None, protocol="p" * 16, manifest=None,
-        per_task=None, pflops=1.0):
+def put(
+    store,
+    checkpoint,
+    task,
+    mode,
+    acc=None,
+    seed=0,
+    correct=None,
+    protocol="p" * 16,
+    manifest=None,
+    per_task=None,
+    pflops=1.0,
+):
     correct = _correct(acc) if correct is None else correct
     head = CLASSES.get(task, 10) * 11
-    per_task = {"linear": head, "attention": 3000 + head, "full": BACKBONE + head}[mode] if per_task is None \
-        else per_task
+    per_task = (
+        {"linear": head, "attention": 3000 + head, "full": BACKBONE + head}[mode] if per_task is None else per_task
+    )
     labels, top5 = _predictions(correct)
-    r = Result(checkpoint=checkpoint, weights_sha256="w" * 64, task=task, task_version=1, mode=mode,
-               protocol_hash=protocol, seed=seed, top1=float(correct.mean()), n_test=len(correct),
-               split_manifest=manifest or f"manifest-{task}", params_total=BACKBONE + head,
-               params_trainable=per_task, params_per_task=per_task, bytes_per_task=4 * per_task + 96,
-               train_pflops_total=pflops, fwd_gflops_per_image=0.5 if checkpoint in ("alpha", "ref") else 0.7)
+    r = Result(
+        checkpoint=checkpoint,
+        weights_sha256="w" * 64,
+        task=task,
+        task_version=1,
+        mode=mode,
+        protocol_hash=protocol,
+        seed=seed,
+        top1=float(correct.mean()),
+        n_test=len(correct),
+        split_manifest=manifest or f"manifest-{task}",
+        params_total=BACKBONE + head,
+        params_trainable=per_task,
+        params_per_task=per_task,
+        bytes_per_task=4 * per_task + 96,
+        train_pflops_total=pflops,
+        fwd_gflops_per_image=0.5 if checkpoint in ("alpha", "ref") else 0.7,
+    )
     store.put(r, labels, top5)
     return r
 
 
 # alpha/linear: all six, cifar10 with three seeds; alpha/attention: all six; beta/linear: no inat2019;
 # beta/attention: all six, cifar100 stored under two protocols (the newer one counts).
-ACC = {("alpha", "linear"): dict(zip(PAPER6, (0.30, 0.40, 0.80, 0.60, 0.50, 0.90))),
-       ("alpha", "attention"): dict(zip(PAPER6, (0.50, 0.55, 0.95, 0.80, 0.70, 0.97))),
-       ("beta", "linear"): dict(zip(PAPER6, (0.35, None, 0.85, 0.65, 0.45, 0.92))),
-       ("beta", "attention"): dict(zip(PAPER6, (0.52, 0.57, 0.96, 0.60, 0.75, 0.98)))}
+ACC = {
+    ("alpha", "linear"): dict(zip(PAPER6, (0.30, 0.40, 0.80, 0.60, 0.50, 0.90))),
+    ("alpha", "attention"): dict(zip(PAPER6, (0.50, 0.55, 0.95, 0.80, 0.70, 0.97))),
+    ("beta", "linear"): dict(zip(PAPER6, (0.35, None, 0.85, 0.65, 0.45, 0.92))),
+    ("beta", "attention"): dict(zip(PAPER6, (0.52, 0.57, 0.96, 0.60, 0.75, 0.98))),
+}
 CIFAR10_SEEDS = (0.80, 0.82, 0.84)
 
 
@@ -80,8 +106,19 @@ def board_db(tmp_path_factory):
                     put(store, ck, task, mode, a, seed=seed, pflops=2.0 + seed)
             else:
                 put(store, ck, task, mode, acc, pflops=1.0 if mode == "linear" else 10.0)
-    store.put(Result(checkpoint="beta", weights_sha256="w" * 64, task="cifar10", task_version=1, mode="full",
-                     protocol_hash="p" * 16, seed=0, status="failed", error="diverged"))  # never shown
+    store.put(
+        Result(
+            checkpoint="beta",
+            weights_sha256="w" * 64,
+            task="cifar10",
+            task_version=1,
+            mode="full",
+            protocol_hash="p" * 16,
+            seed=0,
+            status="failed",
+            error="diverged",
+        )
+    )  # never shown
     store.close()
     return db
 
@@ -178,7 +215,7 @@ def _fixed_width(text: str) -> list[list[str]]:
     rule = next(i for i, line in enumerate(lines) if line.strip() and set(line) <= {"-", " "})
     starts = [m.start() for m in re.finditer(r"-+", lines[rule])] + [None]
     body = [lines[rule - 1]]
-    for line in lines[rule + 1:]:
+    for line in lines[rule + 1 :]:
         if not line.strip():
             break
         body.append(line)
@@ -187,14 +224,12 @@ def _fixed_width(text: str) -> list[list[str]]:
 
 def _markdown(text: str) -> list[list[str]]:
     rows = [line for line in text.splitlines() if line.startswith("|")]
-    parsed = [[re.sub(r"\\([|*])", r"\1", c.strip()) for c in re.split(r"(?<!\\)\|", line)[1:-1]]
-              for line in rows]
+    parsed = [[re.sub(r"\\([|*])", r"\1", c.strip()) for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in rows]
     return [parsed[0]] + parsed[2:]  # drop the |---| rule
 
 
 def _latex(text: str) -> list[list[str]]:
-    rows = [line.rstrip().removesuffix(r"\\").strip() for line in text.splitlines()
-            if line.rstrip().endswith(r"\\")]
+    rows = [line.rstrip().removesuffix(r"\\").strip() for line in text.splitlines() if line.rstrip().endswith(r"\\")]
     return [[c.strip() for c in re.split(r"(?<!\\)&", row)] for row in rows]
 
 
@@ -406,14 +441,14 @@ def _compare(db, names, **kw):
 
 def test_compare_finds_the_planted_difference_and_identity(cmp_db):
     cmp = _compare(cmp_db, ["ref", "better", "same"], resamples=2000)
-    rows = {r["checkpoint_b"]: r for r in cmp.rows}
+    rows = {r.checkpoint_b: r for r in cmp.rows}
     r = rows["better"]
-    assert r["delta"] == pytest.approx(0.2) and r["ci_low"] > 0.1 and r["p_value"] < 1e-10
-    assert (r["b"], r["c"]) == (0, 80) and r["verdict"] == "win"
-    assert (r["seed_a"], r["seed_b"]) == (1, 1)  # the seed both have
+    assert r.delta == pytest.approx(0.2) and r.ci_low > 0.1 and r.p_value < 1e-10
+    assert (r.b, r.c) == (0, 80) and r.verdict == "win"
+    assert (r.seed_a, r.seed_b) == (1, 1)  # the seed both have
     s = rows["same"]
-    assert s["delta"] == 0 and s["p_value"] == 1 and s["verdict"] == "tie"
-    assert r["d_fwd_gflops_per_image"] == pytest.approx(0.2)
+    assert s.delta == 0 and s.p_value == 1 and s.verdict == "tie"
+    assert r.d_fwd_gflops_per_image == pytest.approx(0.2)
     assert cmp.summary("better") == {"win": 1, "tie": 0, "loss": 0, "not compared": 0}
     text = report.compare_text(cmp)
     assert "compared against the first, ref" in text
@@ -422,10 +457,10 @@ def test_compare_finds_the_planted_difference_and_identity(cmp_db):
 
 def test_compare_refuses_different_examples(cmp_db):
     cmp = _compare(cmp_db, ["ref", "other"], resamples=100)
-    rows = {r["task"]: r for r in cmp.rows}
-    assert rows["cifar100"]["verdict"] == "refused" and rows["cifar100"]["delta"] is None
-    assert "different test examples" in rows["cifar100"]["reason"]
-    assert rows["cifar10"]["verdict"] == "tie"
+    rows = {r.task: r for r in cmp.rows}
+    assert rows["cifar100"].verdict == "refused" and rows["cifar100"].delta is None
+    assert "different test examples" in rows["cifar100"].reason
+    assert rows["cifar10"].verdict == "tie"
     with pytest.raises(UserError, match="different test examples"):
         _compare(cmp_db, ["ref", "other"], tasks=["cifar100"])
 
@@ -443,11 +478,14 @@ def test_compare_cli_json_and_text(cmp_db, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["ref"], ["two or more checkpoints"]),
-    (["ref", "lonely"], ["no task and mode in common"]),
-    (["ref", "bettr"], ["unknown checkpoint 'bettr'", "did you mean 'better'"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["ref"], ["two or more checkpoints"]),
+        (["ref", "lonely"], ["no task and mode in common"]),
+        (["ref", "bettr"], ["unknown checkpoint 'bettr'", "did you mean 'better'"]),
+    ],
+)
 def test_compare_errors(cmp_db, args, fragments):
     assert_one_line_error(cli("compare", *args, "--results", cmp_db), *fragments)
 
@@ -457,32 +495,63 @@ def test_compare_errors(cmp_db, args, fragments):
 
 def test_leaderboard_cli_output_and_plot(board_db, tmp_path):
     out, plot = tmp_path / "lb.csv", tmp_path / "lb.png"
-    proc = cli("leaderboard", "--group", "paper6", "--format", "csv", "--output", out, "--plot", plot,
-               "--sort", "cifar10", "--results", board_db)
+    proc = cli(
+        "leaderboard",
+        "--group",
+        "paper6",
+        "--format",
+        "csv",
+        "--output",
+        out,
+        "--plot",
+        plot,
+        "--sort",
+        "cifar10",
+        "--results",
+        board_db,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""
     rows = list(csv.DictReader(out.open()))
     assert [(r["checkpoint"], r["mode"]) for r in rows] == [  # cifar10, best first
-        ("beta", "attention"), ("alpha", "attention"), ("beta", "linear"), ("alpha", "linear")]
+        ("beta", "attention"),
+        ("alpha", "attention"),
+        ("beta", "linear"),
+        ("alpha", "linear"),
+    ]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
 def test_leaderboard_cli_filters_to_stdout(board_db):
-    proc = cli("leaderboard", "-c", "alpha", "-m", "linear", "-t", "cifar10,cifar100", "--format", "json",
-               "--results", board_db)
+    proc = cli(
+        "leaderboard",
+        "-c",
+        "alpha",
+        "-m",
+        "linear",
+        "-t",
+        "cifar10,cifar100",
+        "--format",
+        "json",
+        "--results",
+        board_db,
+    )
     assert proc.returncode == 0, proc.stderr
     (row,) = json_lines(proc.stdout)
     assert (row["checkpoint"], row["mode"], row["group_tasks"]) == ("alpha", "linear", ["cifar10", "cifar100"])
     assert row["mean"] == pytest.approx((0.82 + 0.60) / 2)
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--group", "paper7"], ["unknown task group 'paper7'", "paper6"]),
-    (["--sort", "accuracy"], ["unknown sort column 'accuracy'"]),
-    (["-c", "gamma"], ["unknown checkpoint 'gamma'"]),
-    (["--plot", "x.gif"], [".png, .svg or .pdf"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--group", "paper7"], ["unknown task group 'paper7'", "paper6"]),
+        (["--sort", "accuracy"], ["unknown sort column 'accuracy'"]),
+        (["-c", "gamma"], ["unknown checkpoint 'gamma'"]),
+        (["--plot", "x.gif"], [".png, .svg or .pdf"]),
+    ],
+)
 def test_leaderboard_errors(board_db, args, fragments):
     assert_one_line_error(cli("leaderboard", *args, "--results", board_db), *fragments)
 
@@ -510,11 +579,28 @@ def _browser(url: str, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     if exe is None:
         pytest.skip("chromium not found (Debian: apt-get install chromium); the html report is not browser-tested")
     profile = tmp / f"profile{len(list(tmp.glob('profile*')))}"
-    return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
-                           "--virtual-time-budget=3000", *extra, url],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp)})
+    return subprocess.run(
+        [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=3000",
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(tmp)},
+    )
 
 
 @pytest.fixture(scope="module")

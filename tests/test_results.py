@@ -6,8 +6,18 @@ from transfer_eval.results import Result, Store
 
 
 def _result(**kw):
-    base = dict(checkpoint="c", weights_sha256="w" * 64, task="t", task_version=1, mode="linear",
-                protocol_hash="p" * 16, seed=0, top1=0.5, recipe={"lr": 0.1}, selection={"chosen": {"C": 1.0}})
+    base = dict(
+        checkpoint="c",
+        weights_sha256="w" * 64,
+        task="t",
+        task_version=1,
+        mode="linear",
+        protocol_hash="p" * 16,
+        seed=0,
+        top1=0.5,
+        recipe={"lr": 0.1},
+        selection={"chosen": {"C": 1.0}},
+    )
     return Result(**{**base, **kw})
 
 
@@ -55,14 +65,18 @@ def test_an_older_store_gains_new_fields(tmp_path):
 
     db = tmp_path / "old.sqlite"
     with sqlite3.connect(db) as con:  # a store from before `balanced_top1` and `shots` existed
-        con.execute("CREATE TABLE results (run_id INTEGER PRIMARY KEY AUTOINCREMENT, checkpoint TEXT, "
-                    "weights_sha256 TEXT, task TEXT, task_version INTEGER, mode TEXT, protocol_hash TEXT, "
-                    "seed INTEGER, status TEXT, top1 REAL, recipe TEXT, selection TEXT, val_holdout TEXT, "
-                    "skipped_files TEXT, UNIQUE (checkpoint, weights_sha256, task, task_version, mode, "
-                    "protocol_hash, seed))")
-        con.execute("INSERT INTO results (checkpoint, weights_sha256, task, task_version, mode, protocol_hash, "
-                    "seed, status, top1, recipe, selection) VALUES ('old', 'w', 't', 1, 'linear', 'p', 0, 'ok', "
-                    "0.25, '{}', '{}')")
+        con.execute(
+            "CREATE TABLE results (run_id INTEGER PRIMARY KEY AUTOINCREMENT, checkpoint TEXT, "
+            "weights_sha256 TEXT, task TEXT, task_version INTEGER, mode TEXT, protocol_hash TEXT, "
+            "seed INTEGER, status TEXT, top1 REAL, recipe TEXT, selection TEXT, val_holdout TEXT, "
+            "skipped_files TEXT, UNIQUE (checkpoint, weights_sha256, task, task_version, mode, "
+            "protocol_hash, seed))"
+        )
+        con.execute(
+            "INSERT INTO results (checkpoint, weights_sha256, task, task_version, mode, protocol_hash, "
+            "seed, status, top1, recipe, selection) VALUES ('old', 'w', 't', 1, 'linear', 'p', 0, 'ok', "
+            "0.25, '{}', '{}')"
+        )
     store = Store(db)
     (old,) = store.query()
     assert old.top1 == 0.25 and old.balanced_top1 is None
@@ -77,15 +91,19 @@ def test_many_processes_opening_a_new_store_at_once(tmp_path):
     import sys
     import time
 
-    code = ("import sys, time; from transfer_eval.results import Store, Result\n"
-            "start, folder, seed = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])\n"
-            "for r in range(5):\n"
-            "    while time.time() < start + 0.4 * r: pass\n"  # every process opens store r at the same instant
-            "    Store(f'{folder}/s{r}.sqlite').put(Result(checkpoint='c', weights_sha256='w', task='t', "
-            "task_version=1, mode='m', protocol_hash='p', seed=seed))\n")
+    code = (
+        "import sys, time; from transfer_eval.results import Store, Result\n"
+        "start, folder, seed = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])\n"
+        "for r in range(5):\n"
+        "    while time.time() < start + 0.4 * r: pass\n"  # every process opens store r at the same instant
+        "    Store(f'{folder}/s{r}.sqlite').put(Result(checkpoint='c', weights_sha256='w', task='t', "
+        "task_version=1, mode='m', protocol_hash='p', seed=seed))\n"
+    )
     start = time.time() + 4
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(start), str(tmp_path), str(i)],
-                              stderr=subprocess.PIPE) for i in range(6)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(start), str(tmp_path), str(i)], stderr=subprocess.PIPE)
+        for i in range(6)
+    ]
     errors = [p.communicate(timeout=300)[1].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), errors
     for r in range(5):

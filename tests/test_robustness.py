@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, cli, json_lines, stored_rows
+
 from transfer_eval.results import Store
 
 SHORT_FULL = ["-c", "vit_demo", "-t", "digits", "-m", "full", "--set", "steps=60", "--set", "warmup_steps=6"]
@@ -30,10 +30,21 @@ def test_resume_after_kill_reaches_the_same_accuracy(tmp_path):
     assert not any((cache / "resume").glob("*/*")), "a finished run removes its training checkpoints"
 
     db = tmp_path / "killed.sqlite"
-    args = [sys.executable, "-m", "transfer_eval", "run", *SHORT_FULL, "--results", str(db), "--json",
-            "--checkpoint-every", "10"]
-    proc = subprocess.Popen(args, env={**os.environ, "TQDM_DISABLE": "1", **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "-m",
+        "transfer_eval",
+        "run",
+        *SHORT_FULL,
+        "--results",
+        str(db),
+        "--json",
+        "--checkpoint-every",
+        "10",
+    ]
+    proc = subprocess.Popen(
+        args, env={**os.environ, "TQDM_DISABLE": "1", **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 900
     while time.time() < deadline and not list((cache / "resume").glob("*/lr*.pt")):
         assert proc.poll() is None, "the run ended before writing a training checkpoint"
@@ -60,18 +71,36 @@ def test_same_seed_is_deterministic_on_cpu(tmp_path):
     assert one.returncode == two.returncode == 0
     (r1,), (r2,) = json_lines(one.stdout), json_lines(two.stdout)
     assert r1["top1"] == r2["top1"] and r1["seed"] == r2["seed"] == 0
-    p1, p2 = Store(tmp_path / "a.sqlite").predictions(r1["run_id"]), Store(tmp_path / "b.sqlite").predictions(
-        r2["run_id"])
+    p1, p2 = (
+        Store(tmp_path / "a.sqlite").predictions(r1["run_id"]),
+        Store(tmp_path / "b.sqlite").predictions(r2["run_id"]),
+    )
     assert np.array_equal(p1[1], p2[1])
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):
     db = tmp_path / "shared.sqlite"
-    base = [sys.executable, "-m", "transfer_eval", "run", "-c", "vit_demo", "-t", "digits", "-m", "fewshot",
-            "--set", "shots=[1]", "--results", str(db)]
+    base = [
+        sys.executable,
+        "-m",
+        "transfer_eval",
+        "run",
+        "-c",
+        "vit_demo",
+        "-t",
+        "digits",
+        "-m",
+        "fewshot",
+        "--set",
+        "shots=[1]",
+        "--results",
+        str(db),
+    ]
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    procs = [subprocess.Popen(base + ["--seed", s], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for s in ("0", "1", "2", "0,1")]  # the last repeats keys the others write
+    procs = [
+        subprocess.Popen(base + ["--seed", s], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for s in ("0", "1", "2", "0,1")
+    ]  # the last repeats keys the others write
     for p in procs:
         _, err = p.communicate(timeout=900)
         assert p.returncode == 0, err
@@ -82,8 +111,28 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 
 def test_divergence_is_a_failed_record_retried_next_time(tmp_path):
     db = tmp_path / "r.sqlite"
-    args = ["run", "-c", "vit_demo", "-t", "digits", "-m", "full", "--set", "steps=5", "--set", "warmup_steps=1",
-            "--set", "lr=1e12", "--set", "optimizer=sgd", "--set", "grad_clip=null", "--results", db, "--json"]
+    args = [
+        "run",
+        "-c",
+        "vit_demo",
+        "-t",
+        "digits",
+        "-m",
+        "full",
+        "--set",
+        "steps=5",
+        "--set",
+        "warmup_steps=1",
+        "--set",
+        "lr=1e12",
+        "--set",
+        "optimizer=sgd",
+        "--set",
+        "grad_clip=null",
+        "--results",
+        db,
+        "--json",
+    ]
     first = cli(*args)
     assert first.returncode == 1
     assert "diverged" in first.stderr
@@ -113,9 +162,11 @@ def bad_inputs(tmp_path):
     (tmp_path / "weights.yaml").write_text(
         "wrong:\n  model: vit_small_patch16_224\n  weights: wrong.safetensors\n  pretraining: t\n"
         "  model_args: {img_size: 16, patch_size: 4, embed_dim: 128, depth: 4, num_heads: 4}\n"
-        "evil:\n  model: vit_small_patch16_224\n  weights: evil.pth\n  pretraining: t\n")
-    (tmp_path / "url.yaml").write_text("url:\n  model: vit_small_patch16_224\n  weights: https://example.org/w.pth\n"
-                                       "  pretraining: t\n")
+        "evil:\n  model: vit_small_patch16_224\n  weights: evil.pth\n  pretraining: t\n"
+    )
+    (tmp_path / "url.yaml").write_text(
+        "url:\n  model: vit_small_patch16_224\n  weights: https://example.org/w.pth\n  pretraining: t\n"
+    )
     (tmp_path / "empty_data").mkdir()
     (tmp_path / "wrong_data" / "cifar-10-batches-py").mkdir(parents=True)
     return tmp_path
@@ -132,8 +183,10 @@ BAD = [  # (arguments, fragments of the one error line)
     (["--registry", "{d}/url.yaml", "-c", "url", "-t", "digits", "-m", "linear"], ["url.yaml:1", "sha256"]),
     (["-c", "vit_demo", "-t", "cifar10", "-m", "linear", "--data-dir", "{d}/missing"], ["cifar10", "missing"]),
     (["-c", "vit_demo", "-t", "cifar10", "-m", "linear", "--data-dir", "{d}/empty_data"], ["cifar10", "empty_data"]),
-    (["-c", "vit_demo", "-t", "cifar10", "-m", "linear", "--data-dir", "{d}/wrong_data", "--skip-verify"],
-     ["cifar10", "data_batch_1"]),
+    (
+        ["-c", "vit_demo", "-t", "cifar10", "-m", "linear", "--data-dir", "{d}/wrong_data", "--skip-verify"],
+        ["cifar10", "data_batch_1"],
+    ),
     (["-c", "vit_demo", "-t", "digits", "-m", "full", "--set", "stepz=3"], ["unknown recipe field", "stepz"]),
     (["-c", "vit_demo", "-t", "digits", "-m", "pretrained"], ["random weights"]),
 ]

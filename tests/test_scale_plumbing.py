@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from transfer_eval import cache, evaluate, fewshot
+from transfer_eval import evaluate, fewshot, transforms
+from transfer_eval.cache import features as cache
 
 
 def test_feature_writer_streams_into_one_npy_and_publishes_whole(tmp_path, monkeypatch):
@@ -13,7 +14,7 @@ def test_feature_writer_streams_into_one_npy_and_publishes_whole(tmp_path, monke
     rows = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
     with cache.FeatureWriter("k1", 10) as w:
         for i in range(0, 10, 4):
-            w.write(rows[i:i + 4])
+            w.write(rows[i : i + 4])
         assert cache.load("k1") is None  # nothing visible before the commit
         w.commit(np.arange(10), {"task": "t", "images": 10})
     feats, labels = cache.load("k1")
@@ -52,8 +53,9 @@ def test_topk_on_the_device_is_a_stable_argsort(classes):
     assert np.array_equal(got, ref)  # equal scores: the lower class first, at every place
     assert np.array_equal(got[:, 0], scores.argmax(1))
     distinct = rng.permutation(50 * classes).reshape(50, classes).astype(np.float32)  # no ties: topk alone
-    assert np.array_equal(evaluate.topk(torch.from_numpy(distinct)).numpy()[:, :min(5, classes)],
-                          np.argsort(-distinct, axis=1)[:, :5])
+    assert np.array_equal(
+        evaluate.topk(torch.from_numpy(distinct)).numpy()[:, : min(5, classes)], np.argsort(-distinct, axis=1)[:, :5]
+    )
 
 
 @pytest.mark.parametrize("n, d", [(60, 8), (12, 40)])
@@ -139,8 +141,9 @@ def test_loss_is_read_every_n_steps_and_a_nan_still_names_its_step(monkeypatch):
     monkeypatch.setattr(finetune.F, "cross_entropy", nan_at_step_7)
     reads = []
     real_check = finetune.check_losses
-    monkeypatch.setattr(finetune, "check_losses", lambda losses, lr: (reads.append(len(losses)),
-                                                                      real_check(losses, lr))[1])
+    monkeypatch.setattr(
+        finetune, "check_losses", lambda losses, lr: (reads.append(len(losses)), real_check(losses, lr))[1]
+    )
     with pytest.raises(finetune.Diverged, match=r"loss became nan at step 7 .*read at step 19"):
         finetune.train(model, split, cfg, recipe, 0.01, torch.device("cpu"), seed=0)
     assert reads == [finetune.LOSS_EVERY] and len(calls) == 20  # one read for 20 steps, none per step
@@ -158,20 +161,25 @@ def test_default_workers_follow_the_cores(monkeypatch):
 
 
 def test_workers_hand_over_uint8_and_the_device_normalises():
+    from PIL import Image
+
     from transfer_eval import data
     from transfer_eval.tasks import ImageSplit
 
-    from PIL import Image
-
     images = np.random.default_rng(0).integers(0, 256, size=(4, 16, 16, 3), dtype=np.uint8)
     split = ImageSplit(lambda i: Image.fromarray(images[i]), [0, 1, 2, 3])
-    cfg = {"input_size": (3, 16, 16), "interpolation": "bilinear", "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3),
-           "crop_pct": 1.0}
+    cfg = {
+        "input_size": (3, 16, 16),
+        "interpolation": "bilinear",
+        "mean": (0.5, 0.4, 0.3),
+        "std": (0.2, 0.25, 0.3),
+        "crop_pct": 1.0,
+    }
     pipe = data.pipeline(split, cfg, torch.device("cpu"))
     dl = data.loader(pipe, 4, torch.device("cpu"))
     raw, _ = next(iter(dl))
     assert raw.dtype == torch.uint8 and raw.shape == (4, 3, 16, 16)  # what crosses the worker boundary
     x, y = next(pipe.batches(dl))
-    ref = data.eval_transform(cfg)  # timm's float transform: ToTensor + Normalize on the CPU
+    ref = transforms.eval_transform(cfg)  # timm's float transform: ToTensor + Normalize on the CPU
     expected = torch.stack([ref(split.image(i)) for i in range(4)])
     assert torch.equal(x, expected) and y.tolist() == [0, 1, 2, 3]  # bit for bit: results do not move

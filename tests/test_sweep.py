@@ -1,6 +1,7 @@
 """`transfer-eval sweep`: plans only what is missing, launches jobs, and results land in the same store."""
 
 from conftest import cli, stored_rows
+
 from transfer_eval import runner, sweep, tasks
 from transfer_eval.checkpoints import load_registry
 from transfer_eval.modes import MODES
@@ -8,8 +9,12 @@ from transfer_eval.modes import MODES
 
 def test_plan_jobs_per_run_and_per_group():
     reg, digits = load_registry(), tasks.discover()["digits"]
-    runs = runner.plan([reg["vit_demo"], reg["vit_demo_shapes"]], [digits], [MODES["linear"], MODES["fewshot"]],
-                       overrides={"shots": [1, 5]})
+    runs = runner.plan(
+        [reg["vit_demo"], reg["vit_demo_shapes"]],
+        [digits],
+        [MODES["linear"], MODES["fewshot"]],
+        overrides={"shots": [1, 5]},
+    )
     assert len(runs) == 2 * (1 + 2 * 3)
     pending = {r.key for r in runs if not (r.checkpoint.name == "vit_demo" and r.mode.name == "linear")}
     per_run = sweep.plan_jobs(runs, pending, "run", ["--results", "db"])
@@ -23,8 +28,21 @@ def test_plan_jobs_per_run_and_per_group():
 
 def test_sweep_runs_what_is_missing_then_nothing(tmp_path):
     db = tmp_path / "r.sqlite"
-    args = ["sweep", "-c", "vit_demo", "-t", "digits", "-m", "fewshot", "--seed", "0,1", "--set", "shots=[1]",
-            "--results", db]
+    args = [
+        "sweep",
+        "-c",
+        "vit_demo",
+        "-t",
+        "digits",
+        "-m",
+        "fewshot",
+        "--seed",
+        "0,1",
+        "--set",
+        "shots=[1]",
+        "--results",
+        db,
+    ]
     plan = cli(*args, "--dry-run")
     assert plan.returncode == 0 and "2 to run in 1 jobs" in plan.stdout and stored_rows(db) == 0
     done = cli(*args)

@@ -4,8 +4,8 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, cli, json_lines, stored_rows
+
 from transfer_eval import tasks
 from transfer_eval.tasks import LoadContext, holdout
 
@@ -63,8 +63,9 @@ def test_user_plugin_runs_end_to_end(plugin_dir, db):
     listed = cli("list", "tasks", "--json", "--tasks-dir", plugin_dir)
     assert listed.returncode == 0
     assert "squares" in {row["name"] for row in json_lines(listed.stdout)}
-    proc = cli("run", "-c", "vit_demo", "-t", "squares", "-m", "linear", "--tasks-dir", plugin_dir,
-               "--results", db, "--json")
+    proc = cli(
+        "run", "-c", "vit_demo", "-t", "squares", "-m", "linear", "--tasks-dir", plugin_dir, "--results", db, "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     (row,) = json_lines(proc.stdout)
     assert row["task"] == "squares" and row["task_version"] == 2 and row["status"] == "ok"
@@ -129,3 +130,27 @@ def test_plugin_docstring_contract_is_documented():
     # A newcomer adding a task reads the module docstring: it must say how plugins are found.
     doc = textwrap.dedent(tasks.__doc__)
     assert "--tasks-dir" in doc and "transfer_eval.tasks" in doc and "TASKS" in doc
+
+
+def test_a_task_declaring_val_holdout_gets_it_from_the_suite():
+    """With val_holdout the loader is asked for "train" and "test" only; train and val are the kept and held-out
+    parts of the loader's train, by the documented rule, for every task alike."""
+    from conftest import expected_holdout
+
+    from transfer_eval.tasks import ImageSplit, Task
+
+    asked = []
+    labels = [i % 4 for i in range(40)]
+
+    def load(split, ctx):
+        asked.append(split)
+        n = 40 if split == "train" else 8
+        return ImageSplit(lambda i: None, labels[:n], [f"{split}/{i}" for i in range(n)])
+
+    task = Task(name="held", num_classes=4, load=load, val_holdout={"fraction": 0.25, "seed": 3})
+    ctx = LoadContext(".")
+    train, val, test = (task.dataset(s, ctx) for s in ("train", "val", "test"))
+    assert set(asked) == {"train", "test"}
+    assert [int(i.split("/")[1]) for i in val.ids] == expected_holdout(labels, 0.25, 3)
+    assert sorted(train.ids + val.ids, key=lambda s: int(s.split("/")[1])) == [f"train/{i}" for i in range(40)]
+    assert len(test) == 8

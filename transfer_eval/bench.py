@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transfer_eval import checkpoints, costs, data, evaluate, finetune, modes
+from transfer_eval import checkpoints, costs, data, devices, evaluate, finetune, modes
 from transfer_eval.tasks import ImageSplit
 
 
@@ -68,8 +68,7 @@ def _bare_model(ck, mode, num_classes, resolution, device):
     torch.manual_seed(ck.seed)
     kwargs = {**ck.model_args, "num_classes": num_classes, **({"img_size": resolution} if resolution else {})}
     ref = timm.create_model(ck.architecture, pretrained=False, **kwargs)
-    if mode.name == "lora":
-        ref = modes.prepare(mode, ref)
+    ref = modes.prepare(mode, ref)  # LoRA's adapters; other modes leave the model as it is
     names = modes.trainable_names(mode, ref)
     for n, p in ref.named_parameters():
         p.requires_grad_(n in names)
@@ -93,20 +92,31 @@ def _loop(spec: dict, results) -> None:
     before = _in_use_mb(device)
     if spec["which"] == "suite":
         model, cfg, _ = _build(ck, mode, spec["num_classes"], spec["resolution"], device)
-        recipe = finetune.make_recipe({"optimizer": spec["optimizer"], "lr": 1e-4, "steps": 10**6,
-                                       "warmup_steps": 0, "batch_size": spec["batch_size"], "grad_clip": None})
+        recipe = finetune.make_recipe(
+            {
+                "optimizer": spec["optimizer"],
+                "lr": 1e-4,
+                "steps": 10**6,
+                "warmup_steps": 0,
+                "batch_size": spec["batch_size"],
+                "grad_clip": None,
+            }
+        )
         step_fn = finetune.step_fn(model.train(), recipe, recipe.lr, device, compile=spec["compile"])
         flops = costs.train_step_flops(model, cfg, device) * spec["batch_size"]
     else:
         model = _bare_model(ck, mode, spec["num_classes"], spec["resolution"], device).train()
         cfg = checkpoints.data_config(model, ck, spec["resolution"])
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = (torch.optim.AdamW(params, lr=1e-4) if spec["optimizer"] == "adamw"
-               else torch.optim.SGD(params, lr=1e-4, momentum=0.9))
+        opt = (
+            torch.optim.AdamW(params, lr=1e-4)
+            if spec["optimizer"] == "adamw"
+            else torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+        )
         forward = torch.compile(model) if spec["compile"] else model
 
         def step_fn(x, y):
-            with data.autocast(device):
+            with devices.autocast(device):
                 loss = F.cross_entropy(forward(x), y)
             loss.backward()
             opt.step()
@@ -117,10 +127,16 @@ def _loop(spec: dict, results) -> None:
     x = torch.randn(spec["batch_size"], c, h, w, device=device)
     y = torch.randint(0, spec["num_classes"], (spec["batch_size"],), device=device)
     seconds = _time(lambda: step_fn(x, y), spec["steps"], 2, device)  # warm-up creates the optimiser state
-    with costs.PeakMemory(device) as mem:
+    with devices.PeakMemory(device) as mem:
         step_fn(x, y)
-    results.put({"seconds": seconds, "peak_mb": mem.mb - before, "flops": flops,
-                 "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+    results.put(
+        {
+            "seconds": seconds,
+            "peak_mb": mem.mb - before,
+            "flops": flops,
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+    )
 
 
 def _in_child(spec: dict) -> dict:
@@ -135,19 +151,42 @@ def _in_child(spec: dict) -> dict:
     return out
 
 
-def train_step(ck, mode, batch_size: int, steps: int, device, resolution=None, num_classes=1000,
-               optimizer: str = "adamw", compile: bool = False) -> dict:
-    spec = {"checkpoint": ck, "mode": mode.name, "batch_size": batch_size, "steps": steps,
-            "device": str(device), "resolution": resolution, "num_classes": num_classes, "optimizer": optimizer,
-            "threads": torch.get_num_threads(), "compile": compile}
+def train_step(
+    ck,
+    mode,
+    batch_size: int,
+    steps: int,
+    device,
+    resolution=None,
+    num_classes=1000,
+    optimizer: str = "adamw",
+    compile: bool = False,
+) -> dict:
+    spec = {
+        "checkpoint": ck,
+        "mode": mode.name,
+        "batch_size": batch_size,
+        "steps": steps,
+        "device": str(device),
+        "resolution": resolution,
+        "num_classes": num_classes,
+        "optimizer": optimizer,
+        "threads": torch.get_num_threads(),
+        "compile": compile,
+    }
     suite = _in_child({**spec, "which": "suite"})
     bare = _in_child({**spec, "which": "bare"})
     return {
-        "suite_step_s": suite["seconds"], "ref_step_s": bare["seconds"],
-        "suite_images_per_s": batch_size / suite["seconds"], "ref_images_per_s": batch_size / bare["seconds"],
-        "ratio_vs_reference": bare["seconds"] / suite["seconds"], "suite_peak_mb": suite["peak_mb"],
-        "ref_peak_mb": bare["peak_mb"], "train_gflops_per_step": suite["flops"] / 1e9,
-        "suite_tflops": suite["flops"] / suite["seconds"] / 1e12, "params_trainable": suite["trainable"],
+        "suite_step_s": suite["seconds"],
+        "ref_step_s": bare["seconds"],
+        "suite_images_per_s": batch_size / suite["seconds"],
+        "ref_images_per_s": batch_size / bare["seconds"],
+        "ratio_vs_reference": bare["seconds"] / suite["seconds"],
+        "suite_peak_mb": suite["peak_mb"],
+        "ref_peak_mb": bare["peak_mb"],
+        "train_gflops_per_step": suite["flops"] / 1e9,
+        "suite_tflops": suite["flops"] / suite["seconds"] / 1e12,
+        "params_trainable": suite["trainable"],
     }
 
 
@@ -173,7 +212,7 @@ def extraction(ck, batch_size: int, steps: int, device, resolution=None, num_cla
 
     @torch.no_grad()
     def bare():
-        with data.autocast(device):
+        with devices.autocast(device):
             ref.forward_head(ref.forward_features(x), pre_logits=True)
 
     ref_s = _time(bare, steps, 1, device) * steps
@@ -189,7 +228,7 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
 
     from PIL import Image
 
-    from transfer_eval import image_cache
+    from transfer_eval.cache import images as image_cache
 
     aug = {"augment": True, "hflip": 0.5, "crop_scale": (0.05, 1.0), "randaugment": None, "random_erasing": 0.0}
     n = batch_size * (batches + 1)
@@ -210,9 +249,11 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
         return batch_size * batches / (time.perf_counter() - start)
 
     on_device = data.InputPlan(native_size=(32, 32), train_on_device=True, eval_on_device=True, workers=workers)
-    out = {"workers": data.default_workers(device) if workers is None else workers,
-           "small_cpu_images_per_s": rate(cifar, data.InputPlan(workers=workers)),
-           "small_device_images_per_s": rate(cifar, on_device)}
+    out = {
+        "workers": data.default_workers(device) if workers is None else workers,
+        "small_cpu_images_per_s": rate(cifar, data.InputPlan(workers=workers)),
+        "small_device_images_per_s": rate(cifar, on_device),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         previous = os.environ.get("TRANSFER_EVAL_CACHE")
         os.environ["TRANSFER_EVAL_CACHE"] = tmp
@@ -238,19 +279,37 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
     return out
 
 
-def run(ck, mode_list, batch_size: int, steps: int, device, resolution=None, workers: int | None = None,
-        compile: bool = False) -> dict:
-    report = {"checkpoint": ck.name, "model": ck.model, "batch_size": batch_size, "steps": steps, "compile": compile,
-              "device": costs.device_name(device), "precision": data.precision(device),
-              "torch": torch.__version__, "matmul_peak_tflops": matmul_peak_tflops(device), "modes": {}}
+def run(
+    ck,
+    mode_list,
+    batch_size: int,
+    steps: int,
+    device,
+    resolution=None,
+    workers: int | None = None,
+    compile: bool = False,
+) -> dict:
+    report = {
+        "checkpoint": ck.name,
+        "model": ck.model,
+        "batch_size": batch_size,
+        "steps": steps,
+        "compile": compile,
+        "device": devices.device_name(device),
+        "precision": devices.precision(device),
+        "torch": torch.__version__,
+        "matmul_peak_tflops": matmul_peak_tflops(device),
+        "modes": {},
+    }
     for mode in mode_list:
-        if mode.kind == "finetune":
+        if mode.stage == "finetune":
             r = train_step(ck, mode, batch_size, steps, device, resolution, compile=compile)
             r["fraction_of_matmul_peak"] = r["suite_tflops"] / report["matmul_peak_tflops"]
             report["modes"][mode.name] = r
     report["extraction"] = extraction(ck, batch_size, steps, device, resolution)
-    cfg = checkpoints.data_config(_bare_model(ck, modes.MODES["linear"], 1000, resolution, torch.device("cpu")), ck,
-                                  resolution)
+    cfg = checkpoints.data_config(
+        _bare_model(ck, modes.MODES["linear"], 1000, resolution, torch.device("cpu")), ck, resolution
+    )
     report["input_pipeline"] = pipe = input_pipeline(cfg, batch_size, steps, device, workers)
     if report["modes"]:  # does the fastest pipeline keep up with the fastest training step?
         fastest = max(r["suite_images_per_s"] for r in report["modes"].values())

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import torch
 
-from transfer_eval import costs, logistic, probe
+from transfer_eval import devices, logistic, probe
 
 
 def synthetic_features(n: int, dim: int, classes: int, seed: int = 0):
@@ -70,44 +70,79 @@ def sklearn_probe(train, val, num_classes: int, c_grid, tol: float, max_iter: in
     bias = np.zeros(num_classes)
     weight[clf.classes_], bias[clf.classes_] = clf.coef_ / sd, clf.intercept_
     bias = bias - weight @ mu
-    return {"chosen_c": best, "grid": {f"{c:.4g}": a for c, a in sorted(scores.items())},
-            "iterations": {f"{c:.4g}": n for c, n in sorted(iterations.items())},
-            "refit_iterations": int(clf.n_iter_[0]), "head_weight": weight, "head_bias": bias}
+    return {
+        "chosen_c": best,
+        "grid": {f"{c:.4g}": a for c, a in sorted(scores.items())},
+        "iterations": {f"{c:.4g}": n for c, n in sorted(iterations.items())},
+        "refit_iterations": int(clf.n_iter_[0]),
+        "head_weight": weight,
+        "head_bias": bias,
+    }
 
 
 def _predict(x, weight, bias) -> np.ndarray:
     return (x @ weight.T.astype(np.float32) + bias.astype(np.float32)).argmax(1)
 
 
-def probe_scale(n: int, dim: int, classes: int, device, c_grid, tol: float = logistic.TOL,
-                max_iter: int = logistic.MAX_ITER, sklearn: bool = True) -> dict:
+def probe_scale(
+    n: int,
+    dim: int,
+    classes: int,
+    device,
+    c_grid,
+    tol: float = logistic.TOL,
+    max_iter: int = logistic.MAX_ITER,
+    sklearn: bool = True,
+) -> dict:
     train, val, (xte, yte) = synthetic_features(n, dim, classes)
-    out = {"n_train": n, "n_val": len(val[1]), "dim": dim, "classes": classes, "c_grid": list(c_grid), "tol": tol,
-           "device": costs.device_name(device)}
+    out = {
+        "n_train": n,
+        "n_val": len(val[1]),
+        "dim": dim,
+        "classes": classes,
+        "c_grid": list(c_grid),
+        "tol": tol,
+        "device": devices.device_name(device),
+    }
     start = time.perf_counter()
     ours = probe.linear_probe(train, val, classes, c_grid, device, tol, max_iter)
     seconds = time.perf_counter() - start
     sel = ours["selection"]
     iters = sum(sel["iterations"].values()) + sel["refit_iterations"]
     pred = _predict(xte, ours["head_weight"], ours["head_bias"])
-    out["suite"] = {"seconds": seconds, "chosen_c": sel["chosen"]["C"], "grid": sel["grid"],
-                    "iterations": sel["iterations"], "refit_iterations": sel["refit_iterations"],
-                    "total_iterations": iters, "seconds_per_iteration": seconds / max(iters, 1),
-                    "not_converged": sel["not_converged"], "test_top1": float((pred == yte).mean())}
+    out["suite"] = {
+        "seconds": seconds,
+        "chosen_c": sel["chosen"]["C"],
+        "grid": sel["grid"],
+        "iterations": sel["iterations"],
+        "refit_iterations": sel["refit_iterations"],
+        "total_iterations": iters,
+        "seconds_per_iteration": seconds / max(iters, 1),
+        "not_converged": sel["not_converged"],
+        "test_top1": float((pred == yte).mean()),
+    }
     if sklearn:
         start = time.perf_counter()
         ref = sklearn_probe(train, val, classes, c_grid, tol, max_iter)
         seconds = time.perf_counter() - start
         ref_pred = _predict(xte, ref["head_weight"], ref["head_bias"])
         iters = sum(ref["iterations"].values()) + ref["refit_iterations"]
-        out["sklearn"] = {"seconds": seconds, "chosen_c": ref["chosen_c"], "grid": ref["grid"],
-                          "iterations": ref["iterations"], "refit_iterations": ref["refit_iterations"],
-                          "total_iterations": iters, "seconds_per_iteration": seconds / max(iters, 1),
-                          "test_top1": float((ref_pred == yte).mean())}
+        out["sklearn"] = {
+            "seconds": seconds,
+            "chosen_c": ref["chosen_c"],
+            "grid": ref["grid"],
+            "iterations": ref["iterations"],
+            "refit_iterations": ref["refit_iterations"],
+            "total_iterations": iters,
+            "seconds_per_iteration": seconds / max(iters, 1),
+            "test_top1": float((ref_pred == yte).mean()),
+        }
         w, w_ref = ours["head_weight"].astype(np.float64), ref["head_weight"]
-        out["agreement"] = {"same_c": bool(np.isclose(out["suite"]["chosen_c"], ref["chosen_c"])),
-                            "test_predictions_identical": float((pred == ref_pred).mean()),
-                            "head_weight_max_diff_relative": float(np.abs(w - w_ref).max() / np.abs(w_ref).max())}
+        out["agreement"] = {
+            "same_c": bool(np.isclose(out["suite"]["chosen_c"], ref["chosen_c"])),
+            "test_predictions_identical": float((pred == ref_pred).mean()),
+            "head_weight_max_diff_relative": float(np.abs(w - w_ref).max() / np.abs(w_ref).max()),
+        }
         out["speedup_vs_sklearn"] = out["sklearn"]["seconds"] / out["suite"]["seconds"]
     return out
 
@@ -141,8 +176,9 @@ def _extract_child(files: list[str], cache: str, queue) -> None:
 
     os.environ["TRANSFER_EVAL_CACHE"] = cache
     torch.manual_seed(0)
-    model = timm.create_model("vit_large_patch16_224", pretrained=False, img_size=16, patch_size=16, depth=1,
-                              num_classes=0)
+    model = timm.create_model(
+        "vit_large_patch16_224", pretrained=False, img_size=16, patch_size=16, depth=1, num_classes=0
+    )
     cfg = {**timm.data.resolve_model_data_config(model), "input_size": (3, 16, 16), "crop_pct": 1.0}
     split = ImageSplit.from_files(files, np.zeros(len(files), np.int64))
     ck = checkpoints.Checkpoint(name="bench-wide", model="vit_large_patch16_224")
@@ -151,8 +187,14 @@ def _extract_child(files: list[str], cache: str, queue) -> None:
     start = time.perf_counter()
     feats, _, _ = probe.cached_features(model, split, cfg, torch.device("cpu"), 256, parts)
     seconds = time.perf_counter() - start
-    queue.put({"images": len(files), "feature_mb": feats.nbytes / 2**20, "seconds": seconds,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    queue.put(
+        {
+            "images": len(files),
+            "feature_mb": feats.nbytes / 2**20,
+            "seconds": seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    )
 
 
 def extraction_memory(sizes: tuple[int, ...]) -> dict:

@@ -25,8 +25,18 @@ from transfer_eval import paths
 from transfer_eval.errors import UserError, unknown_name
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".npz")
-_FIELDS = {"model", "weights", "sha256", "family", "pretraining", "paper", "description", "seed", "model_args",
-           "data_config"}
+_FIELDS = {
+    "model",
+    "weights",
+    "sha256",
+    "family",
+    "pretraining",
+    "paper",
+    "description",
+    "seed",
+    "model_args",
+    "data_config",
+}
 _REQUIRED = ("model", "pretraining")
 _DATA_CONFIG_KEYS = {"mean", "std", "interpolation", "crop_pct", "crop_mode", "input_size"}
 BUILTIN = "<built-in checkpoints.yaml>"
@@ -110,8 +120,10 @@ def _parse_file(path: Path) -> dict[str, Checkpoint]:
             raise UserError(f"{where}: entry {name!r} must be a mapping with at least 'model' and 'pretraining'")
         unknown = sorted(set(entry) - _FIELDS)
         if unknown:
-            raise UserError(f"{where}: entry {name!r} has unknown field(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(sorted(_FIELDS))}")
+            raise UserError(
+                f"{where}: entry {name!r} has unknown field(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(_FIELDS))}"
+            )
         missing = [f for f in _REQUIRED if not entry.get(f)]
         if missing:
             raise UserError(f"{where}: entry {name!r} is missing required field(s) {', '.join(missing)}")
@@ -120,8 +132,10 @@ def _parse_file(path: Path) -> dict[str, Checkpoint]:
                 raise UserError(f"{where}: entry {name!r}: {key} must be a mapping")
         bad = sorted(set(entry.get("data_config") or {}) - _DATA_CONFIG_KEYS)
         if bad:
-            raise UserError(f"{where}: entry {name!r}: unknown data_config key(s) {', '.join(bad)}; "
-                            f"allowed: {', '.join(sorted(_DATA_CONFIG_KEYS))}")
+            raise UserError(
+                f"{where}: entry {name!r}: unknown data_config key(s) {', '.join(bad)}; "
+                f"allowed: {', '.join(sorted(_DATA_CONFIG_KEYS))}"
+            )
         sha = entry.get("sha256")
         if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
             raise UserError(f"{where}: entry {name!r}: sha256 must be 64 hex digits in quotes, got {sha!r}")
@@ -146,8 +160,10 @@ def _parse_file(path: Path) -> dict[str, Checkpoint]:
         if ck.weights_kind == "url" and not ck.sha256:
             raise UserError(f"{where}: entry {name!r} loads weights from a URL and needs its sha256")
         if ck.weights_kind == "file" and not ck.weights.endswith(WEIGHT_SUFFIXES):
-            raise UserError(f"{where}: entry {name!r}: weights {ck.weights!r} is not timm, none, hf-hub:ORG/NAME, "
-                            f"an https URL or a file ending in {', '.join(WEIGHT_SUFFIXES)}")
+            raise UserError(
+                f"{where}: entry {name!r}: weights {ck.weights!r} is not timm, none, hf-hub:ORG/NAME, "
+                f"an https URL or a file ending in {', '.join(WEIGHT_SUFFIXES)}"
+            )
         out[ck.name] = ck
     return out
 
@@ -186,13 +202,17 @@ def resolve(name: str, registry: dict[str, Checkpoint]) -> Checkpoint:
     if timm.is_model(arch):
         if tag:
             if name not in timm.list_pretrained(arch + ".*"):
-                raise UserError(f"timm has no pretrained tag {name!r}; see `python -c \"import timm; "
-                                f"print(timm.list_pretrained('{arch}.*'))\"`")
+                raise UserError(
+                    f'timm has no pretrained tag {name!r}; see `python -c "import timm; '
+                    f"print(timm.list_pretrained('{arch}.*'))\"`"
+                )
             return Checkpoint(name=name, model=name, weights="timm", pretraining="see timm", source="timm")
-        return Checkpoint(name=name, model=name, weights="none", pretraining="none (random init, seed 0)",
-                          source="timm")
-    raise unknown_name("checkpoint", name, registry,
-                       hint="(a registry name, a timm architecture, or add it with --registry FILE)")
+        return Checkpoint(
+            name=name, model=name, weights="none", pretraining="none (random init, seed 0)", source="timm"
+        )
+    raise unknown_name(
+        "checkpoint", name, registry, hint="(a registry name, a timm architecture, or add it with --registry FILE)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -232,8 +252,10 @@ def weights_digest(ck: Checkpoint) -> str:
             raise UserError(f"checkpoint {ck.name!r}: weights file {p} does not exist")
         digest = file_sha256(p)
         if ck.sha256 and digest != ck.sha256:
-            raise UserError(f"checkpoint {ck.name!r}: {p} has sha256 {digest}, the registry says {ck.sha256}; "
-                            f"the file is corrupt or not the one registered")
+            raise UserError(
+                f"checkpoint {ck.name!r}: {p} has sha256 {digest}, the registry says {ck.sha256}; "
+                f"the file is corrupt or not the one registered"
+            )
         return digest
     ident = f"{kind}:{ck.weights if kind == 'hf-hub' else ck.model}"
     return hashlib.sha256(ident.encode()).hexdigest()
@@ -260,8 +282,9 @@ def load_state_dict(path: Path) -> dict:
         raise UserError(f"cannot read {path}: {e}; the file is truncated or not a PyTorch checkpoint") from None
     except Exception as e:  # weights_only refuses anything that is not plain tensors and containers
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"refusing to load {path}: it is not a weights-only checkpoint ({first[:200]}); "
-                        f"convert it to .safetensors") from None
+        raise UserError(
+            f"refusing to load {path}: it is not a weights-only checkpoint ({first[:200]}); convert it to .safetensors"
+        ) from None
     if isinstance(obj, dict):
         for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -287,8 +310,9 @@ def _download(ck: Checkpoint) -> Path:
                 raise UserError(f"checkpoint {ck.name!r}: cannot download {ck.weights}: {e}") from None
             digest = file_sha256(tmp)
             if digest != ck.sha256:
-                raise UserError(f"checkpoint {ck.name!r}: {ck.weights} has sha256 {digest}, expected "
-                                f"{ck.sha256}; not used")
+                raise UserError(
+                    f"checkpoint {ck.name!r}: {ck.weights} has sha256 {digest}, expected {ck.sha256}; not used"
+                )
     return dest
 
 
@@ -349,8 +373,11 @@ def _load_file_weights(model, path: Path, ck: Checkpoint, keep_head: bool) -> No
     head_fits = all(k in sd and tuple(sd[k].shape) == tuple(own[k].shape) for k in head_keys)
     if not (keep_head and head_fits):
         sd = {k: v for k, v in sd.items() if k not in head_keys}
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items()
-             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
     missing = sorted(set(own) - set(sd) - head_keys)
     unexpected = sorted(set(sd) - set(own))
     if wrong or missing or unexpected:
@@ -360,15 +387,22 @@ def _load_file_weights(model, path: Path, ck: Checkpoint, keep_head: bool) -> No
         if missing:
             parts.append(f"missing: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} ({len(missing)})")
         if unexpected:
-            parts.append(f"unexpected: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''} "
-                         f"({len(unexpected)})")
+            parts.append(
+                f"unexpected: {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+            )
         raise UserError(f"checkpoint {ck.name!r}: {path} does not fit {ck.model}: {'; '.join(parts)}")
     with torch.no_grad():
         model.load_state_dict(sd, strict=False)
 
 
-def build_model(ck: Checkpoint, num_classes: int, resolution: int | None = None, keep_head: bool = False,
-                load_weights: bool = True, model_kwargs: dict | None = None):
+def build_model(
+    ck: Checkpoint,
+    num_classes: int,
+    resolution: int | None = None,
+    keep_head: bool = False,
+    load_weights: bool = True,
+    model_kwargs: dict | None = None,
+):
     """A timm model with the checkpoint's weights and a zero-initialised `num_classes` head, and its data config.
 
     The head is zeroed as in the ViT paper (B.1.1) unless `keep_head`, which keeps a pretrained head of the
@@ -401,11 +435,13 @@ def build_model(ck: Checkpoint, num_classes: int, resolution: int | None = None,
         raise
     except (OSError, RuntimeError) as e:
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if kind in ("timm", "hf-hub") and any(w in text.lower() for w in ("connect", "resolve", "offline", "hub",
-                                                                              "internet", "network")):
-            raise UserError(f"checkpoint {ck.name!r}: cannot fetch weights for {ck.model} ({text[:160]}); "
-                            f"this needs network access once, or use an offline checkpoint such as vit_demo") \
-                from None
+        if kind in ("timm", "hf-hub") and any(
+            w in text.lower() for w in ("connect", "resolve", "offline", "hub", "internet", "network")
+        ):
+            raise UserError(
+                f"checkpoint {ck.name!r}: cannot fetch weights for {ck.model} ({text[:160]}); "
+                f"this needs network access once, or use an offline checkpoint such as vit_demo"
+            ) from None
         raise
     if not keep_head:
         head = model.get_classifier()
@@ -431,30 +467,8 @@ def data_config(model, ck: Checkpoint, resolution: int | None = None) -> dict[st
 
 
 def apply_delta(model, path: str | Path) -> dict:
-    """Load a per-task delta (safetensors, as written by `run --save-delta`) into a model built from the shared
-    checkpoint; returns the delta's metadata. Every tensor must exist in the model with the same shape. A LoRA
-    delta first gets its adapters injected into the model (peft), with the rank and alpha it records."""
-    from safetensors import safe_open
+    """Load a per-task delta written by `run --save-delta` into a model built from the shared checkpoint (the name
+    every delta file's metadata gives; transfer_eval.deltas.apply does the work)."""
+    from transfer_eval import deltas
 
-    import torch
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if meta.get("mode") == "lora" and not any("lora_" in k for k in model.state_dict()):
-        from transfer_eval import modes
-
-        if "lora_rank" not in meta:
-            raise UserError(f"delta {path} holds LoRA adapters but not their rank and alpha; rebuild it with "
-                            f"`run --save-delta`")
-        modes.prepare(modes.MODES["lora"], model, {"lora_rank": int(meta["lora_rank"]),
-                                                   "lora_alpha": float(meta["lora_alpha"])})
-    own = model.state_dict()
-    bad = [k for k, v in tensors.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
-    if bad:
-        raise UserError(f"delta {path} does not fit this model: {', '.join(bad[:5])}; build the checkpoint with "
-                        f"the task's class count and resolution first")
-    with torch.no_grad():
-        for k, v in tensors.items():
-            own[k].copy_(v)
-    return meta
+    return deltas.apply(model, path)

@@ -1,5 +1,5 @@
-"""Compute and parameter-sharing cost, measured: FLOPs counted on real passes, memory read from the device or the
-process, bytes from a real safetensors file.
+"""Compute and parameter-sharing cost, measured: FLOPs counted on real passes, bytes from a real safetensors file
+(transfer_eval.deltas); peak memory is read by devices.PeakMemory.
 
 Convention: 1 multiply-add = 2 FLOPs (torch.utils.flop_counter's, and Scaling-ViT's: ViT-B/16 at 224 px is 35.1
 GFLOPs). GMACs = GFLOPs / 2 is the unit of the DeiT and timm tables (17.6 for ViT-B/16).
@@ -8,10 +8,6 @@ GFLOPs). GMACs = GFLOPs / 2 is the unit of the DeiT and timm tables (17.6 for Vi
 from __future__ import annotations
 
 import contextlib
-import os
-import resource
-import tempfile
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -69,93 +65,25 @@ def count(model, names=None) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if names is None or n in names)
 
 
-def delta_bytes(tensors: dict[str, torch.Tensor], path: str | Path | None = None,
-                metadata: dict[str, str] | None = None) -> int:
-    """Size of the per-task delta written as a safetensors file (kept at `path` if given, written atomically)."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    if path is not None:
-        from transfer_eval import io
-
-        with io.replacing(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
-        return os.path.getsize(path)
-    with tempfile.TemporaryDirectory() as d:
-        f = os.path.join(d, "delta.safetensors")
-        save_file(tensors, f, metadata=metadata)
-        return os.path.getsize(f)
-
-
-class PeakMemory:
-    """Peak memory over a block: CUDA's peak allocation on GPU, the process's peak resident set on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.mb: float | None = None
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self._reset_rss_peak()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        else:
-            self.mb = self._rss_peak_mb()
-        return False
-
-    def _reset_rss_peak(self):
-        # Linux: writing 5 to clear_refs resets VmHWM, so the peak is this block's, not the process's lifetime.
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-
-    @staticmethod
-    def _rss_peak_mb() -> float:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads " \
-           f"{torch.get_num_threads()})"
-
-
 def cost_card(model, data_config: dict, mode, device=torch.device("cpu")) -> dict:
     """Compute and sharing figures of a mode on a built model, without data: what `transfer-eval cost` prints.
     The model is adapted as a run adapts it (LoRA adapters injected with the mode's default rank) on a copy, so
     one built model serves every mode."""
     import copy
 
-    from transfer_eval import modes
+    from transfer_eval import deltas, modes
 
     model = modes.prepare(mode, copy.deepcopy(model))
     names = modes.apply(mode, model)
     fwd = forward_flops(model, data_config, device)
     # Probes' training compute is forward passes only (features; few-shot solves in closed form), as the runner
     # records it.
-    train = fwd if mode.kind in ("probe", "fewshot") else train_step_flops(model, data_config, device)
+    train = fwd if mode.stage in ("probe", "fewshot") else train_step_flops(model, data_config, device)
     state = model.state_dict()
     total = count(model)
     per_task = count(model, names)
-    full_bytes = delta_bytes(state)
-    task_bytes = delta_bytes({n: state[n] for n in names})
+    full_bytes = deltas.size(state)
+    task_bytes = deltas.size({n: state[n] for n in names})
     return {
         "resolution": data_config["input_size"][-1],
         "fwd_gflops_per_image": fwd / 1e9,

@@ -1,4 +1,4 @@
-"""Transforms from the checkpoint's data config (timm), and loaders over a task's splits."""
+"""Loaders over a task's splits: how images reach the model (the transforms themselves are in transforms.py)."""
 
 from __future__ import annotations
 
@@ -10,35 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from transfer_eval.tasks import ImageSplit
-
-
-def eval_transform(data_config: dict, uint8: bool = False):
-    """timm's evaluation transform: resize to size/crop_pct, centre crop, normalise with the weights' mean/std.
-    With `uint8`, it stops before normalising and gives uint8 CHW arrays (timm's prefetcher form): the device
-    normalises (`Pipeline.batches`)."""
-    from timm.data import create_transform
-
-    return create_transform(**_transform_args(data_config), is_training=False, use_prefetcher=uint8)
-
-
-def train_transform(data_config: dict, augment: bool = True, hflip: float = 0.5,
-                    crop_scale: tuple[float, float] = (0.08, 1.0), randaugment: str | None = None,
-                    random_erasing: float = 0.0, uint8: bool = False):
-    """Random-resized crop and flip (the ViT/BiT fine-tuning augmentation), plus timm's RandAugment and random
-    erasing where the recipe asks; the eval transform if not augment. With `uint8`, uint8 CHW arrays, and random
-    erasing is left to the device (timm's PrefetchLoader erases after normalising, as the CPU transform does)."""
-    from timm.data import create_transform
-
-    if not augment:
-        return eval_transform(data_config, uint8)
-    return create_transform(**_transform_args(data_config), is_training=True, hflip=hflip, scale=tuple(crop_scale),
-                            color_jitter=None, auto_augment=randaugment, re_prob=random_erasing,
-                            use_prefetcher=uint8)
-
-
-def _transform_args(cfg: dict) -> dict:
-    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-    return {k: cfg[k] for k in keys if k in cfg}
+from transfer_eval.transforms import eval_transform, train_transform
 
 
 class TransformedSplit(Dataset):
@@ -71,7 +43,7 @@ def default_workers(device: torch.device) -> int:
 #   PrefetchLoader copies the next one on a side stream while the model works on this one, and the device
 #   converts and normalises it, bit for bit as torchvision would on the CPU (a uint8 batch is 4x less to move
 #   and pin than a float one). Optionally from a cache of decoded images already at the training resolution
-#   (`--cache-images`, transfer_eval/image_cache.py), which leaves the workers only a crop and a small resize.
+#   (`--cache-images`, transfer_eval/cache/images.py), which leaves the workers only a crop and a small resize.
 # - "device-resize": for small images (CIFAR's 32 px), the workers only hand over uint8 images at their own size
 #   with each one's crop box and flip (drawn exactly as timm's RandomResizedCrop and torchvision's flip draw
 #   them); one batched bicubic crop-resize-flip (grid_sample) on the device makes the 224 px inputs. Moving 32 px
@@ -112,8 +84,9 @@ class InputPlan:
         return train if train == ev else f"train: {train}; eval: {ev}"
 
 
-def plan_input(options: InputOptions, split: ImageSplit, data_config: dict, device: torch.device,
-               recipe: dict | None) -> InputPlan:
+def plan_input(
+    options: InputOptions, split: ImageSplit, data_config: dict, device: torch.device, recipe: dict | None
+) -> InputPlan:
     """Decide where images are resized. `split` (not test: it may be sealed) shows the images' size; `recipe`
     (None for probes) the training augmentation. Under `on`, a pipeline the device cannot do is an error."""
     from transfer_eval.errors import UserError
@@ -129,8 +102,13 @@ def plan_input(options: InputOptions, split: ImageSplit, data_config: dict, devi
     if options.device_resize == "on" and (why or train_why):
         raise UserError(f"--device-resize on: {why or train_why}; use --device-resize auto or off")
     # a probe's training data goes through the evaluation pipeline
-    return InputPlan(native_size=size, train_on_device=why is None if recipe is None else train_why is None,
-                     eval_on_device=why is None, cache_images=cache, workers=options.workers)
+    return InputPlan(
+        native_size=size,
+        train_on_device=why is None if recipe is None else train_why is None,
+        eval_on_device=why is None,
+        cache_images=cache,
+        workers=options.workers,
+    )
 
 
 def _native_size(split: ImageSplit, data_config: dict) -> tuple[tuple[int, int] | None, str | None]:
@@ -146,7 +124,7 @@ def _native_size(split: ImageSplit, data_config: dict) -> tuple[tuple[int, int] 
     sizes = {split.image(i).size for i in probe}
     if len(sizes) > 1:
         return None, f"the images differ in size ({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:3])}, ...)"
-    (w, h), = sizes
+    ((w, h),) = sizes
     out = data_config["input_size"][-1]
     if max(w, h) > SMALL_IMAGE_MAX:
         return None, f"the images ({w}x{h}) are larger than {SMALL_IMAGE_MAX} px (use --cache-images for those)"
@@ -171,28 +149,39 @@ class Pipeline:
         self.dataset, self.batches, self.workers, self.collate = dataset, batches, workers, collate
 
 
-def pipeline(split: ImageSplit, data_config: dict, device: torch.device, plan: InputPlan | None = None,
-             train: dict | None = None) -> Pipeline:
+def pipeline(
+    split: ImageSplit, data_config: dict, device: torch.device, plan: InputPlan | None = None, train: dict | None = None
+) -> Pipeline:
     """The pipeline of one split: `train` holds the recipe's augmentation fields (augment, hflip, crop_scale,
     randaugment, random_erasing); None gives the evaluation pipeline."""
     plan = plan or InputPlan()
     on_device = plan.train_on_device if train is not None else plan.eval_on_device
     augment = train is not None and train.get("augment", True)
     if on_device:
-        box = RandomBoxes(train.get("crop_scale", (0.08, 1.0)), train.get("hflip", 0.5)) if augment else \
-            CenterBox(data_config)
+        box = (
+            RandomBoxes(train.get("crop_scale", (0.08, 1.0)), train.get("hflip", 0.5))
+            if augment
+            else CenterBox(data_config)
+        )
         resize = DeviceResize(data_config, device)
         return Pipeline(NativeSplit(split, plan.native_size, box), lambda dl: map(resize, dl), plan.workers)
     if plan.cache_images and split.paths is not None:
-        from transfer_eval import image_cache
+        from transfer_eval.cache import images as image_cache
 
         split = image_cache.cached(split, data_config, kind=image_cache.RAW if train is None else image_cache.JPEG)
     erasing = train.get("random_erasing", 0.0) if train is not None and augment else 0.0
     if train is None or not augment:
         transform = eval_transform(data_config, uint8=True)
     else:
-        transform = train_transform(data_config, True, train.get("hflip", 0.5), train.get("crop_scale", (0.08, 1.0)),
-                                    train.get("randaugment"), erasing, uint8=True)
+        transform = train_transform(
+            data_config,
+            True,
+            train.get("hflip", 0.5),
+            train.get("crop_scale", (0.08, 1.0)),
+            train.get("randaugment"),
+            erasing,
+            uint8=True,
+        )
 
     normalise = Normalise(data_config, device, erasing)
 
@@ -203,8 +192,10 @@ def pipeline(split: ImageSplit, data_config: dict, device: torch.device, plan: I
             # Without workers the transforms run here, drawing from this process's generators: reading one batch
             # ahead would move those draws before the step they used to follow, and a resumed run would not see
             # the crops of an uninterrupted one. The same conversion, one batch at a time.
-            return (normalise(x.to(device, non_blocking=True).float().div_(255), y.to(device, non_blocking=True))
-                    for x, y in dl)
+            return (
+                normalise(x.to(device, non_blocking=True).float().div_(255), y.to(device, non_blocking=True))
+                for x, y in dl
+            )
         # timm's prefetcher copies the next batch on a side stream and scales it to [0, 1] there (mean 0, std 1:
         # x / 255, as torchvision's ToTensor computes it); the normalisation follows, bit for bit torchvision's.
         prefetch = PrefetchLoader(dl, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), device=device)
@@ -332,39 +323,29 @@ def loader(pipe: Pipeline, batch_size: int, device: torch.device) -> DataLoader:
     """An in-order loader (evaluation, features). Its workers persist: a loader iterated again (val after each
     learning rate) reuses them instead of starting new ones."""
     workers = default_workers(device) if pipe.workers is None else pipe.workers
-    return DataLoader(pipe.dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0, collate_fn=pipe.collate)
+    return DataLoader(
+        pipe.dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        collate_fn=pipe.collate,
+    )
 
 
 def batch_loader(pipe: Pipeline, batch_sampler, device: torch.device) -> DataLoader:
     """A loader over `batch_sampler`'s index lists (training: EpochBatches, which never ends, so one iterator
     serves the whole phase and its workers live as long)."""
     workers = default_workers(device) if pipe.workers is None else pipe.workers
-    return DataLoader(pipe.dataset, batch_sampler=batch_sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-                      collate_fn=pipe.collate)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    from transfer_eval.errors import UserError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is visible here; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use auto, cpu or cuda[:N]") from None
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def precision(device: torch.device) -> str:
-    return "bf16-autocast" if device.type == "cuda" else "fp32"
+    return DataLoader(
+        pipe.dataset,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+        collate_fn=pipe.collate,
+    )
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -375,8 +356,16 @@ class EpochBatches(torch.utils.data.Sampler):
     Effective batch b is a pure function of (seed, b): a resumed run starts at its batch without reading the ones
     before it, and a smaller micro-batch (after running out of memory) splits the very same effective batch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_batch: int = 0, micro_size: int | None = None,
-                 rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        start_batch: int = 0,
+        micro_size: int | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start_batch
         self.rank, self.world = rank, world
         self.micro = micro_size or batch_size
@@ -392,11 +381,11 @@ class EpochBatches(torch.utils.data.Sampler):
             e, j = divmod(b, self.per_epoch)
             perm = self._epoch(e)
             for k in range(j, self.per_epoch):
-                batch = perm[k * self.batch_size:(k + 1) * self.batch_size]
+                batch = perm[k * self.batch_size : (k + 1) * self.batch_size]
                 share = len(batch) // self.world  # this process's contiguous share of the effective batch
-                batch = batch[self.rank * share:(self.rank + 1) * share]
+                batch = batch[self.rank * share : (self.rank + 1) * share]
                 for c in range(0, len(batch), self.micro):
-                    yield batch[c:c + self.micro].tolist()
+                    yield batch[c : c + self.micro].tolist()
             b = (e + 1) * self.per_epoch
 
     def chunks_per_batch(self) -> int:

@@ -12,27 +12,36 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from transfer_eval import data
+from transfer_eval import data, devices
 from transfer_eval.progress import bar
 
 TOP_K = 5  # every run stores its test top-5
 
 
-def eval_loader(split, data_config: dict, device: torch.device, batch_size: int = 256,
-                plan: data.InputPlan | None = None):
+def eval_loader(
+    split, data_config: dict, device: torch.device, batch_size: int = 256, plan: data.InputPlan | None = None
+):
     """(DataLoader, Pipeline) over a split for evaluation; a loader kept and iterated again reuses its workers."""
     pipe = data.pipeline(split, data_config, device, plan)
     return data.loader(pipe, batch_size, device), pipe
 
 
 @torch.no_grad()
-def outputs(forward: Callable, split, data_config: dict, device: torch.device, batch_size: int = 256,
-            plan: data.InputPlan | None = None, desc: str = "eval", loader=None) -> Iterator[torch.Tensor]:
+def outputs(
+    forward: Callable,
+    split,
+    data_config: dict,
+    device: torch.device,
+    batch_size: int = 256,
+    plan: data.InputPlan | None = None,
+    desc: str = "eval",
+    loader=None,
+) -> Iterator[torch.Tensor]:
     """`forward(x)` of every batch of the split, in order, on the device (eval mode, no grad, bf16 autocast on
     CUDA). `loader`: an eval_loader pair to reuse."""
     dl, pipe = loader or eval_loader(split, data_config, device, batch_size, plan)
     for x, _ in bar(pipe.batches(dl), desc, "batch", total=len(dl)):
-        with data.autocast(device):
+        with devices.autocast(device):
             yield forward(x)
 
 
@@ -57,9 +66,17 @@ def topk(scores: torch.Tensor, k: int = TOP_K) -> torch.Tensor:
     return idx
 
 
-def predict(model, split, data_config: dict, device: torch.device, batch_size: int = 256,
-            plan: data.InputPlan | None = None, desc: str = "eval", loader=None,
-            k: int = TOP_K) -> tuple[np.ndarray, float]:
+def predict(
+    model,
+    split,
+    data_config: dict,
+    device: torch.device,
+    batch_size: int = 256,
+    plan: data.InputPlan | None = None,
+    desc: str = "eval",
+    loader=None,
+    k: int = TOP_K,
+) -> tuple[np.ndarray, float]:
     """The model's top-k classes of every image (N x k int64, in the split's order) and the seconds it took.
     k = 1 gives the argmax only (what learning-rate selection on val needs)."""
     model.to(device).eval()
@@ -73,8 +90,16 @@ def predict(model, split, data_config: dict, device: torch.device, batch_size: i
     return (torch.cat(out).numpy() if out else np.zeros((0, k), np.int64)), seconds
 
 
-def features(model, split, data_config: dict, device: torch.device, write: Callable[[np.ndarray], None],
-             batch_size: int = 256, plan: data.InputPlan | None = None, desc: str = "features") -> None:
+def features(
+    model,
+    split,
+    data_config: dict,
+    device: torch.device,
+    write: Callable[[np.ndarray], None],
+    batch_size: int = 256,
+    plan: data.InputPlan | None = None,
+    desc: str = "features",
+) -> None:
     """Pre-logits features (float32 rows, in the split's order) handed to `write` batch by batch."""
     model.to(device).eval()
 
@@ -85,8 +110,15 @@ def features(model, split, data_config: dict, device: torch.device, write: Calla
         write(f.float().cpu().numpy())
 
 
-def feature_array(model, split, data_config: dict, device: torch.device, batch_size: int = 256,
-                  plan: data.InputPlan | None = None, desc: str = "features") -> np.ndarray:
+def feature_array(
+    model,
+    split,
+    data_config: dict,
+    device: torch.device,
+    batch_size: int = 256,
+    plan: data.InputPlan | None = None,
+    desc: str = "features",
+) -> np.ndarray:
     """The features of a split as one N x D float32 array in memory, filled in place (no list of batches)."""
     out: list[np.ndarray] = []
     done = 0
@@ -95,7 +127,7 @@ def feature_array(model, split, data_config: dict, device: torch.device, batch_s
         nonlocal done
         if not out:
             out.append(np.empty((len(split), rows.shape[1]), np.float32))
-        out[0][done:done + len(rows)] = rows
+        out[0][done : done + len(rows)] = rows
         done += len(rows)
 
     features(model, split, data_config, device, write, batch_size, plan, desc)

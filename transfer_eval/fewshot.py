@@ -33,8 +33,9 @@ def _standardised(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
     return torch.cat([z, z.new_full((len(z), 1), BIAS_CONSTANT)], 1)
 
 
-def solve(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = L2,
-          device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def solve(
+    x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = L2, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Closed-form ridge regression onto 2*onehot-1 targets, as big_vision solves it.
 
     Features are standardised with the few-shot set's mean and std (+1e-5), a constant feature of 100 is
@@ -75,6 +76,8 @@ def predict(x: np.ndarray, mean, std, w, device: torch.device | str = "cpu", k: 
     dev = torch.device(device)
     mean_t, std_t, w_t = (torch.as_tensor(np.asarray(a), device=dev).double() for a in (mean, std, w))
     rows = max(1, CHUNK_ELEMENTS // w_t.shape[1])
-    out = [topk(_standardised(torch.as_tensor(np.asarray(x[i:i + rows]), device=dev), mean_t, std_t) @ w_t,
-                k).cpu() for i in range(0, len(x), rows)]
+    out = [
+        topk(_standardised(torch.as_tensor(np.asarray(x[i : i + rows]), device=dev), mean_t, std_t) @ w_t, k).cpu()
+        for i in range(0, len(x), rows)
+    ]
     return torch.cat(out).numpy() if out else np.zeros((0, k), np.int64)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass
 
@@ -14,9 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transfer_eval import data, distributed, evaluate
-from transfer_eval.progress import bar
+from transfer_eval import data, devices, distributed, evaluate
 from transfer_eval.errors import UserError
+from transfer_eval.progress import bar
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,26 +62,63 @@ class Recipe:
 PRESETS = {
     "vit": {
         "about": "ViT paper fine-tuning (Table 4, App. B.1.1; big_vision transfer.py): SGD momentum 0.9, batch 512, "
-                 "no weight decay, clip at global norm 1, 500 warmup steps then cosine, zero-init head, lr chosen "
-                 "on held-out train data from {0.001, 0.003, 0.01, 0.03}, then retrained on all of train",
-        "fields": {"preset": "vit", "preset_version": 1, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0,
-                   "batch_size": 512, "grad_clip": 1.0, "warmup_steps": 500, "lr": 0.01,
-                   "lr_grid": [0.001, 0.003, 0.01, 0.03], "retrain": True, "augment": True, "hflip": 0.5,
-                   "crop_scale": [0.05, 1.0]},
+        "no weight decay, clip at global norm 1, 500 warmup steps then cosine, zero-init head, lr chosen "
+        "on held-out train data from {0.001, 0.003, 0.01, 0.03}, then retrained on all of train",
+        "fields": {
+            "preset": "vit",
+            "preset_version": 1,
+            "optimizer": "sgd",
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            "batch_size": 512,
+            "grad_clip": 1.0,
+            "warmup_steps": 500,
+            "lr": 0.01,
+            "lr_grid": [0.001, 0.003, 0.01, 0.03],
+            "retrain": True,
+            "augment": True,
+            "hflip": 0.5,
+            "crop_scale": [0.05, 1.0],
+        },
     },
     "deit": {
         "about": "DeiT / DeiT III fine-tuning as facebookresearch/deit main.py sets it: AdamW lr 5e-4 x batch/512, "
-                 "weight decay 0.05, label smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0, "
-                 "random erasing 0.25, stochastic depth 0.1, cosine after warmup; no lr search",
+        "weight decay 0.05, label smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0, "
+        "random erasing 0.25, stochastic depth 0.1, cosine after warmup; no lr search",
         "lr_per_512": 5e-4,  # DeiT's linear scaling rule: lr = 5e-4 x batch / 512, unless lr is set
-        "fields": {"preset": "deit", "preset_version": 2, "optimizer": "adamw", "lr": 5e-4, "lr_grid": [],
-                   "weight_decay": 0.05, "batch_size": 512, "grad_clip": None, "label_smoothing": 0.1,
-                   "randaugment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "mixup": 0.8, "cutmix": 1.0,
-                   "drop_path": 0.1, "retrain": False, "augment": True, "hflip": 0.5, "crop_scale": [0.08, 1.0]},
+        "fields": {
+            "preset": "deit",
+            "preset_version": 2,
+            "optimizer": "adamw",
+            "lr": 5e-4,
+            "lr_grid": [],
+            "weight_decay": 0.05,
+            "batch_size": 512,
+            "grad_clip": None,
+            "label_smoothing": 0.1,
+            "randaugment": "rand-m9-mstd0.5-inc1",
+            "random_erasing": 0.25,
+            "mixup": 0.8,
+            "cutmix": 1.0,
+            "drop_path": 0.1,
+            "retrain": False,
+            "augment": True,
+            "hflip": 0.5,
+            "crop_scale": [0.08, 1.0],
+        },
     },
 }
-SCHEDULE_FIELDS = {"steps", "warmup_steps", "batch_size", "micro_batch_size", "augment", "hflip", "crop_scale",
-                   "eval_batch_size", "resolution"}
+SCHEDULE_FIELDS = {
+    "steps",
+    "warmup_steps",
+    "batch_size",
+    "micro_batch_size",
+    "augment",
+    "hflip",
+    "crop_scale",
+    "eval_batch_size",
+    "resolution",
+}
 
 
 def preset_fields(name: str, task_fields: dict) -> dict:
@@ -130,8 +169,9 @@ def _optimizer(model, recipe: Recipe, lr: float, device: torch.device):
 
     # timm groups parameters (no weight decay on biases, norms, position embeddings) and skips frozen ones.
     if recipe.optimizer == "sgd":
-        return create_optimizer_v2(model, opt="momentum", lr=lr, momentum=recipe.momentum,
-                                   weight_decay=recipe.weight_decay)
+        return create_optimizer_v2(
+            model, opt="momentum", lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
     kwargs = {"fused": True} if device.type == "cuda" else {}
     return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=recipe.weight_decay, **kwargs)
 
@@ -157,9 +197,20 @@ def augmentation(recipe: Recipe) -> dict:
     return {k: getattr(recipe, k) for k in ("augment", "hflip", "crop_scale", "randaugment", "random_erasing")}
 
 
-def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: torch.device, seed: int,
-          desc: str = "train", checkpoints=None, phase: str = "train", plan: data.InputPlan | None = None,
-          compile: bool = False) -> dict:
+def train(
+    model,
+    split,
+    data_config: dict,
+    recipe: Recipe,
+    lr: float,
+    device: torch.device,
+    seed: int,
+    desc: str = "train",
+    checkpoints=None,
+    phase: str = "train",
+    plan: data.InputPlan | None = None,
+    compile: bool = False,
+) -> dict:
     """Train the parameters that require grad for `recipe.steps` optimizer steps. Returns timing figures.
 
     With `checkpoints` (resume.RunCheckpoints), the phase resumes from its last training checkpoint and writes
@@ -174,8 +225,12 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
 
-        mix = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, label_smoothing=recipe.label_smoothing,
-                    num_classes=model.num_classes)
+        mix = Mixup(
+            mixup_alpha=recipe.mixup,
+            cutmix_alpha=recipe.cutmix,
+            label_smoothing=recipe.label_smoothing,
+            num_classes=model.num_classes,
+        )
         soft_loss = SoftTargetCrossEntropy()
     model.to(device).train()
     opt = _optimizer(model, recipe, lr, device)
@@ -186,7 +241,7 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
     if state is not None:
         start_step, images, before = state["step"], state["extra"]["images"], state["extra"]["seconds"]
         micro, backoffs = state["extra"].get("micro", micro), state["extra"].get("backoffs", 0)
-        print(f"transfer-eval: resuming {desc} at step {start_step} of {recipe.steps}", file=sys.stderr)
+        log.info("transfer-eval: resuming %s at step %d of %d", desc, start_step, recipe.steps)
 
     world, rank = distributed.world_size(), distributed.rank()
     if min(recipe.batch_size, len(split)) % world:
@@ -196,8 +251,9 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
         ddp = compiled(ddp)
 
     def batches_from(step):
-        sampler = data.EpochBatches(len(split), recipe.batch_size, seed, start_batch=step, micro_size=micro,
-                                    rank=rank, world=world)
+        sampler = data.EpochBatches(
+            len(split), recipe.batch_size, seed, start_batch=step, micro_size=micro, rank=rank, world=world
+        )
         return sampler, pipe.batches(data.batch_loader(pipe, sampler, device))
 
     sampler, batches = batches_from(start_step)
@@ -215,13 +271,16 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
     for step in progress:
         while True:
             try:
-                total, seen = _accumulate(ddp, batches, sampler, device, recipe, mix,
-                                          soft_loss if mix is not None else None)
+                total, seen = _accumulate(
+                    ddp, batches, sampler, device, recipe, mix, soft_loss if mix is not None else None
+                )
                 break
             except Exception as e:  # torch.compile compiles at the first step: a machine that cannot, says so
                 if compile and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
-                    raise UserError(f"--compile: torch.compile failed here ({type(e).__name__}: "
-                                    f"{' '.join(str(e).split())[:240]}); run without --compile") from None
+                    raise UserError(
+                        f"--compile: torch.compile failed here ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:240]}); run without --compile"
+                    ) from None
                 if not isinstance(e, torch.OutOfMemoryError):
                     raise
                 # Halve the micro-batch and redo this step: the effective batch, and so the update, stay the same.
@@ -231,8 +290,11 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
                 if micro == 1:
                     raise
                 micro, backoffs = max(1, micro // 2), backoffs + 1
-                print(f"transfer-eval: out of memory; micro-batch now {micro} (effective batch "
-                      f"{recipe.batch_size} kept)", file=sys.stderr)
+                log.warning(
+                    "transfer-eval: out of memory; micro-batch now %d (effective batch %d kept)",
+                    micro,
+                    recipe.batch_size,
+                )
                 sampler, batches = batches_from(step)
         images += seen * world
         losses.append((step, total))
@@ -241,9 +303,19 @@ def train(model, split, data_config: dict, recipe: Recipe, lr: float, device: to
             read_losses()
         if checkpoints is not None and step + 1 < recipe.steps and checkpoints.due(step + 1):
             read_losses()  # a training checkpoint is never written after a diverged step
-            checkpoints.save(phase, step + 1, model, opt, sched,
-                             {"images": images, "seconds": before + time.perf_counter() - start, "micro": micro,
-                              "backoffs": backoffs})
+            checkpoints.save(
+                phase,
+                step + 1,
+                model,
+                opt,
+                sched,
+                {
+                    "images": images,
+                    "seconds": before + time.perf_counter() - start,
+                    "micro": micro,
+                    "backoffs": backoffs,
+                },
+            )
     read_losses()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -257,8 +329,10 @@ def check_losses(losses: list[tuple[int, torch.Tensor]], lr: float) -> float:
     values = torch.stack([v for _, v in losses]).tolist()
     for (step, _), v in zip(losses, values):
         if not math.isfinite(v):
-            raise Diverged(f"loss became {v} at step {step} (lr {lr:g}; read at step {losses[-1][0]}, losses are "
-                           f"read every {LOSS_EVERY} steps)")
+            raise Diverged(
+                f"loss became {v} at step {step} (lr {lr:g}; read at step {losses[-1][0]}, losses are "
+                f"read every {LOSS_EVERY} steps)"
+            )
     return values[-1]
 
 
@@ -289,7 +363,7 @@ def step_fn(model, recipe: Recipe, lr: float, device: torch.device, compile: boo
     def step(x, y):
         micro = recipe.micro_batch_size or len(x)
         x, y = x.to(device), y.to(device)
-        chunks = iter([(x[i:i + micro], y[i:i + micro]) for i in range(0, len(x), micro)])
+        chunks = iter([(x[i : i + micro], y[i : i + micro]) for i in range(0, len(x), micro)])
         sizes = data.EpochBatches(len(x), len(x), 0, micro_size=micro)  # one effective batch: only its sizes
         loss, _ = _accumulate(forward, chunks, sizes, device, recipe, None, None)
         _update(opt, sched, params, recipe)
@@ -310,18 +384,28 @@ def _accumulate(model, batches, sampler, device, recipe: Recipe, mix, soft_loss)
         weight = x.shape[0] * world / n
         if mix is not None and x.shape[0] % 2 == 0:
             x, y_soft = mix(x, y)
-            with data.autocast(device):
+            with devices.autocast(device):
                 loss = soft_loss(model(x), y_soft) * weight
         else:
-            with data.autocast(device):
+            with devices.autocast(device):
                 loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing) * weight
         loss.backward()
         total += loss.detach().float()
     return total, n
 
 
-def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, device: torch.device,
-             seed: int, checkpoints=None, plan: data.InputPlan | None = None, compile: bool = False) -> dict:
+def finetune(
+    model,
+    train_split,
+    val_split,
+    data_config: dict,
+    recipe: Recipe,
+    device: torch.device,
+    seed: int,
+    checkpoints=None,
+    plan: data.InputPlan | None = None,
+    compile: bool = False,
+) -> dict:
     """Train one model per learning rate in the recipe, keep the best on val; with `retrain`, train again from the
     start on train+val with the chosen rate (the ViT protocol). Test is not touched here.
 
@@ -340,13 +424,26 @@ def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, d
         key = f"{lr:g}"
         if key not in tried:
             model.load_state_dict(initial)
-            stats = train(model, train_split, data_config, recipe, lr, device, seed, desc=f"train lr={key}",
-                          checkpoints=checkpoints, phase=f"lr{key}", plan=plan, compile=compile)
+            stats = train(
+                model,
+                train_split,
+                data_config,
+                recipe,
+                lr,
+                device,
+                seed,
+                desc=f"train lr={key}",
+                checkpoints=checkpoints,
+                phase=f"lr{key}",
+                plan=plan,
+                compile=compile,
+            )
             seconds += stats["seconds"]
             images += stats["images"]
             memory.append((stats["micro_batch_size"], stats["oom_backoffs"]))
-            val_loader = val_loader or evaluate.eval_loader(val_split, data_config, device, recipe.eval_batch_size,
-                                                            plan)
+            val_loader = val_loader or evaluate.eval_loader(
+                val_split, data_config, device, recipe.eval_batch_size, plan
+            )
             val_top1, _ = evaluate.predict(model, val_split, data_config, device, desc="val", loader=val_loader, k=1)
             tried[key] = round(float((val_top1[:, 0] == val_split.labels).mean()), 6)
             if not recipe.retrain and (best is None or tried[key] > best[1]):
@@ -363,9 +460,20 @@ def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, d
     if recipe.retrain:
         from transfer_eval.tasks import ImageSplit
 
-        stats = train(model, ImageSplit.concat(train_split, val_split), data_config, recipe, lr, device, seed,
-                      desc=f"retrain lr={lr:g} on train+val", checkpoints=checkpoints, phase="retrain", plan=plan,
-                      compile=compile)
+        stats = train(
+            model,
+            ImageSplit.concat(train_split, val_split),
+            data_config,
+            recipe,
+            lr,
+            device,
+            seed,
+            desc=f"retrain lr={lr:g} on train+val",
+            checkpoints=checkpoints,
+            phase="retrain",
+            plan=plan,
+            compile=compile,
+        )
         seconds += stats["seconds"]
         images += stats["images"]
         memory.append((stats["micro_batch_size"], stats["oom_backoffs"]))
@@ -378,12 +486,14 @@ def finetune(model, train_split, val_split, data_config: dict, recipe: Recipe, d
                 params[n].copy_(v)
     return {
         "val_top1": acc,
-        "selection": {"searched": "lr" if len(tried) > 1 else "none (one lr)", "grid": tried,
-                      "chosen": {"lr": lr}, "final_model": "retrained on train+val" if recipe.retrain
-                      else "trained on train"},
+        "selection": {
+            "searched": "lr" if len(tried) > 1 else "none (one lr)",
+            "grid": tried,
+            "chosen": {"lr": lr},
+            "final_model": "retrained on train+val" if recipe.retrain else "trained on train",
+        },
         "train_seconds": seconds,
         "train_images": images,
         "micro_batch_size": min((m for m, _ in memory), default=recipe.micro_batch_size or recipe.batch_size),
         "oom_backoffs": sum(b for _, b in memory),
     }
-

@@ -46,8 +46,8 @@ class Rows:
         self.chunks = []  # (x float32, y int64), both on `target`
         for x, y in parts:
             for i in range(0, len(y), chunk_rows):
-                xc = torch.from_numpy(np.ascontiguousarray(x[i:i + chunk_rows], dtype=np.float32))
-                yc = torch.from_numpy(np.asarray(y[i:i + chunk_rows], dtype=np.int64))
+                xc = torch.from_numpy(np.ascontiguousarray(x[i : i + chunk_rows], dtype=np.float32))
+                yc = torch.from_numpy(np.asarray(y[i : i + chunk_rows], dtype=np.int64))
                 if not resident and self.device.type == "cuda":
                     xc, yc = xc.pin_memory(), yc.pin_memory()
                 self.chunks.append((xc.to(target), yc.to(target)))
@@ -153,8 +153,14 @@ class Standardised:
         return torch.cat(out).numpy() if out else np.zeros((0, k), np.int64)
 
 
-def fit(data: Standardised, classes: np.ndarray, c: float, start: Fit | None = None, tol: float = TOL,
-        max_iter: int = MAX_ITER) -> Fit:
+def fit(
+    data: Standardised,
+    classes: np.ndarray,
+    c: float,
+    start: Fit | None = None,
+    tol: float = TOL,
+    max_iter: int = MAX_ITER,
+) -> Fit:
     """Minimise the objective at inverse L2 strength `c` over `classes` (sorted labels present in the data),
     starting from `start` (a fit at a nearby C: the regularisation path) where given, else from zero."""
     from scipy.optimize import minimize
@@ -184,11 +190,22 @@ def fit(data: Standardised, classes: np.ndarray, c: float, start: Fit | None = N
     # L-BFGS-B's own vector work is light; BLAS threads left spinning after it would take the cores from torch's
     # threads (measured: 12x slower on 2 cores), so the driver's BLAS runs on one thread.
     with threadpool_limits(1, user_api="blas"):
-        res = minimize(objective, theta0.ravel(), method="L-BFGS-B", jac=True,
-                       options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps})
+        res = minimize(
+            objective,
+            theta0.ravel(),
+            method="L-BFGS-B",
+            jac=True,
+            options={"maxiter": max_iter, "maxls": 50, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
+        )
     t = res.x.reshape(r, d + 1)
-    return Fit(coef=t[:, :d].copy(), intercept=t[:, d].copy(), classes=np.asarray(classes), iterations=int(res.nit),
-               converged=res.status == 0, message=str(res.message))
+    return Fit(
+        coef=t[:, :d].copy(),
+        intercept=t[:, d].copy(),
+        classes=np.asarray(classes),
+        iterations=int(res.nit),
+        converged=res.status == 0,
+        message=str(res.message),
+    )
 
 
 def as_head(f: Fit, mean: np.ndarray, std: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

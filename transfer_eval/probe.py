@@ -10,13 +10,21 @@ import torch
 from transfer_eval import data, logistic
 from transfer_eval.progress import bar
 
-# Inverse L2 strength C (scikit-learn's LogisticRegression convention): a coarse log grid, then a finer one around the best.
+# Inverse L2 strength C (scikit-learn's LogisticRegression convention): a coarse log grid, then a finer one around
+# the best.
 COARSE_C = tuple(float(c) for c in np.logspace(-4, 4, 9))
 FINE_STEPS = 5
 
 
-def linear_probe(train: tuple, val: tuple, num_classes: int, c_grid=COARSE_C, device: torch.device | str = "cpu",
-                 tol: float = logistic.TOL, max_iter: int = logistic.MAX_ITER) -> dict:
+def linear_probe(
+    train: tuple,
+    val: tuple,
+    num_classes: int,
+    c_grid=COARSE_C,
+    device: torch.device | str = "cpu",
+    tol: float = logistic.TOL,
+    max_iter: int = logistic.MAX_ITER,
+) -> dict:
     """Multinomial logistic regression on standardised features (transfer_eval.logistic); test is never seen here.
 
     C is searched on val over a coarse log grid then a finer grid around the best (ties go to the stronger
@@ -52,14 +60,18 @@ def linear_probe(train: tuple, val: tuple, num_classes: int, c_grid=COARSE_C, de
     capped = sorted(c for c, f in fits.items() if not f.converged)
     return {
         "val_top1": scores[best],
-        "selection": {"searched": "C (inverse L2 strength) of a multinomial logistic regression on standardised "
-                                  "features",
-                      "grid": {f"{c:.4g}": round(a, 6) for c, a in sorted(scores.items())},
-                      "chosen": {"C": best}, "refit": "train+val",
-                      "solver": f"{logistic.SOLVER} on {device.type}", "tol": tol, "max_iter": max_iter,
-                      "iterations": {f"{c:.4g}": f.iterations for c, f in sorted(fits.items())},
-                      "refit_iterations": final.iterations,
-                      "not_converged": [f"{c:.4g}" for c in capped] + ([] if final.converged else ["refit"])},
+        "selection": {
+            "searched": "C (inverse L2 strength) of a multinomial logistic regression on standardised features",
+            "grid": {f"{c:.4g}": round(a, 6) for c, a in sorted(scores.items())},
+            "chosen": {"C": best},
+            "refit": "train+val",
+            "solver": f"{logistic.SOLVER} on {device.type}",
+            "tol": tol,
+            "max_iter": max_iter,
+            "iterations": {f"{c:.4g}": f.iterations for c, f in sorted(fits.items())},
+            "refit_iterations": final.iterations,
+            "not_converged": [f"{c:.4g}" for c in capped] + ([] if final.converged else ["refit"]),
+        },
         "head_weight": weight.astype(np.float32),
         "head_bias": bias.astype(np.float32),
     }
@@ -90,22 +102,36 @@ def _best(scores: dict[float, float]) -> float:
     return min(c for c, a in scores.items() if a == top)
 
 
-def cached_features(model, split, data_config: dict, device, batch_size: int, key_parts: dict,
-                    desc: str = "features", plan: data.InputPlan | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+def cached_features(
+    model,
+    split,
+    data_config: dict,
+    device,
+    batch_size: int,
+    key_parts: dict,
+    desc: str = "features",
+    plan: data.InputPlan | None = None,
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Features (memory-mapped from the cache) and labels, and whether they were there already (True) or were
     extracted into the cache now (False). Features resized on the device are keyed apart from those of the CPU
     transforms (the pixels differ slightly); the decoded-image cache gives the CPU transforms' exact pixels, so
     it shares their entries."""
-    from transfer_eval import cache, evaluate
+    from transfer_eval import evaluate
+    from transfer_eval.cache import features as cache
 
     resize = "device" if plan is not None and plan.eval_on_device else "cpu"
-    key = cache.feature_key(manifest=split.manifest(), data_config=data_config, files=split.files_signature(),
-                            resize=resize, **key_parts)
+    key = cache.key(
+        manifest=split.manifest(), data_config=data_config, files=split.files_signature(), resize=resize, **key_parts
+    )
     hit = cache.load(key)
     if hit is not None:
         return hit[0], hit[1], True
-    about = {"checkpoint": key_parts["checkpoint"].name, "task": key_parts["task"].name,
-             "split": key_parts["split_name"], "images": len(split)}
+    about = {
+        "checkpoint": key_parts["checkpoint"].name,
+        "task": key_parts["task"].name,
+        "split": key_parts["split_name"],
+        "images": len(split),
+    }
     with cache.FeatureWriter(key, len(split)) as writer:
         evaluate.features(model, split, data_config, device, writer.write, batch_size, plan, desc)
         writer.commit(split.labels, about)

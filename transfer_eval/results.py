@@ -91,6 +91,8 @@ class Result:
 
 
 _JSON_FIELDS = {"recipe", "selection", "val_holdout", "skipped_files"}
+
+
 def _sql_type(f) -> str:
     t = str(f.type)
     if "int" in t or "bool" in t:
@@ -174,17 +176,22 @@ class Store:
 
     def put(self, result: Result, labels: np.ndarray | None = None, top5: np.ndarray | None = None) -> int:
         """Insert or replace the row of `result.key`, with its per-sample predictions, atomically."""
-        values = [json.dumps(getattr(result, c), sort_keys=True) if c in _JSON_FIELDS else getattr(result, c)
-                  for c in _COLUMNS]
+        values = [
+            json.dumps(getattr(result, c), sort_keys=True) if c in _JSON_FIELDS else getattr(result, c)
+            for c in _COLUMNS
+        ]
         where = " AND ".join(f"{k} = ?" for k in KEY)
         with self.db:  # one transaction: the old row and its predictions go only if the new ones land
             self.db.execute(f"DELETE FROM results WHERE {where}", result.key)
             cur = self.db.execute(
-                f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", values)
+                f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", values
+            )
             run_id = cur.lastrowid
             if labels is not None and top5 is not None:
-                self.db.execute("INSERT INTO predictions (run_id, labels, top5) VALUES (?, ?, ?)",
-                                (run_id, _pack(np.asarray(labels, np.int32)), _pack(np.asarray(top5, np.int32))))
+                self.db.execute(
+                    "INSERT INTO predictions (run_id, labels, top5) VALUES (?, ?, ?)",
+                    (run_id, _pack(np.asarray(labels, np.int32)), _pack(np.asarray(top5, np.int32))),
+                )
         result.run_id = run_id
         return run_id
 

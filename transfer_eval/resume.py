@@ -61,8 +61,11 @@ class RunCheckpoints:
             "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": _jsonable(random.getstate()),
-                    "numpy": _jsonable(np.random.get_state())},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "python": _jsonable(random.getstate()),
+                "numpy": _jsonable(np.random.get_state()),
+            },
             "extra": extra,
         }
         if torch.cuda.is_available():

@@ -28,10 +28,19 @@ def _argv(runs, common: list[str]) -> list[str]:
     tasks = sorted({r.task.name for r in runs})
     modes = sorted({r.mode.name for r in runs})
     seeds = sorted({r.seed for r in runs})
-    argv = ["run", "-c", ",".join(ckpts), "-t", ",".join(tasks), "-m", ",".join(modes),
-            "--seed", ",".join(map(str, seeds))]
+    argv = [
+        "run",
+        "-c",
+        ",".join(ckpts),
+        "-t",
+        ",".join(tasks),
+        "-m",
+        ",".join(modes),
+        "--seed",
+        ",".join(map(str, seeds)),
+    ]
     argv += common
-    shots = sorted({r.recipe["shots"] for r in runs if r.mode.kind == "fewshot"})
+    shots = sorted({r.recipe["shots"] for r in runs if r.mode.stage == "fewshot"})
     if shots and len(runs) == 1:  # after the user's --set: this job runs exactly its one shot count
         argv += ["--set", f"shots=[{shots[0]}]"]
     return argv
@@ -58,16 +67,23 @@ def launch_local(jobs: list[Job], echo=print) -> list[int]:
     return codes
 
 
-def launch_slurm(jobs: list[Job], folder: Path, partition: str | None, gpus: int, cpus: int, mem_gb: int,
-                 timeout_min: int) -> list[str]:
+def launch_slurm(
+    jobs: list[Job], folder: Path, partition: str | None, gpus: int, cpus: int, mem_gb: int, timeout_min: int
+) -> list[str]:
     """Submit each job to Slurm through submitit; returns the job ids."""
     try:
         import submitit
     except ImportError:
         raise UserError("--executor slurm needs submitit: pip install submitit") from None
     executor = submitit.AutoExecutor(folder=str(folder))
-    params = {"gpus_per_node": gpus, "cpus_per_task": cpus, "mem_gb": mem_gb, "timeout_min": timeout_min,
-              "tasks_per_node": 1, "nodes": 1}
+    params = {
+        "gpus_per_node": gpus,
+        "cpus_per_task": cpus,
+        "mem_gb": mem_gb,
+        "timeout_min": timeout_min,
+        "tasks_per_node": 1,
+        "nodes": 1,
+    }
     if partition:
         params["slurm_partition"] = partition
     executor.update_parameters(**params)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ import numpy as np
 
 from transfer_eval import paths
 from transfer_eval.errors import UserError, unknown_name
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "transfer_eval.tasks"
 SPLITS = ("train", "val", "test")
@@ -80,8 +83,10 @@ def load_image(path) -> "object":
             img.load()
             return to_rgb(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UnreadableImage(f"unreadable image {path}: {e}; fix or remove the file, or rerun with "
-                              f"--bad-images skip to leave unreadable images out") from None
+        raise UnreadableImage(
+            f"unreadable image {path}: {e}; fix or remove the file, or rerun with "
+            f"--bad-images skip to leave unreadable images out"
+        ) from None
 
 
 class ImageSplit:
@@ -90,8 +95,13 @@ class ImageSplit:
     Splits over image files (`ImageSplit.from_files`) also keep `paths`, so unreadable files can be found.
     """
 
-    def __init__(self, image: Callable[[int], "object"], labels: Sequence[int], ids: Sequence[str] | None = None,
-                 paths: Sequence[str] | None = None):
+    def __init__(
+        self,
+        image: Callable[[int], "object"],
+        labels: Sequence[int],
+        ids: Sequence[str] | None = None,
+        paths: Sequence[str] | None = None,
+    ):
         self._image = image
         self.labels = np.asarray(labels, dtype=np.int64)
         self.ids = list(ids) if ids is not None else [str(i) for i in range(len(self.labels))]
@@ -124,8 +134,12 @@ class ImageSplit:
 
     def subset(self, indices: Sequence[int]) -> "ImageSplit":
         idx = np.asarray(indices, dtype=np.int64)
-        out = ImageSplit(lambda j: self._image(int(idx[j])), self.labels[idx], [self.ids[i] for i in idx],
-                         [self.paths[i] for i in idx] if self.paths is not None else None)
+        out = ImageSplit(
+            lambda j: self._image(int(idx[j])),
+            self.labels[idx],
+            [self.ids[i] for i in idx],
+            [self.paths[i] for i in idx] if self.paths is not None else None,
+        )
         out.skipped = list(self.skipped)
         return out
 
@@ -133,8 +147,12 @@ class ImageSplit:
     def concat(a: "ImageSplit", b: "ImageSplit") -> "ImageSplit":
         n = len(a)
         paths = a.paths + b.paths if a.paths is not None and b.paths is not None else None
-        out = ImageSplit(lambda i: a._image(i) if i < n else b._image(i - n), np.concatenate([a.labels, b.labels]),
-                         a.ids + b.ids, paths)
+        out = ImageSplit(
+            lambda i: a._image(i) if i < n else b._image(i - n),
+            np.concatenate([a.labels, b.labels]),
+            a.ids + b.ids,
+            paths,
+        )
         out.skipped = a.skipped + b.skipped
         out.parts = (a, b)  # so caches of the parts serve the whole (train+val for retraining)
         return out
@@ -225,14 +243,26 @@ class Task:
     recipes: dict = field(default_factory=dict)
     description: str = ""
     data_help: str = ""  # where the data goes and how to get it
-    val_holdout: dict | None = None  # e.g. {"fraction": 0.1, "seed": 0} where val is held out from train
+    # {"fraction": 0.1, "seed": 0}: val is held out of the official train split (the loader gives that whole as
+    # "train"; `dataset` splits it); None: the loader gives its own val (an official one, say)
+    val_holdout: dict | None = None
     download: Callable[[LoadContext], None] | None = None  # fetches the data where its source allows it
     source: str = ""  # filled in by discovery
 
     def dataset(self, split: str, ctx: LoadContext) -> ImageSplit:
+        """One split, as runs read it. Where the task declares `val_holdout`, its loader is asked only for "train"
+        (the whole official train split) and "test": train and val are the kept and held-out parts of that,
+        by `holdout(labels, fraction, seed)`, here for every task alike."""
         if split not in self.splits:
             raise UserError(f"task {self.name!r} has no {split!r} split (it has {', '.join(self.splits)})")
-        data = self.load(split, ctx)
+        if self.val_holdout and split in ("train", "val"):
+            full = self.load("train", ctx)
+            kept, held = _holdout_of(
+                full.labels, float(self.val_holdout["fraction"]), int(self.val_holdout.get("seed", 0))
+            )
+            data = full.subset(kept if split == "train" else held)
+        else:
+            data = self.load(split, ctx)
         if len(data) == 0:
             raise UserError(f"task {self.name!r}: the {split} split is empty under {ctx.data_dir}; {self.data_help}")
         if ctx.bad_images == "skip" and data.paths is not None:
@@ -244,6 +274,19 @@ class Task:
         if self.download is None:
             raise UserError(f"task {self.name!r} cannot be downloaded automatically; {self.data_help}")
         self.download(ctx)
+
+
+_HOLDOUTS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _holdout_of(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """holdout(), kept per labels digest: train and val of one task, and every run of a process, split once."""
+    key = (hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest(), len(labels), fraction, seed)
+    if key not in _HOLDOUTS:
+        if len(_HOLDOUTS) >= 8:
+            _HOLDOUTS.pop(next(iter(_HOLDOUTS)))
+        _HOLDOUTS[key] = holdout(labels, fraction, seed)
+    return _HOLDOUTS[key]
 
 
 def holdout(labels: Sequence[int], fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -333,8 +376,9 @@ def discover(tasks_dirs: Sequence[str | Path] = ()) -> dict[str, Task]:
     for source in sources:
         for t in source():
             if t.name in found and found[t.name].source != t.source:
-                print(f"transfer-eval: task {t.name!r} from {t.source} overrides the one from "
-                      f"{found[t.name].source}", file=sys.stderr)
+                log.warning(
+                    "transfer-eval: task %r from %s overrides the one from %s", t.name, t.source, found[t.name].source
+                )
             found[t.name] = t
     return found
 

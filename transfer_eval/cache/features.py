@@ -13,7 +13,6 @@ temporary folder and renamed into place whole: readers never see half of one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,31 +23,48 @@ import numpy as np
 
 import transfer_eval
 from transfer_eval import paths
+from transfer_eval.cache.keys import digest
 
 FEATURES, LABELS, ABOUT = "features.npy", "labels.npy", "about.json"
 
 
-def feature_key(weights_sha256: str, checkpoint, task, split_name: str, manifest: str, data_config: dict,
-                files: str | None = None, resize: str = "cpu") -> str:
+def key(
+    weights_sha256: str,
+    checkpoint,
+    task,
+    split_name: str,
+    manifest: str,
+    data_config: dict,
+    files: str | None = None,
+    resize: str = "cpu",
+) -> str:
     import torch
 
-    blob = json.dumps({
-        "weights": weights_sha256, "model": checkpoint.model, "model_args": checkpoint.model_args,
-        "task": task.name, "task_version": task.version, "split": split_name, "manifest": manifest, "files": files,
-        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())},
-        "resize": resize,
-        "suite": transfer_eval.__version__, "torch": torch.__version__,
-    }, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return digest(
+        {
+            "weights": weights_sha256,
+            "model": checkpoint.model,
+            "model_args": checkpoint.model_args,
+            "task": task.name,
+            "task_version": task.version,
+            "split": split_name,
+            "manifest": manifest,
+            "files": files,
+            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())},
+            "resize": resize,
+            "suite": transfer_eval.__version__,
+            "torch": torch.__version__,
+        }
+    )
 
 
-def _folder() -> Path:
+def folder() -> Path:
     return paths.cache_dir() / "features"
 
 
 def load(key: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(features memory-mapped copy-on-write: N x D float32, labels), or None where missing or damaged."""
-    entry = _folder() / key
+    entry = folder() / key
     try:
         feats = np.load(entry / FEATURES, mmap_mode="c", allow_pickle=False)
         labels = np.load(entry / LABELS, allow_pickle=False)
@@ -67,7 +83,7 @@ class FeatureWriter:
 
     def __init__(self, key: str, n: int):
         self.key, self.n, self.done = key, n, 0
-        self.tmp = _folder() / f".{key}.{os.getpid()}.part"
+        self.tmp = folder() / f".{key}.{os.getpid()}.part"
         self.file = None
 
     def __enter__(self):
@@ -78,8 +94,9 @@ class FeatureWriter:
     def write(self, rows: np.ndarray) -> None:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         if self.file is None:  # the width is known at the first batch
-            header = np.lib.format.open_memmap(self.tmp / FEATURES, mode="w+", dtype=np.float32,
-                                               shape=(self.n, rows.shape[1]))
+            header = np.lib.format.open_memmap(
+                self.tmp / FEATURES, mode="w+", dtype=np.float32, shape=(self.n, rows.shape[1])
+            )
             offset = header.offset
             del header
             self.file = open(self.tmp / FEATURES, "r+b")
@@ -99,7 +116,7 @@ class FeatureWriter:
             self.file = None
         np.save(self.tmp / LABELS, np.asarray(labels))
         (self.tmp / ABOUT).write_text(json.dumps(about, default=str))
-        entry = _folder() / self.key
+        entry = folder() / self.key
         if entry.exists() and load(self.key) is None:
             shutil.rmtree(entry, ignore_errors=True)  # a damaged entry is replaced
         try:
@@ -118,16 +135,24 @@ class FeatureWriter:
 def entries() -> list[dict]:
     """Every entry, from its .npy header and about.json (no feature is read)."""
     out = []
-    for entry in sorted(p for p in _folder().iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if _folder().is_dir() else []:
+    for entry in (
+        sorted(p for p in folder().iterdir() if p.is_dir() and not p.name.startswith(".")) if folder().is_dir() else []
+    ):
         try:
             about = json.loads((entry / ABOUT).read_text())
             shape = list(np.load(entry / FEATURES, mmap_mode="r", allow_pickle=False).shape)  # maps, reads nothing
         except (OSError, ValueError):
             about, shape = {}, None
         size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
-        out.append({"key": entry.name, "bytes": size, "shape": shape,
-                    "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.stat().st_mtime)), **about})
+        out.append(
+            {
+                "key": entry.name,
+                "bytes": size,
+                "shape": shape,
+                "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.stat().st_mtime)),
+                **about,
+            }
+        )
     return out
 
 
@@ -136,9 +161,9 @@ def clear(keys=None) -> int:
     removed = 0
     for e in entries():
         if keys is None or e["key"] in keys:
-            shutil.rmtree(_folder() / e["key"], ignore_errors=True)
+            shutil.rmtree(folder() / e["key"], ignore_errors=True)
             removed += 1
-    if keys is None and _folder().is_dir():
-        for old in _folder().glob("*.npz"):  # entries of suite 0.1's single-file format
+    if keys is None and folder().is_dir():
+        for old in folder().glob("*.npz"):  # entries of suite 0.1's single-file format
             old.unlink(missing_ok=True)
     return removed

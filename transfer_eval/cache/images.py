@@ -21,7 +21,6 @@ removes entries.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -33,6 +32,7 @@ import numpy as np
 
 import transfer_eval
 from transfer_eval import paths
+from transfer_eval.cache.keys import digest
 from transfer_eval.errors import UserError
 from transfer_eval.io import replacing
 from transfer_eval.progress import bar
@@ -52,7 +52,7 @@ def resize_transform(data_config: dict):
     """The steps of timm's eval transform before its centre crop (the resize), as one callable on PIL images."""
     from torchvision import transforms
 
-    from transfer_eval.data import eval_transform
+    from transfer_eval.transforms import eval_transform
 
     steps = []
     for t in eval_transform(data_config).transforms:
@@ -65,11 +65,16 @@ def resize_transform(data_config: dict):
 def key(split: ImageSplit, data_config: dict, kind: str = RAW) -> str:
     import PIL
 
-    blob = json.dumps({"files": split.files_signature(), "manifest": split.manifest(),
-                       "resize": repr(resize_transform(data_config)), "suite": transfer_eval.__version__,
-                       "pillow": PIL.__version__, "format": kind if kind == RAW else f"{kind}{JPEG_QUALITY}"},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return digest(
+        {
+            "files": split.files_signature(),
+            "manifest": split.manifest(),
+            "resize": repr(resize_transform(data_config)),
+            "suite": transfer_eval.__version__,
+            "pillow": PIL.__version__,
+            "format": kind if kind == RAW else f"{kind}{JPEG_QUALITY}",
+        }
+    )
 
 
 def cached(split: ImageSplit, data_config: dict, threads: int | None = None, kind: str = RAW) -> ImageSplit:
@@ -95,8 +100,8 @@ def cached(split: ImageSplit, data_config: dict, threads: int | None = None, kin
         o, n = int(offsets[i]), int(sizes[i])
         if kind == RAW:
             h, w = shapes[i]
-            return Image.fromarray(np.asarray(pixels[o:o + n]).reshape(h, w, 3))
-        with Image.open(io.BytesIO(pixels[o:o + n].tobytes())) as img:
+            return Image.fromarray(np.asarray(pixels[o : o + n]).reshape(h, w, 3))
+        with Image.open(io.BytesIO(pixels[o : o + n].tobytes())) as img:
             return img.convert("RGB")
 
     out = ImageSplit(image, split.labels, split.ids, split.paths)
@@ -145,13 +150,14 @@ def _check_room(split: ImageSplit, data_config: dict, kind: str, where: Path) ->
     need = estimate_bytes(split, data_config, kind)
     free = shutil.disk_usage(where).free
     if need > free:
-        raise UserError(f"--cache-images: the {kind} image cache of this split ({len(split)} images) needs about "
-                        f"{need / 1e9:.1f} GB in {where}, which has {free / 1e9:.1f} GB free; free some space, set "
-                        f"TRANSFER_EVAL_CACHE to a larger disk, or run without --cache-images")
+        raise UserError(
+            f"--cache-images: the {kind} image cache of this split ({len(split)} images) needs about "
+            f"{need / 1e9:.1f} GB in {where}, which has {free / 1e9:.1f} GB free; free some space, set "
+            f"TRANSFER_EVAL_CACHE to a larger disk, or run without --cache-images"
+        )
 
 
-def _build(split: ImageSplit, data_config: dict, data: Path, index: Path, threads: int | None,
-           kind: str = RAW) -> None:
+def _build(split: ImageSplit, data_config: dict, data: Path, index: Path, threads: int | None, kind: str = RAW) -> None:
     resize = resize_transform(data_config)
     data.parent.mkdir(parents=True, exist_ok=True)
     _check_room(split, data_config, kind, data.parent)
@@ -176,10 +182,21 @@ def _build(split: ImageSplit, data_config: dict, data: Path, index: Path, thread
                     offset += len(blob)
                 progress.update(len(chunk))
             progress.close()
-        about = {"source": _common_folder(split.paths), "images": len(split), "format": kind,
-                 "resize": repr(resize).replace("\n", " "), "created": time.strftime("%Y-%m-%d %H:%M")}
-        np.savez(tmp_index, offsets=offsets, sizes=sizes, shapes=shapes, format=np.asarray(kind),
-                 about=np.asarray(json.dumps(about)))
+        about = {
+            "source": _common_folder(split.paths),
+            "images": len(split),
+            "format": kind,
+            "resize": repr(resize).replace("\n", " "),
+            "created": time.strftime("%Y-%m-%d %H:%M"),
+        }
+        np.savez(
+            tmp_index,
+            offsets=offsets,
+            sizes=sizes,
+            shapes=shapes,
+            format=np.asarray(kind),
+            about=np.asarray(json.dumps(about)),
+        )
 
 
 def _common_folder(files) -> str | None:
@@ -199,14 +216,23 @@ def entries() -> list[dict]:
         except (OSError, ValueError, KeyError):
             about = {}
         size = idx.stat().st_size + (data.stat().st_size if data.is_file() else 0)
-        out.append({"key": idx.stem, "bytes": size,
-                    "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(idx.stat().st_mtime)), **about})
+        out.append(
+            {
+                "key": idx.stem,
+                "bytes": size,
+                "modified": time.strftime("%Y-%m-%d %H:%M", time.localtime(idx.stat().st_mtime)),
+                **about,
+            }
+        )
     return out
 
 
-def clear() -> int:
+def clear(keys=None) -> int:
+    """Remove entries (all, or those whose key is in `keys`)."""
     removed = 0
     for e in entries():
+        if keys is not None and e["key"] not in keys:
+            continue
         for suffix in (".npz", ".u8"):
             (folder() / f"{e['key']}{suffix}").unlink(missing_ok=True)
         removed += 1

@@ -1,0 +1,36 @@
+"""The command line: parse, call the library, print. Exit status: 0 done, 1 a run failed, 2 bad input.
+
+The commands live by theme: run.py (run, sweep), browse.py (list, show), report.py (leaderboard, compare,
+report), measure.py (cost, bench), storage.py (cache, data, features); group.py is the `transfer-eval` group
+they attach to, options.py what they share.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from transfer_eval.cli import browse, measure, report, run, storage  # each registers its commands on `cli`
+from transfer_eval.cli.group import cli
+from transfer_eval.cli.options import show_log
+from transfer_eval.errors import UserError
+
+__all__ = ["cli", "main", "browse", "measure", "report", "run", "storage"]
+
+
+def main():
+    show_log()
+    try:
+        cli.main(prog_name="transfer-eval", standalone_mode=False)
+    except UserError as e:
+        click.echo(f"transfer-eval: error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("transfer-eval: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)

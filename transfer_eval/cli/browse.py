@@ -1,0 +1,220 @@
+"""`list` (checkpoints, tasks, modes, groups) and `show`: what is registered, and one stored result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from transfer_eval import paths
+from transfer_eval.cli.group import cli
+from transfer_eval.cli.options import CONTEXT, json_option, registry_option, results_option, tasks_dir_option
+from transfer_eval.errors import UserError
+
+
+@cli.group("list", context_settings=CONTEXT)
+def list_():
+    """List checkpoints, tasks, modes or task groups."""
+
+
+@list_.command("checkpoints", context_settings=CONTEXT)
+@registry_option
+@json_option
+def list_checkpoints(registries, as_json):
+    """Registered checkpoints (`offline` where the weights need no network)."""
+    from tabulate import tabulate
+
+    from transfer_eval import checkpoints
+
+    registry = checkpoints.load_registry(registries)
+    if as_json:
+        for ck in registry.values():
+            click.echo(json.dumps(ck.to_dict()))
+        return
+    rows = [
+        [
+            ck.name,
+            ck.model,
+            ck.weights if len(ck.weights) < 40 else "..." + ck.weights[-37:],
+            "yes" if ck.offline else "",
+            ck.pretraining,
+            ck.paper or "",
+        ]
+        for ck in registry.values()
+    ]
+    click.echo(tabulate(rows, headers=["name", "timm model", "weights", "offline", "pretraining", "paper"]))
+
+
+@list_.command("tasks", context_settings=CONTEXT)
+@tasks_dir_option
+@json_option
+def list_tasks(tasks_dirs, as_json):
+    """Tasks from the built-in plugins, installed packages and --tasks-dir folders."""
+    from tabulate import tabulate
+
+    from transfer_eval import tasks
+
+    found = tasks.discover(tasks_dirs)
+    if as_json:
+        for t in found.values():
+            click.echo(
+                json.dumps(
+                    {
+                        "name": t.name,
+                        "num_classes": t.num_classes,
+                        "version": t.version,
+                        "splits": list(t.splits),
+                        "description": t.description,
+                        "source": t.source,
+                        "val_holdout": t.val_holdout,
+                        "data_help": t.data_help,
+                    }
+                )
+            )
+        return
+    rows = [[t.name, t.num_classes, t.version, t.description, _short(t.source)] for t in found.values()]
+    click.echo(tabulate(rows, headers=["name", "classes", "version", "description", "source"]))
+
+
+def _short(source: str) -> str:
+    p = Path(source)
+    return p.name if p.suffix == ".py" else source
+
+
+@list_.command("modes", context_settings=CONTEXT)
+@click.option(
+    "-c",
+    "--checkpoint",
+    "checkpoint_name",
+    default=None,
+    help="Also list what each mode trains on this checkpoint's architecture (built without weights): "
+    "each selector's parameter count, and with --json the parameter names.",
+)
+@click.option(
+    "--num-classes",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="With -c: the head's class count.",
+)
+@registry_option
+@json_option
+def list_modes(checkpoint_name, num_classes, registries, as_json):
+    """Adaptation modes: their stage, what trains (selectors) and what one more task stores.
+
+    \b
+    Example:
+      transfer-eval list modes -c vit_demo --num-classes 10
+    """
+    from tabulate import tabulate
+
+    from transfer_eval import modes
+
+    found = _matches(checkpoint_name, num_classes, registries) if checkpoint_name else {}
+    if as_json:
+        for m in modes.MODES.values():
+            row = {
+                "name": m.name,
+                "kind": m.stage,
+                "stage": m.stage,
+                "trains": list(m.trains),
+                "splits": list(m.splits),
+                "seeds": list(m.seeds),
+                "protocol_version": m.version,
+                "description": m.description,
+                "stores_per_task": m.stores,
+            }
+            if m.name in found:
+                row["matches"] = {k: sorted(v) for k, v in found[m.name].items()}
+                row["params_trainable"] = sum({n: c for v in found[m.name].values() for n, c in v.items()}.values())
+            click.echo(json.dumps(row))
+        return
+
+    def trains(m):
+        if m.name not in found:
+            return " + ".join(m.trains) or "nothing"
+        return " + ".join(f"{k} ({sum(found[m.name][k].values()):,})" for k in m.trains) or "nothing"
+
+    click.echo(
+        tabulate(
+            [[m.name, m.stage, trains(m), m.description, m.stores] for m in modes.MODES.values()],
+            headers=[
+                "name",
+                "stage",
+                "trains (parameters)" if checkpoint_name else "trains",
+                "what it does",
+                "stored per extra task",
+            ],
+            maxcolwidths=[None, None, 40, 60, 30],
+        )
+    )
+
+
+def _matches(checkpoint_name, num_classes, registries) -> dict[str, dict[str, dict[str, int]]]:
+    """mode -> selector -> {parameter name: size} on the checkpoint's architecture, adapted as a run adapts it
+    (LoRA's adapters injected); modes that do not apply to it are left out."""
+    import copy
+
+    import torch
+
+    from transfer_eval import checkpoints, modes
+
+    ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
+    with torch.device("meta"):
+        model, _ = checkpoints.build_model(ck, num_classes, load_weights=False)
+        out = {}
+        for m in modes.MODES.values():
+            adapted = modes.prepare(m, copy.deepcopy(model))
+            sizes = {n: p.numel() for n, p in adapted.named_parameters()}
+            try:
+                out[m.name] = {k: {n: sizes[n] for n in v} for k, v in modes.matches(m, adapted).items()}
+            except ValueError:
+                continue
+    return out
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_id", type=int)
+@results_option
+@json_option
+def show(run_id, results, as_json):
+    """Every field of one stored result."""
+    from transfer_eval.results import Store
+
+    store = Store(results or paths.default_results())
+    r = store.get(run_id)
+    store.close()
+    if r is None:
+        raise UserError(
+            f"no run {run_id} in {results or paths.default_results()}; `transfer-eval run ... --json` prints run ids"
+        )
+    d = r.to_dict()
+    if as_json:
+        click.echo(json.dumps(d))
+        return
+    width = max(len(k) for k in d)
+    for k, v in d.items():
+        if isinstance(v, (dict, list)):
+            v = json.dumps(v, sort_keys=True)
+        click.echo(f"{k:<{width}}  {v}")
+
+
+@list_.command("groups", context_settings=CONTEXT)
+@json_option
+def list_groups(as_json):
+    """Task groups for the leaderboard's mean (--group)."""
+    from tabulate import tabulate
+
+    from transfer_eval.report import GROUPS
+
+    if as_json:
+        for g in GROUPS.values():
+            click.echo(json.dumps({"name": g.name, "tasks": list(g.tasks), "description": g.description}))
+        return
+    click.echo(
+        tabulate(
+            [[g.name, ", ".join(g.tasks), g.description] for g in GROUPS.values()],
+            headers=["name", "tasks", "description"],
+        )
+    )

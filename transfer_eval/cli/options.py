@@ -1,0 +1,260 @@
+"""What several commands share: argument parsing helpers, options, and the bundle that run and sweep both take."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from transfer_eval import paths
+from transfer_eval.errors import UserError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in csv(value)]
+    except ValueError:
+        raise UserError(f"--seed {value!r}: give integers separated by commas, e.g. 0,1,2") from None
+
+
+def overrides(pairs) -> dict:
+    """--set KEY=VALUE pairs as recipe fields (values read as YAML: 0.003, [1, 5], true)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {pair!r}: use key=value, e.g. --set lr=0.003 or --set steps=500")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"--set {pair!r}: the value is not valid YAML") from None
+    return out
+
+
+def load_context(data_dir, skip_verify, download=False, bad_images="stop"):
+    from transfer_eval.tasks import LoadContext
+
+    return LoadContext(
+        Path(data_dir) if data_dir else paths.default_data_dir(),
+        verify=not skip_verify,
+        download=download,
+        bad_images=bad_images,
+    )
+
+
+def open_store(results):
+    """The results store for reading: a missing file is bad input, not an empty store to create."""
+    from transfer_eval.results import Store
+
+    path = Path(results) if results else paths.default_results()
+    if not path.is_file():
+        raise UserError(f"no results store at {path}; run `transfer-eval run ...` first or give --results DB")
+    return Store(path)
+
+
+def show_log() -> None:
+    """The library logs (transfer_eval.*); the CLI shows its INFO lines and above on stderr, as they are."""
+    logger = logging.getLogger("transfer_eval")
+    if not any(getattr(h, "transfer_eval_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.transfer_eval_cli = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+# --------------------------------------------------------------------------------------------------- options
+
+registry_option = click.option(
+    "--registry",
+    "registries",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="A YAML file of extra or overriding checkpoints (repeatable; also TRANSFER_EVAL_REGISTRY).",
+)
+tasks_dir_option = click.option(
+    "--tasks-dir",
+    "tasks_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="A folder of task plugin files (*.py) to add (repeatable).",
+)
+results_option = click.option(
+    "--results",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Results database (SQLite). Default: $TRANSFER_EVAL_RESULTS or ./transfer_eval_results.sqlite.",
+)
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Root folder of the datasets. Default: $TRANSFER_EVAL_DATA or ./data.",
+)
+device_option = click.option(
+    "--device", default="auto", show_default=True, help="auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
+)
+skip_verify_option = click.option(
+    "--skip-verify", is_flag=True, help="Do not check dataset checksums (re-packed copies, test fixtures)."
+)
+download_option = click.option(
+    "--download", is_flag=True, help="Download missing datasets where their source allows it (never otherwise)."
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line, flat record fields.")
+
+# The options `run` and `sweep` share, declared once: `shared_options` adds them to a command and `shared_argv`
+# writes a sweep's choices back as `run` arguments for its jobs, so a new run option is one line here.
+SHARED = [
+    (
+        ("--data-dir",),
+        dict(
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Root folder of the datasets. Default: $TRANSFER_EVAL_DATA or ./data.",
+        ),
+    ),
+    (
+        ("--results",),
+        dict(
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Results database (SQLite). Default: $TRANSFER_EVAL_RESULTS or ./transfer_eval_results.sqlite.",
+        ),
+    ),
+    (
+        ("--registry", "registries"),
+        dict(
+            multiple=True,
+            type=click.Path(dir_okay=False),
+            help="A YAML file of extra or overriding checkpoints (repeatable; also TRANSFER_EVAL_REGISTRY).",
+        ),
+    ),
+    (
+        ("--tasks-dir", "tasks_dirs"),
+        dict(
+            multiple=True,
+            type=click.Path(file_okay=False),
+            help="A folder of task plugin files (*.py) to add (repeatable).",
+        ),
+    ),
+    (
+        ("--resolution",),
+        dict(
+            type=click.IntRange(min=16),
+            default=None,
+            help="Input size in pixels (e.g. 384); the position embedding is resampled by timm.",
+        ),
+    ),
+    (
+        ("--recipe", "preset"),
+        dict(
+            type=click.Choice(["vit", "deit"]),
+            default="vit",
+            show_default=True,
+            help="Fine-tuning preset: vit (the ViT paper: SGD, lr grid on val, retrain) or deit "
+            "(DeiT III: AdamW, RandAugment, mixup/cutmix, label smoothing). The task's "
+            "schedule applies to both.",
+        ),
+    ),
+    (
+        ("--set", "settings"),
+        dict(
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override a recipe field, e.g. --set steps=500 --set lr=0.003 (repeatable).",
+        ),
+    ),
+    (
+        ("--save-delta",),
+        dict(
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Keep each run's per-task delta (the trained parameters) as a safetensors file in this folder.",
+        ),
+    ),
+    (
+        ("--checkpoint-every",),
+        dict(
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Write a training checkpoint every N steps (0: every 10 minutes). A killed run "
+            "resumes from it when the same command is run again.",
+        ),
+    ),
+    (
+        ("--device-resize",),
+        dict(
+            type=click.Choice(["auto", "on", "off"]),
+            default="auto",
+            show_default=True,
+            help="Resize small images (CIFAR's 32 px) on the device in one batched op instead of "
+            "in the CPU workers; auto: on CUDA where the augmentation allows (not "
+            "RandAugment).",
+        ),
+    ),
+    (
+        ("--cache-images",),
+        dict(
+            is_flag=True,
+            help="Decode each image file once and keep it at the training resolution "
+            "($TRANSFER_EVAL_CACHE/images): later epochs and runs skip decoding and the big "
+            "resize.",
+        ),
+    ),
+    (
+        ("--workers",),
+        dict(
+            type=click.IntRange(min=0),
+            default=None,
+            help="DataLoader worker processes. Default: none on a CPU; with a GPU, every core but one.",
+        ),
+    ),
+    (
+        ("--compile", "compile_model"),
+        dict(is_flag=True, help="Train through torch.compile (slower start, faster steps on a GPU)."),
+    ),
+    (("--skip-verify",), dict(is_flag=True, help="Do not check dataset checksums (re-packed copies, test fixtures).")),
+    (
+        ("--bad-images",),
+        dict(
+            type=click.Choice(["stop", "skip"]),
+            default="stop",
+            show_default=True,
+            help="An unreadable image: stop (the run fails, naming the file) or skip (decode every "
+            "image first, leave the unreadable out, record how many).",
+        ),
+    ),
+]
+
+
+def shared_options(f):
+    for decls, attrs in reversed(SHARED):
+        f = click.option(*decls, **attrs)(f)
+    return f
+
+
+def shared_argv(values: dict) -> list[str]:
+    """The shared options in `values` (a command's parameters by name) as `run` arguments; defaults left out."""
+    argv = []
+    for decls, attrs in SHARED:
+        opt = click.Option(list(decls), **attrs)
+        flag, value = opt.opts[0], values[opt.name]
+        if opt.is_flag:
+            argv += [flag] if value else []
+        elif opt.multiple:
+            argv += [a for v in value for a in (flag, str(v))]
+        elif value is not None and value != opt.default:
+            argv += [flag, str(value)]
+    return argv

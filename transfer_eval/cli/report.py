@@ -1,0 +1,162 @@
+"""`leaderboard`, `compare` and `report`: tables, paired comparisons and the html site, read from the store
+(the work is transfer_eval.report's)."""
+
+from __future__ import annotations
+
+import click
+
+from transfer_eval.cli.group import cli
+from transfer_eval.cli.options import CONTEXT, csv, json_option, open_store, results_option
+from transfer_eval.errors import UserError
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-c", "--checkpoint", "checkpoint_names", default=None, help="Only these checkpoints (comma-separated).")
+@click.option(
+    "-t",
+    "--task",
+    "task_names",
+    default=None,
+    help="The task columns (comma-separated). Default: the group's tasks, else every stored task.",
+)
+@click.option("-m", "--mode", "mode_names", default=None, help="Only these modes (comma-separated).")
+@click.option(
+    "--group",
+    default=None,
+    help="The task group the mean, suite storage and compute are over: paper6 (the six transfer sets of "
+    "the attention-only paper), cifar, inat, demo, or all (the task columns shown; default). "
+    "See `transfer-eval list groups`.",
+)
+@click.option(
+    "--sort",
+    default=None,
+    metavar="COLUMN[:asc|desc]",
+    help="checkpoint, mode, a task name, mean, params_per_task, suite_bytes, storage_ratio or "
+    "train_pflops. Default: mean, best first; missing values always last.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "csv", "json", "latex", "html"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also plot accuracy against params/task and training compute (.png, .svg or .pdf).",
+)
+@results_option
+def leaderboard(checkpoint_names, task_names, mode_names, group, sort, fmt, output, plot, results):
+    """Rows checkpoint x mode; columns: the task accuracies, their mean over a task group, params per task, suite
+    storage and training compute.
+
+    Several seeds show as mean ± std (n); a missing result shows as missing, and a group mean with a missing
+    task as incomplete. csv and json carry raw values (accuracies as fractions).
+
+    \b
+    Examples:
+      transfer-eval leaderboard
+      transfer-eval leaderboard --group paper6 --format markdown --output leaderboard.md
+      transfer-eval leaderboard -m attention,full --sort train_pflops --plot acc_vs_cost.png
+    """
+    from transfer_eval import report
+
+    if plot:
+        report.check_plot_path(plot)
+    store = open_store(results)
+    lb = report.leaderboard(store, csv(checkpoint_names), csv(task_names), csv(mode_names), group, sort)
+    text = report.render(lb, fmt)
+    if output:
+        report.write_text(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+    if plot:
+        report.plot_leaderboard(lb, plot)
+        click.echo(f"wrote {plot}", err=True)
+    store.close()
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("checkpoint_names", nargs=-1, metavar="CHECKPOINT CHECKPOINT [CHECKPOINT ...]")
+@click.option("-t", "--task", "task_names", default=None, help="Only these tasks (comma-separated).")
+@click.option("-m", "--mode", "mode_names", default=None, help="Only these modes (comma-separated).")
+@click.option(
+    "--resamples",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Bootstrap resamples for the confidence intervals.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also plot the differences with their CIs (.png, .svg or .pdf).",
+)
+@results_option
+@json_option
+def compare(checkpoint_names, task_names, mode_names, resamples, plot, results, as_json):
+    """Paired comparison of checkpoints on every task and mode both were run on.
+
+    delta = B - A (A: the first checkpoint; with more than two, each is compared against the first), with a
+    95% paired bootstrap CI and McNemar's exact p-value from the stored per-sample predictions; results measured
+    on different test examples are refused. Win / loss: p < 0.05.
+
+    \b
+    Examples:
+      transfer-eval compare deit3_s16_in1k augreg_s16_in21k_ft_in1k
+      transfer-eval compare vit_demo vit_demo_b -m linear --json
+    """
+    from transfer_eval import report
+
+    if len(checkpoint_names) < 2:
+        raise UserError("compare needs two or more checkpoints, e.g. `transfer-eval compare CHECKPOINT_A CHECKPOINT_B`")
+    if plot:
+        report.check_plot_path(plot)
+    store = open_store(results)
+    cmp = report.compare(store, list(checkpoint_names), csv(task_names), csv(mode_names), resamples)
+    if as_json:
+        if len(cmp.others) > 1:
+            click.echo(report.compare_intro(cmp)[0], err=True)
+        click.echo(report.compare_json(cmp), nl=False)
+    else:
+        click.echo(report.compare_text(cmp), nl=False)
+    if plot:
+        lb = report.leaderboard(
+            store, [cmp.reference, *cmp.others], sorted({r.task for r in cmp.rows}), sorted({r.mode for r in cmp.rows})
+        )
+        report.plot_compare(cmp, plot, lb)
+        click.echo(f"wrote {plot}", err=True)
+    store.close()
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "--html",
+    "html_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The folder to write the site to (index.html and the plots).",
+)
+@click.option("--group", default=None, help="The task group of the leaderboard's mean (see leaderboard --group).")
+@click.option("--resamples", type=click.IntRange(min=1), default=10_000, show_default=True)
+@results_option
+def report(html_dir, group, resamples, results):
+    """A static html report: the sortable leaderboard, the comparisons against the top checkpoint and the plots.
+
+    Open DIR/index.html in a browser; no server is needed.
+
+    \b
+    Example:
+      transfer-eval report --html site && xdg-open site/index.html
+    """
+    from transfer_eval import report as report_
+
+    store = open_store(results)
+    index = report_.html_report(store, html_dir, group, resamples)
+    store.close()
+    click.echo(f"wrote {index}")

@@ -1,0 +1,245 @@
+"""`run` and `sweep`: adapt checkpoints to tasks here, or plan the missing runs and launch them as jobs."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from transfer_eval import paths
+from transfer_eval.cli.group import cli
+from transfer_eval.cli.options import (
+    CONTEXT,
+    csv,
+    device_option,
+    download_option,
+    ints,
+    json_option,
+    load_context,
+    overrides,
+    shared_argv,
+    shared_options,
+)
+from transfer_eval.errors import UserError
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option(
+    "-c",
+    "--checkpoint",
+    "checkpoint_names",
+    required=True,
+    help="Checkpoints, comma-separated: registry names, timm architectures (random init) or arch.tag (timm's weights).",
+)
+@click.option("-t", "--task", "task_names", required=True, help="Tasks, comma-separated (see `list tasks`).")
+@click.option(
+    "-m",
+    "--mode",
+    "mode_names",
+    required=True,
+    help="Modes, comma-separated: linear, attention, full (see `list modes`).",
+)
+@click.option(
+    "--seed",
+    "--seeds",
+    "seeds",
+    default=None,
+    help="Seed, or several comma-separated (each is stored). Default: 0,1,2 for fewshot, 0 otherwise.",
+)
+@device_option
+@click.option("--force", is_flag=True, help="Run again even where the result is already stored.")
+@download_option
+@shared_options
+@json_option
+def run(checkpoint_names, task_names, mode_names, seeds, device, force, download, as_json, **shared):
+    """Adapt each checkpoint to each task in each mode; store and print the results.
+
+    Runs whose result is already stored (same checkpoint, weights, task version, mode, recipe and seed) are
+    skipped unless --force.
+
+    \b
+    Examples:
+      transfer-eval run -c vit_demo -t digits -m linear,attention,full
+      transfer-eval run -c deit3_s16_in1k -t cifar100 -m attention --data-dir ~/data --set steps=2000
+    """
+    from transfer_eval import data, devices, distributed, runner
+    from transfer_eval.results import Store
+
+    o = shared
+    runs = _plan(checkpoint_names, task_names, mode_names, seeds, o)
+    dev = distributed.init(device) if distributed.launched() else devices.pick_device(device)
+    ctx = load_context(o["data_dir"], o["skip_verify"], download, o["bad_images"])
+    options = runner.Options(
+        force=force,
+        download=download,
+        save_delta=Path(o["save_delta"]) if o["save_delta"] else None,
+        checkpoint_every=o["checkpoint_every"],
+        compile=o["compile_model"],
+        inputs=data.InputOptions(o["device_resize"], o["cache_images"], o["workers"]),
+    )
+    store = Store(o["results"] or paths.default_results())
+    results = runner.run_all(runs, ctx, dev, store, options, command=shlex.join(["transfer-eval", *sys.argv[1:]]))
+    if distributed.is_main():
+        _print_results(results, as_json)
+    store.close()
+    distributed.shutdown()
+    if any(r.status != "ok" for r in results):
+        sys.exit(1)
+
+
+def _plan(checkpoint_names, task_names, mode_names, seeds, o: dict):
+    """The runs a run or sweep command line names (checkpoints, tasks, modes, seeds, recipe options)."""
+    from transfer_eval import checkpoints, modes, runner, tasks
+
+    registry = checkpoints.load_registry(o["registries"])
+    ckpts = [checkpoints.resolve(n, registry) for n in csv(checkpoint_names)]
+    known = tasks.discover(o["tasks_dirs"])
+    task_list = [tasks.resolve(n, known) for n in csv(task_names)]
+    mode_list = [modes.resolve(n) for n in csv(mode_names)]
+    seed_list = ints(seeds) if seeds is not None else None
+    if not (ckpts and task_list and mode_list and (seed_list is None or seed_list)):
+        raise UserError("give at least one checkpoint (-c), task (-t), mode (-m) and seed")
+    return runner.plan(ckpts, task_list, mode_list, seed_list, overrides(o["settings"]), o["resolution"], o["preset"])
+
+
+def _print_results(rows, as_json: bool):
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r.to_dict(), sort_keys=False))
+        return
+    from tabulate import tabulate
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.2f}"
+
+    def num(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    table = [
+        [
+            r.run_id,
+            r.checkpoint,
+            r.task,
+            r.mode if r.shots is None else f"{r.mode} {r.shots}-shot",
+            r.seed,
+            pct(r.top1),
+            pct(r.top5),
+            pct(r.balanced_top1),
+            pct(r.val_top1),
+            num(r.params_per_task, ","),
+            num(r.bytes_per_task and r.bytes_per_task / 2**20, ".2f"),
+            num(r.train_gflops_per_image, ".3g"),
+            num(r.train_seconds, ".1f"),
+            num(r.peak_memory_mb, ".0f"),
+            r.status,
+        ]
+        for r in rows
+    ]
+    headers = [
+        "run",
+        "checkpoint",
+        "task",
+        "mode",
+        "seed",
+        "top1 %",
+        "top5 %",
+        "balanced %",
+        "val top1 %",
+        "params/task",
+        "MiB/task",
+        "train GFLOPs/img",
+        "train s",
+        "peak MB",
+        "status",
+    ]
+    click.echo(tabulate(table, headers=headers, disable_numparse=True))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-c", "--checkpoint", "checkpoint_names", required=True, help="Checkpoints, comma-separated.")
+@click.option("-t", "--task", "task_names", required=True, help="Tasks, comma-separated.")
+@click.option("-m", "--mode", "mode_names", required=True, help="Modes, comma-separated.")
+@click.option("--seed", "--seeds", "seeds", default=None, help="Seeds, comma-separated (default per mode).")
+@click.option(
+    "--per",
+    type=click.Choice(["run", "group"]),
+    default="group",
+    show_default=True,
+    help="One job per run, or per checkpoint x task (its modes and seeds together).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "slurm"]),
+    default="local",
+    show_default=True,
+    help="local: the jobs one after another here; slurm: submitted through submitit.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan (the runs still missing, as jobs) and stop.")
+@click.option("--slurm-folder", type=click.Path(file_okay=False), default="transfer_eval_slurm", show_default=True)
+@click.option("--partition", default=None, help="Slurm partition.")
+@click.option("--gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--cpus-per-job", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--mem-gb", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--timeout-min", type=click.IntRange(min=1), default=24 * 60, show_default=True)
+@shared_options
+def sweep(
+    checkpoint_names,
+    task_names,
+    mode_names,
+    seeds,
+    per,
+    executor,
+    dry_run,
+    slurm_folder,
+    partition,
+    gpus_per_job,
+    cpus_per_job,
+    mem_gb,
+    timeout_min,
+    **shared,
+):
+    """Plan every run not yet stored and launch the missing ones as jobs (locally, or on Slurm via submitit).
+
+    All jobs write to the same results store; launching the same sweep again runs only what is still missing.
+
+    \b
+    Examples:
+      transfer-eval sweep -c vit_demo,vit_demo_shapes -t digits -m linear,fewshot --dry-run
+      transfer-eval sweep -c deit3_b16_in1k,dinov2_b14_lvd142m -t cifar100,flowers102 -m attention,full \\
+          --data-dir ~/data --executor slurm --partition gpu
+    """
+    from tabulate import tabulate
+
+    from transfer_eval import sweep as sweeps
+    from transfer_eval.results import Store
+
+    runs = _plan(checkpoint_names, task_names, mode_names, seeds, shared)
+    results_path = shared["results"] or str(paths.default_results())
+    store = Store(results_path)
+    pending = {r.key for r in runs if not store.has(r.key)}
+    store.close()
+    common = shared_argv({**shared, "results": str(results_path)})  # every job writes to this one store
+    jobs = sweeps.plan_jobs(runs, pending, per, common)
+    click.echo(
+        f"{len(runs)} runs planned, {len(runs) - len(pending)} stored, {len(pending)} to run in {len(jobs)} jobs"
+    )
+    click.echo(
+        tabulate(
+            [[i, j.name, len(j.runs), "transfer-eval " + shlex.join(j.argv)] for i, j in enumerate(jobs, 1)],
+            headers=["job", "what", "runs", "command"],
+            maxcolwidths=[None, None, None, 90],
+        )
+    )
+    if dry_run or not jobs:
+        return
+    if executor == "slurm":
+        ids = sweeps.launch_slurm(jobs, Path(slurm_folder), partition, gpus_per_job, cpus_per_job, mem_gb, timeout_min)
+        click.echo(f"submitted {len(ids)} Slurm jobs: {', '.join(ids)}; logs in {slurm_folder}")
+        return
+    codes = sweeps.launch_local(jobs, echo=click.echo)
+    if any(codes):
+        click.echo(f"{sum(c != 0 for c in codes)} of {len(codes)} jobs failed", err=True)
+        sys.exit(1 if all(c in (0, 1) for c in codes) else 2)

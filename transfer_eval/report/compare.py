@@ -1,0 +1,222 @@
+"""Paired comparison of checkpoints: per (task, mode), delta = B - A with a paired bootstrap CI and McNemar's exact
+test on the stored per-sample predictions; one typed `Paired` row each."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from transfer_eval.errors import UserError, unknown_name
+from transfer_eval.report.leaderboard import Cell, _setup_note, build_cells
+from transfer_eval.results import Result, Store
+
+ALPHA = 0.05
+
+# ------------------------------------------------------------------------------------------------- statistics
+
+
+def paired_stats(
+    correct_a: np.ndarray, correct_b: np.ndarray, resamples: int = 10_000, seed: int = 0, level: float = 0.95
+) -> dict:
+    """delta = acc_B - acc_A with a paired percentile bootstrap CI and McNemar's exact p-value.
+
+    b = A right & B wrong, c = A wrong & B right; p = two-sided binomial test of min(b, c) in b + c at 1/2.
+
+    The bootstrap resamples the n test examples with replacement, `resamples` times, from
+    `numpy.random.default_rng(seed)`. A resample's delta depends only on how many of its n draws land on the c
+    examples only B gets right and on the b only A gets right, and those two counts are exactly
+    Multinomial(n, (c/n, b/n, rest)); drawing them directly is the same bootstrap in O(resamples) rather than
+    O(resamples x n) (10,000 resamples of 25k examples: milliseconds instead of seconds).
+    """
+    from scipy.stats import binomtest
+
+    a = np.asarray(correct_a, bool)
+    b_ = np.asarray(correct_b, bool)
+    if a.shape != b_.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError("paired_stats needs two equal-length, non-empty 1-d arrays")
+    n = len(a)
+    b = int(np.sum(a & ~b_))
+    c = int(np.sum(~a & b_))
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, [c / n, b / n, (n - b - c) / n], size=resamples)
+    deltas = (counts[:, 0] - counts[:, 1]) / n
+    lo, hi = np.percentile(deltas, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    p = 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5, alternative="two-sided").pvalue)
+    return {
+        "n": n,
+        "acc_a": float(a.mean()),
+        "acc_b": float(b_.mean()),
+        "delta": (c - b) / n,
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "p_value": min(p, 1.0),
+        "b": b,
+        "c": c,
+        "resamples": resamples,
+    }
+
+
+def verdict(delta: float, p: float, alpha: float = ALPHA) -> str:
+    """From B's side: win / loss where McNemar's p < alpha, tie otherwise."""
+    if p < alpha and delta > 0:
+        return "win"
+    if p < alpha and delta < 0:
+        return "loss"
+    return "tie"
+
+
+# ------------------------------------------------------------------------------------------------- comparison
+
+_COSTS = (
+    ("params_per_task", "d_params_per_task"),
+    ("bytes_per_task", "d_bytes_per_task"),
+    ("train_pflops_total", "d_train_pflops"),
+    ("fwd_gflops_per_image", "d_fwd_gflops_per_image"),
+)
+
+
+@dataclass
+class Paired:
+    """One (B, task, mode) compared against the reference A. `verdict`: win / tie / loss (McNemar p < ALPHA), or
+    refused / no predictions with the `reason`; d_*: B - A for the costs."""
+
+    checkpoint_a: str
+    checkpoint_b: str
+    task: str
+    mode: str
+    run_a: int
+    run_b: int
+    seed_a: int
+    seed_b: int
+    n: int | None = None
+    acc_a: float | None = None
+    acc_b: float | None = None
+    delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    b: int | None = None  # A right, B wrong
+    c: int | None = None  # A wrong, B right
+    verdict: str = "refused"
+    reason: str | None = None
+    note: str | None = None
+    d_params_per_task: float | None = None
+    d_bytes_per_task: float | None = None
+    d_train_pflops: float | None = None
+    d_fwd_gflops_per_image: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Comparison:
+    reference: str
+    others: list[str]
+    rows: list[Paired]  # one per (other, task, mode)
+    resamples: int
+    notes: list[str] = field(default_factory=list)
+
+    def rows_of(self, other: str) -> list[Paired]:
+        return [r for r in self.rows if r.checkpoint_b == other]
+
+    def summary(self, other: str) -> dict:
+        rs = self.rows_of(other)
+        out = {k: sum(r.verdict == k for r in rs) for k in ("win", "tie", "loss")}
+        out["not compared"] = len(rs) - sum(out.values())
+        return out
+
+
+def _pick_runs(ca: Cell, cb: Cell) -> tuple[Result, Result, str | None]:
+    common = sorted(set(ca.seeds) & set(cb.seeds))
+    if common:
+        s = common[0]
+        ra = next(r for r in ca.runs if r.seed == s)
+        rb = next(r for r in cb.runs if r.seed == s)
+        note = (
+            (
+                f"{ca.task} / {ca.mode}: statistics from seed {s}, the lowest seed both have (A has {ca.n} "
+                f"seed{'s' * (ca.n != 1)}, B {cb.n})"
+            )
+            if ca.n > 1 or cb.n > 1
+            else None
+        )
+        return ra, rb, note
+    ra, rb = ca.runs[0], cb.runs[0]
+    return ra, rb, f"{ca.task} / {ca.mode}: no seed in common; statistics from A seed {ra.seed}, B seed {rb.seed}"
+
+
+def compare(
+    store: Store, checkpoints: list[str], tasks=(), modes=(), resamples: int = 10_000, seed: int = 0
+) -> Comparison:
+    """Each checkpoint after the first against the first (the reference), per (task, mode) both were run on."""
+    checkpoints = list(dict.fromkeys(checkpoints))
+    if len(checkpoints) < 2:
+        raise UserError(
+            "compare needs at least two different checkpoints, e.g. "
+            "`transfer-eval compare deit3_s16_in1k augreg_s16_in21k_ft_in1k`"
+        )
+    if resamples < 1:
+        raise UserError("--resamples must be at least 1 (default 10000)")
+    stored = {r.checkpoint for r in store.query()}
+    if not stored:
+        raise UserError(f"no stored results in {store.path}; run `transfer-eval run ... --results {store.path}` first")
+    for c in checkpoints:
+        if c not in stored:
+            raise unknown_name("checkpoint", c, stored, f"(no results stored for it in {store.path})")
+    cells = build_cells(store.query(checkpoints=checkpoints, tasks=list(tasks), modes=list(modes)))
+    ref, others = checkpoints[0], checkpoints[1:]
+    rows, notes = [], []
+    for other in others:
+        common = sorted({(t, m) for c, m, t in cells if c == ref} & {(t, m) for c, m, t in cells if c == other})
+        if not common:
+            filt = "".join(f" {k} {','.join(v)}" for k, v in (("tasks", tasks), ("modes", modes)) if v)
+            raise UserError(
+                f"{ref} and {other} have no task and mode in common with stored results{filt}; "
+                f"run them on the same tasks and modes first"
+            )
+        for task, mode in common:
+            ca, cb = cells[(ref, mode, task)], cells[(other, mode, task)]
+            rows.append(_compare_cells(store, ca, cb, resamples, seed))
+            notes += [_setup_note(c) for c in (ca, cb) if c.n_setups > 1]
+    if all(r.verdict == "refused" for r in rows):
+        raise UserError(f"nothing to compare: {rows[0].reason} for every shared task and mode")
+    return Comparison(ref, others, rows, resamples, notes)
+
+
+def _compare_cells(store: Store, ca: Cell, cb: Cell, resamples: int, seed: int) -> Paired:
+    ra, rb, seed_note = _pick_runs(ca, cb)
+    row = Paired(
+        ca.checkpoint,
+        cb.checkpoint,
+        ca.task,
+        ca.mode,
+        ra.run_id,
+        rb.run_id,
+        ra.seed,
+        rb.seed,
+        acc_a=ra.top1,
+        acc_b=rb.top1,
+        note=seed_note,
+    )
+    for cost, key in _COSTS:
+        x, y = getattr(ra, cost), getattr(rb, cost)
+        setattr(row, key, None if x is None or y is None else y - x)
+    if ra.split_manifest and rb.split_manifest and ra.split_manifest != rb.split_manifest:
+        row.reason = "measured on different test examples (split_manifest differs)"
+        return row
+    pa, pb = store.predictions(ra.run_id), store.predictions(rb.run_id)
+    if pa is None or pb is None:
+        row.verdict, row.reason = "no predictions", "no per-sample predictions stored"
+        row.delta = None if ra.top1 is None or rb.top1 is None else rb.top1 - ra.top1
+        return row
+    (la, ta), (lb, tb) = pa, pb
+    if la.shape != lb.shape or not np.array_equal(la, lb):
+        row.reason = "measured on different test examples (labels differ)"
+        return row
+    s = paired_stats(ta[:, 0] == la, tb[:, 0] == lb, resamples, seed)
+    for k in ("n", "acc_a", "acc_b", "delta", "ci_low", "ci_high", "p_value", "b", "c"):
+        setattr(row, k, s[k])
+    row.verdict = verdict(s["delta"], s["p_value"])
+    return row

@@ -1,0 +1,297 @@
+"""The leaderboard model: task groups, cells (the runs of one checkpoint x mode x task that count), rows and their
+means, storage and compute, sorting. The definitions are in transfer_eval/report/__init__.py's docstring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from transfer_eval.errors import UserError, unknown_name
+from transfer_eval.results import Result, Store
+
+BYTES_PER_PARAM = 4  # fp32: the dtype the suite stores deltas in (runner -> costs.delta_bytes)
+
+
+# ----------------------------------------------------------------------------------------------------- groups
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    tasks: tuple[str, ...]
+    description: str
+
+
+GROUPS = {
+    g.name: g
+    for g in (
+        Group(
+            "paper6",
+            ("inat2018", "inat2019", "cifar10", "cifar100", "stanford_cars", "flowers102"),
+            "the six transfer sets of Touvron et al., 'Three things everyone should know about Vision Transformers' "
+            "(2022): iNat-18, iNat-19, CIFAR-10, CIFAR-100, Stanford Cars, Flowers-102",
+        ),
+        Group("cifar", ("cifar10", "cifar100"), "CIFAR-10 and CIFAR-100"),
+        Group("inat", ("inat2018", "inat2019"), "iNaturalist 2018 and 2019"),
+        Group("demo", ("digits",), "the offline demo task"),
+    )
+}
+ALL = "all"  # not a fixed list: the task columns shown
+
+
+def resolve_group(name: str | None, shown_tasks: list[str]) -> Group:
+    if name is None or name == ALL:
+        return Group(ALL, tuple(shown_tasks), "the tasks shown")
+    if name not in GROUPS:
+        raise unknown_name("task group", name, [*GROUPS, ALL], "(see `transfer-eval list groups`)")
+    return GROUPS[name]
+
+
+# ------------------------------------------------------------------------------------------------------ cells
+
+
+@dataclass
+class Cell:
+    """The runs of one (checkpoint, mode, task) that count: those of the newest setup."""
+
+    checkpoint: str
+    mode: str
+    task: str
+    runs: list[Result]
+    n_setups: int = 1
+
+    @property
+    def accs(self) -> list[float]:
+        return [r.top1 for r in self.runs]
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def top1(self) -> float:
+        return float(np.mean(self.accs))
+
+    @property
+    def std(self) -> float | None:
+        return float(np.std(self.accs, ddof=1)) if self.n > 1 else None
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def newest(self) -> Result:
+        return max(self.runs, key=lambda r: r.run_id)
+
+    def cost(self, name: str) -> float | None:
+        vals = [getattr(r, name) for r in self.runs if getattr(r, name) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    def to_dict(self) -> dict:
+        new = self.newest
+        return {
+            "top1": self.top1,
+            "std": self.std,
+            "n": self.n,
+            "seeds": self.seeds,
+            "run_ids": [r.run_id for r in self.runs],
+            "protocol_hash": new.protocol_hash,
+            "n_setups": self.n_setups,
+            "params_per_task": new.params_per_task,
+            "bytes_per_task": new.bytes_per_task,
+            "params_total": new.params_total,
+            "train_pflops_total": self.cost("train_pflops_total"),
+            "fwd_gflops_per_image": new.fwd_gflops_per_image,
+        }
+
+
+def _setup(r: Result) -> tuple:
+    return (r.weights_sha256, r.task_version, r.protocol_hash)
+
+
+def build_cells(results: list[Result]) -> dict[tuple[str, str, str], Cell]:
+    by: dict[tuple, list[Result]] = {}
+    for r in results:
+        if r.status == "ok" and r.top1 is not None:
+            by.setdefault((r.checkpoint, r.mode, r.task), []).append(r)
+    out = {}
+    for key, runs in by.items():
+        newest = max(runs, key=lambda r: r.run_id)
+        keep = sorted((r for r in runs if _setup(r) == _setup(newest)), key=lambda r: r.seed)
+        out[key] = Cell(*key, runs=keep, n_setups=len({_setup(r) for r in runs}))
+    return out
+
+
+def _setup_note(c: Cell) -> str:
+    return (
+        f"{c.checkpoint} / {c.mode} / {c.task}: {c.n_setups} setups stored (protocol hash, weights or task "
+        f"version differ); only the newest counts (protocol {c.newest.protocol_hash[:12]}, run "
+        f"{c.newest.run_id})"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ leaderboard
+
+
+@dataclass
+class Row:
+    checkpoint: str
+    mode: str
+    cells: dict[str, Cell | None]  # every shown task and every group task
+    group: Group
+
+    @property
+    def group_cells(self) -> list[Cell]:
+        return [self.cells[t] for t in self.group.tasks if self.cells.get(t) is not None]
+
+    @property
+    def present(self) -> int:
+        return len(self.group_cells)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.group.tasks) > 0 and self.present == len(self.group.tasks)
+
+    @property
+    def mean_partial(self) -> float | None:
+        cs = self.group_cells
+        return float(np.mean([c.top1 for c in cs])) if cs else None
+
+    @property
+    def mean(self) -> float | None:
+        return self.mean_partial if self.complete else None
+
+    @property
+    def params_per_task(self) -> float | None:
+        vals = [c.newest.params_per_task for c in self.group_cells if c.newest.params_per_task is not None]
+        return float(np.mean(vals)) if vals else None
+
+    def _storage(self):
+        if not self.complete:
+            return None
+        cs = self.group_cells
+        first = cs[0].newest
+        if (
+            any(c.newest.bytes_per_task is None or c.newest.params_total is None for c in cs)
+            or first.params_per_task is None
+        ):
+            return None
+        shared = (first.params_total - first.params_per_task) * BYTES_PER_PARAM
+        suite = shared + sum(c.newest.bytes_per_task for c in cs)
+        full = sum(c.newest.params_total * BYTES_PER_PARAM for c in cs)
+        return suite, full
+
+    @property
+    def suite_bytes(self) -> int | None:
+        s = self._storage()
+        return s and s[0]
+
+    @property
+    def full_copies_bytes(self) -> int | None:
+        s = self._storage()
+        return s and s[1]
+
+    @property
+    def storage_ratio(self) -> float | None:
+        s = self._storage()
+        return s[0] / s[1] if s and s[1] else None
+
+    @property
+    def train_pflops(self) -> float | None:
+        if not self.complete:
+            return None
+        vals = [c.cost("train_pflops_total") for c in self.group_cells]
+        return None if any(v is None for v in vals) else float(sum(vals))
+
+    def value(self, column: str):
+        """The raw value a column sorts by (None where missing)."""
+        if column in ("checkpoint", "mode"):
+            return getattr(self, column)
+        if column in NUMERIC_COLUMNS:
+            return getattr(self, column)
+        c = self.cells.get(column)
+        return None if c is None else c.top1
+
+
+NUMERIC_COLUMNS = ("mean", "params_per_task", "suite_bytes", "storage_ratio", "train_pflops")
+# Accuracy sorts best first; cost columns cheapest first; names alphabetically.
+_DESCENDING = {"mean"}
+
+
+@dataclass
+class Leaderboard:
+    tasks: list[str]  # the task columns shown
+    group: Group
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        return ["checkpoint", "mode", *self.tasks, *NUMERIC_COLUMNS]
+
+
+def leaderboard(
+    store: Store, checkpoints=(), tasks=(), modes=(), group: str | None = None, sort: str | None = None
+) -> Leaderboard:
+    """Rows checkpoint x mode. `tasks` picks the task columns (default: the group's tasks, else every stored
+    task); `group` is what the mean, storage and compute are over (default: the task columns shown)."""
+    named = group not in (None, ALL)
+    grp = resolve_group(group, []) if named else None
+    everything = store.query()
+    if not everything:
+        raise UserError(
+            f"no stored results in {store.path}; run `transfer-eval run -c CHECKPOINT -t TASK "
+            f"-m MODE --results {store.path}` first"
+        )
+    for kind, names, attr in (
+        ("checkpoint", checkpoints, "checkpoint"),
+        ("task", tasks, "task"),
+        ("mode", modes, "mode"),
+    ):
+        known = {getattr(r, attr) for r in everything}
+        for n in names:
+            if n not in known:
+                raise unknown_name(kind, n, known, f"(no successful result stored for it in {store.path})")
+    cells = build_cells(store.query(checkpoints=list(checkpoints), modes=list(modes)))
+    shown = list(dict.fromkeys(tasks)) or (list(grp.tasks) if grp else sorted({t for _, _, t in cells}))
+    grp = grp or resolve_group(None, shown)
+    wanted = set(shown) | set(grp.tasks)
+    pairs = sorted({(c, m) for c, m, t in cells if t in wanted})
+    if not pairs:
+        raise UserError(
+            f"no stored results for the tasks {', '.join(sorted(wanted))} with these filters in {store.path}"
+        )
+    rows = [Row(c, m, {t: cells.get((c, m, t)) for t in dict.fromkeys([*shown, *grp.tasks])}, grp) for c, m in pairs]
+    notes = [_setup_note(cell) for row in rows for cell in row.cells.values() if cell and cell.n_setups > 1]
+    lb = Leaderboard(shown, grp, rows, notes)
+    sort_rows(lb, sort)
+    return lb
+
+
+def sort_rows(lb: Leaderboard, sort: str | None):
+    """`COLUMN` or `COLUMN:asc|desc`; missing values always last; ties keep checkpoint, mode order."""
+    if sort is None:
+        column, direction = "mean", None
+    else:
+        column, _, direction = sort.partition(":")
+        direction = direction or None
+        if column not in lb.columns:
+            raise unknown_name("sort column", column, lb.columns)
+        if direction not in (None, "asc", "desc"):
+            raise UserError(f"--sort {sort!r}: the direction after ':' is asc or desc")
+    if direction is None:
+        direction = "desc" if column in _DESCENDING or column in lb.tasks else "asc"
+    rows = sorted(lb.rows, key=lambda r: (r.checkpoint, r.mode))
+
+    def present_first(r):
+        v = r.value(column)
+        if column == "mean" and v is None and r.mean_partial is not None:
+            return 1  # incomplete means after complete ones, before rows with nothing in the group
+        return 0 if v is not None else 2
+
+    have = [r for r in rows if r.value(column) is not None]
+    have.sort(key=lambda r: r.value(column), reverse=direction == "desc")
+    rest = sorted((r for r in rows if r.value(column) is None), key=present_first)
+    lb.rows = have + rest

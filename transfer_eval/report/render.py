@@ -1,0 +1,336 @@
+"""Text renderers: the leaderboard as a table, markdown, csv, json or LaTeX, and a comparison as text or json."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from transfer_eval.errors import UserError
+from transfer_eval.report.compare import ALPHA, Comparison
+from transfer_eval.report.leaderboard import BYTES_PER_PARAM, NUMERIC_COLUMNS, Cell, Leaderboard, Row, _setup_note
+
+MISSING = "missing"
+
+# --------------------------------------------------------------------------------------------- display values
+
+
+def pct(x: float | None) -> str:
+    return MISSING if x is None else f"{100 * x:.2f}"
+
+
+def acc_text(c: Cell | None) -> str:
+    if c is None:
+        return MISSING
+    s = f"{100 * c.top1:.2f}"
+    if c.n > 1:
+        s += f" ± {100 * c.std:.2f} (n={c.n})"
+    if c.n_setups > 1:
+        s += " *"
+    return s
+
+
+def human_count(x: float | None) -> str:
+    if x is None:
+        return MISSING
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def human_bytes(x: float | None) -> str:
+    if x is None:
+        return MISSING
+    for div, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(x) >= div:
+            return f"{x / div:.3g} {unit}"
+    return f"{x:.0f} B"
+
+
+def _incomplete(row: Row) -> str:
+    return f"incomplete ({row.present}/{len(row.group.tasks)})"
+
+
+def display_headers(lb: Leaderboard) -> list[str]:
+    return [
+        "checkpoint",
+        "mode",
+        *lb.tasks,
+        f"mean ({lb.group.name})",
+        "params/task",
+        "suite storage",
+        "vs copies",
+        "train PFLOPs",
+    ]
+
+
+def display_row(row: Row, tasks: list[str]) -> list[str]:
+    accs = [acc_text(row.cells.get(t)) for t in tasks]
+    if row.complete:
+        extra = [
+            pct(row.mean),
+            human_count(row.params_per_task),
+            human_bytes(row.suite_bytes),
+            MISSING if row.storage_ratio is None else f"{row.storage_ratio:.3f}x",
+            MISSING if row.train_pflops is None else f"{row.train_pflops:.3g}",
+        ]
+    else:
+        inc = "incomplete" if row.group.tasks else MISSING
+        extra = [_incomplete(row) if row.group.tasks else MISSING, human_count(row.params_per_task), inc, inc, inc]
+    return [row.checkpoint, row.mode, *accs, *extra]
+
+
+def display_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
+    return display_headers(lb), [display_row(r, lb.tasks) for r in lb.rows]
+
+
+def legend(lb: Leaderboard) -> list[str]:
+    g = lb.group
+    return [
+        "accuracy: test top-1 %; several seeds: mean ± std (ddof=1) over n seeds; 'missing': no stored result.",
+        f"mean ({g.name}): over {', '.join(g.tasks) or 'no tasks'} ({g.description}); 'incomplete (k/T)' where a "
+        "task of the group has no result.",
+        "params/task: mean over the group's tasks of the parameters one more task stores (per task in json).",
+        f"suite storage: shared backbone + one stored delta per task of the group ({BYTES_PER_PARAM} bytes/param "
+        "for the backbone); vs copies: that / T full copies of the model.",
+        "train PFLOPs: training compute summed over the group's tasks (one seed).",
+    ] + [f"* {n}" for n in lb.notes]
+
+
+# ---------------------------------------------------------------------------------------------------- formats
+
+
+def table(lb: Leaderboard) -> str:
+    from tabulate import tabulate
+
+    headers, rows = display_table(lb)
+    return tabulate(rows, headers=headers, disable_numparse=True) + "\n\n" + "\n".join(legend(lb)) + "\n"
+
+
+def markdown(lb: Leaderboard) -> str:
+    from tabulate import tabulate
+
+    headers, rows = display_table(lb)
+    table = tabulate(
+        [[_md_escape(c) for c in r] for r in rows],
+        headers=[_md_escape(h) for h in headers],
+        tablefmt="github",
+        disable_numparse=True,
+    )
+    return table + "\n\n" + "\n".join(f"- {_md_escape(line)}" for line in legend(lb)) + "\n"
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|").replace("*", "\\*")  # intraword _ is literal in GitHub markdown
+
+
+def row_dict(lb: Leaderboard, row: Row) -> dict:
+    tasks = dict.fromkeys([*lb.tasks, *lb.group.tasks])
+    return {
+        "checkpoint": row.checkpoint,
+        "mode": row.mode,
+        "group": lb.group.name,
+        "group_tasks": list(lb.group.tasks),
+        "tasks": {t: (row.cells[t].to_dict() if row.cells.get(t) else None) for t in tasks},
+        "mean": row.mean,
+        "complete": row.complete,
+        "mean_partial": row.mean_partial,
+        "tasks_present": row.present,
+        "tasks_total": len(lb.group.tasks),
+        "params_per_task": row.params_per_task,
+        "suite_bytes": row.suite_bytes,
+        "full_copies_bytes": row.full_copies_bytes,
+        "storage_ratio": row.storage_ratio,
+        "train_pflops": row.train_pflops,
+        "notes": [_setup_note(c) for c in row.cells.values() if c and c.n_setups > 1],
+    }
+
+
+def to_json(lb: Leaderboard) -> str:
+    """One JSON object per row, one per line; accuracies as fractions, null where missing."""
+    return "".join(json.dumps(row_dict(lb, r)) + "\n" for r in lb.rows)
+
+
+def to_csv(lb: Leaderboard) -> str:
+    """Raw values: accuracies as fractions, bytes, PFLOPs; an empty cell where missing."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(
+        [
+            "checkpoint",
+            "mode",
+            *[f"{t}{s}" for t in lb.tasks for s in ("", "_std", "_n")],
+            "group",
+            "mean",
+            "complete",
+            "tasks_present",
+            "tasks_total",
+            *NUMERIC_COLUMNS[1:],
+            "full_copies_bytes",
+            "notes",
+        ]
+    )
+
+    def v(x):
+        return "" if x is None else x
+
+    for r in lb.rows:
+        cells = []
+        for t in lb.tasks:
+            c = r.cells.get(t)
+            cells += ["", "", 0] if c is None else [c.top1, v(c.std), c.n]
+        w.writerow(
+            [
+                r.checkpoint,
+                r.mode,
+                *cells,
+                lb.group.name,
+                v(r.mean),
+                r.complete,
+                r.present,
+                len(lb.group.tasks),
+                *[v(getattr(r, k)) for k in NUMERIC_COLUMNS[1:]],
+                v(r.full_copies_bytes),
+                "; ".join(_setup_note(c) for c in r.cells.values() if c and c.n_setups > 1),
+            ]
+        )
+    return buf.getvalue()
+
+
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(s: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in s).replace("±", r"$\pm$")
+
+
+def to_latex(lb: Leaderboard) -> str:
+    from tabulate import tabulate
+
+    headers, rows = display_table(lb)
+    table = tabulate(
+        [[latex_escape(c) for c in r] for r in rows],
+        headers=[latex_escape(h) for h in headers],
+        tablefmt="latex_raw",
+        disable_numparse=True,
+    )
+    return table + "\n" + "".join(f"% {line}\n" for line in legend(lb))
+
+
+def _p_text(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "<1e-16" if p < 1e-16 else f"{p:.3g}"
+
+
+def _pp(x: float | None, sign=True) -> str:
+    return "-" if x is None else f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+
+
+def _signed(x, fmt) -> str:
+    return "-" if x is None else format(x, "+" + fmt)
+
+
+def compare_headers(cmp: Comparison) -> list[str]:
+    return [
+        "task",
+        "mode",
+        "A %",
+        "B %",
+        "delta pp (B-A)",
+        "95% CI pp",
+        "p (McNemar)",
+        "B vs A",
+        "d params/task",
+        "d train PFLOPs",
+        "d fwd GFLOPs/img",
+    ]
+
+
+def compare_table_rows(cmp: Comparison, other: str) -> list[list[str]]:
+    out = []
+    for r in cmp.rows_of(other):
+        ci = "-" if r.ci_low is None else f"[{100 * r.ci_low:+.2f}, {100 * r.ci_high:+.2f}]"
+        result = r.verdict if r.reason is None else f"{r.verdict}: {r.reason}"
+        out.append(
+            [
+                r.task,
+                r.mode,
+                _pp(r.acc_a, False),
+                _pp(r.acc_b, False),
+                _pp(r.delta),
+                ci,
+                _p_text(r.p_value),
+                result,
+                _signed(r.d_params_per_task, ","),
+                _signed(r.d_train_pflops, ".3g"),
+                _signed(r.d_fwd_gflops_per_image, ".3g"),
+            ]
+        )
+    return out
+
+
+def summary_text(cmp: Comparison, other: str) -> str:
+    s = cmp.summary(other)
+    text = (
+        f"{other} vs {cmp.reference}: {s['win']} win{'s' * (s['win'] != 1)}, {s['tie']} "
+        f"tie{'s' * (s['tie'] != 1)}, {s['loss']} loss{'es' * (s['loss'] != 1)}"
+    )
+    if s["not compared"]:
+        text += f", {s['not compared']} not compared"
+    return text + f" (win/loss: McNemar p < {ALPHA})"
+
+
+def compare_intro(cmp: Comparison) -> list[str]:
+    lines = []
+    if len(cmp.others) > 1:
+        lines.append(f"{len(cmp.others) + 1} checkpoints: each is compared against the first, {cmp.reference}.")
+    lines.append(
+        f"delta = B - A in percentage points, A = {cmp.reference} (the reference); 95% CI: paired "
+        f"percentile bootstrap over test examples ({cmp.resamples} resamples, seed 0); p: McNemar's exact "
+        "test; d = B - A for costs."
+    )
+    return lines
+
+
+def compare_text(cmp: Comparison) -> str:
+    from tabulate import tabulate
+
+    parts = ["\n".join(compare_intro(cmp))]
+    for other in cmp.others:
+        parts.append(
+            f"B = {other}, A = {cmp.reference}\n"
+            + tabulate(compare_table_rows(cmp, other), headers=compare_headers(cmp), disable_numparse=True)
+            + "\n"
+            + summary_text(cmp, other)
+        )
+    notes = list(dict.fromkeys(r.note for r in cmp.rows if r.note))
+    notes = [f"{n}" for n in notes] + [f"* {n}" for n in dict.fromkeys(cmp.notes)]
+    return "\n\n".join(parts) + ("\n\n" + "\n".join(notes) if notes else "") + "\n"
+
+
+def compare_json(cmp: Comparison) -> str:
+    return "".join(json.dumps(r.to_dict()) + "\n" for r in cmp.rows)
+
+
+def write_text(path: str | Path, text: str):
+    """Write a file atomically: a temporary file beside it, then a rename."""
+    from transfer_eval import io
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; name a file")
+    io.write_text(path, text)

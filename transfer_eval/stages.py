@@ -1,0 +1,173 @@
+"""What a mode's stage does between "model adapted" and "test scored", each returning a `Trained`:
+
+- probe: the linear probe on cached features (C chosen on val, refit on train+val);
+- fewshot: big_vision's closed-form few-shot regression (scores test itself: nothing is chosen);
+- finetune: the training loop (lr chosen on val, optional retrain);
+- eval: nothing trains.
+
+A stage knows nothing of results, stores or the stages after it; the runner turns its Trained into a Result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from transfer_eval import costs, data, fewshot, finetune, probe
+
+if TYPE_CHECKING:
+    from transfer_eval.runner import Run
+
+
+@dataclass
+class Trained:
+    """What a stage hands back: its model choice on val, its training figures, and the tensors the task keeps."""
+
+    val_top1: float | None
+    selection: dict | None
+    train_seconds: float
+    train_images: int  # images whose compute the training cost counts (forward passes, or training steps' images)
+    train_gflops_per_image: float
+    train_images_per_second: float | None
+    delta: dict[str, torch.Tensor] | None = None  # None: the model's trainable tensors, after the stage
+    test_top5: np.ndarray | None = None  # set where the stage scores test itself (few-shot's regression)
+    test_seconds: float | None = None
+    fields: dict = field(default_factory=dict)  # record fields only this stage fills
+
+
+@dataclass
+class Stage:
+    """What every stage receives."""
+
+    run: Run
+    model: torch.nn.Module
+    cfg: dict
+    splits: dict
+    device: torch.device
+    plan: data.InputPlan
+    fwd_gflops: float
+    resume: object = None  # fine-tuning's RunCheckpoints
+    compile: bool = False
+
+    def features(self, name: str):
+        """(features, labels, extraction seconds or 0.0 on a cache hit) of one split, through the feature cache."""
+        start = time.perf_counter()
+        key_parts = {
+            "weights_sha256": self.run.weights_sha256,
+            "checkpoint": self.run.checkpoint,
+            "task": self.run.task,
+            "split_name": name,
+        }
+        feats, labels, hit = probe.cached_features(
+            self.model,
+            self.splits[name],
+            self.cfg,
+            self.device,
+            int(self.run.recipe["batch_size"]),
+            key_parts,
+            desc=f"features {name}",
+            plan=self.plan,
+        )
+        return feats, labels, 0.0 if hit else time.perf_counter() - start
+
+
+def probe_stage(s: Stage) -> Trained:
+    """The linear probe: features of train and val (cached), C chosen on val, refit on train+val; the classifier
+    becomes the model's head, so the stored delta is a usable model part."""
+    (xtr, ytr, t_tr), (xva, yva, t_va) = s.features("train"), s.features("val")
+    t1 = time.perf_counter()
+    out = probe.linear_probe(
+        (xtr, ytr),
+        (xva, yva),
+        s.run.task.num_classes,
+        s.run.recipe["c_grid"],
+        s.device,
+        s.run.recipe["tol"],
+        s.run.recipe["max_iter"],
+    )
+    fit_seconds = time.perf_counter() - t1
+    head = s.model.get_classifier()
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(out["head_weight"]))
+        head.bias.copy_(torch.from_numpy(out["head_bias"]))
+    n, extract = len(ytr) + len(yva), t_tr + t_va
+    # A probe's training compute is the feature extraction over train+val (the classifier's is negligible).
+    return Trained(
+        out["val_top1"],
+        {**out["selection"], "features_cached": extract == 0.0},
+        extract + fit_seconds,
+        n,
+        s.fwd_gflops,
+        n / extract if extract > 0 else None,
+    )
+
+
+def fewshot_stage(s: Stage) -> Trained:
+    """big_vision's few-shot evaluator for one (shots, seed): features of train and test (cached), k examples
+    per class sampled by the run's seed, closed-form ridge regression, test top-1. Nothing is chosen (lambda is
+    fixed), so test is open to it."""
+    s.splits["test"].unseal()
+    xtr, ytr, extract = s.features("train")
+    xte, _, test_seconds = s.features("test")
+    shots, recipe = int(s.run.recipe["shots"]), s.run.recipe
+    counts = np.bincount(ytr)
+    short = int(((counts > 0) & (counts < shots)).sum())  # classes with fewer than k examples give all they have
+    idx = np.sort(fewshot.indices(ytr, shots, s.run.seed))  # in file order: one pass over memory-mapped features
+    start = time.perf_counter()
+    mean, std, w = fewshot.solve(xtr[idx], ytr[idx], s.run.task.num_classes, recipe["l2"], s.device)
+    top5 = fewshot.predict(xte, mean, std, w, s.device)
+    solve_seconds = time.perf_counter() - start
+    selection = {
+        "searched": "none (l2 fixed)",
+        "l2": recipe["l2"],
+        "examples": int(len(idx)),
+        "classes_short_of_k": short,
+        "features_cached": extract == 0.0,
+    }
+    delta = {
+        "fewshot.weight": torch.from_numpy(w.astype(np.float32)),
+        "fewshot.mean": torch.from_numpy(mean.astype(np.float32)),
+        "fewshot.std": torch.from_numpy(std.astype(np.float32)),
+    }
+    # training compute: the forward passes of the few-shot examples the solve needs
+    return Trained(
+        None,
+        selection,
+        extract + solve_seconds,
+        len(idx),
+        s.fwd_gflops,
+        len(ytr) / extract if extract else None,
+        delta=delta,
+        test_top5=top5,
+        test_seconds=test_seconds,
+        fields={"shots": shots, "params_trainable": int(w.size), "params_per_task": int(w.size)},
+    )
+
+
+def finetune_stage(s: Stage) -> Trained:
+    recipe = finetune.make_recipe(s.run.recipe)
+    gflops = costs.train_step_flops(s.model, s.cfg, s.device) / 1e9
+    out = finetune.finetune(
+        s.model, s.splits["train"], s.splits["val"], s.cfg, recipe, s.device, s.run.seed, s.resume, s.plan, s.compile
+    )
+    seconds = out["train_seconds"]
+    return Trained(
+        out["val_top1"],
+        out["selection"],
+        seconds,
+        out["train_images"],
+        gflops,
+        out["train_images"] / seconds if seconds else None,
+        fields={"micro_batch_size": out["micro_batch_size"], "oom_backoffs": out["oom_backoffs"]},
+    )
+
+
+def eval_stage(s: Stage) -> Trained:
+    return Trained(None, None, 0.0, 0, 0.0, None)
+
+
+STAGES = {"probe": probe_stage, "fewshot": fewshot_stage, "finetune": finetune_stage, "eval": eval_stage}

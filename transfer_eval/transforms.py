@@ -1,0 +1,45 @@
+"""Image transforms from a checkpoint's data config: timm's evaluation and training transforms."""
+
+from __future__ import annotations
+
+
+def eval_transform(data_config: dict, uint8: bool = False):
+    """timm's evaluation transform: resize to size/crop_pct, centre crop, normalise with the weights' mean/std.
+    With `uint8`, it stops before normalising and gives uint8 CHW arrays (timm's prefetcher form): the device
+    normalises (`Pipeline.batches`)."""
+    from timm.data import create_transform
+
+    return create_transform(**_transform_args(data_config), is_training=False, use_prefetcher=uint8)
+
+
+def train_transform(
+    data_config: dict,
+    augment: bool = True,
+    hflip: float = 0.5,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    randaugment: str | None = None,
+    random_erasing: float = 0.0,
+    uint8: bool = False,
+):
+    """Random-resized crop and flip (the ViT/BiT fine-tuning augmentation), plus timm's RandAugment and random
+    erasing where the recipe asks; the eval transform if not augment. With `uint8`, uint8 CHW arrays, and random
+    erasing is left to the device (timm's PrefetchLoader erases after normalising, as the CPU transform does)."""
+    from timm.data import create_transform
+
+    if not augment:
+        return eval_transform(data_config, uint8)
+    return create_transform(
+        **_transform_args(data_config),
+        is_training=True,
+        hflip=hflip,
+        scale=tuple(crop_scale),
+        color_jitter=None,
+        auto_augment=randaugment,
+        re_prob=random_erasing,
+        use_prefetcher=uint8,
+    )
+
+
+def _transform_args(cfg: dict) -> dict:
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    return {k: cfg[k] for k in keys if k in cfg}
