@@ -6,7 +6,7 @@ import timm
 import torch
 from conftest import cli, json_lines
 
-from transfer_eval import checkpoints, costs, evaluate, modes
+from transfer_eval import checkpoints, costs, inference, modes
 from transfer_eval.results import Store
 
 CPU = torch.device("cpu")
@@ -115,7 +115,7 @@ def test_saved_delta_reproduces_the_test_predictions_exactly(tmp_path, mode, ext
     assert any("lora_B" in k for k in model.state_dict()) == (mode == "lora")  # adapters injected from the delta
     test = tasks.discover()["digits"].dataset("test", LoadContext(tmp_path))
     model.eval()
-    logits = torch.cat(list(evaluate.outputs(model, test, cfg, CPU, batch_size=256))).numpy()
+    logits = torch.cat(list(inference.outputs(model, test, cfg, CPU, batch_size=256))).numpy()
     labels, top5 = Store(db).predictions(row["run_id"])
     assert np.array_equal(labels, test.labels)
     assert np.array_equal(np.argsort(-logits, axis=1, kind="stable")[:, :5], top5)

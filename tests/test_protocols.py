@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import cli, json_lines
 
-from transfer_eval import evaluate, fewshot, probe, runner, tasks
+from transfer_eval import fewshot, inference, probe, runner, tasks
 from transfer_eval.cache import features as cache
 from transfer_eval.checkpoints import load_registry
 from transfer_eval.modes import MODES
@@ -117,7 +117,7 @@ def test_second_probe_does_no_forward_pass(tmp_path, monkeypatch):
     def no_forward(*a, **k):
         raise AssertionError("a cached split was extracted again")
 
-    monkeypatch.setattr(evaluate, "features", no_forward)
+    monkeypatch.setattr(inference, "features", no_forward)
     second = probe.cached_features(model, split, cfg, torch.device("cpu"), 64, parts)
     assert second[2] is True and np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
     other = split.subset(range(10))  # a changed split misses

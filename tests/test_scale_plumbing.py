@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from transfer_eval import evaluate, fewshot, transforms
+from transfer_eval import fewshot, inference, transforms
 from transfer_eval.cache import features as cache
 
 
@@ -46,7 +46,7 @@ def test_feature_writer_streams_into_one_npy_and_publishes_whole(tmp_path, monke
 def test_topk_on_the_device_is_a_stable_argsort(classes):
     rng = np.random.default_rng(classes)
     scores = rng.integers(0, 4, size=(50, classes)).astype(np.float32)  # many ties
-    got = evaluate.topk(torch.from_numpy(scores)).numpy()
+    got = inference.topk(torch.from_numpy(scores)).numpy()
     ref = np.argsort(-scores, axis=1, kind="stable")[:, :5]
     if classes < 5:
         ref = np.concatenate([ref, np.full((50, 5 - classes), -1)], axis=1)
@@ -54,7 +54,7 @@ def test_topk_on_the_device_is_a_stable_argsort(classes):
     assert np.array_equal(got[:, 0], scores.argmax(1))
     distinct = rng.permutation(50 * classes).reshape(50, classes).astype(np.float32)  # no ties: topk alone
     assert np.array_equal(
-        evaluate.topk(torch.from_numpy(distinct)).numpy()[:, : min(5, classes)], np.argsort(-distinct, axis=1)[:, :5]
+        inference.topk(torch.from_numpy(distinct)).numpy()[:, : min(5, classes)], np.argsort(-distinct, axis=1)[:, :5]
     )
 
 

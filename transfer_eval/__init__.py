@@ -1,3 +1,23 @@
-"""transfer-eval: how well does a ViT checkpoint transfer, and at what cost."""
+"""transfer-eval: how well does a ViT checkpoint transfer, and at what cost.
+
+The Python API (transfer_eval.api), importable from here:
+
+    evaluate(checkpoints, tasks, modes, **options) -> list[Result]   what `transfer-eval run` runs
+    load_results(store=None, **filters) -> pandas.DataFrame           one row per stored result
+    leaderboard(store=None, ...) -> report.Leaderboard                 what `leaderboard` renders (.to_frame())
+    compare(checkpoints, store=None, ...) -> report.Comparison         what `compare` renders (.to_frame())
+    add_checkpoint(name, model, weights=..., ...), add_task(task)     without writing a file
+"""
 
 __version__ = "0.1.0"
+
+_API = ("evaluate", "load_results", "leaderboard", "compare", "add_checkpoint", "add_task")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name):  # the API on first use: `import transfer_eval` stays light (no torch until it is needed)
+    if name in _API:
+        from transfer_eval import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'transfer_eval' has no attribute {name!r}")

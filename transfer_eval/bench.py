@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transfer_eval import checkpoints, costs, data, devices, evaluate, finetune, modes
+from transfer_eval import checkpoints, costs, data, devices, finetune, inference, modes
 from transfer_eval.tasks import ImageSplit
 
 
@@ -201,10 +201,10 @@ def extraction(ck, batch_size: int, steps: int, device, resolution=None, num_cla
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
     split = ImageSplit(lambda i: Image.fromarray(pixels[i]), np.zeros(n, dtype=np.int64))
-    evaluate.feature_array(model, split.subset(range(batch_size)), cfg, device, batch_size)  # warm-up
+    inference.feature_array(model, split.subset(range(batch_size)), cfg, device, batch_size)  # warm-up
     _sync(device)
     start = time.perf_counter()
-    evaluate.feature_array(model, split, cfg, device, batch_size)
+    inference.feature_array(model, split, cfg, device, batch_size)
     _sync(device)
     suite_s = time.perf_counter() - start
     x = torch.randn(batch_size, c, h, w, device=device)

@@ -115,57 +115,66 @@ def _parse_file(path: Path) -> dict[str, Checkpoint]:
     lines = _entry_lines(text)
     out = {}
     for name, entry in raw.items():
-        where = f"{path}:{lines.get(str(name), '?')}"
-        if not isinstance(entry, dict):
-            raise UserError(f"{where}: entry {name!r} must be a mapping with at least 'model' and 'pretraining'")
-        unknown = sorted(set(entry) - _FIELDS)
-        if unknown:
-            raise UserError(
-                f"{where}: entry {name!r} has unknown field(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(sorted(_FIELDS))}"
-            )
-        missing = [f for f in _REQUIRED if not entry.get(f)]
-        if missing:
-            raise UserError(f"{where}: entry {name!r} is missing required field(s) {', '.join(missing)}")
-        for key in ("model_args", "data_config"):
-            if not isinstance(entry.get(key, {}) or {}, dict):
-                raise UserError(f"{where}: entry {name!r}: {key} must be a mapping")
-        bad = sorted(set(entry.get("data_config") or {}) - _DATA_CONFIG_KEYS)
-        if bad:
-            raise UserError(
-                f"{where}: entry {name!r}: unknown data_config key(s) {', '.join(bad)}; "
-                f"allowed: {', '.join(sorted(_DATA_CONFIG_KEYS))}"
-            )
-        sha = entry.get("sha256")
-        if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
-            raise UserError(f"{where}: entry {name!r}: sha256 must be 64 hex digits in quotes, got {sha!r}")
-        try:
-            seed = int(entry.get("seed", 0))
-        except (TypeError, ValueError):
-            raise UserError(f"{where}: entry {name!r}: seed must be an integer, got {entry.get('seed')!r}") from None
-        ck = Checkpoint(
-            name=str(name),
-            model=str(entry["model"]),
-            weights=str(entry.get("weights", "timm")),
-            sha256=sha.lower() if sha else None,
-            family=str(entry.get("family") or ""),
-            pretraining=str(entry["pretraining"]),
-            paper=(str(entry["paper"]) if entry.get("paper") else None),
-            description=str(entry.get("description") or ""),
-            seed=seed,
-            model_args=dict(entry.get("model_args") or {}),
-            data_config=dict(entry.get("data_config") or {}),
-            source=str(path),
-        )
-        if ck.weights_kind == "url" and not ck.sha256:
-            raise UserError(f"{where}: entry {name!r} loads weights from a URL and needs its sha256")
-        if ck.weights_kind == "file" and not ck.weights.endswith(WEIGHT_SUFFIXES):
-            raise UserError(
-                f"{where}: entry {name!r}: weights {ck.weights!r} is not timm, none, hf-hub:ORG/NAME, "
-                f"an https URL or a file ending in {', '.join(WEIGHT_SUFFIXES)}"
-            )
+        ck = from_entry(str(name), entry, f"{path}:{lines.get(str(name), '?')}", str(path))
         out[ck.name] = ck
     return out
+
+
+def from_entry(name: str, entry, where: str, source: str) -> Checkpoint:
+    """A registry entry (the fields of checkpoints.yaml), checked: `where` names it in error messages."""
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: entry {name!r} must be a mapping with at least 'model' and 'pretraining'")
+    unknown = sorted(set(entry) - _FIELDS)
+    if unknown:
+        raise UserError(
+            f"{where}: entry {name!r} has unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_FIELDS))}"
+        )
+    missing = [f for f in _REQUIRED if not entry.get(f)]
+    if missing:
+        raise UserError(f"{where}: entry {name!r} is missing required field(s) {', '.join(missing)}")
+    for key in ("model_args", "data_config"):
+        if not isinstance(entry.get(key, {}) or {}, dict):
+            raise UserError(f"{where}: entry {name!r}: {key} must be a mapping")
+    bad = sorted(set(entry.get("data_config") or {}) - _DATA_CONFIG_KEYS)
+    if bad:
+        raise UserError(
+            f"{where}: entry {name!r}: unknown data_config key(s) {', '.join(bad)}; "
+            f"allowed: {', '.join(sorted(_DATA_CONFIG_KEYS))}"
+        )
+    sha = entry.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
+        raise UserError(f"{where}: entry {name!r}: sha256 must be 64 hex digits in quotes, got {sha!r}")
+    try:
+        seed = int(entry.get("seed", 0))
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: entry {name!r}: seed must be an integer, got {entry.get('seed')!r}") from None
+    ck = Checkpoint(
+        name=name,
+        model=str(entry["model"]),
+        weights=str(entry.get("weights", "timm")),
+        sha256=sha.lower() if sha else None,
+        family=str(entry.get("family") or ""),
+        pretraining=str(entry["pretraining"]),
+        paper=(str(entry["paper"]) if entry.get("paper") else None),
+        description=str(entry.get("description") or ""),
+        seed=seed,
+        model_args=dict(entry.get("model_args") or {}),
+        data_config=dict(entry.get("data_config") or {}),
+        source=source,
+    )
+    if ck.weights_kind == "url" and not ck.sha256:
+        raise UserError(f"{where}: entry {name!r} loads weights from a URL and needs its sha256")
+    if ck.weights_kind == "file" and not ck.weights.endswith(WEIGHT_SUFFIXES):
+        raise UserError(
+            f"{where}: entry {name!r}: weights {ck.weights!r} is not timm, none, hf-hub:ORG/NAME, "
+            f"an https URL or a file ending in {', '.join(WEIGHT_SUFFIXES)}"
+        )
+    return ck
+
+
+# Checkpoints added in this process (transfer_eval.add_checkpoint: a notebook's, without a file); they come last in
+# every registry, so they win over files of the same name.
+ADDED: dict[str, Checkpoint] = {}
 
 
 def _entry_lines(text: str) -> dict[str, int]:
@@ -177,7 +186,8 @@ def _entry_lines(text: str) -> dict[str, int]:
 
 
 def load_registry(user_files=()) -> dict[str, Checkpoint]:
-    """The built-in registry, then each user file in order (TRANSFER_EVAL_REGISTRY first), later entries winning."""
+    """The built-in registry, then each user file in order (TRANSFER_EVAL_REGISTRY first), then the checkpoints
+    added in this process; later entries win."""
     files = [paths.builtin("checkpoints.yaml")]
     env = os.environ.get("TRANSFER_EVAL_REGISTRY")
     if env:
@@ -189,6 +199,7 @@ def load_registry(user_files=()) -> dict[str, Checkpoint]:
         if f == files[0]:
             parsed = {k: dataclasses.replace(v, source=BUILTIN) for k, v in parsed.items()}
         registry.update(parsed)
+    registry.update(ADDED)
     return registry
 
 

@@ -71,7 +71,7 @@ def scores(x: np.ndarray, mean, std, w, device: torch.device | str = "cpu") -> n
 
 def predict(x: np.ndarray, mean, std, w, device: torch.device | str = "cpu", k: int = 5) -> np.ndarray:
     """The top-k classes of every row of x (N x k int64), scored chunk by chunk on the device."""
-    from transfer_eval.evaluate import topk
+    from transfer_eval.inference import topk
 
     dev = torch.device(device)
     mean_t, std_t, w_t = (torch.as_tensor(np.asarray(a), device=dev).double() for a in (mean, std, w))

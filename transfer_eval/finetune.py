@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transfer_eval import data, devices, distributed, evaluate
+from transfer_eval import data, devices, distributed, inference
 from transfer_eval.errors import UserError
 from transfer_eval.progress import bar
 
@@ -210,8 +210,11 @@ def train(
     phase: str = "train",
     plan: data.InputPlan | None = None,
     compile: bool = False,
+    more_steps: int = 0,
 ) -> dict:
-    """Train the parameters that require grad for `recipe.steps` optimizer steps. Returns timing figures.
+    """Train the parameters that require grad for `recipe.steps` optimizer steps. Returns timing figures and the
+    training curve: the mean loss of every LOSS_EVERY steps and the learning rate then (`more_steps`: the steps of
+    the phases still to come in this run, for the progress estimate).
 
     With `checkpoints` (resume.RunCheckpoints), the phase resumes from its last training checkpoint and writes
     new ones as it goes; a resumed phase sees the same batches and random draws as an uninterrupted one.
@@ -237,10 +240,12 @@ def train(
     sched = _schedule(opt, min(recipe.warmup_steps, recipe.steps), recipe.steps)
     params = [p for p in model.parameters() if p.requires_grad]
     start_step, images, before, backoffs = 0, 0, 0.0, 0
+    curve = {"step": [], "loss": [], "lr": []}
     state = checkpoints.load(phase, model, opt, sched) if checkpoints is not None else None
     if state is not None:
         start_step, images, before = state["step"], state["extra"]["images"], state["extra"]["seconds"]
         micro, backoffs = state["extra"].get("micro", micro), state["extra"].get("backoffs", 0)
+        curve = state["extra"].get("curve", curve)
         log.info("transfer-eval: resuming %s at step %d of %d", desc, start_step, recipe.steps)
 
     world, rank = distributed.world_size(), distributed.rank()
@@ -260,12 +265,16 @@ def train(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    progress = bar(range(start_step, recipe.steps), desc, "step")
+    progress = bar(range(start_step, recipe.steps), desc, "step", more=more_steps)
     losses: list[tuple[int, torch.Tensor]] = []  # (step, loss still on the device) since the last read
 
     def read_losses():
         if losses:
-            progress.set_postfix(loss=f"{check_losses(losses, lr):.3f}")
+            values = check_losses(losses, lr)
+            progress.set_postfix(loss=f"{values[-1]:.3f}")
+            curve["step"].append(losses[-1][0] + 1)
+            curve["loss"].append(float(f"{sum(values) / len(values):.5g}"))
+            curve["lr"].append(float(f"{sched.get_last_lr()[0]:.5g}"))
             losses.clear()
 
     for step in progress:
@@ -314,18 +323,19 @@ def train(
                     "seconds": before + time.perf_counter() - start,
                     "micro": micro,
                     "backoffs": backoffs,
+                    "curve": curve,
                 },
             )
     read_losses()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = before + time.perf_counter() - start
-    return {"seconds": seconds, "images": images, "micro_batch_size": micro, "oom_backoffs": backoffs}
+    return {"seconds": seconds, "images": images, "micro_batch_size": micro, "oom_backoffs": backoffs, "curve": curve}
 
 
 def check_losses(losses: list[tuple[int, torch.Tensor]], lr: float) -> float:
     """Read (step, loss on the device) pairs back in one transfer; a NaN or infinite loss fails the run, naming
-    its step. Returns the last loss."""
+    its step. Returns the losses."""
     values = torch.stack([v for _, v in losses]).tolist()
     for (step, _), v in zip(losses, values):
         if not math.isfinite(v):
@@ -333,7 +343,7 @@ def check_losses(losses: list[tuple[int, torch.Tensor]], lr: float) -> float:
                 f"loss became {v} at step {step} (lr {lr:g}; read at step {losses[-1][0]}, losses are "
                 f"read every {LOSS_EVERY} steps)"
             )
-    return values[-1]
+    return values
 
 
 def compiled(model):
@@ -420,9 +430,12 @@ def finetune(
     best_tensors = None  # the best model's trainable tensors (without retraining, it is the final model)
     memory = []  # (micro-batch used, out-of-memory back-offs) of each training phase
     val_loader = None  # made once: its workers serve every learning rate's evaluation
+    curves = dict(done.get("curves", {}))  # phase -> its curve (and val top-1 for a learning rate tried)
+    phases = [f"{lr:g}" for lr in recipe.lrs() if f"{lr:g}" not in tried] + (["retrain"] if recipe.retrain else [])
     for lr in recipe.lrs():
         key = f"{lr:g}"
         if key not in tried:
+            later = len(phases) - phases.index(key) - 1
             model.load_state_dict(initial)
             stats = train(
                 model,
@@ -437,22 +450,24 @@ def finetune(
                 phase=f"lr{key}",
                 plan=plan,
                 compile=compile,
+                more_steps=later * recipe.steps,
             )
             seconds += stats["seconds"]
             images += stats["images"]
             memory.append((stats["micro_batch_size"], stats["oom_backoffs"]))
-            val_loader = val_loader or evaluate.eval_loader(
+            val_loader = val_loader or inference.eval_loader(
                 val_split, data_config, device, recipe.eval_batch_size, plan
             )
-            val_top1, _ = evaluate.predict(model, val_split, data_config, device, desc="val", loader=val_loader, k=1)
+            val_top1, _ = inference.predict(model, val_split, data_config, device, desc="val", loader=val_loader, k=1)
             tried[key] = round(float((val_top1[:, 0] == val_split.labels).mean()), 6)
+            curves[f"lr {key}"] = {"base_lr": lr, "val_top1": tried[key], **stats["curve"]}
             if not recipe.retrain and (best is None or tried[key] > best[1]):
                 params = dict(model.named_parameters())
                 best_tensors = {n: params[n].detach().cpu().clone() for n in trainable}
                 if checkpoints is not None:
                     checkpoints.save_tensors("best", best_tensors)
             if checkpoints is not None:
-                checkpoints.record(tried=tried, seconds=seconds, images=images)
+                checkpoints.record(tried=tried, seconds=seconds, images=images, curves=curves)
         if best is None or tried[key] > best[1]:
             best = (lr, tried[key])
     lr, acc = best
@@ -474,6 +489,7 @@ def finetune(
             plan=plan,
             compile=compile,
         )
+        curves["retrain"] = {"base_lr": lr, "val_top1": None, **stats["curve"]}
         seconds += stats["seconds"]
         images += stats["images"]
         memory.append((stats["micro_batch_size"], stats["oom_backoffs"]))
@@ -496,4 +512,6 @@ def finetune(
         "train_images": images,
         "micro_batch_size": min((m for m, _ in memory), default=recipe.micro_batch_size or recipe.batch_size),
         "oom_backoffs": sum(b for _, b in memory),
+        # every LOSS_EVERY steps of each phase: the mean loss over those steps and the learning rate after them
+        "curves": {"every": LOSS_EVERY, "phases": curves},
     }

@@ -116,7 +116,7 @@ def cached_features(
     extracted into the cache now (False). Features resized on the device are keyed apart from those of the CPU
     transforms (the pixels differ slightly); the decoded-image cache gives the CPU transforms' exact pixels, so
     it shares their entries."""
-    from transfer_eval import evaluate
+    from transfer_eval import inference
     from transfer_eval.cache import features as cache
 
     resize = "device" if plan is not None and plan.eval_on_device else "cpu"
@@ -133,7 +133,7 @@ def cached_features(
         "images": len(split),
     }
     with cache.FeatureWriter(key, len(split)) as writer:
-        evaluate.features(model, split, data_config, device, writer.write, batch_size, plan, desc)
+        inference.features(model, split, data_config, device, writer.write, batch_size, plan, desc)
         writer.commit(split.labels, about)
     feats, labels = cache.load(key)
     return feats, labels, False

@@ -42,6 +42,9 @@ class Result:
     val_top1: float | None = None
     shots: int | None = None  # few-shot runs: examples per class
     n_test: int | None = None
+    limit_per_split: int | None = (
+        None  # --limit N: at most N examples per split, a quick look (never a full run's result)
+    )
     split_manifest: str | None = None  # digest of the test split's sample ids and labels
     skipped_images: int = 0  # unreadable images left out (--bad-images skip), over all splits read
     skipped_files: list = field(default_factory=list)  # their ids (the first 100)
@@ -50,6 +53,7 @@ class Result:
     recipe: dict = field(default_factory=dict)
     selection: dict = field(default_factory=dict)
     val_holdout: dict | None = None
+    curves: dict | None = None  # fine-tuning: each phase's loss and lr every few steps, and each lr's val top-1
     # compute (GFLOPs: 1 multiply-add = 2 FLOPs; GMACs = GFLOPs / 2)
     fwd_gflops_per_image: float | None = None
     fwd_gmacs_per_image: float | None = None
@@ -90,7 +94,7 @@ class Result:
         return asdict(self)
 
 
-_JSON_FIELDS = {"recipe", "selection", "val_holdout", "skipped_files"}
+_JSON_FIELDS = {"recipe", "selection", "val_holdout", "skipped_files", "curves"}
 
 
 def _sql_type(f) -> str:

@@ -21,7 +21,19 @@ import numpy as np
 import torch
 
 import transfer_eval
-from transfer_eval import checkpoints, costs, data, deltas, devices, distributed, evaluate, finetune, modes, stages
+from transfer_eval import (
+    checkpoints,
+    costs,
+    data,
+    deltas,
+    devices,
+    distributed,
+    finetune,
+    inference,
+    modes,
+    stages,
+    trackers,
+)
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.modes import Mode
@@ -39,11 +51,14 @@ class Run:
     seed: int
     recipe: dict  # fully resolved: the mode's defaults, then the task's, then the user's overrides
     weights_sha256: str
+    limit: int | None = None  # at most this many examples per split (--limit): a quick look, with a key of its own
 
     @property
     def protocol_hash(self) -> str:
-        blob = json.dumps({"mode": self.mode.name, "version": self.mode.version, "recipe": self.recipe}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        protocol = {"mode": self.mode.name, "version": self.mode.version, "recipe": self.recipe}
+        if self.limit is not None:  # a limited run never stands in for the full one
+            protocol["limit"] = self.limit
+        return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def key(self) -> tuple:
@@ -59,7 +74,8 @@ class Run:
 
     def label(self) -> str:
         shots = f" / {self.recipe['shots']}-shot" if self.mode.stage == "fewshot" else ""
-        return f"{self.checkpoint.name} / {self.task.name} / {self.mode.name}{shots} / seed {self.seed}"
+        limit = f" / limit {self.limit}" if self.limit is not None else ""
+        return f"{self.checkpoint.name} / {self.task.name} / {self.mode.name}{shots} / seed {self.seed}{limit}"
 
 
 # ------------------------------------------------------------------------------------------------------ recipes
@@ -125,6 +141,7 @@ def plan(
     overrides: dict | None = None,
     resolution: int | None = None,
     preset: str = "vit",
+    limit: int | None = None,
 ) -> list[Run]:
     """Every run of checkpoints x tasks x modes x seeds; a few-shot mode becomes one run per shot count.
     Without `seeds`, each mode's default seeds (three for few-shot, one otherwise)."""
@@ -146,8 +163,46 @@ def plan(
                 recipes = [{**recipe, "shots": k} for k in recipe["shots"]] if mode.stage == "fewshot" else [recipe]
                 for r in recipes:
                     for seed in seeds or mode.seeds:
-                        runs.append(Run(ck, task, mode, seed, r, digests[ck.name]))
+                        runs.append(Run(ck, task, mode, seed, r, digests[ck.name], limit))
     return runs
+
+
+def names(value) -> list:
+    """ "a,b", ["a", "b"] or objects: the list of names or objects a caller gave."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def plan_named(
+    checkpoint_names,
+    task_names,
+    mode_names,
+    seeds: list[int] | None = None,
+    overrides: dict | None = None,
+    resolution: int | None = None,
+    preset: str = "vit",
+    limit: int | None = None,
+    registries=(),
+    tasks_dirs=(),
+) -> list[Run]:
+    """`plan` over names as a user gives them (registry names, timm names, task and mode names, comma-separated
+    or as lists) or the objects themselves (Checkpoint, Task, Mode): what `run` and `evaluate` plan."""
+    from transfer_eval import tasks as task_registry  # (`plan` names its task list `tasks`)
+
+    registry = checkpoints.load_registry(registries)
+    ckpts = [c if isinstance(c, Checkpoint) else checkpoints.resolve(c, registry) for c in names(checkpoint_names)]
+    wanted_tasks = names(task_names)
+    known = task_registry.discover(tasks_dirs) if any(not isinstance(t, Task) for t in wanted_tasks) else {}
+    task_list = [t if isinstance(t, Task) else task_registry.resolve(t, known) for t in wanted_tasks]
+    mode_list = [m if isinstance(m, Mode) else modes.resolve(m) for m in names(mode_names)]
+    if not (ckpts and task_list and mode_list and (seeds is None or list(seeds))):
+        raise UserError("give at least one checkpoint (-c), task (-t), mode (-m) and seed")
+    return plan(
+        ckpts, task_list, mode_list, list(seeds) if seeds is not None else None, overrides, resolution, preset, limit
+    )
 
 
 # --------------------------------------------------------------------------------------------------- run_all
@@ -163,6 +218,8 @@ class Options:
     checkpoint_every: int = 0  # training checkpoint every N steps (0: every 10 minutes)
     inputs: data.InputOptions = field(default_factory=data.InputOptions)
     compile: bool = False  # train through torch.compile
+    log: tuple[str, ...] = ()  # experiment trackers that receive each finished run (trackers.KINDS)
+    log_dir: Path = Path("transfer_eval_logs")  # where the trackers write
 
 
 def pending(runs: list[Run], store: Store, force: bool = False) -> list[Run]:
@@ -209,6 +266,7 @@ def run_all(
     fine-tuning trains across all of them, the rest runs on rank 0, and only rank 0 writes results or returns
     stored ones."""
     todo_runs = pending(runs, store, options.force)
+    trackers.check(options.log)
     preflight(todo_runs, ctx, device, options)
     todo = {r.key for r in todo_runs}  # decided once, before anything is written: every process runs one list
     main = distributed.is_main()
@@ -227,9 +285,28 @@ def run_all(
         where = f"{device}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
         if main:
             log.info("%s: running on %s", prefix, where)
-        out.append(execute(r, ctx, device, store, command, options))
+        result = execute(r, ctx, device, store, command, options)
+        out.append(result)
+        if main:
+            log.info("%s: %s", prefix, summary(result))
+            trackers.publish(options.log, result, options.log_dir)
     distributed.barrier()
     return out
+
+
+def summary(r: Result) -> str:
+    """One line for a finished run: its accuracy beside its cost."""
+    if r.status != "ok":
+        return f"failed ({r.error}), stored as run {r.run_id}"
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    peak = f", peak {r.peak_memory_mb:.0f} MB" if r.peak_memory_mb is not None else ""
+    return (
+        f"top-1 {pct(r.top1)} (val {pct(r.val_top1)}), {r.params_per_task:,} params/task, "
+        f"train {r.train_seconds or 0:.1f} s{peak}; stored as run {r.run_id}"
+    )
 
 
 # -------------------------------------------------------------------------------------------------------- one run
@@ -247,6 +324,8 @@ def execute(
     started, recipe, stage = _now(), run.recipe, run.mode.stage
     # Data first: a missing dataset should fail before a large model is built.
     splits = {s: run.task.dataset(s, ctx) for s in run.mode.splits}
+    if run.limit is not None:
+        splits = {s: split.limited(run.limit) for s, split in splits.items()}
     skipped = [f for s in splits.values() for f in s.skipped]
     keep_head = stage == "eval"
     if keep_head:
@@ -269,6 +348,7 @@ def execute(
         recipe=recipe,
         val_holdout=run.task.val_holdout if "val" in splits else None,
         n_test=len(splits["test"]),
+        limit_per_split=run.limit,
         split_manifest=splits["test"].manifest(),
         skipped_images=len(skipped),
         skipped_files=skipped[:100],
@@ -298,7 +378,7 @@ def execute(
             if top5 is None:  # the test split is read once, here, after every model choice has been made on val
                 splits["test"].unseal()
                 bs = int(recipe.get("eval_batch_size", recipe.get("batch_size", 256)))
-                top5, test_seconds = evaluate.predict(model, splits["test"], cfg, device, bs, input_plan, desc="test")
+                top5, test_seconds = inference.predict(model, splits["test"], cfg, device, bs, input_plan, desc="test")
     except finetune.Diverged as e:
         return _failed(store, result, f"diverged: {e}")
     except torch.OutOfMemoryError as e:

@@ -162,7 +162,11 @@ def finetune_stage(s: Stage) -> Trained:
         out["train_images"],
         gflops,
         out["train_images"] / seconds if seconds else None,
-        fields={"micro_batch_size": out["micro_batch_size"], "oom_backoffs": out["oom_backoffs"]},
+        fields={
+            "micro_batch_size": out["micro_batch_size"],
+            "oom_backoffs": out["oom_backoffs"],
+            "curves": out["curves"],
+        },
     )
 
 

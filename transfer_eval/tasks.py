@@ -157,6 +157,14 @@ class ImageSplit:
         out.parts = (a, b)  # so caches of the parts serve the whole (train+val for retraining)
         return out
 
+    def limited(self, n: int) -> "ImageSplit":
+        """At most `n` examples, stratified and deterministic (`spread`): a quick look at real data."""
+        if n >= len(self):
+            return self
+        out = self.subset(spread(self.labels, n))
+        out.skipped = list(self.skipped)
+        return out
+
     def unreadable(self, workers: int = 8) -> list[int]:
         """Indices of the images that do not decode. Every image is decoded once; the answer is kept in the cache
         under the files' signature, so later runs over unchanged files do not decode them again."""
@@ -276,6 +284,23 @@ class Task:
         self.download(ctx)
 
 
+def spread(labels: Sequence[int], n: int, seed: int = 0) -> np.ndarray:
+    """`n` indices spread over the classes as evenly as they allow, sorted: each class's indices are permuted by
+    numpy's default_rng(seed), then the classes take turns (first of each class in class order, then second, ...)
+    until n are taken. Depends only on the labels."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    order = np.argsort(labels, kind="stable")
+    _, starts = np.unique(labels[order], return_index=True)
+    ends = list(starts[1:]) + [len(labels)]
+    ranks = np.empty(len(labels), dtype=np.int64)  # each example's turn within its class
+    for a, b in zip(starts, ends):
+        ranks[rng.permutation(order[a:b])] = np.arange(b - a)
+    classes = np.searchsorted(np.unique(labels), labels)
+    turn = np.lexsort((classes, ranks))  # by turn, then class
+    return np.sort(turn[:n])
+
+
 _HOLDOUTS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 
@@ -368,11 +393,16 @@ def _from_entry_points() -> list[Task]:
     return out
 
 
+# Tasks added in this process (transfer_eval.add_task: a notebook's, without a plugin file); discovered last.
+ADDED: dict[str, Task] = {}
+
+
 def discover(tasks_dirs: Sequence[str | Path] = ()) -> dict[str, Task]:
-    """Every task, by name: built-ins, then entry points, then each user folder."""
+    """Every task, by name: built-ins, then entry points, then each user folder, then those added in this process."""
     found: dict[str, Task] = {}
     sources = [lambda: _from_folder(paths.builtin("tasks")), _from_entry_points]
     sources += [lambda d=d: _from_folder(Path(d)) for d in tasks_dirs]
+    sources.append(lambda: list(ADDED.values()))
     for source in sources:
         for t in source():
             if t.name in found and found[t.name].source != t.source:

@@ -173,15 +173,12 @@ def _build(split: ImageSplit, data_config: dict, data: Path, index: Path, thread
         with open(tmp_data, "wb") as f, ThreadPoolExecutor(threads or min(8, os.cpu_count() or 2)) as pool:
             # Pillow releases the GIL while decoding, resizing and encoding: threads keep every core busy. The
             # work goes to the pool a chunk at a time, so at most CHUNK decoded images are ever held.
-            progress = bar(range(len(split)), "caching decoded images", "img")
-            for start in range(0, len(split), CHUNK):
+            for start in bar(range(0, len(split), CHUNK), f"caching decoded images ({CHUNK} a chunk)", "chunk"):
                 chunk = range(start, min(start + CHUNK, len(split)))
                 for i, (blob, shape) in zip(chunk, pool.map(lambda j: encode(split.image(j)), chunk)):
                     offsets[i], sizes[i], shapes[i] = offset, len(blob), shape
                     f.write(blob)
                     offset += len(blob)
-                progress.update(len(chunk))
-            progress.close()
         about = {
             "source": _common_folder(split.paths),
             "images": len(split),

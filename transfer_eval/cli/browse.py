@@ -176,12 +176,26 @@ def _matches(checkpoint_name, num_classes, registries) -> dict[str, dict[str, di
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_id", type=int)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also draw the run's training curves (fine-tuning: loss and lr per phase) to this .png, .svg or .pdf.",
+)
 @results_option
 @json_option
-def show(run_id, results, as_json):
-    """Every field of one stored result."""
+def show(run_id, plot, results, as_json):
+    """Every field of one stored result.
+
+    \b
+    Example:
+      transfer-eval show 3 --plot curves.png
+    """
+    from transfer_eval import report
     from transfer_eval.results import Store
 
+    if plot:
+        report.check_plot_path(plot)
     store = Store(results or paths.default_results())
     r = store.get(run_id)
     store.close()
@@ -189,15 +203,24 @@ def show(run_id, results, as_json):
         raise UserError(
             f"no run {run_id} in {results or paths.default_results()}; `transfer-eval run ... --json` prints run ids"
         )
+    if plot:
+        report.plot_curves(r, plot)  # refused before anything is printed where the run has none
     d = r.to_dict()
     if as_json:
         click.echo(json.dumps(d))
-        return
-    width = max(len(k) for k in d)
-    for k, v in d.items():
-        if isinstance(v, (dict, list)):
-            v = json.dumps(v, sort_keys=True)
-        click.echo(f"{k:<{width}}  {v}")
+    else:
+        width = max(len(k) for k in d)
+        for k, v in d.items():
+            if k == "curves" and v:
+                v = (
+                    ", ".join(f"{name}: {len(c['step'])} points" for name, c in v["phases"].items())
+                    + f" (every {v['every']} steps; `show {run_id} --plot FILE` draws them)"
+                )
+            elif isinstance(v, (dict, list)):
+                v = json.dumps(v, sort_keys=True)
+            click.echo(f"{k:<{width}}  {v}")
+    if plot:
+        click.echo(f"wrote {plot}", err=True)
 
 
 @list_.command("groups", context_settings=CONTEXT)

@@ -225,6 +225,33 @@ SHARED = [
         ("--compile", "compile_model"),
         dict(is_flag=True, help="Train through torch.compile (slower start, faster steps on a GPU)."),
     ),
+    (
+        ("--limit",),
+        dict(
+            type=click.IntRange(min=1),
+            default=None,
+            help="A quick look: at most N examples per split (stratified, deterministic). Such results are marked, "
+            "have keys of their own and stay out of leaderboards and comparisons unless --include-limited.",
+        ),
+    ),
+    (
+        ("--log", "trackers"),
+        dict(
+            multiple=True,
+            type=click.Choice(["tensorboard", "wandb"]),
+            help="Send each finished run's training curves, recipe and record to an experiment tracker "
+            "(repeatable; wandb runs offline unless WANDB_MODE is set).",
+        ),
+    ),
+    (
+        ("--log-dir",),
+        dict(
+            type=click.Path(file_okay=False),
+            default="transfer_eval_logs",
+            show_default=True,
+            help="Where --log trackers write.",
+        ),
+    ),
     (("--skip-verify",), dict(is_flag=True, help="Do not check dataset checksums (re-packed copies, test fixtures).")),
     (
         ("--bad-images",),

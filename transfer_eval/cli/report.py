@@ -9,6 +9,10 @@ from transfer_eval.cli.group import cli
 from transfer_eval.cli.options import CONTEXT, csv, json_option, open_store, results_option
 from transfer_eval.errors import UserError
 
+include_limited_option = click.option(
+    "--include-limited", is_flag=True, help="Also count results of --limit runs (a quick look at part of the data)."
+)
+
 
 @cli.command(context_settings=CONTEXT)
 @click.option("-c", "--checkpoint", "checkpoint_names", default=None, help="Only these checkpoints (comma-separated).")
@@ -48,8 +52,9 @@ from transfer_eval.errors import UserError
     default=None,
     help="Also plot accuracy against params/task and training compute (.png, .svg or .pdf).",
 )
+@include_limited_option
 @results_option
-def leaderboard(checkpoint_names, task_names, mode_names, group, sort, fmt, output, plot, results):
+def leaderboard(checkpoint_names, task_names, mode_names, group, sort, fmt, output, plot, include_limited, results):
     """Rows checkpoint x mode; columns: the task accuracies, their mean over a task group, params per task, suite
     storage and training compute.
 
@@ -67,7 +72,9 @@ def leaderboard(checkpoint_names, task_names, mode_names, group, sort, fmt, outp
     if plot:
         report.check_plot_path(plot)
     store = open_store(results)
-    lb = report.leaderboard(store, csv(checkpoint_names), csv(task_names), csv(mode_names), group, sort)
+    lb = report.leaderboard(
+        store, csv(checkpoint_names), csv(task_names), csv(mode_names), group, sort, include_limited
+    )
     text = report.render(lb, fmt)
     if output:
         report.write_text(output, text)
@@ -97,9 +104,10 @@ def leaderboard(checkpoint_names, task_names, mode_names, group, sort, fmt, outp
     default=None,
     help="Also plot the differences with their CIs (.png, .svg or .pdf).",
 )
+@include_limited_option
 @results_option
 @json_option
-def compare(checkpoint_names, task_names, mode_names, resamples, plot, results, as_json):
+def compare(checkpoint_names, task_names, mode_names, resamples, plot, include_limited, results, as_json):
     """Paired comparison of checkpoints on every task and mode both were run on.
 
     delta = B - A (A: the first checkpoint; with more than two, each is compared against the first), with a
@@ -118,7 +126,9 @@ def compare(checkpoint_names, task_names, mode_names, resamples, plot, results, 
     if plot:
         report.check_plot_path(plot)
     store = open_store(results)
-    cmp = report.compare(store, list(checkpoint_names), csv(task_names), csv(mode_names), resamples)
+    cmp = report.compare(
+        store, list(checkpoint_names), csv(task_names), csv(mode_names), resamples, include_limited=include_limited
+    )
     if as_json:
         if len(cmp.others) > 1:
             click.echo(report.compare_intro(cmp)[0], err=True)
@@ -127,7 +137,11 @@ def compare(checkpoint_names, task_names, mode_names, resamples, plot, results, 
         click.echo(report.compare_text(cmp), nl=False)
     if plot:
         lb = report.leaderboard(
-            store, [cmp.reference, *cmp.others], sorted({r.task for r in cmp.rows}), sorted({r.mode for r in cmp.rows})
+            store,
+            [cmp.reference, *cmp.others],
+            sorted({r.task for r in cmp.rows}),
+            sorted({r.mode for r in cmp.rows}),
+            include_limited=include_limited,
         )
         report.plot_compare(cmp, plot, lb)
         click.echo(f"wrote {plot}", err=True)

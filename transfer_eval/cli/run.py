@@ -13,7 +13,6 @@ from transfer_eval import paths
 from transfer_eval.cli.group import cli
 from transfer_eval.cli.options import (
     CONTEXT,
-    csv,
     device_option,
     download_option,
     ints,
@@ -23,7 +22,6 @@ from transfer_eval.cli.options import (
     shared_argv,
     shared_options,
 )
-from transfer_eval.errors import UserError
 
 
 @cli.command(context_settings=CONTEXT)
@@ -79,6 +77,8 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
         checkpoint_every=o["checkpoint_every"],
         compile=o["compile_model"],
         inputs=data.InputOptions(o["device_resize"], o["cache_images"], o["workers"]),
+        log=tuple(o["trackers"]),
+        log_dir=Path(o["log_dir"]),
     )
     store = Store(o["results"] or paths.default_results())
     results = runner.run_all(runs, ctx, dev, store, options, command=shlex.join(["transfer-eval", *sys.argv[1:]]))
@@ -92,17 +92,20 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
 
 def _plan(checkpoint_names, task_names, mode_names, seeds, o: dict):
     """The runs a run or sweep command line names (checkpoints, tasks, modes, seeds, recipe options)."""
-    from transfer_eval import checkpoints, modes, runner, tasks
+    from transfer_eval import runner
 
-    registry = checkpoints.load_registry(o["registries"])
-    ckpts = [checkpoints.resolve(n, registry) for n in csv(checkpoint_names)]
-    known = tasks.discover(o["tasks_dirs"])
-    task_list = [tasks.resolve(n, known) for n in csv(task_names)]
-    mode_list = [modes.resolve(n) for n in csv(mode_names)]
-    seed_list = ints(seeds) if seeds is not None else None
-    if not (ckpts and task_list and mode_list and (seed_list is None or seed_list)):
-        raise UserError("give at least one checkpoint (-c), task (-t), mode (-m) and seed")
-    return runner.plan(ckpts, task_list, mode_list, seed_list, overrides(o["settings"]), o["resolution"], o["preset"])
+    return runner.plan_named(
+        checkpoint_names,
+        task_names,
+        mode_names,
+        ints(seeds) if seeds is not None else None,
+        overrides(o["settings"]),
+        o["resolution"],
+        o["preset"],
+        o["limit"],
+        o["registries"],
+        o["tasks_dirs"],
+    )
 
 
 def _print_results(rows, as_json: bool):

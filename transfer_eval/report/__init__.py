@@ -39,7 +39,14 @@ from transfer_eval.report.leaderboard import (
     resolve_group,
     sort_rows,
 )
-from transfer_eval.report.plots import PLOT_SUFFIXES, check_plot_path, pareto_front, plot_compare, plot_leaderboard
+from transfer_eval.report.plots import (
+    PLOT_SUFFIXES,
+    check_plot_path,
+    pareto_front,
+    plot_compare,
+    plot_curves,
+    plot_leaderboard,
+)
 from transfer_eval.report.render import (
     MISSING,
     acc_text,
@@ -111,6 +118,7 @@ __all__ = [
     "pareto_front",
     "pct",
     "plot_compare",
+    "plot_curves",
     "plot_leaderboard",
     "render",
     "resolve_group",

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from transfer_eval.errors import UserError, unknown_name
-from transfer_eval.report.leaderboard import Cell, _setup_note, build_cells
+from transfer_eval.report.leaderboard import Cell, _setup_note, build_cells, limited_note
 from transfer_eval.results import Result, Store
 
 ALPHA = 0.05
@@ -118,6 +118,12 @@ class Comparison:
     resamples: int
     notes: list[str] = field(default_factory=list)
 
+    def to_frame(self):
+        """One row per (B, task, mode) as a pandas DataFrame (pandas: the `pandas` extra)."""
+        from transfer_eval.frames import pandas
+
+        return pandas().DataFrame([r.to_dict() for r in self.rows])
+
     def rows_of(self, other: str) -> list[Paired]:
         return [r for r in self.rows if r.checkpoint_b == other]
 
@@ -148,7 +154,13 @@ def _pick_runs(ca: Cell, cb: Cell) -> tuple[Result, Result, str | None]:
 
 
 def compare(
-    store: Store, checkpoints: list[str], tasks=(), modes=(), resamples: int = 10_000, seed: int = 0
+    store: Store,
+    checkpoints: list[str],
+    tasks=(),
+    modes=(),
+    resamples: int = 10_000,
+    seed: int = 0,
+    include_limited: bool = False,
 ) -> Comparison:
     """Each checkpoint after the first against the first (the reference), per (task, mode) both were run on."""
     checkpoints = list(dict.fromkeys(checkpoints))
@@ -165,7 +177,8 @@ def compare(
     for c in checkpoints:
         if c not in stored:
             raise unknown_name("checkpoint", c, stored, f"(no results stored for it in {store.path})")
-    cells = build_cells(store.query(checkpoints=checkpoints, tasks=list(tasks), modes=list(modes)))
+    found = store.query(checkpoints=checkpoints, tasks=list(tasks), modes=list(modes))
+    cells = build_cells(found, include_limited)
     ref, others = checkpoints[0], checkpoints[1:]
     rows, notes = [], []
     for other in others:
@@ -182,7 +195,7 @@ def compare(
             notes += [_setup_note(c) for c in (ca, cb) if c.n_setups > 1]
     if all(r.verdict == "refused" for r in rows):
         raise UserError(f"nothing to compare: {rows[0].reason} for every shared task and mode")
-    return Comparison(ref, others, rows, resamples, notes)
+    return Comparison(ref, others, rows, resamples, notes + limited_note(found, include_limited))
 
 
 def _compare_cells(store: Store, ca: Cell, cb: Cell, resamples: int, seed: int) -> Paired:

@@ -111,10 +111,11 @@ def _setup(r: Result) -> tuple:
     return (r.weights_sha256, r.task_version, r.protocol_hash)
 
 
-def build_cells(results: list[Result]) -> dict[tuple[str, str, str], Cell]:
+def build_cells(results: list[Result], include_limited: bool = False) -> dict[tuple[str, str, str], Cell]:
+    """The cells of these results; runs made with --limit (a quick look) only with `include_limited`."""
     by: dict[tuple, list[Result]] = {}
     for r in results:
-        if r.status == "ok" and r.top1 is not None:
+        if r.status == "ok" and r.top1 is not None and (include_limited or r.limit_per_split is None):
             by.setdefault((r.checkpoint, r.mode, r.task), []).append(r)
     out = {}
     for key, runs in by.items():
@@ -122,6 +123,15 @@ def build_cells(results: list[Result]) -> dict[tuple[str, str, str], Cell]:
         keep = sorted((r for r in runs if _setup(r) == _setup(newest)), key=lambda r: r.seed)
         out[key] = Cell(*key, runs=keep, n_setups=len({_setup(r) for r in runs}))
     return out
+
+
+def limited_note(results: list[Result], include_limited: bool) -> list[str]:
+    n = sum(r.limit_per_split is not None for r in results)
+    if not n:
+        return []
+    if include_limited:
+        return [f"{n} result(s) from --limit runs (at most N examples per split) are included"]
+    return [f"{n} result(s) from --limit runs left out (--include-limited shows them)"]
 
 
 def _setup_note(c: Cell) -> str:
@@ -231,12 +241,54 @@ class Leaderboard:
     def columns(self) -> list[str]:
         return ["checkpoint", "mode", *self.tasks, *NUMERIC_COLUMNS]
 
+    def row_dict(self, row: Row) -> dict:
+        """One row as plain data (what --format json writes): accuracies as fractions, None where missing."""
+        tasks = dict.fromkeys([*self.tasks, *self.group.tasks])
+        return {
+            "checkpoint": row.checkpoint,
+            "mode": row.mode,
+            "group": self.group.name,
+            "group_tasks": list(self.group.tasks),
+            "tasks": {t: (row.cells[t].to_dict() if row.cells.get(t) else None) for t in tasks},
+            "mean": row.mean,
+            "complete": row.complete,
+            "mean_partial": row.mean_partial,
+            "tasks_present": row.present,
+            "tasks_total": len(self.group.tasks),
+            "params_per_task": row.params_per_task,
+            "suite_bytes": row.suite_bytes,
+            "full_copies_bytes": row.full_copies_bytes,
+            "storage_ratio": row.storage_ratio,
+            "train_pflops": row.train_pflops,
+            "notes": [_setup_note(c) for c in row.cells.values() if c and c.n_setups > 1],
+        }
+
+    def to_frame(self):
+        """The rows as a pandas DataFrame (pandas: the `pandas` extra), one column per figure, task accuracies as
+        `<task>` (fractions) with `<task>_std` and `<task>_n`."""
+        from transfer_eval.frames import pandas
+
+        rows = []
+        for row in self.rows:
+            d = self.row_dict(row)
+            for t, cell in d.pop("tasks").items():
+                d[t], d[f"{t}_std"], d[f"{t}_n"] = (cell["top1"], cell["std"], cell["n"]) if cell else (None, None, 0)
+            rows.append(d)
+        return pandas().DataFrame(rows)
+
 
 def leaderboard(
-    store: Store, checkpoints=(), tasks=(), modes=(), group: str | None = None, sort: str | None = None
+    store: Store,
+    checkpoints=(),
+    tasks=(),
+    modes=(),
+    group: str | None = None,
+    sort: str | None = None,
+    include_limited: bool = False,
 ) -> Leaderboard:
     """Rows checkpoint x mode. `tasks` picks the task columns (default: the group's tasks, else every stored
-    task); `group` is what the mean, storage and compute are over (default: the task columns shown)."""
+    task); `group` is what the mean, storage and compute are over (default: the task columns shown). Runs made
+    with --limit count only with `include_limited`."""
     named = group not in (None, ALL)
     grp = resolve_group(group, []) if named else None
     everything = store.query()
@@ -254,7 +306,8 @@ def leaderboard(
         for n in names:
             if n not in known:
                 raise unknown_name(kind, n, known, f"(no successful result stored for it in {store.path})")
-    cells = build_cells(store.query(checkpoints=list(checkpoints), modes=list(modes)))
+    found = store.query(checkpoints=list(checkpoints), modes=list(modes))
+    cells = build_cells(found, include_limited)
     shown = list(dict.fromkeys(tasks)) or (list(grp.tasks) if grp else sorted({t for _, _, t in cells}))
     grp = grp or resolve_group(None, shown)
     wanted = set(shown) | set(grp.tasks)
@@ -265,6 +318,7 @@ def leaderboard(
         )
     rows = [Row(c, m, {t: cells.get((c, m, t)) for t in dict.fromkeys([*shown, *grp.tasks])}, grp) for c, m in pairs]
     notes = [_setup_note(cell) for row in rows for cell in row.cells.values() if cell and cell.n_setups > 1]
+    notes += limited_note(found, include_limited)
     lb = Leaderboard(shown, grp, rows, notes)
     sort_rows(lb, sort)
     return lb

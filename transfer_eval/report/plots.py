@@ -173,3 +173,40 @@ def _save(fig, path):
     check_plot_path(path)
     with io.replacing(path, path.suffix) as tmp:  # savefig takes the format from the suffix
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
+
+
+def plot_curves(result, path: str | Path):
+    """A fine-tuning run's training curves: each phase's loss (the mean of every few steps) against the step,
+    each learning rate tried with its val top-1 in the legend, the retraining on train+val dashed; the learning
+    rate schedule below."""
+    curves = (result.curves or {}).get("phases") or {}
+    if not curves:
+        raise UserError(
+            f"run {result.run_id} ({result.mode}) has no training curves: only fine-tuning runs store them, "
+            "from this version of transfer-eval on"
+        )
+    check_plot_path(path)
+    plt = _figure()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.4), sharex=True, height_ratios=[3, 1.3])
+    for i, (name, c) in enumerate(curves.items()):
+        acc = f", val top-1 {100 * c['val_top1']:.2f}%" if c.get("val_top1") is not None else ""
+        style = "--" if name == "retrain" else "-"
+        label = ("retrain on train+val, lr " + f"{c['base_lr']:g}") if name == "retrain" else f"{name}{acc}"
+        top.plot(c["step"], c["loss"], style, color=f"C{i % 10}", lw=1.3, label=label)
+        bottom.plot(c["step"], c["lr"], style, color=f"C{i % 10}", lw=1.2)
+    losses = [v for c in curves.values() for v in c["loss"] if v > 0]
+    if losses and max(losses) / min(losses) > 10:
+        top.set_yscale("log")
+    every = (result.curves or {}).get("every")
+    top.set_ylabel(f"training loss (mean of every {every} steps)" if every else "training loss", fontsize=9)
+    top.set_title(
+        f"run {result.run_id}: {result.checkpoint} / {result.task} / {result.mode} / seed {result.seed}", fontsize=10
+    )
+    top.grid(True, alpha=0.3)
+    top.legend(fontsize=8)
+    bottom.set_ylabel("learning rate", fontsize=9)
+    bottom.set_xlabel("optimizer step", fontsize=9)
+    bottom.grid(True, alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)

@@ -126,31 +126,9 @@ def _md_escape(s: str) -> str:
     return s.replace("|", "\\|").replace("*", "\\*")  # intraword _ is literal in GitHub markdown
 
 
-def row_dict(lb: Leaderboard, row: Row) -> dict:
-    tasks = dict.fromkeys([*lb.tasks, *lb.group.tasks])
-    return {
-        "checkpoint": row.checkpoint,
-        "mode": row.mode,
-        "group": lb.group.name,
-        "group_tasks": list(lb.group.tasks),
-        "tasks": {t: (row.cells[t].to_dict() if row.cells.get(t) else None) for t in tasks},
-        "mean": row.mean,
-        "complete": row.complete,
-        "mean_partial": row.mean_partial,
-        "tasks_present": row.present,
-        "tasks_total": len(lb.group.tasks),
-        "params_per_task": row.params_per_task,
-        "suite_bytes": row.suite_bytes,
-        "full_copies_bytes": row.full_copies_bytes,
-        "storage_ratio": row.storage_ratio,
-        "train_pflops": row.train_pflops,
-        "notes": [_setup_note(c) for c in row.cells.values() if c and c.n_setups > 1],
-    }
-
-
 def to_json(lb: Leaderboard) -> str:
     """One JSON object per row, one per line; accuracies as fractions, null where missing."""
-    return "".join(json.dumps(row_dict(lb, r)) + "\n" for r in lb.rows)
+    return "".join(json.dumps(lb.row_dict(r)) + "\n" for r in lb.rows)
 
 
 def to_csv(lb: Leaderboard) -> str:

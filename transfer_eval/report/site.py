@@ -10,7 +10,7 @@ from pathlib import Path
 from transfer_eval.errors import UserError
 from transfer_eval.report.compare import Comparison, compare
 from transfer_eval.report.leaderboard import _DESCENDING, Leaderboard, leaderboard
-from transfer_eval.report.plots import plot_compare, plot_leaderboard
+from transfer_eval.report.plots import plot_compare, plot_curves, plot_leaderboard
 from transfer_eval.report.render import (
     MISSING,
     compare_headers,
@@ -156,7 +156,8 @@ def html_report(store: Store, out_dir: str | Path, group: str | None = None, res
         f"(checkpoint x mode). Click a column header to sort; missing results are shown as missing and "
         f"sort last.</p>",
         '<p class="note"><a href="#leaderboard-section">Leaderboard</a> &middot; '
-        '<a href="#comparisons">Comparisons</a> &middot; <a href="#cost">Accuracy against cost</a></p>',
+        '<a href="#comparisons">Comparisons</a> &middot; <a href="#cost">Accuracy against cost</a> &middot; '
+        '<a href="#curves">Training curves</a></p>',
         '<h2 id="leaderboard-section">Leaderboard</h2>',
         leaderboard_html(lb),
         '<h2 id="comparisons">Comparisons</h2>',
@@ -183,8 +184,30 @@ def html_report(store: Store, out_dir: str | Path, group: str | None = None, res
         '<img src="accuracy_vs_cost.png" alt="accuracy against params per task and training compute" '
         "onload=\"this.setAttribute('data-loaded','1')\">",
     ]
+    sections += _curves_section(lb, out)
     write_text(out / "index.html", html_page("transfer-eval report", "\n".join(sections)))
     return out / "index.html"
+
+
+def _curves_section(lb: Leaderboard, out: Path) -> list[str]:
+    """Each fine-tuning cell's training curves (its newest run's), one figure per cell."""
+    parts = ['<h2 id="curves">Training curves</h2>']
+    for row in lb.rows:
+        for task, cell in row.cells.items():
+            run = cell.newest if cell is not None else None
+            if run is None or not (run.curves or {}).get("phases"):
+                continue
+            name = f"curves_run{run.run_id}.png"
+            plot_curves(run, out / name)
+            title = f"{row.checkpoint} / {row.mode} / {task} (run {run.run_id}, seed {run.seed})"
+            parts += [
+                f"<h3>{html.escape(title)}</h3>",
+                f'<img src="{name}" alt="{html.escape(title, quote=True)}" '
+                "onload=\"this.setAttribute('data-loaded','1')\">",
+            ]
+    if len(parts) == 1:
+        parts.append('<p class="note">No fine-tuning run with stored training curves.</p>')
+    return parts
 
 
 def _compare_available(store: Store, ref: str, others: list[str], resamples: int) -> Comparison:
