@@ -50,8 +50,10 @@ digits = Task(
     description="scikit-learn's handwritten digits (8x8 grey, 10 classes); offline; for demos and tests",
     data_help="bundled with scikit-learn; nothing to download",
     recipes={
-        # Sized so that the demo checkpoint (16 px) runs all three modes in about a minute and a half on a
-        # 2-core CPU; measured there: linear ~90%, attention ~94%, full ~96% test top-1 from random init.
+        # Sized so that the demo checkpoint (16 px) runs all three modes in about a minute on a 2-core CPU (the
+        # README says what was measured): the full model's loss is near zero by step 500 at lr 1.5e-3, and the
+        # attention layers' by step 300. Test top-1 from random init, seeds 0 and 1: linear 87.2%, attention
+        # 93.5% / 93.0%, full 96.5% / 93.1% (800 and 400 steps at the old rates gave 97.2% and 96.5%).
         "linear": {},
         "attention": {
             "optimizer": "adamw",
@@ -60,19 +62,19 @@ digits = Task(
             "retrain": False,
             "weight_decay": 0.05,
             "batch_size": 64,
-            "steps": 400,
-            "warmup_steps": 40,
+            "steps": 300,
+            "warmup_steps": 30,
             "augment": False,
         },
         "full": {
             "optimizer": "adamw",
-            "lr": 1e-3,
+            "lr": 1.5e-3,
             "lr_grid": [],
             "retrain": False,
             "weight_decay": 0.05,
             "batch_size": 64,
-            "steps": 800,
-            "warmup_steps": 80,
+            "steps": 500,
+            "warmup_steps": 50,
             "augment": False,
         },
         # the other fine-tuning modes (ffn, bitfit) use the attention schedule
@@ -83,8 +85,8 @@ digits = Task(
             "retrain": False,
             "weight_decay": 0.05,
             "batch_size": 64,
-            "steps": 400,
-            "warmup_steps": 40,
+            "steps": 300,
+            "warmup_steps": 30,
             "augment": False,
         },
     },

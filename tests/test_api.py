@@ -52,7 +52,11 @@ def test_leaderboard_and_compare_return_the_objects_the_cli_renders(store):
         te.leaderboard(store.parent / "missing.sqlite")
 
 
-def test_a_checkpoint_and_a_task_added_from_python_run_by_name(tmp_path):
+def test_a_checkpoint_and_a_task_added_from_python_run_by_name(tmp_path, monkeypatch):
+    from transfer_eval import checkpoints, tasks
+
+    monkeypatch.setattr(tasks, "ADDED", {})  # this test's additions stay in this test
+    monkeypatch.setattr(checkpoints, "ADDED", {})
     colours = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
     rng = np.random.default_rng(0)
 

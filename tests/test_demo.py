@@ -56,7 +56,7 @@ def test_json_lines_carry_the_record_fields(demo):
     # model choices on val, recorded
     assert f"{rows['linear']['selection']['chosen']['C']:.4g}" in rows["linear"]["selection"]["grid"]
     assert rows["linear"]["selection"]["not_converged"] == []  # every C's fit reached the gradient tolerance
-    assert rows["full"]["selection"]["chosen"]["lr"] == 1e-3
+    assert rows["full"]["selection"]["chosen"]["lr"] == 1.5e-3
 
 
 def test_stored_predictions_reproduce_the_accuracy(demo):

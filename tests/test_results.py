@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from transfer_eval.results import Result, Store
+from transfer_eval.results import SCHEMA_VERSION, Result, Store
 
 
 def _result(**kw):
@@ -82,6 +82,32 @@ def test_an_older_store_gains_new_fields(tmp_path):
     assert old.top1 == 0.25 and old.balanced_top1 is None
     store.put(_result(balanced_top1=0.5, shots=5))
     assert {r.checkpoint: r.balanced_top1 for r in store.query()} == {"old": None, "c": 0.5}
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION  # migrated, and says so
+    store.close()
+
+
+def test_a_store_of_a_newer_schema_is_refused_in_one_line(tmp_path):
+    import sqlite3
+
+    from conftest import assert_one_line_error, cli
+
+    db = tmp_path / "new.sqlite"
+    Store(db).close()
+    with sqlite3.connect(db) as con:
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    assert_one_line_error(cli("leaderboard", "--results", db), "schema version", "upgrade transfer-eval")
+    assert_one_line_error(
+        cli("run", "-c", "vit_demo", "-t", "digits", "-m", "linear", "--results", db),
+        "newer than this transfer-eval reads",
+    )
+
+
+def test_a_corrupted_store_is_one_line_not_a_traceback(tmp_path):
+    from conftest import assert_one_line_error, cli
+
+    db = tmp_path / "broken.sqlite"
+    db.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)  # a header, then garbage
+    assert_one_line_error(cli("leaderboard", "--results", db), "is not a transfer-eval SQLite database")
 
 
 def test_many_processes_opening_a_new_store_at_once(tmp_path):

@@ -1,6 +1,7 @@
 """Nothing lost: resume after kill -9, concurrent writers, failures as records, every bad input, determinism."""
 
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -9,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, cli, json_lines, stored_rows
+from conftest import assert_one_line_error, cli, hermetic_env, json_lines, stored_rows
 
 from transfer_eval.results import Store
 
@@ -42,9 +43,7 @@ def test_resume_after_kill_reaches_the_same_accuracy(tmp_path):
         "--checkpoint-every",
         "10",
     ]
-    proc = subprocess.Popen(
-        args, env={**os.environ, "TQDM_DISABLE": "1", **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen(args, env=hermetic_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
     while time.time() < deadline and not list((cache / "resume").glob("*/lr*.pt")):
         assert proc.poll() is None, "the run ended before writing a training checkpoint"
@@ -63,6 +62,59 @@ def test_resume_after_kill_reaches_the_same_accuracy(tmp_path):
     b = Store(db).predictions(resumed["run_id"])
     assert np.array_equal(a[1], b[1])  # bit for bit the same predictions
     assert not any((cache / "resume").glob("*/*"))
+
+
+def test_sigterm_checkpoints_exits_75_and_the_same_command_resumes_to_the_same_result(tmp_path):
+    """Pre-emption (Slurm's SIGTERM or USR1): the training checkpoint is written at the next step, exit status 75,
+    nothing recorded as failed; run again, the result is an uninterrupted run's, bit for bit."""
+    cache = tmp_path / "cache"
+    env = {"TRANSFER_EVAL_CACHE": str(cache)}
+    whole = cli("run", *SHORT_FULL, "--results", tmp_path / "whole.sqlite", "--json", env=env)
+    (expected,) = json_lines(whole.stdout)
+    db = tmp_path / "preempted.sqlite"
+    args = [sys.executable, "-m", "transfer_eval", "run", *SHORT_FULL, "--results", str(db), "--json"]
+    proc = subprocess.Popen(
+        args,
+        env=hermetic_env({"TRANSFER_EVAL_PROGRESS_SECONDS": "1e-9", **env}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:  # the first progress line of the training loop: mid-training
+        if "train lr=" in line and "step/s" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 75, err
+    assert "transfer-eval: pre-empted: SIGTERM at step" in err and "Traceback" not in err
+    assert stored_rows(db) == 0  # not a failure, not a result
+    assert list((cache / "resume").glob("*/lr*.pt"))  # the checkpoint it stopped at
+    again = cli("run", *SHORT_FULL, "--results", db, "--json", env=env)
+    assert again.returncode == 0 and "resuming" in again.stderr, again.stderr
+    (resumed,) = json_lines(again.stdout)
+    assert resumed["top1"] == expected["top1"]
+    a = Store(tmp_path / "whole.sqlite").predictions(expected["run_id"])
+    assert np.array_equal(a[1], Store(db).predictions(resumed["run_id"])[1])
+
+
+def test_a_slurm_job_passes_usr1_on_and_is_requeued_as_the_same_command(tmp_path):
+    """submitit calls `checkpoint` on USR1: the command gets the signal, stops, and the same command is requeued."""
+    from transfer_eval.sweep import RequeueingCommand
+
+    flag = tmp_path / "got-usr1"
+    script = (
+        "import signal, sys, time, pathlib\n"
+        f"signal.signal(signal.SIGUSR1, lambda *a: (pathlib.Path({str(flag)!r}).write_text('1'), sys.exit(75)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    job = RequeueingCommand([sys.executable, "-c", script], grace_seconds=30)
+    job._proc = subprocess.Popen(job.cmd, stdout=subprocess.PIPE, text=True)
+    assert job._proc.stdout.readline().strip() == "ready"
+    delayed = job.checkpoint()
+    assert flag.read_text() == "1" and job._proc.returncode == 75
+    assert isinstance(delayed.function, RequeueingCommand) and delayed.function.cmd == job.cmd
+    assert pickle.loads(pickle.dumps(delayed.function)).cmd == job.cmd  # what submitit stores to requeue
 
 
 def test_same_seed_is_deterministic_on_cpu(tmp_path):
@@ -96,7 +148,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         "--results",
         str(db),
     ]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env = hermetic_env()
     procs = [
         subprocess.Popen(base + ["--seed", s], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for s in ("0", "1", "2", "0,1")

@@ -9,7 +9,7 @@ The Python API (transfer_eval.api), importable from here:
     add_checkpoint(name, model, weights=..., ...), add_task(task)     without writing a file
 """
 
-__version__ = "0.1.0"
+from transfer_eval.version import __version__
 
 _API = ("evaluate", "load_results", "leaderboard", "compare", "add_checkpoint", "add_task")
 __all__ = ["__version__", *_API]

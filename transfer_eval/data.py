@@ -12,18 +12,28 @@ from torch.utils.data import DataLoader, Dataset
 from transfer_eval.tasks import ImageSplit
 from transfer_eval.transforms import eval_transform, train_transform
 
+MEMO_BYTES = 256 * 2**20  # a training split without augmentation is kept transformed in memory up to this size
+
 
 class TransformedSplit(Dataset):
-    """(tensor, label) pairs from an ImageSplit."""
+    """(array, label) pairs from an ImageSplit. With `memo_bytes` (training without augmentation, where the
+    transform is deterministic and the split is read once an epoch), each image is decoded and transformed once
+    per process and kept: later epochs get the very same arrays without decoding again. The pipeline asks for it
+    only where the whole split's uint8 arrays fit in MEMO_BYTES."""
 
-    def __init__(self, split: ImageSplit, transform):
+    def __init__(self, split: ImageSplit, transform, memo_bytes: int = 0):
         self.split, self.transform = split, transform
+        self.memo: dict[int, object] | None = {} if memo_bytes else None
 
     def __len__(self):
         return len(self.split)
 
     def __getitem__(self, i):
-        return self.transform(self.split.image(i)), int(self.split.labels[i])
+        if self.memo is None:
+            return self.transform(self.split.image(i)), int(self.split.labels[i])
+        if i not in self.memo:
+            self.memo[i] = self.transform(self.split.image(i))
+        return self.memo[i], int(self.split.labels[i])
 
 
 def default_workers(device: torch.device) -> int:
@@ -203,7 +213,10 @@ def pipeline(
 
     from timm.data.loader import fast_collate
 
-    return Pipeline(TransformedSplit(split, transform), batches, plan.workers, collate=fast_collate)
+    c, h, w = data_config["input_size"]
+    repeated = train is not None and not augment  # read epoch after epoch, the same arrays each time
+    memo = MEMO_BYTES if repeated and len(split) * c * h * w <= MEMO_BYTES else 0
+    return Pipeline(TransformedSplit(split, transform, memo), batches, plan.workers, collate=fast_collate)
 
 
 class Normalise:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transfer_eval import data, devices, distributed, inference
+from transfer_eval import data, devices, distributed, inference, resume
 from transfer_eval.errors import UserError
 from transfer_eval.progress import bar
 
@@ -310,22 +310,22 @@ def train(
         _update(opt, sched, params, recipe)
         if (step + 1 - start_step) % LOSS_EVERY == 0:
             read_losses()
-        if checkpoints is not None and step + 1 < recipe.steps and checkpoints.due(step + 1):
+        stop = resume.requested() if checkpoints is not None else None
+        if checkpoints is not None and (stop or (step + 1 < recipe.steps and checkpoints.due(step + 1))):
             read_losses()  # a training checkpoint is never written after a diverged step
-            checkpoints.save(
-                phase,
-                step + 1,
-                model,
-                opt,
-                sched,
-                {
-                    "images": images,
-                    "seconds": before + time.perf_counter() - start,
-                    "micro": micro,
-                    "backoffs": backoffs,
-                    "curve": curve,
-                },
-            )
+            extra = {
+                "images": images,
+                "seconds": before + time.perf_counter() - start,
+                "micro": micro,
+                "backoffs": backoffs,
+                "curve": curve,
+            }
+            checkpoints.save(phase, step + 1, model, opt, sched, extra)
+            if stop:
+                raise resume.Preempted(
+                    f"{stop} at step {step + 1} of {recipe.steps} ({desc}); its training checkpoint is written in "
+                    f"{checkpoints.folder}: the same command resumes it"
+                )
     read_losses()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -12,8 +12,11 @@ def builtin(name: str) -> Path:
     return inside if inside.exists() else PACKAGE.parent / name
 
 
-def default_results() -> Path:
-    return Path(os.environ.get("TRANSFER_EVAL_RESULTS", "transfer_eval_results.sqlite"))
+def default_results() -> Path | str:
+    """$TRANSFER_EVAL_RESULTS (a SQLite file, or a postgresql:// URL, kept as it is), else
+    ./transfer_eval_results.sqlite."""
+    value = os.environ.get("TRANSFER_EVAL_RESULTS", "transfer_eval_results.sqlite")
+    return value if value.startswith(("postgresql://", "postgres://")) else Path(value)
 
 
 def default_data_dir() -> Path:

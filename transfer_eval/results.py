@@ -1,4 +1,4 @@
-"""The Result record and the SQLite results store.
+"""The Result record and the results store (SQLite by default; PostgreSQL for a `postgresql://` URL).
 
 One row per run key (checkpoint, weights_sha256, task, task_version, mode, protocol_hash, seed); a second write
 of the same key replaces the first inside one transaction, so a key never has two rows and a failed write leaves
@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
-import time
 import zlib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from transfer_eval import databases
 from transfer_eval.errors import UserError
 
 KEY = ("checkpoint", "weights_sha256", "task", "task_version", "mode", "protocol_hash", "seed")
+# The store's schema version (SQLite's user_version). 1: the record of suite 0.1 (stores written before the version
+# was kept read as 0, and are migrated as 1); 2: `curves` and `limit_per_split`.
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -97,28 +99,32 @@ class Result:
 _JSON_FIELDS = {"recipe", "selection", "val_holdout", "skipped_files", "curves"}
 
 
-def _sql_type(f) -> str:
+def _sql_type(f, types: dict) -> str:
     t = str(f.type)
     if "int" in t or "bool" in t:
-        return "INTEGER"
+        return types["int"]
     if "float" in t:
-        return "REAL"
-    return "TEXT"
+        return types["float"]
+    return types["text"]
 
 
 _COLUMNS = [f.name for f in fields(Result) if f.name != "run_id"]
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS results (
-    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    {", ".join(f"{f.name} {_sql_type(f)}" for f in fields(Result) if f.name != "run_id")},
+
+
+def _schema(db) -> list[str]:
+    t = db.types
+    return [
+        f"""CREATE TABLE IF NOT EXISTS results (
+    run_id {db.run_id},
+    {", ".join(f"{f.name} {_sql_type(f, t)}" for f in fields(Result) if f.name != "run_id")},
     UNIQUE ({", ".join(KEY)})
-);
-CREATE TABLE IF NOT EXISTS predictions (
-    run_id INTEGER PRIMARY KEY REFERENCES results(run_id) ON DELETE CASCADE,
-    labels BLOB NOT NULL,
-    top5 BLOB NOT NULL
-);
-"""
+)""",
+        f"""CREATE TABLE IF NOT EXISTS predictions (
+    run_id {t["int"]} PRIMARY KEY REFERENCES results(run_id) ON DELETE CASCADE,
+    labels {t["blob"]} NOT NULL,
+    top5 {t["blob"]} NOT NULL
+)""",
+    ]
 
 
 def _pack(a: np.ndarray) -> bytes:
@@ -127,72 +133,77 @@ def _pack(a: np.ndarray) -> bytes:
     return zlib.compress(buf.getvalue())
 
 
-def _unpack(b: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(zlib.decompress(b)), allow_pickle=False)
+def _unpack(b) -> np.ndarray:
+    return np.load(io.BytesIO(zlib.decompress(bytes(b))), allow_pickle=False)
+
+
+def _value(result: Result, column: str):
+    v = getattr(result, column)
+    if column in _JSON_FIELDS:
+        return json.dumps(v, sort_keys=True)
+    return int(v) if isinstance(v, bool) else v
 
 
 class Store:
-    """The results database: `Store(path)`, then `has`, `put`, `get`, `query`."""
+    """The results database: `Store(path or postgresql:// URL)`, then `has`, `put`, `get`, `query`."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.exists() and self.path.is_dir():
-            raise UserError(f"results store {self.path} is a folder; give a file path with --results")
+    def __init__(self, target: str | Path):
+        self.target = str(target) if databases.is_url(str(target)) else Path(target)
+        self.path = databases.shown(self.target)  # what messages name (a URL without its password)
+        self.database = databases.open_database(self.target)
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=60)
-            self._set_up()
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"results store {self.path} is not a transfer-eval SQLite database ({e})") from None
+            self._migrate()
+        except self.database.errors as e:
+            self.database.close()
+            raise UserError(f"results store {self.path} is not a transfer-eval results database ({e})") from None
 
-    def _set_up(self, patience: float = 60.0):
-        """WAL mode and the schema. Switching a new file to WAL takes a lock that SQLite does not wait for, so
-        processes opening one new store together (torchrun, parallel runs) retry for a while."""
-        deadline = time.monotonic() + patience
-        delay = 0.05
-        while True:
-            try:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA foreign_keys=ON")
-                self.db.executescript(_SCHEMA)
-                self._add_new_columns()
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+    @property
+    def db(self):  # the raw connection (sqlite3 or psycopg)
+        return self.database.db
 
-    def _add_new_columns(self):
-        """A store written by an older version gains the record's newer fields (empty for its old rows)."""
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
-        with self.db:
+    def _migrate(self):
+        """The schema, at SCHEMA_VERSION: a new store gets it; a store written by an older version gains the
+        record's newer fields (empty for its old rows) and the new version number, in one transaction; a store of
+        a newer version is refused."""
+        db = self.database
+        version = db.version()
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"results store {self.path} has schema version {version}, newer than this transfer-eval reads "
+                f"({SCHEMA_VERSION}); upgrade transfer-eval (pip install -U transfer-eval) to read it"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with db.transaction(lock_key="schema"):
+            for statement in _schema(db):
+                db.execute(statement)
+            have = db.columns()
             for f in fields(Result):
                 if f.name not in have:
-                    self.db.execute(f"ALTER TABLE results ADD COLUMN {f.name} {_sql_type(f)}")
+                    db.execute(f"ALTER TABLE results ADD COLUMN {f.name} {_sql_type(f, db.types)}")
+            db.set_version(SCHEMA_VERSION)
 
     def close(self):
-        self.db.close()
+        self.database.close()
 
     def has(self, key: tuple) -> bool:
         where = " AND ".join(f"{k} = ?" for k in KEY)
-        row = self.db.execute(f"SELECT status FROM results WHERE {where}", key).fetchone()
+        row = self.database.execute(f"SELECT status FROM results WHERE {where}", key).fetchone()
         return row is not None and row[0] == "ok"
 
     def put(self, result: Result, labels: np.ndarray | None = None, top5: np.ndarray | None = None) -> int:
         """Insert or replace the row of `result.key`, with its per-sample predictions, atomically."""
-        values = [
-            json.dumps(getattr(result, c), sort_keys=True) if c in _JSON_FIELDS else getattr(result, c)
-            for c in _COLUMNS
-        ]
+        values = [_value(result, c) for c in _COLUMNS]
         where = " AND ".join(f"{k} = ?" for k in KEY)
-        with self.db:  # one transaction: the old row and its predictions go only if the new ones land
-            self.db.execute(f"DELETE FROM results WHERE {where}", result.key)
-            cur = self.db.execute(
+        db = self.database
+        # one transaction: the old row and its predictions go only if the new ones land
+        with db.transaction(lock_key=json.dumps(list(result.key), default=str)):
+            db.execute(f"DELETE FROM results WHERE {where}", result.key)
+            run_id = db.insert(
                 f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", values
             )
-            run_id = cur.lastrowid
             if labels is not None and top5 is not None:
-                self.db.execute(
+                db.execute(
                     "INSERT INTO predictions (run_id, labels, top5) VALUES (?, ?, ?)",
                     (run_id, _pack(np.asarray(labels, np.int32)), _pack(np.asarray(top5, np.int32))),
                 )
@@ -200,7 +211,7 @@ class Store:
         return run_id
 
     def _rows(self, sql: str, args=()) -> list[Result]:
-        cur = self.db.execute(sql, args)
+        cur = self.database.execute(sql, args)
         names = [d[0] for d in cur.description]
         out = []
         for row in cur.fetchall():
@@ -222,7 +233,7 @@ class Store:
 
     def predictions(self, run_id: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(labels N, top-5 class indices N x 5, best first) of a run's test split."""
-        row = self.db.execute("SELECT labels, top5 FROM predictions WHERE run_id = ?", (run_id,)).fetchone()
+        row = self.database.execute("SELECT labels, top5 FROM predictions WHERE run_id = ?", (run_id,)).fetchone()
         return (_unpack(row[0]), _unpack(row[1])) if row else None
 
     def query(self, checkpoints=(), tasks=(), modes=(), status: str | None = "ok") -> list[Result]:
@@ -236,3 +247,19 @@ class Store:
             args.append(status)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._rows(f"SELECT * FROM results {where} ORDER BY run_id", args)
+
+    def copy_to(self, other: "Store") -> tuple[int, int]:
+        """Every result of this store, with its predictions, into `other` (a key already there is replaced by the
+        same result, and one already there is left alone: copying twice writes nothing the second time). Returns
+        (copied, of which new to `other`)."""
+        copied = new = 0
+        for r in self.query(status=None):
+            there = other.get_key(r.key)
+            if there is not None and (there.finished, there.status) == (r.finished, r.status):
+                continue  # this very result is there already
+            new += there is None
+            preds = self.predictions(r.run_id)
+            r.run_id = None
+            other.put(r, *(preds if preds is not None else (None, None)))
+            copied += 1
+        return copied, new

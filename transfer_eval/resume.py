@@ -5,13 +5,21 @@ training phase (one per learning rate tried, and the retraining) writes `<phase>
 or `every_seconds` seconds, atomically (write, then rename): the trainable parameters, the optimiser and
 scheduler states, the RNG states and the step. `progress.json` records the phases already finished and their
 val accuracy. A stored result removes the folder.
+
+Pre-emption: while runs execute (`stop_on_signal`), SIGTERM and SIGUSR1 (what Slurm sends before it pre-empts or
+times out a job) do not kill the process; they ask it to stop. A fine-tuning phase writes its training checkpoint
+at the next step boundary and raises `Preempted`; the CLI exits with EXIT_PREEMPTED, nothing recorded as failed,
+and the same command resumes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +27,44 @@ import numpy as np
 import torch
 
 from transfer_eval import io
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; distinct from 1 (a run failed) and 2 (bad input)
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+_requested: list[str] = []  # the name of the signal that asked this process to stop
+
+
+class Preempted(Exception):
+    """The process was asked to stop (SIGTERM, SIGUSR1); the training checkpoint needed to resume is written."""
+
+
+def requested() -> str | None:
+    """The signal that asked this process to stop, or None."""
+    return _requested[0] if _requested else None
+
+
+@contextlib.contextmanager
+def stop_on_signal():
+    """While inside, SIGTERM and SIGUSR1 ask for a stop (`requested()`) instead of ending the process. Outside the
+    main thread (where Python cannot take signals) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask(signum, frame):
+        if not _requested:
+            _requested.append(signal.Signals(signum).name)
+
+    previous = {}
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, ask)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _requested.clear()
 
 
 class RunCheckpoints:

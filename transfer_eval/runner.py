@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import transfer_eval
 from transfer_eval import (
     checkpoints,
     costs,
@@ -38,7 +37,9 @@ from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.modes import Mode
 from transfer_eval.results import Result, Store
+from transfer_eval.resume import Preempted, requested, stop_on_signal
 from transfer_eval.tasks import LoadContext, Task, UnreadableImage
+from transfer_eval.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -272,24 +273,29 @@ def run_all(
     main = distributed.is_main()
     distributed.barrier()
     out = []
-    for i, r in enumerate(runs, 1):
-        prefix = f"[{i}/{len(runs)}] {r.label()}"
-        if r.key not in todo:
+    with stop_on_signal():  # SIGTERM / SIGUSR1 (pre-emption): fine-tuning checkpoints and stops; no run fails
+        for i, r in enumerate(runs, 1):
+            prefix = f"[{i}/{len(runs)}] {r.label()}"
+            if r.key not in todo:
+                if main:
+                    stored = store.get_key(r.key)
+                    log.info("%s: stored as run %s, skipped (--force to run again)", prefix, stored.run_id)
+                    out.append(stored)
+                continue
+            if not main and r.mode.stage != "finetune":
+                continue  # probes and evaluation are rank 0's; fine-tuning trains across every process
+            if requested():
+                raise Preempted(
+                    f"{requested()} before {r.label()}: the runs before it are stored; the same command runs the rest"
+                )
+            where = f"{device}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
             if main:
-                stored = store.get_key(r.key)
-                log.info("%s: stored as run %s, skipped (--force to run again)", prefix, stored.run_id)
-                out.append(stored)
-            continue
-        if not main and r.mode.stage != "finetune":
-            continue  # probes and evaluation are rank 0's; fine-tuning trains across every process
-        where = f"{device}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
-        if main:
-            log.info("%s: running on %s", prefix, where)
-        result = execute(r, ctx, device, store, command, options)
-        out.append(result)
-        if main:
-            log.info("%s: %s", prefix, summary(result))
-            trackers.publish(options.log, result, options.log_dir)
+                log.info("%s: running on %s", prefix, where)
+            result = execute(r, ctx, device, store, command, options)
+            out.append(result)
+            if main:
+                log.info("%s: %s", prefix, summary(result))
+                trackers.publish(options.log, result, options.log_dir)
     distributed.barrier()
     return out
 
@@ -297,7 +303,7 @@ def run_all(
 def summary(r: Result) -> str:
     """One line for a finished run: its accuracy beside its cost."""
     if r.status != "ok":
-        return f"failed ({r.error}), stored as run {r.run_id}"
+        return f"failed (the reason is above), stored as run {r.run_id}; the next run of this command retries it"
 
     def pct(x):
         return "-" if x is None else f"{100 * x:.2f}%"
@@ -486,7 +492,7 @@ def check_own_head(ck: Checkpoint, task: Task) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
-    root = Path(transfer_eval.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
@@ -503,7 +509,7 @@ def _provenance(command: str) -> dict:
     import torchvision
 
     return {
-        "suite_version": transfer_eval.__version__,
+        "suite_version": __version__,
         "git_commit": _git_commit(),
         "torch_version": torch.__version__,
         "timm_version": timm.__version__,

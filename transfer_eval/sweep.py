@@ -8,11 +8,13 @@ finds its runs already stored skips them, so a sweep can be launched again to fi
 from __future__ import annotations
 
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from transfer_eval import resume
 from transfer_eval.errors import UserError
 
 
@@ -74,7 +76,7 @@ def launch_slurm(
     try:
         import submitit
     except ImportError:
-        raise UserError("--executor slurm needs submitit: pip install submitit") from None
+        raise UserError("--executor slurm needs submitit: pip install 'transfer-eval[slurm]'") from None
     executor = submitit.AutoExecutor(folder=str(folder))
     params = {
         "gpus_per_node": gpus,
@@ -83,12 +85,44 @@ def launch_slurm(
         "timeout_min": timeout_min,
         "tasks_per_node": 1,
         "nodes": 1,
+        "slurm_signal_delay_s": 180,  # USR1 this long before the time limit: time to write a training checkpoint
     }
     if partition:
         params["slurm_partition"] = partition
     executor.update_parameters(**params)
     ids = []
     for job in jobs:
-        cmd = [sys.executable, "-m", "transfer_eval", *job.argv]
-        ids.append(executor.submit(submitit.helpers.CommandFunction(cmd)).job_id)
+        ids.append(executor.submit(RequeueingCommand([sys.executable, "-m", "transfer_eval", *job.argv])).job_id)
     return ids
+
+
+class RequeueingCommand:
+    """A Slurm job's `transfer-eval run` command, for submitit. Before Slurm pre-empts or times out the job it
+    signals USR1 (submitit asks for it); submitit then calls `checkpoint`, which passes the signal on to the
+    command (fine-tuning writes its training checkpoint at the next step and exits with EXIT_PREEMPTED), waits
+    for it, and hands submitit the same command to requeue: the requeued job resumes where this one stopped."""
+
+    def __init__(self, cmd: list[str], grace_seconds: float = 120.0):
+        self.cmd, self.grace_seconds = list(cmd), grace_seconds
+        self._proc = None
+
+    def __call__(self) -> int:
+        self._proc = subprocess.Popen(self.cmd)
+        code = self._proc.wait()
+        if code not in (0, resume.EXIT_PREEMPTED):
+            raise RuntimeError(f"transfer-eval exited with status {code}: {shlex.join(self.cmd)}")
+        return code
+
+    def checkpoint(self, *args, **kwargs):
+        from submitit.helpers import DelayedSubmission
+
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGUSR1)
+            try:
+                self._proc.wait(timeout=self.grace_seconds)
+            except subprocess.TimeoutExpired:
+                pass
+        return DelayedSubmission(RequeueingCommand(self.cmd, self.grace_seconds))
+
+    def __getstate__(self):  # what submitit pickles: the command, never a live process
+        return {"cmd": self.cmd, "grace_seconds": self.grace_seconds, "_proc": None}

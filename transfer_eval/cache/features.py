@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-import transfer_eval
 from transfer_eval import paths
 from transfer_eval.cache.keys import digest
+from transfer_eval.version import __version__
 
 FEATURES, LABELS, ABOUT = "features.npy", "labels.npy", "about.json"
 
@@ -52,7 +52,7 @@ def key(
             "files": files,
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())},
             "resize": resize,
-            "suite": transfer_eval.__version__,
+            "suite": __version__,
             "torch": torch.__version__,
         }
     )

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-import transfer_eval
 from transfer_eval import paths
 from transfer_eval.cache.keys import digest
 from transfer_eval.errors import UserError
 from transfer_eval.io import replacing
 from transfer_eval.progress import bar
 from transfer_eval.tasks import ImageSplit
+from transfer_eval.version import __version__
 
 RAW, JPEG = "raw", "jpeg"
 JPEG_QUALITY = 90
@@ -70,7 +70,7 @@ def key(split: ImageSplit, data_config: dict, kind: str = RAW) -> str:
             "files": split.files_signature(),
             "manifest": split.manifest(),
             "resize": repr(resize_transform(data_config)),
-            "suite": transfer_eval.__version__,
+            "suite": __version__,
             "pillow": PIL.__version__,
             "format": kind if kind == RAW else f"{kind}{JPEG_QUALITY}",
         }

@@ -1,4 +1,5 @@
-"""The command line: parse, call the library, print. Exit status: 0 done, 1 a run failed, 2 bad input.
+"""The command line: parse, call the library, print. Exit status: 0 done, 1 a run failed, 2 bad input, 75
+pre-empted (SIGTERM or SIGUSR1; the same command resumes).
 
 The commands live by theme: run.py (run, sweep), browse.py (list, show), report.py (leaderboard, compare,
 report), measure.py (cost, bench), storage.py (cache, data, features); group.py is the `transfer-eval` group
@@ -15,6 +16,7 @@ from transfer_eval.cli import browse, measure, report, run, storage  # each regi
 from transfer_eval.cli.group import cli
 from transfer_eval.cli.options import show_log
 from transfer_eval.errors import UserError
+from transfer_eval.resume import EXIT_PREEMPTED, Preempted
 
 __all__ = ["cli", "main", "browse", "measure", "report", "run", "storage"]
 
@@ -26,6 +28,9 @@ def main():
     except UserError as e:
         click.echo(f"transfer-eval: error: {e}", err=True)
         sys.exit(2)
+    except Preempted as e:
+        click.echo(f"transfer-eval: pre-empted: {e}", err=True)
+        sys.exit(EXIT_PREEMPTED)
     except click.exceptions.Abort:
         click.echo("transfer-eval: aborted", err=True)
         sys.exit(130)

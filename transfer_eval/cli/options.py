@@ -54,12 +54,15 @@ def load_context(data_dir, skip_verify, download=False, bad_images="stop"):
 
 def open_store(results):
     """The results store for reading: a missing file is bad input, not an empty store to create."""
+    from transfer_eval import databases
     from transfer_eval.results import Store
 
-    path = Path(results) if results else paths.default_results()
-    if not path.is_file():
-        raise UserError(f"no results store at {path}; run `transfer-eval run ...` first or give --results DB")
-    return Store(path)
+    target = results or paths.default_results()
+    if not databases.is_url(str(target)):
+        target = Path(target)
+        if not target.is_file():
+            raise UserError(f"no results store at {target}; run `transfer-eval run ...` first or give --results DB")
+    return Store(target)
 
 
 def show_log() -> None:

@@ -1,4 +1,5 @@
-"""`cache` (list, clear), `data check` and `features`: the caches, the datasets, and the features a probe uses."""
+"""`cache` (list, clear), `data check`, `features` and `store copy`: the caches, the datasets, the features a
+probe uses, and the results stores."""
 
 from __future__ import annotations
 
@@ -259,3 +260,30 @@ def features(
     with io.replacing(out, ".npz") as tmp:  # never a half-written file under the requested name
         np.savez(tmp, features=feats, labels=labels, ids=np.asarray(ds.ids))
     click.echo(f"wrote {out}: features {feats.shape[0]} x {feats.shape[1]} float32, labels {len(labels)}")
+
+
+@cli.group("store", context_settings=CONTEXT)
+def store_group():
+    """The results stores: SQLite files and PostgreSQL databases (postgresql://USER@HOST/DB)."""
+
+
+@store_group.command("copy", context_settings=CONTEXT)
+@click.argument("source")
+@click.argument("destination")
+def store_copy(source, destination):
+    """Copy every result (with its per-sample predictions) from SOURCE to DESTINATION, each a SQLite file or a
+    postgresql:// URL. Idempotent: a result already in DESTINATION is left alone, so copying again copies nothing.
+
+    \b
+    Example:
+      transfer-eval store copy transfer_eval_results.sqlite postgresql://me@dbhost/transfer_eval
+    """
+    from transfer_eval.cli.options import open_store
+    from transfer_eval.results import Store
+
+    src = open_store(source)
+    dst = Store(destination)
+    copied, new = src.copy_to(dst)
+    src.close()
+    dst.close()
+    click.echo(f"copied {copied} results ({new} new) from {src.path} to {dst.path}")
