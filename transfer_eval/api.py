@@ -102,16 +102,7 @@ def _reading(store) -> tuple[Store, bool]:
     """A store to read: an open Store as it is, else the file at a path (or the default), which must exist."""
     if isinstance(store, Store):
         return store, False
-    from transfer_eval import databases
-
-    target = store or paths.default_results()
-    if not databases.is_url(str(target)):
-        target = Path(target)
-        if not target.is_file():
-            raise UserError(
-                f"no results store at {target}; run transfer_eval.evaluate(...) or `transfer-eval run` first"
-            )
-    return Store(target), True
+    return Store.existing(store, first="transfer_eval.evaluate(...) or `transfer-eval run`"), True
 
 
 def load_results(

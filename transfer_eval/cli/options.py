@@ -54,15 +54,9 @@ def load_context(data_dir, skip_verify, download=False, bad_images="stop"):
 
 def open_store(results):
     """The results store for reading: a missing file is bad input, not an empty store to create."""
-    from transfer_eval import databases
     from transfer_eval.results import Store
 
-    target = results or paths.default_results()
-    if not databases.is_url(str(target)):
-        target = Path(target)
-        if not target.is_file():
-            raise UserError(f"no results store at {target}; run `transfer-eval run ...` first or give --results DB")
-    return Store(target)
+    return Store.existing(results)
 
 
 def show_log() -> None:
