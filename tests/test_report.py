@@ -622,7 +622,14 @@ def test_report_files(site):
     assert {i["src"] for i in p.imgs} == {"accuracy_vs_cost.png", "compare.png"}
     # the reference is the leaderboard's top checkpoint: alpha (attention) leads paper6
     assert "beta (B) vs alpha (A)" in text
-    assert len(p.tables) == 2 and len(p.tables[1]["rows"]) == 1 + 2 * 6 - 1  # beta/linear has no inat2019
+    assert len(p.tables[1]["rows"]) == 1 + 2 * 6 - 1  # beta/linear has no inat2019
+    # what each stored checkpoint and task is: these checkpoints are in no registry; the tasks are built-in plugins
+    about = {t["attrs"].get("id"): [[c[0] for c in row] for row in t["rows"]] for t in p.tables[2:]}
+    assert len(p.tables) == 4 and set(about) == {"checkpoints", "tasks"}
+    assert [r[0] for r in about["checkpoints"][1:]] == ["alpha", "beta"]
+    assert all("not in the registry given" in r[4] for r in about["checkpoints"][1:])
+    tasks = {r[0]: r for r in about["tasks"][1:]}
+    assert len(tasks) == 6 and tasks["cifar100"][1] == "100" and all(r[3] for r in tasks.values())
 
 
 def test_report_in_headless_chromium(site, tmp_path):
@@ -648,3 +655,62 @@ def test_report_in_headless_chromium(site, tmp_path):
     shot = tmp_path / "report.png"
     proc = _browser(url, tmp_path, f"--screenshot={shot}", "--window-size=1366,900")
     assert shot.exists() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+
+
+def test_the_report_shows_what_users_wrote_as_text_and_runs_none_of_it(tmp_path):
+    """Checkpoint names and descriptions from a registry file, task names and descriptions from a plugin, carrying
+    <script> and <img onerror>: in headless Chromium nothing of them runs, and each shows as the text it is."""
+    import yaml
+
+    def pwn(tag: str) -> str:
+        return f"document.body.setAttribute('data-pwned','{tag}')"
+
+    evil_ck = f'evil<img src=x onerror="{pwn("ck")}">'
+    evil_desc = f"<script>{pwn('desc')}</script> & <b>bold</b>"
+    evil_task = f"<img src=y onerror={pwn('task')}>"
+    evil_task_desc = f"</td></tr></table><script>{pwn('taskdesc')}</script>"
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(
+        yaml.safe_dump(
+            {
+                evil_ck: {
+                    "model": "vit_small_patch16_224",
+                    "weights": "none",
+                    "pretraining": f"<svg onload={pwn('svg')}>",
+                    "description": evil_desc,
+                }
+            }
+        )
+    )
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "evil.py").write_text(
+        "from transfer_eval.tasks import Task\n"
+        f"EVIL = Task(name={evil_task!r}, num_classes=10, load=None, description={evil_task_desc!r})\n"
+    )
+    db = tmp_path / "results.sqlite"
+    store = Store(db)
+    rng = np.random.default_rng(0)
+    for ck, acc in ((evil_ck, 0.8), ("plain", 0.6)):
+        for task in (evil_task, "cifar10"):
+            put(store, ck, task, "linear", correct=_correct(acc, rng=rng))
+    store.close()
+    out = tmp_path / "site"
+    proc = cli(
+        "report", "--html", out, "--resamples", "200", "--registry", registry, "--tasks-dir", plugins, "--results", db
+    )
+    assert proc.returncode == 0, proc.stderr
+    dom = _browser((out / "index.html").resolve().as_uri(), tmp_path, "--dump-dom")
+    assert dom.returncode == 0 and "<table" in dom.stdout, dom.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+    assert 'data-js="ready"' in body and "data-pwned" not in body  # our script ran; none of theirs did
+    assert dom.stdout.count("<script") == 1 and "<svg" not in dom.stdout
+    p = _Tables()
+    p.feed(dom.stdout)
+    assert all(i["src"].endswith(".png") for i in p.imgs)  # no <img src=x> became an element
+    about = {t["attrs"].get("id"): [[c[0] for c in row] for row in t["rows"]] for t in p.tables}
+    checkpoints = {r[0]: r for r in about["checkpoints"][1:]}
+    assert checkpoints[evil_ck][2] == f"<svg onload={pwn('svg')}>" and checkpoints[evil_ck][4] == evil_desc
+    tasks = {r[0]: r for r in about["tasks"][1:]}
+    assert tasks[evil_task][3] == evil_task_desc and tasks[evil_task][4].endswith("evil.py")
+    assert evil_task in about["leaderboard"][0] and evil_ck in [r[0] for r in about["leaderboard"][1:]]

@@ -107,7 +107,11 @@ def test_a_corrupted_store_is_one_line_not_a_traceback(tmp_path):
 
     db = tmp_path / "broken.sqlite"
     db.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)  # a header, then garbage
-    assert_one_line_error(cli("leaderboard", "--results", db), "is not a transfer-eval SQLite database")
+    assert_one_line_error(
+        cli("leaderboard", "--results", db),
+        "is damaged or not a transfer-eval SQLite database",
+        "restore it from a copy",
+    )
 
 
 def test_many_processes_opening_a_new_store_at_once(tmp_path):

@@ -314,7 +314,7 @@ def _download(ck: Checkpoint) -> Path:
     if not dest.is_file():
         from transfer_eval import io
 
-        with io.replacing(dest) as tmp:  # kept only once its digest is checked
+        with io.replacing(dest, what=f"the weights of {ck.name}", hint=paths.CACHE_HINT) as tmp:  # kept once checked
             try:
                 torch.hub.download_url_to_file(ck.weights, str(tmp), progress=True)
             except Exception as e:

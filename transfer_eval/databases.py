@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import sqlite3
 import time
 from pathlib import Path
 
 from transfer_eval.errors import UserError
+from transfer_eval.io import full_error, is_full, room_for
 
 URL_PREFIXES = ("postgresql://", "postgres://")
 
@@ -38,12 +40,62 @@ class SQLite:
     def __init__(self, path: Path):
         if path.exists() and path.is_dir():
             raise UserError(f"results store {path} is a folder; give a file path with --results")
+        self.path = path
+        if not path.exists():
+            where = next((p for p in path.parents if p.exists()), Path("."))
+            if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
+                raise UserError(
+                    f"results store {path} cannot be created: {where} is not a folder you can write; "
+                    f"give --results a path you can write"
+                )
+            try:
+                with room_for(f"the results store {path}", where, "or give --results a file on another disk"):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(
+                    f"results store {path} cannot be created ({e.strerror or e}); give --results a path you can write"
+                ) from None
+        from transfer_eval.filesystems import network_filesystem
+
+        # WAL needs memory shared by the processes of one host: on a network filesystem, the rollback journal
+        self.journal = "DELETE" if network_filesystem(path) else "WAL"
         try:
             self.db = sqlite3.connect(str(path), timeout=60)
             self._wal()
         except sqlite3.DatabaseError as e:
-            raise UserError(f"results store {path} is not a transfer-eval SQLite database ({e})") from None
+            raise self.error(e) from None
         self.errors = (sqlite3.DatabaseError,)
+
+    def error(self, e: sqlite3.DatabaseError) -> UserError:
+        """One line for what SQLite reports about the file or its disk (its other errors are bugs, and stay)."""
+        text = str(e)
+        if is_full(e):
+            return full_error(f"the results store {self.path}", self.path.parent, "or give --results another disk")
+        if "readonly" in text or "unable to open" in text or "disk I/O" in text:
+            return UserError(
+                f"results store {self.path} cannot be written ({text}); give --results a path you can write"
+            )
+        if "locked" in text:
+            return UserError(
+                f"results store {self.path} stayed locked by another process for over 60 s ({text}); on a shared "
+                f"or network disk, use a postgresql:// URL (--results) instead"
+            )
+        return UserError(
+            f"results store {self.path} is damaged or not a transfer-eval SQLite database ({text}); restore it from a "
+            f"copy, or give --results another file"
+        )
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Inside, SQLite's errors about the file (damaged, full, locked, read-only) are one-line UserErrors."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            raise self.error(e) from None
+        except sqlite3.DatabaseError as e:
+            if type(e) is not sqlite3.DatabaseError:  # IntegrityError, ProgrammingError, ...: the suite's bugs
+                raise
+            raise self.error(e) from None
 
     def _wal(self, patience: float = 60.0):
         """Switching a new file to WAL takes a lock that SQLite does not wait for, so processes opening one new
@@ -51,7 +103,7 @@ class SQLite:
         deadline, delay = time.monotonic() + patience, 0.05
         while True:
             try:
-                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute(f"PRAGMA journal_mode={self.journal}")
                 self.db.execute("PRAGMA foreign_keys=ON")
                 return
             except sqlite3.OperationalError as e:
@@ -61,34 +113,36 @@ class SQLite:
                 delay = min(delay * 2, 1.0)
 
     def execute(self, sql: str, args=()):
-        return self.db.execute(sql, tuple(args))
+        with self.guard():
+            return self.db.execute(sql, tuple(args))
 
     @contextlib.contextmanager
     def transaction(self, lock_key: str | None = None):
         """One write transaction (SQLite takes the database's write lock: writers queue, up to 60 s)."""
         self.db.isolation_level = None
         try:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.execute("BEGIN IMMEDIATE")
             try:
                 yield
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:  # SQLite has rolled back by itself after some errors (a full disk)
+                    self.db.execute("ROLLBACK")
                 raise
-            self.db.execute("COMMIT")
+            self.execute("COMMIT")
         finally:
             self.db.isolation_level = ""
 
     def insert(self, sql: str, args) -> int:
-        return self.db.execute(sql, tuple(args)).lastrowid
+        return self.execute(sql, args).lastrowid
 
     def columns(self) -> set[str]:
-        return {row[1] for row in self.db.execute("PRAGMA table_info(results)")}
+        return {row[1] for row in self.execute("PRAGMA table_info(results)")}
 
     def version(self) -> int:
-        return self.db.execute("PRAGMA user_version").fetchone()[0]
+        return self.execute("PRAGMA user_version").fetchone()[0]
 
     def set_version(self, version: int) -> None:
-        self.db.execute(f"PRAGMA user_version = {int(version)}")
+        self.execute(f"PRAGMA user_version = {int(version)}")
 
     def close(self):
         self.db.close()
@@ -105,7 +159,7 @@ class Postgres:
             raise UserError(
                 "a postgresql:// results store needs psycopg: pip install 'transfer-eval[postgres]'"
             ) from None
-        self.psycopg = psycopg
+        self.psycopg, self.url = psycopg, url
         try:
             self.db = psycopg.connect(url, autocommit=True, connect_timeout=30)
         except psycopg.Error as e:
@@ -115,14 +169,30 @@ class Postgres:
         with self.transaction(lock_key="schema"):  # openers of a new database take turns creating it
             self.db.execute("CREATE TABLE IF NOT EXISTS transfer_eval_meta (name TEXT PRIMARY KEY, value TEXT)")
 
+    @contextlib.contextmanager
+    def guard(self):
+        """Inside, the server's disk filling up and a lost connection are one-line UserErrors."""
+        errors = self.psycopg.errors
+        try:
+            yield
+        except (errors.DiskFull, errors.OutOfMemory) as e:
+            raise UserError(
+                f"results store {shown(self.url)}: the server is out of room ({str(e).strip().splitlines()[0]}); "
+                f"nothing of this write was kept; free space on the server, then run the same command again"
+            ) from None
+        except self.psycopg.OperationalError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"results store {shown(self.url)}: the connection failed ({first})") from None
+
     def execute(self, sql: str, args=()):
-        return self.db.execute(sql.replace("?", "%s"), tuple(args))
+        with self.guard():
+            return self.db.execute(sql.replace("?", "%s"), tuple(args))
 
     @contextlib.contextmanager
     def transaction(self, lock_key: str | None = None):
         """One transaction; with `lock_key`, writers of the same key (a run key, the schema) take turns (an
         advisory lock held until it ends), so a key never ends with two rows."""
-        with self.db.transaction():
+        with self.guard(), self.db.transaction():
             key = int.from_bytes(hashlib.sha256(str(lock_key).encode()).digest()[:8], "big", signed=True)
             self.db.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
             yield

@@ -23,11 +23,16 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
-def save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> int:
+def save(
+    tensors: dict[str, torch.Tensor],
+    path: str | Path,
+    metadata: dict[str, str] | None = None,
+    hint: str = "or give --save-delta a folder on another disk",
+) -> int:
     """Write the delta to `path` (never half-written under that name); returns its size in bytes."""
     from safetensors.torch import save_file
 
-    with io.replacing(path) as tmp:
+    with io.replacing(path, what="a per-task delta", hint=hint) as tmp:
         save_file(_cpu(tensors), str(tmp), metadata=metadata)
     return os.path.getsize(path)
 
@@ -35,7 +40,7 @@ def save(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str,
 def size(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
     """Bytes the delta takes as a safetensors file (written to a temporary folder and measured)."""
     with tempfile.TemporaryDirectory() as d:
-        return save(tensors, os.path.join(d, "delta.safetensors"), metadata)
+        return save(tensors, os.path.join(d, "delta.safetensors"), metadata, hint="or set TMPDIR to a larger disk")
 
 
 def file_name(run) -> str:

@@ -26,3 +26,7 @@ def default_data_dir() -> Path:
 def cache_dir() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "transfer-eval"
     return Path(os.environ.get("TRANSFER_EVAL_CACHE", default))
+
+
+# What a full cache disk's error suggests (the feature and image caches and the training checkpoints live there).
+CACHE_HINT = "or set TRANSFER_EVAL_CACHE to a larger disk (`transfer-eval cache list` shows what the cache holds)"

@@ -135,5 +135,7 @@ def cached_features(
     with cache.FeatureWriter(key, len(split)) as writer:
         inference.features(model, split, data_config, device, writer.write, batch_size, plan, desc)
         writer.commit(split.labels, about)
-    feats, labels = cache.load(key)
-    return feats, labels, False
+    loaded = cache.load(key, warn=False)
+    if loaded is None:
+        raise OSError(f"the feature cache entry {cache.folder() / key} cannot be read back after writing it")
+    return loaded[0], loaded[1], False

@@ -153,6 +153,9 @@ class Store:
         self.database = databases.open_database(self.target)
         try:
             self._migrate()
+        except UserError:
+            self.database.close()
+            raise
         except self.database.errors as e:
             self.database.close()
             raise UserError(f"results store {self.path} is not a transfer-eval results database ({e})") from None
@@ -222,10 +225,11 @@ class Store:
         return run_id
 
     def _rows(self, sql: str, args=()) -> list[Result]:
-        cur = self.database.execute(sql, args)
-        names = [d[0] for d in cur.description]
+        with self.database.guard():
+            cur = self.database.execute(sql, args)
+            names, rows = [d[0] for d in cur.description], cur.fetchall()
         out = []
-        for row in cur.fetchall():
+        for row in rows:
             d = dict(zip(names, row))
             for c in _JSON_FIELDS:
                 d[c] = json.loads(d[c]) if d[c] is not None else None

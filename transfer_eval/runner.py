@@ -371,7 +371,7 @@ def execute(
     )
     result.params_trainable = result.params_per_task = costs.count(model, trainable)
     resume = checkpoints_for(run, options.checkpoint_every) if stage == "finetune" else None
-    if resume is not None and resume.exists:
+    if resume is not None and resume.claim():
         log.info("transfer-eval: resuming %s from its training checkpoints in %s", run.label(), resume.folder)
     # Model selection never sees test: the split raises if read before every choice has been made.
     splits["test"].seal("model selection (lr, L2 strength) must use val, never test")
@@ -524,4 +524,5 @@ def checkpoints_for(run: Run, every_steps: int = 0):
     from transfer_eval.resume import RunCheckpoints
 
     digest = hashlib.sha256(json.dumps(list(run.key)).encode()).hexdigest()[:24]
-    return RunCheckpoints(paths.cache_dir() / "resume" / digest, every_steps=every_steps)
+    identity = {"key": list(run.key), "recipe": run.recipe, "suite": __version__}
+    return RunCheckpoints(paths.cache_dir() / "resume" / digest, every_steps=every_steps, identity=identity)

@@ -13,7 +13,9 @@ temporary folder and renamed into place whole: readers never see half of one.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -23,7 +25,11 @@ import numpy as np
 
 from transfer_eval import paths
 from transfer_eval.cache.keys import digest
+from transfer_eval.errors import UserError
+from transfer_eval.io import full_error, is_full
 from transfer_eval.version import __version__
+
+log = logging.getLogger(__name__)
 
 FEATURES, LABELS, ABOUT = "features.npy", "labels.npy", "about.json"
 
@@ -62,17 +68,27 @@ def folder() -> Path:
     return paths.cache_dir() / "features"
 
 
-def load(key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(features memory-mapped copy-on-write: N x D float32, labels), or None where missing or damaged."""
+def load(key: str, warn: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """(features memory-mapped copy-on-write: N x D float32, labels), or None where missing or damaged (a damaged
+    entry is said so, with `warn`, and is replaced by the extraction that follows)."""
     entry = folder() / key
+    if not entry.is_dir():
+        return None
     try:
         feats = np.load(entry / FEATURES, mmap_mode="c", allow_pickle=False)
         labels = np.load(entry / LABELS, allow_pickle=False)
-    except (OSError, ValueError):  # a damaged entry is a miss, and is replaced
-        return None
-    if feats.ndim != 2 or len(feats) != len(labels):
-        return None
-    return feats, labels
+        about = json.loads((entry / ABOUT).read_text())
+    except (OSError, ValueError) as e:  # a truncated .npy fails to map; a garbled one to parse
+        reason = f"{type(e).__name__}: {e}"
+    else:
+        if feats.ndim == 2 and len(feats) == len(labels) == int(about.get("images", len(labels))):
+            return feats, labels
+        reason = f"{feats.shape} features for {len(labels)} labels and {about.get('images')} images"
+    if warn:
+        log.warning(
+            "transfer-eval: the feature cache entry %s is damaged (%s); extracting its features again", entry, reason
+        )
+    return None
 
 
 class FeatureWriter:
@@ -117,18 +133,22 @@ class FeatureWriter:
         np.save(self.tmp / LABELS, np.asarray(labels))
         (self.tmp / ABOUT).write_text(json.dumps(about, default=str))
         entry = folder() / self.key
-        if entry.exists() and load(self.key) is None:
+        if entry.exists() and load(self.key, warn=False) is None:
             shutil.rmtree(entry, ignore_errors=True)  # a damaged entry is replaced
         try:
             os.replace(self.tmp, entry)
         except OSError:  # another process published the same entry first: the same features
-            if load(self.key) is None:
+            if load(self.key, warn=False) is None:
                 raise
 
-    def __exit__(self, *exc):
+    def __exit__(self, kind, exc, tb):
         if self.file is not None:
-            self.file.close()
+            with contextlib.suppress(OSError):  # a full disk fails the flush too; the entry goes either way
+                self.file.close()
+        full = exc is not None and not isinstance(exc, UserError) and is_full(exc, self.tmp)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if full:
+            raise full_error(f"a feature cache entry ({self.n} images)", folder(), paths.CACHE_HINT) from None
         return False
 
 

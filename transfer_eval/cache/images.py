@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,8 @@ from transfer_eval.io import replacing
 from transfer_eval.progress import bar
 from transfer_eval.tasks import ImageSplit
 from transfer_eval.version import __version__
+
+log = logging.getLogger(__name__)
 
 RAW, JPEG = "raw", "jpeg"
 JPEG_QUALITY = 90
@@ -89,7 +92,7 @@ def cached(split: ImageSplit, data_config: dict, threads: int | None = None, kin
     entry = _open(data, index, len(split))
     if entry is None:
         _build(split, data_config, data, index, threads, kind)
-        entry = _open(data, index, len(split))
+        entry = _open(data, index, len(split), warn=False)
         if entry is None:
             raise OSError(f"the decoded-image cache entry {data} cannot be read back after writing it")
     offsets, sizes, shapes, pixels = entry
@@ -109,17 +112,27 @@ def cached(split: ImageSplit, data_config: dict, threads: int | None = None, kin
     return out
 
 
-def _open(data: Path, index: Path, n: int):
-    """(offsets, byte sizes, shapes, bytes) of an entry, or None where it is missing or damaged."""
+def _open(data: Path, index: Path, n: int, warn: bool = True):
+    """(offsets, byte sizes, shapes, bytes) of an entry, or None where it is missing or damaged (a damaged entry is
+    said so, with `warn`, and is rebuilt by the caller)."""
+    if not index.is_file() and not data.is_file():
+        return None
     try:
         with np.load(index, allow_pickle=False) as z:
             offsets, sizes, shapes = z["offsets"], z["sizes"], z["shapes"]
         pixels = np.memmap(data, dtype=np.uint8, mode="r")
-    except (OSError, ValueError, KeyError):
-        return None
-    if len(offsets) != n or len(sizes) != n or (n and int(offsets[-1] + sizes[-1]) != pixels.size):
-        return None
-    return offsets, sizes, shapes, pixels
+    except (OSError, ValueError, KeyError) as e:
+        reason = f"{type(e).__name__}: {e}"
+    else:
+        end = int(offsets[-1] + sizes[-1]) if len(offsets) and len(sizes) == len(offsets) else 0
+        if len(offsets) == n and len(sizes) == n and len(shapes) == n and end == pixels.size:
+            return offsets, sizes, shapes, pixels
+        reason = f"its index holds {len(offsets)} images of {n}, {end} bytes of {pixels.size}"
+    if warn:
+        log.warning(
+            "transfer-eval: the decoded-image cache entry %s is damaged (%s); decoding the split again", data, reason
+        )
+    return None
 
 
 def _encoder(resize, kind: str):
@@ -169,7 +182,11 @@ def _build(split: ImageSplit, data_config: dict, data: Path, index: Path, thread
     offset = 0
     # The pixels' block is the inner one, so they are renamed into place first: an index only ever stands beside
     # complete pixels.
-    with replacing(index, ".npz") as tmp_index, replacing(data) as tmp_data:
+    what = f"the decoded-image cache of a split ({len(split)} images)"
+    with (
+        replacing(index, ".npz", what, paths.CACHE_HINT) as tmp_index,
+        replacing(data, what=what, hint=paths.CACHE_HINT) as tmp_data,
+    ):
         with open(tmp_data, "wb") as f, ThreadPoolExecutor(threads or min(8, os.cpu_count() or 2)) as pool:
             # Pillow releases the GIL while decoding, resizing and encoding: threads keep every core busy. The
             # work goes to the pool a chunk at a time, so at most CHUNK decoded images are ever held.

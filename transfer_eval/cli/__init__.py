@@ -16,6 +16,7 @@ from transfer_eval.cli import browse, measure, report, run, storage  # each regi
 from transfer_eval.cli.group import cli
 from transfer_eval.cli.options import show_log
 from transfer_eval.errors import UserError
+from transfer_eval.io import is_full
 from transfer_eval.resume import EXIT_PREEMPTED, Preempted
 
 __all__ = ["cli", "main", "browse", "measure", "report", "run", "storage"]
@@ -39,3 +40,8 @@ def main():
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except Exception as e:  # a full disk where no writer named what it wrote: still one line
+        if not is_full(e):
+            raise
+        click.echo(f"transfer-eval: error: no space left on a disk ({e}); free some space, then run again", err=True)
+        sys.exit(2)

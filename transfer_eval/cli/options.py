@@ -73,32 +73,22 @@ def show_log() -> None:
 
 # --------------------------------------------------------------------------------------------------- options
 
+RESULTS_HELP = (
+    "Results store: a SQLite file, or a postgresql:// URL for a store that many nodes share. "
+    "Default: $TRANSFER_EVAL_RESULTS or ./transfer_eval_results.sqlite."
+)
+REGISTRY_HELP = "A YAML file of extra or overriding checkpoints (repeatable; also TRANSFER_EVAL_REGISTRY)."
+TASKS_DIR_HELP = "A folder of task plugin files (*.py) to add (repeatable)."
+DATA_DIR_HELP = "Root folder of the datasets. Default: $TRANSFER_EVAL_DATA or ./data."
+
 registry_option = click.option(
-    "--registry",
-    "registries",
-    multiple=True,
-    type=click.Path(dir_okay=False),
-    help="A YAML file of extra or overriding checkpoints (repeatable; also TRANSFER_EVAL_REGISTRY).",
+    "--registry", "registries", multiple=True, type=click.Path(dir_okay=False), help=REGISTRY_HELP
 )
 tasks_dir_option = click.option(
-    "--tasks-dir",
-    "tasks_dirs",
-    multiple=True,
-    type=click.Path(file_okay=False),
-    help="A folder of task plugin files (*.py) to add (repeatable).",
+    "--tasks-dir", "tasks_dirs", multiple=True, type=click.Path(file_okay=False), help=TASKS_DIR_HELP
 )
-results_option = click.option(
-    "--results",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Results database (SQLite). Default: $TRANSFER_EVAL_RESULTS or ./transfer_eval_results.sqlite.",
-)
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Root folder of the datasets. Default: $TRANSFER_EVAL_DATA or ./data.",
-)
+results_option = click.option("--results", type=click.Path(dir_okay=False), default=None, help=RESULTS_HELP)
+data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), default=None, help=DATA_DIR_HELP)
 device_option = click.option(
     "--device", default="auto", show_default=True, help="auto (CUDA if visible, else CPU), cpu, cuda or cuda:N."
 )
@@ -113,38 +103,10 @@ json_option = click.option("--json", "as_json", is_flag=True, help="One JSON obj
 # The options `run` and `sweep` share, declared once: `shared_options` adds them to a command and `shared_argv`
 # writes a sweep's choices back as `run` arguments for its jobs, so a new run option is one line here.
 SHARED = [
-    (
-        ("--data-dir",),
-        dict(
-            type=click.Path(file_okay=False),
-            default=None,
-            help="Root folder of the datasets. Default: $TRANSFER_EVAL_DATA or ./data.",
-        ),
-    ),
-    (
-        ("--results",),
-        dict(
-            type=click.Path(dir_okay=False),
-            default=None,
-            help="Results database (SQLite). Default: $TRANSFER_EVAL_RESULTS or ./transfer_eval_results.sqlite.",
-        ),
-    ),
-    (
-        ("--registry", "registries"),
-        dict(
-            multiple=True,
-            type=click.Path(dir_okay=False),
-            help="A YAML file of extra or overriding checkpoints (repeatable; also TRANSFER_EVAL_REGISTRY).",
-        ),
-    ),
-    (
-        ("--tasks-dir", "tasks_dirs"),
-        dict(
-            multiple=True,
-            type=click.Path(file_okay=False),
-            help="A folder of task plugin files (*.py) to add (repeatable).",
-        ),
-    ),
+    (("--data-dir",), dict(type=click.Path(file_okay=False), default=None, help=DATA_DIR_HELP)),
+    (("--results",), dict(type=click.Path(dir_okay=False), default=None, help=RESULTS_HELP)),
+    (("--registry", "registries"), dict(multiple=True, type=click.Path(dir_okay=False), help=REGISTRY_HELP)),
+    (("--tasks-dir", "tasks_dirs"), dict(multiple=True, type=click.Path(file_okay=False), help=TASKS_DIR_HELP)),
     (
         ("--resolution",),
         dict(

@@ -6,7 +6,15 @@ from __future__ import annotations
 import click
 
 from transfer_eval.cli.group import cli
-from transfer_eval.cli.options import CONTEXT, csv, json_option, open_store, results_option
+from transfer_eval.cli.options import (
+    CONTEXT,
+    csv,
+    json_option,
+    open_store,
+    registry_option,
+    results_option,
+    tasks_dir_option,
+)
 from transfer_eval.errors import UserError
 
 include_limited_option = click.option(
@@ -158,8 +166,10 @@ def compare(checkpoint_names, task_names, mode_names, resamples, plot, include_l
 )
 @click.option("--group", default=None, help="The task group of the leaderboard's mean (see leaderboard --group).")
 @click.option("--resamples", type=click.IntRange(min=1), default=10_000, show_default=True)
+@registry_option
+@tasks_dir_option
 @results_option
-def report(html_dir, group, resamples, results):
+def report(html_dir, group, resamples, registries, tasks_dirs, results):
     """A static html report: the sortable leaderboard, the comparisons against the top checkpoint and the plots.
 
     Open DIR/index.html in a browser; no server is needed.
@@ -169,8 +179,11 @@ def report(html_dir, group, resamples, results):
       transfer-eval report --html site && xdg-open site/index.html
     """
     from transfer_eval import report as report_
+    from transfer_eval.checkpoints import load_registry
+    from transfer_eval.tasks import discover
 
+    registry, tasks = load_registry(registries), discover(tasks_dirs)
     store = open_store(results)
-    index = report_.html_report(store, html_dir, group, resamples)
+    index = report_.html_report(store, html_dir, group, resamples, registry, tasks)
     store.close()
     click.echo(f"wrote {index}")

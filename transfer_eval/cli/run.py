@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from transfer_eval import paths
+from transfer_eval import filesystems, paths
 from transfer_eval.cli.group import cli
 from transfer_eval.cli.options import (
     CONTEXT,
@@ -22,6 +22,7 @@ from transfer_eval.cli.options import (
     shared_argv,
     shared_options,
 )
+from transfer_eval.databases import is_url
 
 
 @cli.command(context_settings=CONTEXT)
@@ -80,7 +81,10 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
         log=tuple(o["trackers"]),
         log_dir=Path(o["log_dir"]),
     )
-    store = Store(o["results"] or paths.default_results())
+    target = o["results"] or paths.default_results()
+    if not is_url(str(target)) and distributed.is_main():
+        filesystems.check_sqlite_store(target, many_writers=False)
+    store = Store(target)
     results = runner.run_all(runs, ctx, dev, store, options, command=shlex.join(["transfer-eval", *sys.argv[1:]]))
     if distributed.is_main():
         _print_results(results, as_json)
@@ -221,6 +225,8 @@ def sweep(
 
     runs = _plan(checkpoint_names, task_names, mode_names, seeds, shared)
     results_path = shared["results"] or str(paths.default_results())
+    if not is_url(results_path):  # every job writes this one store, at once, from any node
+        filesystems.check_sqlite_store(results_path, many_writers=True)
     store = Store(results_path)
     pending = {r.key for r in runs if not store.has(r.key)}
     store.close()

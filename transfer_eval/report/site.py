@@ -138,11 +138,20 @@ def compare_html(cmp: Comparison) -> str:
 # ----------------------------------------------------------------------------------------------------- report
 
 
-def html_report(store: Store, out_dir: str | Path, group: str | None = None, resamples: int = 10_000) -> Path:
-    """A static site in `out_dir`: index.html (sortable leaderboard, comparisons, plots) and the plot images.
+def html_report(
+    store: Store,
+    out_dir: str | Path,
+    group: str | None = None,
+    resamples: int = 10_000,
+    registry: dict | None = None,
+    tasks: dict | None = None,
+) -> Path:
+    """A static site in `out_dir`: index.html (sortable leaderboard, comparisons, plots, what each checkpoint and
+    task is) and the plot images.
 
     The comparisons take the leaderboard's top checkpoint as the reference and compare every other stored
-    checkpoint against it."""
+    checkpoint against it. `registry` (name -> Checkpoint) and `tasks` (name -> Task) describe the stored names;
+    by default the built-in registry and task plugins."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--html {out} is a file; name a folder")
@@ -157,7 +166,7 @@ def html_report(store: Store, out_dir: str | Path, group: str | None = None, res
         f"sort last.</p>",
         '<p class="note"><a href="#leaderboard-section">Leaderboard</a> &middot; '
         '<a href="#comparisons">Comparisons</a> &middot; <a href="#cost">Accuracy against cost</a> &middot; '
-        '<a href="#curves">Training curves</a></p>',
+        '<a href="#curves">Training curves</a> &middot; <a href="#about">Checkpoints and tasks</a></p>',
         '<h2 id="leaderboard-section">Leaderboard</h2>',
         leaderboard_html(lb),
         '<h2 id="comparisons">Comparisons</h2>',
@@ -185,6 +194,7 @@ def html_report(store: Store, out_dir: str | Path, group: str | None = None, res
         "onload=\"this.setAttribute('data-loaded','1')\">",
     ]
     sections += _curves_section(lb, out)
+    sections += _about_section(lb, registry, tasks)
     write_text(out / "index.html", html_page("transfer-eval report", "\n".join(sections)))
     return out / "index.html"
 
@@ -208,6 +218,49 @@ def _curves_section(lb: Leaderboard, out: Path) -> list[str]:
     if len(parts) == 1:
         parts.append('<p class="note">No fine-tuning run with stored training curves.</p>')
     return parts
+
+
+def _about_section(lb: Leaderboard, registry: dict | None, tasks: dict | None) -> list[str]:
+    """What each stored checkpoint and task is, from the registry and the task plugins (users' words: escaped)."""
+    if registry is None:
+        from transfer_eval.checkpoints import load_registry
+
+        registry = load_registry()
+    if tasks is None:
+        from transfer_eval.tasks import discover
+
+        tasks = discover()
+
+    def table(kind: str, headers: list[str], rows: list[list[str]]) -> str:
+        head = "".join(f'<th scope="col">{html.escape(h)}</th>' for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+        return (
+            f'<div class="scroll"><table class="about" id="{kind}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>"
+        )
+
+    unknown = "not in the registry given (--registry)"
+    ck_rows = []
+    for name in dict.fromkeys(r.checkpoint for r in lb.rows):
+        ck = registry.get(name)
+        ck_rows.append(
+            [name, ck.model, ck.pretraining, ck.paper or "", ck.description, ck.source]
+            if ck is not None
+            else [name, "", "", "", unknown, ""]
+        )
+    task_rows = []
+    for name in lb.tasks:
+        t = tasks.get(name)
+        task_rows.append(
+            [name, t.num_classes, t.version, t.description, t.source]
+            if t is not None
+            else [name, "", "", "not among the task plugins given (--tasks-dir)", ""]
+        )
+    return [
+        '<h2 id="about">Checkpoints and tasks</h2>',
+        table("checkpoints", ["checkpoint", "model", "pretraining", "paper", "description", "registry"], ck_rows),
+        table("tasks", ["task", "classes", "version", "description", "plugin"], task_rows),
+    ]
 
 
 def _compare_available(store: Store, ref: str, others: list[str], resamples: int) -> Comparison:
