@@ -121,6 +121,7 @@ _HELP = "extract {tar} into DATA (so that DATA/{folder}/ exists) and pass --data
 
 cifar10 = Task(
     name="cifar10",
+    sizes={"train": 50_000, "test": 10_000},
     num_classes=10,
     load=_loader("cifar10"),
     version=1,
@@ -134,6 +135,7 @@ cifar10 = Task(
 
 cifar100 = Task(
     name="cifar100",
+    sizes={"train": 50_000, "test": 10_000},
     num_classes=100,
     load=_loader("cifar100"),
     version=1,

@@ -248,6 +248,7 @@ def _recipes() -> dict:
 
 flowers102 = Task(
     name=NAME,
+    sizes={"train": 1_020, "val": 1_020, "test": 6_149},
     num_classes=102,
     load=load,
     version=1,

@@ -351,6 +351,7 @@ _HOLDOUT = {"fraction": VAL_FRACTION, "seed": VAL_SEED}
 
 inat2018 = Task(
     name="inat2018",
+    sizes={"train": 437_513, "test": 24_426},
     num_classes=8142,
     load=_year_loader("inat2018"),
     version=1,
@@ -363,6 +364,7 @@ inat2018 = Task(
 
 inat2019 = Task(
     name="inat2019",
+    sizes={"train": 265_213, "test": 3_030},
     num_classes=1010,
     load=_year_loader("inat2019"),
     version=1,
@@ -375,6 +377,7 @@ inat2019 = Task(
 
 inat2021 = Task(
     name="inat2021",
+    sizes={"train": 2_686_843, "test": 100_000},
     num_classes=10000,
     load=_loader_2021("inat2021"),
     version=1,
@@ -387,6 +390,7 @@ inat2021 = Task(
 
 inat2021_mini = Task(
     name="inat2021_mini",
+    sizes={"train": 500_000, "test": 100_000},
     num_classes=10000,
     load=_loader_2021("inat2021_mini"),
     version=1,

@@ -207,6 +207,7 @@ def _recipes() -> dict:
 
 stanford_cars = Task(
     name=NAME,
+    sizes={"train": 8_144, "test": 8_041},
     num_classes=NUM_CLASSES,
     load=load,
     version=1,

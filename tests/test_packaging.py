@@ -45,6 +45,7 @@ def test_wheel_install_has_builtin_tasks_and_registry(tmp_path):
         "transfer_eval/_builtin/tasks/digits.py",
         "transfer_eval/_builtin/tasks/cifar.py",
         "transfer_eval/_builtin/checkpoints.yaml",
+        "transfer_eval/_builtin/papers/three-things-table6.yaml",
         "transfer_eval/cli/__init__.py",
         "transfer_eval/report/site.py",
         "transfer_eval/cache/images.py",
@@ -67,3 +68,6 @@ def test_wheel_install_has_builtin_tasks_and_registry(tmp_path):
     assert str(target) in sources["digits"] and str(target) in sources["cifar10"]
     proc = cli("list", "checkpoints", "--json", env={"PYTHONPATH": str(target)}, cwd=elsewhere)
     assert "vit_demo" in {row["name"] for row in json_lines(proc.stdout)}
+    proc = cli("paper", "list", "--json", env={"PYTHONPATH": str(target)}, cwd=elsewhere)
+    presets = {row["name"]: row["source"] for row in json_lines(proc.stdout)}
+    assert str(target) in presets["three-things-table6"] and len(presets) == 4

@@ -251,6 +251,9 @@ class Task:
     recipes: dict = field(default_factory=dict)
     description: str = ""
     data_help: str = ""  # where the data goes and how to get it
+    # the official number of images in each split the loader gives ("train" before any val hold-out), so that
+    # `paper plan` can size the work of a task whose data is not here yet
+    sizes: dict = field(default_factory=dict)
     # {"fraction": 0.1, "seed": 0}: val is held out of the official train split (the loader gives that whole as
     # "train"; `dataset` splits it); None: the loader gives its own val (an official one, say)
     val_holdout: dict | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -86,6 +87,13 @@ registry_option = click.option(
 )
 tasks_dir_option = click.option(
     "--tasks-dir", "tasks_dirs", multiple=True, type=click.Path(file_okay=False), help=TASKS_DIR_HELP
+)
+papers_dir_option = click.option(
+    "--papers-dir",
+    "papers_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="A folder of your own paper presets (*.yaml; repeatable); one named like a shipped preset wins.",
 )
 results_option = click.option("--results", type=click.Path(dir_okay=False), default=None, help=RESULTS_HELP)
 data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), default=None, help=DATA_DIR_HELP)
@@ -244,3 +252,42 @@ def shared_argv(values: dict) -> list[str]:
         elif value is not None and value != opt.default:
             argv += [flag, str(value)]
     return argv
+
+
+def executor_options(f):
+    """How a sweep's (or `paper run`'s) jobs are cut and launched: locally, or on Slurm through submitit."""
+    options = [
+        click.option(
+            "--per",
+            type=click.Choice(["run", "group"]),
+            default="group",
+            show_default=True,
+            help="One job per run, or per checkpoint x task (its modes and seeds together).",
+        ),
+        click.option(
+            "--executor",
+            type=click.Choice(["local", "slurm"]),
+            default="local",
+            show_default=True,
+            help="local: the jobs one after another here; slurm: submitted through submitit.",
+        ),
+        click.option("--dry-run", is_flag=True, help="Print the plan (the runs still missing, as jobs) and stop."),
+        click.option(
+            "--slurm-folder", type=click.Path(file_okay=False), default="transfer_eval_slurm", show_default=True
+        ),
+        click.option("--partition", default=None, help="Slurm partition."),
+        click.option("--gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True),
+        click.option("--cpus-per-job", type=click.IntRange(min=1), default=8, show_default=True),
+        click.option("--mem-gb", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--timeout-min", type=click.IntRange(min=1), default=24 * 60, show_default=True),
+    ]
+    slurm_keys = ("slurm_folder", "partition", "gpus_per_job", "cpus_per_job", "mem_gb", "timeout_min")
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        kwargs["slurm"] = {k: kwargs.pop(k) for k in slurm_keys}
+        return f(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper

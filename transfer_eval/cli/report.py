@@ -11,6 +11,7 @@ from transfer_eval.cli.options import (
     csv,
     json_option,
     open_store,
+    papers_dir_option,
     registry_option,
     results_option,
     tasks_dir_option,
@@ -168,8 +169,9 @@ def compare(checkpoint_names, task_names, mode_names, resamples, plot, include_l
 @click.option("--resamples", type=click.IntRange(min=1), default=10_000, show_default=True)
 @registry_option
 @tasks_dir_option
+@papers_dir_option
 @results_option
-def report(html_dir, group, resamples, registries, tasks_dirs, results):
+def report(html_dir, group, resamples, registries, tasks_dirs, papers_dirs, results):
     """A static html report: the sortable leaderboard, the comparisons against the top checkpoint and the plots.
 
     Open DIR/index.html in a browser; no server is needed.
@@ -184,6 +186,6 @@ def report(html_dir, group, resamples, registries, tasks_dirs, results):
 
     registry, tasks = load_registry(registries), discover(tasks_dirs)
     store = open_store(results)
-    index = report_.html_report(store, html_dir, group, resamples, registry, tasks)
+    index = report_.html_report(store, html_dir, group, resamples, registry, tasks, papers_dirs, registries, tasks_dirs)
     store.close()
     click.echo(f"wrote {index}")

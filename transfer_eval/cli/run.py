@@ -15,6 +15,7 @@ from transfer_eval.cli.options import (
     CONTEXT,
     device_option,
     download_option,
+    executor_options,
     ints,
     json_option,
     load_context,
@@ -170,44 +171,9 @@ def _print_results(rows, as_json: bool):
 @click.option("-t", "--task", "task_names", required=True, help="Tasks, comma-separated.")
 @click.option("-m", "--mode", "mode_names", required=True, help="Modes, comma-separated.")
 @click.option("--seed", "--seeds", "seeds", default=None, help="Seeds, comma-separated (default per mode).")
-@click.option(
-    "--per",
-    type=click.Choice(["run", "group"]),
-    default="group",
-    show_default=True,
-    help="One job per run, or per checkpoint x task (its modes and seeds together).",
-)
-@click.option(
-    "--executor",
-    type=click.Choice(["local", "slurm"]),
-    default="local",
-    show_default=True,
-    help="local: the jobs one after another here; slurm: submitted through submitit.",
-)
-@click.option("--dry-run", is_flag=True, help="Print the plan (the runs still missing, as jobs) and stop.")
-@click.option("--slurm-folder", type=click.Path(file_okay=False), default="transfer_eval_slurm", show_default=True)
-@click.option("--partition", default=None, help="Slurm partition.")
-@click.option("--gpus-per-job", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--cpus-per-job", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--mem-gb", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--timeout-min", type=click.IntRange(min=1), default=24 * 60, show_default=True)
+@executor_options
 @shared_options
-def sweep(
-    checkpoint_names,
-    task_names,
-    mode_names,
-    seeds,
-    per,
-    executor,
-    dry_run,
-    slurm_folder,
-    partition,
-    gpus_per_job,
-    cpus_per_job,
-    mem_gb,
-    timeout_min,
-    **shared,
-):
+def sweep(checkpoint_names, task_names, mode_names, seeds, per, executor, dry_run, slurm, **shared):
     """Plan every run not yet stored and launch the missing ones as jobs (locally, or on Slurm via submitit).
 
     All jobs write to the same results store; launching the same sweep again runs only what is still missing.
@@ -218,23 +184,33 @@ def sweep(
       transfer-eval sweep -c deit3_b16_in1k,dinov2_b14_lvd142m -t cifar100,flowers102 -m attention,full \\
           --data-dir ~/data --executor slurm --partition gpu
     """
-    from tabulate import tabulate
-
     from transfer_eval import sweep as sweeps
-    from transfer_eval.results import Store
 
     runs = _plan(checkpoint_names, task_names, mode_names, seeds, shared)
     results_path = shared["results"] or str(paths.default_results())
-    if not is_url(results_path):  # every job writes this one store, at once, from any node
-        filesystems.check_sqlite_store(results_path, many_writers=True)
-    store = Store(results_path)
+    store = open_shared_store(results_path)
     pending = {r.key for r in runs if not store.has(r.key)}
     store.close()
     common = shared_argv({**shared, "results": str(results_path)})  # every job writes to this one store
-    jobs = sweeps.plan_jobs(runs, pending, per, common)
-    click.echo(
-        f"{len(runs)} runs planned, {len(runs) - len(pending)} stored, {len(pending)} to run in {len(jobs)} jobs"
-    )
+    launch(sweeps.plan_jobs(runs, pending, per, common), len(runs), len(pending), executor, dry_run, slurm)
+
+
+def open_shared_store(target):
+    """The store every job of a sweep writes to, at once, from any node: SQLite on a network filesystem is refused."""
+    from transfer_eval.results import Store
+
+    if not is_url(str(target)):
+        filesystems.check_sqlite_store(target, many_writers=True)
+    return Store(target)
+
+
+def launch(jobs, planned: int, pending: int, executor: str, dry_run: bool, slurm: dict) -> None:
+    """Print the jobs, then (unless a dry run) run them here one after another or submit them to Slurm."""
+    from tabulate import tabulate
+
+    from transfer_eval import sweep as sweeps
+
+    click.echo(f"{planned} runs planned, {planned - pending} stored, {pending} to run in {len(jobs)} jobs")
     click.echo(
         tabulate(
             [[i, j.name, len(j.runs), "transfer-eval " + shlex.join(j.argv)] for i, j in enumerate(jobs, 1)],
@@ -245,8 +221,17 @@ def sweep(
     if dry_run or not jobs:
         return
     if executor == "slurm":
-        ids = sweeps.launch_slurm(jobs, Path(slurm_folder), partition, gpus_per_job, cpus_per_job, mem_gb, timeout_min)
-        click.echo(f"submitted {len(ids)} Slurm jobs: {', '.join(ids)}; logs in {slurm_folder}")
+        folder = slurm["slurm_folder"]
+        ids = sweeps.launch_slurm(
+            jobs,
+            Path(folder),
+            slurm["partition"],
+            slurm["gpus_per_job"],
+            slurm["cpus_per_job"],
+            slurm["mem_gb"],
+            slurm["timeout_min"],
+        )
+        click.echo(f"submitted {len(ids)} Slurm jobs: {', '.join(ids)}; logs in {folder}")
         return
     codes = sweeps.launch_local(jobs, echo=click.echo)
     if any(codes):

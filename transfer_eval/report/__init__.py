@@ -39,6 +39,7 @@ from transfer_eval.report.leaderboard import (
     resolve_group,
     sort_rows,
 )
+from transfer_eval.report.page import html_page
 from transfer_eval.report.plots import (
     PLOT_SUFFIXES,
     check_plot_path,
@@ -67,7 +68,7 @@ from transfer_eval.report.render import (
     to_latex,
     write_text,
 )
-from transfer_eval.report.site import compare_html, html_page, html_report, leaderboard_html
+from transfer_eval.report.site import compare_html, html_report, leaderboard_html
 
 FORMATS = ("table", "markdown", "csv", "json", "latex", "html")
 

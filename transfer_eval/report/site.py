@@ -10,6 +10,7 @@ from pathlib import Path
 from transfer_eval.errors import UserError
 from transfer_eval.report.compare import Comparison, compare
 from transfer_eval.report.leaderboard import _DESCENDING, Leaderboard, leaderboard
+from transfer_eval.report.page import html_page
 from transfer_eval.report.plots import plot_compare, plot_curves, plot_leaderboard
 from transfer_eval.report.render import (
     MISSING,
@@ -63,57 +64,6 @@ def leaderboard_html(lb: Leaderboard) -> str:
     )
 
 
-_CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1500px;
-padding:1rem 1.5rem;color:#1d1d1f;background:#fff}
-h1{font-size:1.5rem;margin:.2rem 0 .6rem}h2{font-size:1.2rem;margin:1.6rem 0 .5rem;border-bottom:1px solid #ddd}
-h3{font-size:1.02rem;margin:1rem 0 .3rem}
-.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.85rem;font-variant-numeric:tabular-nums}
-th,td{padding:.3rem .45rem;border-bottom:1px solid #e3e3e3;text-align:right;white-space:nowrap}
-th{white-space:normal;vertical-align:bottom;min-width:3.5em}
-th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}
-thead th{background:#f4f5f7;position:sticky;top:0}
-table.sortable th{cursor:pointer;user-select:none}table.sortable th:hover{background:#e8eaee}
-th[aria-sort=ascending]::after{content:" \\25B2";font-size:.7em}
-th[aria-sort=descending]::after{content:" \\25BC";font-size:.7em}
-td.missing{color:#a33;font-style:italic}tr:hover td{background:#fafafa}
-.legend,.note{color:#555;font-size:.85rem}.win{color:#176d2c;font-weight:600}.loss{color:#b3261e;font-weight:600}
-img{max-width:100%;height:auto;border:1px solid #eee}code{background:#f4f5f7;padding:0 .2em}
-"""
-
-_JS = """
-(function(){
-function val(td){var v=td.getAttribute('data-sort');if(v===null||v==='')return null;
- if(td.hasAttribute('data-num')){var f=parseFloat(v);return isNaN(f)?null:f;}return v.toLowerCase();}
-function sortTable(t,col,dir){var tb=t.tBodies[0],rows=Array.prototype.slice.call(tb.rows),s=dir==='asc'?1:-1;
- rows.sort(function(a,b){var x=val(a.cells[col]),y=val(b.cells[col]);
-  if(x===null)return y===null?0:1;if(y===null)return -1;return x<y?-s:x>y?s:0;});
- rows.forEach(function(r){tb.appendChild(r);});
- var ths=t.tHead.rows[0].cells;for(var i=0;i<ths.length;i++)ths[i].removeAttribute('aria-sort');
- ths[col].setAttribute('aria-sort',dir==='asc'?'ascending':'descending');t.setAttribute('data-sorted',
- ths[col].getAttribute('data-key')+':'+dir);}
-var tables=document.querySelectorAll('table.sortable');
-Array.prototype.forEach.call(tables,function(t){var ths=t.tHead.rows[0].cells;
- Array.prototype.forEach.call(ths,function(th,i){function go(){var cur=th.getAttribute('aria-sort');
-  var dir=cur?(cur==='ascending'?'desc':'asc'):th.getAttribute('data-dir');sortTable(t,i,dir);}
-  th.addEventListener('click',go);th.addEventListener('keydown',function(e){if(e.key==='Enter')go();});});});
-var m=/sort=([^&:]+)(?::(asc|desc))?/.exec(decodeURIComponent(location.hash));
-if(m&&tables.length){var t=tables[0],ths=t.tHead.rows[0].cells;for(var i=0;i<ths.length;i++)
- if(ths[i].getAttribute('data-key')===m[1])sortTable(t,i,m[2]||ths[i].getAttribute('data-dir'));}
-document.body.setAttribute('data-js','ready');
-})();
-"""
-
-
-def html_page(title: str, body: str) -> str:
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
-        f"{body}\n<script>{_JS}</script>\n</body></html>\n"
-    )
-
-
 def compare_html(cmp: Comparison) -> str:
     parts = [f'<p class="note">{html.escape(line)}</p>' for line in compare_intro(cmp)]
     for other in cmp.others:
@@ -145,6 +95,9 @@ def html_report(
     resamples: int = 10_000,
     registry: dict | None = None,
     tasks: dict | None = None,
+    papers_dirs=(),
+    registries=(),
+    tasks_dirs=(),
 ) -> Path:
     """A static site in `out_dir`: index.html (sortable leaderboard, comparisons, plots, what each checkpoint and
     task is) and the plot images.
@@ -166,7 +119,8 @@ def html_report(
         f"sort last.</p>",
         '<p class="note"><a href="#leaderboard-section">Leaderboard</a> &middot; '
         '<a href="#comparisons">Comparisons</a> &middot; <a href="#cost">Accuracy against cost</a> &middot; '
-        '<a href="#curves">Training curves</a> &middot; <a href="#about">Checkpoints and tasks</a></p>',
+        '<a href="#curves">Training curves</a> &middot; <a href="#about">Checkpoints and tasks</a> &middot; '
+        '<a href="#papers">Paper tables</a></p>',
         '<h2 id="leaderboard-section">Leaderboard</h2>',
         leaderboard_html(lb),
         '<h2 id="comparisons">Comparisons</h2>',
@@ -195,6 +149,7 @@ def html_report(
     ]
     sections += _curves_section(lb, out)
     sections += _about_section(lb, registry, tasks)
+    sections += _papers_section(store, out, papers_dirs, registries, tasks_dirs)
     write_text(out / "index.html", html_page("transfer-eval report", "\n".join(sections)))
     return out / "index.html"
 
@@ -261,6 +216,26 @@ def _about_section(lb: Leaderboard, registry: dict | None, tasks: dict | None) -
         table("checkpoints", ["checkpoint", "model", "pretraining", "paper", "description", "registry"], ck_rows),
         table("tasks", ["task", "classes", "version", "description", "plugin"], task_rows),
     ]
+
+
+def _papers_section(store: Store, out: Path, papers_dirs, registries, tasks_dirs) -> list[str]:
+    """A page per paper preset (paper-NAME.html: its table with ours beside the paper's numbers), linked here."""
+    from transfer_eval import papers
+    from transfer_eval.report.paper import counts, paper_html
+
+    items = []
+    for preset in papers.load_all(papers_dirs, registries, tasks_dirs):
+        outs = papers.outcomes(preset, store)
+        page = f"paper-{preset.name}.html"
+        title = f"{preset.name}: {preset.paper}, {preset.table}"
+        write_text(out / page, html_page(title, paper_html(preset, outs)))
+        n = counts(outs)
+        items.append(
+            f'<li><a href="{html.escape(page, quote=True)}">{html.escape(preset.name)}</a>: '
+            f"{html.escape(preset.paper)} (arXiv:{html.escape(preset.arxiv)}), {html.escape(preset.table)}; "
+            f"{n['within']} within, {n['outside']} outside, {n['missing']} missing</li>"
+        )
+    return ['<h2 id="papers">Paper tables</h2>', f'<ul class="papers">{"".join(items)}</ul>']
 
 
 def _compare_available(store: Store, ref: str, others: list[str], resamples: int) -> Comparison:

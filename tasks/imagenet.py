@@ -1,7 +1,28 @@
-"""imagenetv2_matched_frequency, imagenetv2_threshold07, imagenetv2_top_images: ImageNet-V2 (Recht et al. 2019).
+"""imagenet1k: ImageNet-1k (ILSVRC 2012) with its official 50,000 val images as test; imagenetv2_matched_frequency,
+imagenetv2_threshold07, imagenetv2_top_images: ImageNet-V2 (Recht et al. 2019) in the same label space.
 
-Test-only datasets in the ImageNet-1k label space (1000 classes, 10 images each), as the tarballs of the Hugging
-Face dataset vaishaal/ImageNetV2 extract:
+ImageNet-1k train, in torchvision's ImageNet layout (every task here that trains reads it):
+
+    DATA/imagenet/train/<wnid>/*.JPEG          exactly the 1000 wnid folders; class index = the wnid's rank in
+                                               sorted order (the standard ImageNet-1k indices)
+
+`val` is 1% of it held out per class (the ViT paper's "minival", `holdout(labels, 0.01, seed=0)`).
+
+imagenet1k's `test` is the official validation set, in either of its two layouts:
+
+    DATA/imagenet/val/<wnid>/ILSVRC2012_val_NNNNNNNN.JPEG        torchvision's layout (after its val parsing)
+    DATA/imagenet/val/ILSVRC2012_val_NNNNNNNN.JPEG               the flat folder of ILSVRC2012_img_val.tar, with
+    DATA/imagenet/ILSVRC2012_devkit_t12/data/meta.mat            the devkit's ground truth (extracted, or the
+    DATA/imagenet/ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt   ILSVRC2012_devkit_t12.tar.gz
+                                                                 there, read in place and md5-checked)
+
+The ground truth gives each val image an ILSVRC2012_ID (1..1000), which is NOT the class index: meta.mat maps it
+to its wnid, whose sorted rank is. Sample ids are the file names (ILSVRC2012_val_00000001.JPEG, ...) in both
+layouts, so the two give the same split manifest and their results compare. `-m pretrained` evaluates a
+checkpoint's own ImageNet-1k head on val and reads nothing else.
+
+ImageNet-V2: test-only datasets (1000 classes, 10 images each), as the tarballs of the Hugging Face dataset
+vaishaal/ImageNetV2 extract:
 
     DATA/imagenetv2-matched-frequency-format-val/<class index 0..999>/<40-hex sha1>.jpeg
     DATA/imagenetv2-threshold0.7-format-val/...
@@ -12,26 +33,26 @@ extension is read.) The label of an image is `int(<its folder name>)`, the Image
 folder's rank, neither in string order (what torchvision's ImageFolder and the official README do: '10' -> 2,
 '100' -> 3, '2' -> 112, ...) nor in numeric order among the folders present (wrong as soon as one is missing).
 
-Two ways to run:
+Two ways to run ImageNet-V2 (and imagenet1k):
 
 - `-m pretrained`: a checkpoint with an ImageNet-1k head is evaluated as it is, without training; only the
-  `test` split (ImageNet-V2) is read.
-- `-m linear|attention|full`: trained on ImageNet-1k train in torchvision's ImageNet layout,
-  DATA/imagenet/train/<wnid>/*.JPEG with exactly the 1000 wnid folders (class index = the wnid's rank in
-  sorted order, the standard ImageNet-1k indices). `val` is 1% of it held out per class (the ViT paper's
-  "minival", `holdout(labels, 0.01, seed=0)`); `test` is ImageNet-V2.
+  `test` split is read.
+- `-m linear|attention|full|...`: trained on ImageNet-1k train (above), selected on its 1% minival, scored on
+  the test split.
 
-The ViT paper's "fine-tune attention only at 384 px" result ("Three things everyone should know about Vision
-Transformers") is reproduced with:
+Table 5 of "Three things everyone should know about Vision Transformers" (attention-only fine-tuning from 224 to
+384 px, scored on ImageNet val and ImageNet-V2) is `transfer-eval paper run three-things-table5`, or by hand:
 
-    transfer-eval run -c deit3_s16_in1k -t imagenetv2_matched_frequency -m attention --resolution 384 --data-dir D
+    transfer-eval run -c deit3_s16_in1k -t imagenet1k,imagenetv2_matched_frequency -m attention --resolution 384
 
-No automatic download: there is no published checksum of the tarballs to verify a download against.
+No automatic download: ImageNet-1k needs an account at image-net.org, and there is no published checksum of the
+ImageNet-V2 tarballs to verify a download against.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 from functools import lru_cache
@@ -41,6 +62,9 @@ import numpy as np
 
 from transfer_eval.errors import UserError
 from transfer_eval.tasks import ImageSplit, LoadContext, Task
+
+log = logging.getLogger("transfer_eval.tasks.imagenet")
+IN1K = "imagenet1k"
 
 NUM_CLASSES = 1000
 VAL_FRACTION, VAL_SEED = 0.01, 0
@@ -196,12 +220,139 @@ def _split_in1k(root: str, mtime_ns: int, subdirs: tuple):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# ImageNet-1k val (imagenet1k's test), in torchvision's layout or flat with the devkit's ground truth
+
+DEVKIT = "ILSVRC2012_devkit_t12"
+DEVKIT_TAR = f"{DEVKIT}.tar.gz"
+DEVKIT_MD5 = "fa75699e90414af021442c21a62c3abf"  # torchvision.datasets.imagenet.ARCHIVE_META["devkit"]
+GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+VAL_IMAGES = 50_000
+_VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.JPEG")
+IN1K_URL = "https://image-net.org/challenges/LSVRC/2012/2012-downloads.php"
+
+
+def _val_help(task: str, root: Path) -> str:
+    return (
+        f"task {task}: needs the ImageNet-1k val images at {root / 'val'}: either torchvision's layout "
+        f"(val/<wnid>/ILSVRC2012_val_NNNNNNNN.JPEG) or the flat folder of ILSVRC2012_img_val.tar with the devkit "
+        f"({DEVKIT_TAR}, or its extracted {DEVKIT}/ folder) in {root}; both from {IN1K_URL} (an account is needed)"
+    )
+
+
+def _devkit(task: str, root: Path, verify: bool) -> tuple[dict[int, str], list[int]]:
+    """(ILSVRC2012_ID -> wnid of the 1000 leaf synsets, the ground-truth ID of each val image in order), from the
+    extracted devkit folder or, read in place, its tarball."""
+    import io
+    import tarfile
+
+    import scipy.io
+
+    data = root / DEVKIT / "data"
+    tar = root / DEVKIT_TAR
+    meta_name, truth_name = f"{DEVKIT}/data/meta.mat", f"{DEVKIT}/data/{GROUND_TRUTH}"
+    if (data / "meta.mat").is_file() and (data / GROUND_TRUTH).is_file():
+        meta_bytes, truth_text = (data / "meta.mat").read_bytes(), (data / GROUND_TRUTH).read_text()
+        where = data
+    elif tar.is_file():
+        if verify:
+            import hashlib
+
+            with open(tar, "rb") as f:
+                md5 = hashlib.file_digest(f, "md5").hexdigest() if hasattr(hashlib, "file_digest") else None
+            if md5 is None:
+                md5 = hashlib.md5(tar.read_bytes()).hexdigest()  # Python 3.10; the devkit is 2.5 MB
+            if md5 != DEVKIT_MD5:
+                raise UserError(
+                    f"task {task}: {tar} has not the md5 of the official devkit ({DEVKIT_MD5}); download it again "
+                    f"from {IN1K_URL}, or pass --skip-verify for a re-packed copy"
+                )
+        try:
+            with tarfile.open(tar) as t:
+                meta_bytes = t.extractfile(meta_name).read()
+                truth_text = t.extractfile(truth_name).read().decode()
+        except (KeyError, AttributeError, tarfile.TarError, OSError) as e:
+            raise UserError(f"task {task}: {tar} lacks {meta_name} or {truth_name} ({e})") from None
+        where = tar
+    else:
+        raise UserError(_val_help(task, root))
+    try:
+        synsets = scipy.io.loadmat(io.BytesIO(meta_bytes), squeeze_me=True)["synsets"]
+        leaves = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+        truth = [int(x) for x in truth_text.split()]
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise UserError(f"task {task}: cannot read the devkit's meta.mat or ground truth in {where} ({e})") from None
+    if len(leaves) != NUM_CLASSES or set(leaves) != set(range(1, NUM_CLASSES + 1)):
+        raise UserError(f"task {task}: meta.mat in {where} has {len(leaves)} leaf synsets, not ILSVRC2012_ID 1..1000")
+    bad = [t for t in truth if t not in leaves]
+    if bad:
+        raise UserError(f"task {task}: {GROUND_TRUTH} in {where} names ILSVRC2012_ID {bad[0]}, outside 1..1000")
+    return leaves, truth
+
+
+def _val_listing(task: str, root: Path, verify: bool) -> tuple[list[str], list[int], list[str]]:
+    """Paths, labels (a wnid's sorted rank) and ids (the file names), by file name (= the official val order).
+    Cached on the modification times of the val folder, its class folders and the devkit."""
+    val = root / "val"
+    if not val.is_dir():
+        raise UserError(_val_help(task, root))
+    devkit = [root / DEVKIT / "data" / "meta.mat", root / DEVKIT / "data" / GROUND_TRUTH, root / DEVKIT_TAR]
+    signature = tuple(p.stat().st_mtime_ns if p.exists() else None for p in devkit)
+    return _val_items(task, str(root), val.stat().st_mtime_ns, tuple(_subdirs(val)), signature, verify)
+
+
+@lru_cache(maxsize=2)
+def _val_items(task: str, root_name: str, mtime_ns: int, subdirs: tuple, devkit: tuple, verify: bool):
+    root = Path(root_name)
+    val = root / "val"
+    folders, loose = [n for n, _ in subdirs], _images_in(str(val))
+    if folders and loose:
+        raise UserError(
+            f"task {task}: {val} holds both wnid folders and loose images; keep one layout (torchvision's "
+            f"val/<wnid>/ or the flat val/ with the devkit)"
+        )
+    items = []  # (file name, path, label)
+    if folders:  # torchvision's layout
+        stray = [n for n in folders if not _WNID.fullmatch(n)]
+        if stray or len(folders) != NUM_CLASSES:
+            raise UserError(
+                f"task {task}: {val} must hold exactly the 1000 wnid folders of torchvision's layout "
+                f"({len(folders)} folders{', e.g. ' + stray[0] + ' is not a wnid' if stray else ''})"
+            )
+        for rank, wnid in enumerate(folders):
+            items += [(f, os.path.join(val, wnid, f), rank) for f in _images_in(os.path.join(val, wnid))]
+    else:  # flat, labelled by the devkit
+        leaves, truth = _devkit(task, root, verify)
+        rank = {w: i for i, w in enumerate(sorted(leaves.values()))}
+        for f in loose:
+            m = _VAL_NAME.fullmatch(f)
+            if m is None or not 1 <= int(m.group(1)) <= len(truth):
+                raise UserError(
+                    f"task {task}: {val / f} is not an official val image name (ILSVRC2012_val_00000001.JPEG .. "
+                    f"ILSVRC2012_val_{len(truth):08d}.JPEG)"
+                )
+            items.append((f, os.path.join(val, f), rank[leaves[truth[int(m.group(1)) - 1]]]))
+    items.sort()
+    if len(items) != VAL_IMAGES:
+        log.warning(
+            "transfer-eval: task %s: %s holds %d val images, not the official %d: its test accuracy does not "
+            "compare with published numbers",
+            task,
+            val,
+            len(items),
+            VAL_IMAGES,
+        )
+    return [p for _, p, _ in items], [y for *_, y in items], [f for f, *_ in items]
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The tasks
 
 
 def _loader(task: str):
     def load(split: str, ctx: LoadContext) -> ImageSplit:
         data_dir = Path(ctx.data_dir)
+        if split == "test" and task == IN1K:
+            return ImageSplit.from_files(*_val_listing(task, data_dir / "imagenet", ctx.verify))
         if split == "test":
             paths, labels, ids = _v2_listing(task, _v2_root(task, data_dir))
             return ImageSplit.from_files(paths, labels, ids)
@@ -255,6 +406,7 @@ def _task(name: str) -> Task:
     return Task(
         name=name,
         num_classes=NUM_CLASSES,
+        sizes={"train": 1_281_167, "test": 10_000},
         load=_loader(name),
         version=1,
         classes=_CLASSES,
@@ -268,6 +420,25 @@ def _task(name: str) -> Task:
     )
 
 
+imagenet1k = Task(
+    name=IN1K,
+    sizes={"train": 1_281_167, "test": VAL_IMAGES},
+    num_classes=NUM_CLASSES,
+    load=_loader(IN1K),
+    version=1,
+    classes=_CLASSES,
+    splits=("train", "val", "test"),
+    description="ImageNet-1k (ILSVRC 2012): 1,281,167 train images less the 1% minival held out as val; test = "
+    "the official 50,000 val images (torchvision's layout, or flat with the devkit's ground truth)",
+    data_help=(
+        f"put ImageNet-1k at DATA/imagenet: train/<wnid>/*.JPEG (the 1000 wnid folders) and val/ (torchvision's "
+        f"val/<wnid>/ layout, or the flat ILSVRC2012_img_val.tar folder with {DEVKIT_TAR} beside it), from "
+        f"{IN1K_URL}, and pass --data-dir DATA; never downloaded automatically (it needs an account)"
+    ),
+    recipes={"linear": {}, "pretrained": {}, "attention": dict(_FINETUNE), "full": dict(_FINETUNE)},
+    val_holdout={"fraction": VAL_FRACTION, "seed": VAL_SEED},
+    download=None,
+)
 imagenetv2_matched_frequency = _task("imagenetv2_matched_frequency")
 imagenetv2_threshold07 = _task("imagenetv2_threshold07")
 imagenetv2_top_images = _task("imagenetv2_top_images")

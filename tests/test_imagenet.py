@@ -1,4 +1,8 @@
-"""ImageNet-V2 tasks over miniature copies of the real folders (see fixtures/imagenet.py).
+"""ImageNet-1k and ImageNet-V2 tasks over miniature copies of the real folders (see fixtures/imagenet.py).
+
+imagenet1k: its test split is the official val set in both layouts (torchvision's val/<wnid>/, checked against
+torchvision's own ImageNet class; the flat folder with the devkit's meta.mat and ground truth, extracted or read
+from the tarball, whose md5 is checked), labelled by the wnid's sorted rank and never by the ILSVRC2012_ID.
 
 Covers the label rule (int(folder), never a rank: ImageFolder's string order and a rank among the folders
 present are both shown to be wrong on the fixture), image decoding (every image encodes its class), both
@@ -221,10 +225,11 @@ def test_task_definitions(found):
     from timm.data import ImageNetInfo
 
     assert list(classes) == ImageNetInfo("imagenet-1k").label_descriptions()
-    doc = sys.modules[found[MF].load.__module__].__doc__
-    assert (
-        "transfer-eval run -c deit3_s16_in1k -t imagenetv2_matched_frequency -m attention --resolution 384 --data-dir D"
-    ) in doc
+    t = found["imagenet1k"]  # the same training set and minival; its own test
+    assert t.num_classes == 1000 and t.splits == ("train", "val", "test") and t.classes == classes
+    assert t.val_holdout == {"fraction": 0.01, "seed": 0} and t.download is None
+    assert "ILSVRC2012_devkit_t12.tar.gz" in t.data_help and "DATA/imagenet" in t.data_help
+    assert_vit_recipe(t, steps=20000, warmup=500, lr_grid=(0.003, 0.01, 0.03, 0.06))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -315,6 +320,95 @@ def test_listing_is_cached_and_refreshed_when_a_folder_changes(found, full_root,
     extra.write_bytes(F.encode(101, "RGB"))
     after = load(found, "test", tmp_path)
     assert len(after) == len(before) + 1 and f"101/{extra.name}" in after.ids
+
+
+# --------------------------------------------------------------------------------------------------------------
+# imagenet1k: ImageNet-1k train (less its minival) and the official val set as test
+
+IN1K = "imagenet1k"
+
+
+def in1k_test(found, root: Path, verify: bool = False):
+    return found[IN1K].dataset("test", LoadContext(Path(root), verify=verify))
+
+
+@pytest.mark.parametrize("layout, devkit", [("flat", "folder"), ("flat", "tar"), ("torchvision", None)])
+def test_in1k_val_labels_are_sorted_wnid_ranks_in_every_layout(found, tmp_path, layout, devkit):
+    F.write_in1k_val(tmp_path, layout, devkit)
+    split = in1k_test(found, tmp_path)
+    assert split.ids == [F.val_name(n) for n in range(1, len(F.IN1K_VAL) + 1)]  # file names, in val order
+    assert list(split.labels) == F.IN1K_VAL
+    assert [F.decode_class(split.image(i)) for i in range(len(split))] == F.IN1K_VAL  # every image is its label
+    # the ILSVRC2012_ID - 1 (the devkit's own numbering) would be wrong on every image here
+    assert all(F.ILSVRC_ID[c] - 1 != c for c in F.IN1K_VAL)
+
+
+def test_in1k_val_layouts_give_one_manifest(found, tmp_path):
+    manifests = set()
+    for i, (layout, devkit) in enumerate([("flat", "folder"), ("flat", "tar"), ("torchvision", None)]):
+        F.write_in1k_val(tmp_path / str(i), layout, devkit)
+        manifests.add(in1k_test(found, tmp_path / str(i)).manifest())
+    assert len(manifests) == 1  # results measured on either layout compare
+
+
+def test_in1k_torchvision_layout_agrees_with_torchvision(found, tmp_path):
+    """torchvision's ImageNet(split="val") over the same folders (with the meta.bin it writes from the devkit)
+    gives the same label for every image."""
+    import torch
+    from torchvision.datasets import ImageNet
+
+    val = F.write_in1k_val(tmp_path, "torchvision")
+    wnid_to_classes = {w: (f"class {r}",) for r, w in enumerate(F.FAKE_WNIDS)}
+    torch.save((wnid_to_classes, [F.FAKE_WNIDS[c] for c in F.IN1K_VAL]), val.parent / "meta.bin")
+    theirs = {Path(p).name: y for p, y in ImageNet(str(val.parent), split="val", allow_empty=True).samples}
+    ours = in1k_test(found, tmp_path)
+    assert dict(zip(ours.ids, ours.labels)) == theirs
+
+
+def test_in1k_devkit_tarball_md5_is_checked(found, tmp_path):
+    F.write_in1k_val(tmp_path, "flat", "tar")
+    with pytest.raises(UserError, match="md5 of the official devkit.*--skip-verify"):
+        in1k_test(found, tmp_path, verify=True)
+    assert len(in1k_test(found, tmp_path, verify=False)) == len(F.IN1K_VAL)
+
+
+def test_in1k_train_and_val_are_the_training_set_and_its_minival(found, tmp_path):
+    F.write_in1k_train(tmp_path)
+    F.write_in1k_val(tmp_path)
+    ctx = LoadContext(tmp_path, verify=False)
+    train, val = found[IN1K].dataset("train", ctx), found[IN1K].dataset("val", ctx)
+    assert len(train) + len(val) == sum(F.IN1K_COUNTS.values())
+    assert Counter(val.labels.tolist()) == Counter({c: n for c, n in F.IN1K_VAL_COUNTS.items() if n})
+    assert not set(val.ids) & set(in1k_test(found, tmp_path).ids)
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        ("nothing", "needs the ImageNet-1k val images"),
+        ("no devkit", "needs the ImageNet-1k val images"),
+        ("both layouts", "both wnid folders and loose images"),
+        ("stray name", "is not an official val image name"),
+        ("bad id", "outside 1..1000"),
+        ("few folders", "exactly the 1000 wnid folders"),
+    ],
+)
+def test_in1k_val_errors_say_what_is_wrong(found, tmp_path, damage, said):
+    if damage != "nothing":
+        val = F.write_in1k_val(tmp_path, "torchvision" if damage == "few folders" else "flat")
+    if damage == "no devkit":
+        shutil.rmtree(tmp_path / "imagenet" / "ILSVRC2012_devkit_t12")
+    elif damage == "both layouts":
+        (val / F.FAKE_WNIDS[0]).mkdir()
+    elif damage == "stray name":
+        (val / "ILSVRC2012_val_00099999.JPEG").write_bytes(F.encode(1, "RGB"))
+    elif damage == "bad id":
+        truth = tmp_path / "imagenet" / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt"
+        truth.write_text(truth.read_text().replace(f"{F.ILSVRC_ID[0]}\n", "1001\n", 1))
+    elif damage == "few folders":
+        shutil.rmtree(val / F.FAKE_WNIDS[5])
+    with pytest.raises(UserError, match=re.escape(said)):
+        in1k_test(found, tmp_path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -515,3 +609,18 @@ def test_cli_data_check(v2_root, tmp_path):
     for split in ("train", "val"):
         assert rows[split]["status"] == "missing"
         assert str(v2_root / "imagenet" / "train") in rows[split]["detail"]
+
+
+@pytest.mark.slow
+def test_cli_pretrained_scores_a_head_on_the_official_val_set(registry, tmp_path):
+    F.write_in1k_val(tmp_path / "data")
+    out = cli(
+        *("run", "--registry", registry, "-c", "tiny1k", "-t", IN1K, "-m", "pretrained", "--device", "cpu"),
+        *("--data-dir", tmp_path / "data", "--results", tmp_path / "r.sqlite", "--json", "--skip-verify"),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    (r,) = conftest.json_lines(out.stdout)
+    assert r["n_test"] == len(F.IN1K_VAL) and "not the official 50000" in out.stderr
+    assert r["top1"] == pytest.approx(F.IN1K_VAL.count(998) / len(F.IN1K_VAL))
+    assert r["top5"] == pytest.approx(sum(y in TOP5 for y in F.IN1K_VAL) / len(F.IN1K_VAL))

@@ -1,0 +1,335 @@
+"""`paper list | plan | run | report`: the papers' tables as presets (transfer_eval.papers), their runs, their
+compute, and the table as the paper prints it with ours beside each number."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from transfer_eval import paths
+from transfer_eval.cli.group import cli
+from transfer_eval.cli.options import (
+    CONTEXT,
+    SHARED,
+    data_dir_option,
+    executor_options,
+    ints,
+    json_option,
+    papers_dir_option,
+    registry_option,
+    results_option,
+    shared_argv,
+    skip_verify_option,
+    tasks_dir_option,
+)
+
+seeds_option = click.option(
+    "--seeds", default=None, help="Run (or count) every cell over these seeds, comma-separated, e.g. 0,1,2."
+)
+# the `run` options a paper's jobs pass on; resolution, recipe, --set and --limit are the preset's to decide
+_PASSED = [o for o in SHARED if o[0][0] not in ("--resolution", "--recipe", "--set", "--limit")]
+
+
+def _passed_options(f):
+    for decls, attrs in reversed(_PASSED):
+        if decls[0] not in ("--data-dir", "--results", "--registry", "--tasks-dir"):
+            f = click.option(*decls, **attrs)(f)
+    return f
+
+
+@cli.group(context_settings=CONTEXT)
+def paper():
+    """Reproduce the papers' tables: presets that plan, run and report against the published numbers.
+
+    \b
+    Examples:
+      transfer-eval paper list
+      transfer-eval paper plan three-things-table6 --data-dir ~/data
+      transfer-eval paper run three-things-table6 --data-dir ~/data --executor slurm --partition gpu
+      transfer-eval paper report three-things-table6 --format markdown
+    """
+
+
+def _load(name, papers_dirs, registries, tasks_dirs, seeds):
+    from transfer_eval import papers
+
+    preset = papers.load(name, papers_dirs, registries, tasks_dirs)
+    if seeds is not None:
+        papers.with_seeds(preset, ints(seeds), registries, tasks_dirs)
+    return preset
+
+
+def _store_if_any(results):
+    """The store to read, or None where there is none yet (a fresh install: every cell is missing)."""
+    from transfer_eval.databases import is_url
+    from transfer_eval.results import Store
+
+    target = results or paths.default_results()
+    if not is_url(str(target)) and not Path(target).is_file():
+        return None
+    return Store(target)
+
+
+@paper.command("list", context_settings=CONTEXT)
+@papers_dir_option
+@registry_option
+@tasks_dir_option
+@json_option
+def paper_list(papers_dirs, registries, tasks_dirs, as_json):
+    """The presets: shipped ones and those of --papers-dir, with their paper, table and cells."""
+    from tabulate import tabulate
+
+    from transfer_eval import papers
+
+    rows = []
+    for p in papers.load_all(papers_dirs, registries, tasks_dirs):
+        rows.append(
+            {
+                "name": p.name,
+                "paper": p.paper,
+                "arxiv": p.arxiv,
+                "table": p.table,
+                "cells": len(p.cells),
+                "runnable": len(p.runnable),
+                "runs": sum(len(c.runs) for c in p.runnable),
+                "tasks": sorted({c.task for c in p.runnable}),
+                "source": p.source,
+            }
+        )
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r))
+        return
+    table = [
+        [r["name"], f"{r['paper']} (arXiv:{r['arxiv']})", r["table"], f"{r['runnable']} of {r['cells']}", r["runs"]]
+        for r in rows
+    ]
+    click.echo(
+        tabulate(
+            table, headers=["preset", "paper", "table", "cells runnable", "runs"], maxcolwidths=[None, 60, None, None]
+        )
+    )
+
+
+@paper.command("plan", context_settings=CONTEXT)
+@click.argument("name")
+@papers_dir_option
+@registry_option
+@tasks_dir_option
+@results_option
+@data_dir_option
+@skip_verify_option
+@seeds_option
+@click.option(
+    "--tflops",
+    type=click.FloatRange(min=1e-3),
+    default=None,
+    help="Sustained training TFLOP/s per GPU for the GPU-hours of runs with no measured GPU run of the same "
+    "checkpoint, mode and resolution in the store (default: 100, stated, not measured).",
+)
+@json_option
+def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, skip_verify, seeds, tflops, as_json):
+    """Each cell of the table: stored, missing or failed; the data each task needs and whether `data check` finds
+    it; the training compute of the missing runs (counted FLOPs) and their GPU-hours."""
+    from transfer_eval import papers, planning
+    from transfer_eval.cli.options import load_context
+
+    preset = _load(name, papers_dirs, registries, tasks_dirs, seeds)
+    store = _store_if_any(results)
+    ctx = load_context(data_dir, skip_verify, False)
+    outs = papers.outcomes(preset, store)
+    flops, sizes, data = planning.FlopCounts(), {}, {}
+    rate = tflops or planning.DEFAULT_TFLOPS
+    for cell in preset.runnable:  # the splits each task's cells read, checked once per task
+        for run in cell.runs:
+            data.setdefault(run.task.name, (run.task, set()))[1].update(run.mode.splits)
+    ready = {
+        t: planning.data_status(task, [s for s in task.splits if s in splits], ctx)
+        for t, (task, splits) in data.items()
+    }
+    rows = []
+    for o in outs:
+        c = o.cell
+        row = {
+            "part": c.part,
+            "row": c.row,
+            "column": c.column,
+            "checkpoint": c.checkpoint,
+            "task": c.task,
+            "mode": c.mode,
+            "resolution": c.resolution,
+            "recipe": c.recipe,
+            "planned": o.planned,
+            "stored": o.n,
+            "failed": o.failed,
+            "status": _status(o),
+            "data": None,
+            "missing_pflops": None,
+            "missing_gpu_hours": None,
+            "basis": None,
+        }
+        if c.unrunnable is None:
+            row["data"] = "ready" if ready[c.task][0] else "missing"
+            todo = [r for r in c.runs if store is None or not store.has(r.key)]
+            if todo:
+                task = todo[0].task
+                if task.name not in sizes:
+                    sizes[task.name] = planning.split_sizes(task, ctx if ready[task.name][0] else None)
+                needs = [planning.need(r, sizes[task.name], flops, rate, store) for r in todo]
+                if all(n.pflops is not None for n in needs):
+                    row["missing_pflops"] = sum(n.pflops for n in needs)
+                    row["missing_gpu_hours"] = sum(n.gpu_hours for n in needs)
+                row["basis"] = "; ".join(sorted({n.basis for n in needs}))
+            else:
+                row["missing_pflops"] = row["missing_gpu_hours"] = 0.0
+        rows.append(row)
+    if store is not None:
+        store.close()
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r))
+        for t, (ok, detail) in ready.items():
+            click.echo(json.dumps({"task": t, "data": "ready" if ok else "missing", "detail": detail}))
+        return
+    _print_plan(preset, rows, ready, rate, store is None)
+
+
+def _status(o) -> str:
+    if o.verdict == "cannot be run":
+        return f"cannot be run: {o.cell.unrunnable}"
+    if o.n == o.planned:
+        return "stored"
+    if o.failed:
+        return f"failed ({o.failed} of {o.planned})" + (f", {o.n} stored" if o.n else "")
+    return "missing" if o.n == 0 else f"partial ({o.n} of {o.planned} stored)"
+
+
+def _print_plan(preset, rows, ready, rate, no_store) -> None:
+    from tabulate import tabulate
+
+    def num(x, fmt):
+        return "" if x is None else format(x, fmt)
+
+    click.echo(f"{preset.paper} (arXiv:{preset.arxiv}), {preset.table}: {len(rows)} cells")
+    if no_store:
+        click.echo("(no results store yet: every runnable cell is missing)")
+    table = [
+        [
+            " / ".join(x for x in (r["part"], r["row"], r["column"]) if x),
+            r["checkpoint"] or "",
+            r["task"] or "",
+            r["mode"] or "",
+            r["resolution"] or "",
+            r["recipe"] if r["checkpoint"] else "",
+            f"{r['stored']}/{r['planned']}" if r["checkpoint"] else "",
+            r["status"],
+            r["data"] or "",
+            num(r["missing_pflops"], ",.1f"),
+            num(r["missing_gpu_hours"], ",.1f"),
+        ]
+        for r in rows
+    ]
+    headers = ["cell", "checkpoint", "task", "mode", "px", "recipe", "runs", "status", "data", "PFLOPs", "GPU-h"]
+    click.echo(tabulate(table, headers=headers, disable_numparse=True, maxcolwidths=[40] + [None] * 10))
+    click.echo("\nData (what `transfer-eval data check` finds for the splits the cells read):")
+    for task, (ok, detail) in ready.items():
+        click.echo(f"  {task}: {'ready (' + detail + ')' if ok else 'missing: ' + detail}")
+    missing = [r for r in rows if r["missing_pflops"]]
+    unknown = [r for r in rows if r["checkpoint"] and r["missing_pflops"] is None]
+    pflops = sum(r["missing_pflops"] for r in missing)
+    hours = sum(r["missing_gpu_hours"] for r in missing)
+    bases = sorted({b for r in missing for b in (r["basis"] or "").split("; ") if b})
+    click.echo(
+        f"\nTo run: {sum(r['planned'] - r['stored'] for r in rows if r['checkpoint'])} runs in {len(missing)} cells: "
+        f"{pflops:,.1f} PFLOPs (counted: forward and training-step FLOPs per image x images), "
+        f"about {hours:,.1f} GPU-hours ({'; '.join(bases) or f'stated {rate:g} TFLOP/s per GPU'})"
+        + (f"; {len(unknown)} cells of unknown size not counted" if unknown else "")
+    )
+    for choice in preset.choices:
+        click.echo(f"Choice: {choice}")
+
+
+@paper.command("run", context_settings=CONTEXT)
+@click.argument("name")
+@papers_dir_option
+@seeds_option
+@executor_options
+@data_dir_option
+@results_option
+@registry_option
+@tasks_dir_option
+@_passed_options
+def paper_run(name, papers_dirs, seeds, per, executor, dry_run, slurm, **shared):
+    """Run the table's missing cells, through the same machinery as `sweep` (locally, or on Slurm); cells already
+    stored are skipped, so running it again fills the gaps. Then `paper report NAME`."""
+    from transfer_eval.cli.run import launch, open_shared_store
+
+    preset = _load(name, papers_dirs, shared["registries"], shared["tasks_dirs"], seeds)
+    results_path = shared["results"] or str(paths.default_results())
+    store = open_shared_store(results_path)
+    runs = [r for c in preset.runnable for r in c.runs]
+    pending = {r.key for r in runs if not store.has(r.key)}
+    store.close()
+    jobs = paper_jobs(preset, pending, per, {**shared, "results": str(results_path)})
+    launch(jobs, len(runs), len(pending), executor, dry_run, slurm)
+
+
+def paper_jobs(preset, pending: set, per: str, shared: dict) -> list:
+    """The sweep jobs of a preset's pending runs: cells that share their settings share jobs, and each job's `run`
+    command carries its cells' resolution, recipe and recipe fields beside the shared options."""
+    from transfer_eval import sweep as sweeps
+
+    groups: dict[tuple, list] = {}
+    for c in preset.runnable:
+        key = (c.resolution, c.recipe, json.dumps(c.settings, sort_keys=True))
+        groups.setdefault(key, []).extend(c.runs)
+    jobs = []
+    for (resolution, recipe, settings), group in groups.items():
+        values = {
+            **shared,
+            "resolution": resolution,
+            "preset": recipe,
+            "settings": tuple(f"{k}={json.dumps(v)}" for k, v in json.loads(settings).items()),
+            "limit": None,
+        }
+        jobs += sweeps.plan_jobs(group, pending, per, shared_argv(values))
+    return jobs
+
+
+@paper.command("report", context_settings=CONTEXT)
+@click.argument("name")
+@papers_dir_option
+@registry_option
+@tasks_dir_option
+@results_option
+@seeds_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "csv", "json", "latex", "html"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+def paper_report(name, papers_dirs, registries, tasks_dirs, results, seeds, fmt, output):
+    """The table as the paper prints it: the paper's numbers, ours (mean +- std over seeds, n), the difference
+    and a verdict (within the paper's std or the preset's tolerance, outside it, or missing)."""
+    from transfer_eval import papers
+    from transfer_eval.report import paper as paper_report_
+    from transfer_eval.report import write_text
+
+    preset = _load(name, papers_dirs, registries, tasks_dirs, seeds)
+    store = _store_if_any(results)
+    if store is None:
+        click.echo(f"no results store at {results or paths.default_results()}: every cell is missing", err=True)
+    outs = papers.outcomes(preset, store)
+    text = paper_report_.render(preset, outs, fmt)
+    if store is not None:
+        store.close()
+    if output:
+        write_text(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)

@@ -1,0 +1,206 @@
+"""A paper preset's table laid out as the paper prints it, ours beside each number: `paper report` in every format
+(table, markdown, csv, json, latex, html), and the page `report --html` writes for each preset.
+
+In the grid formats each of the paper's rows becomes three: the paper's numbers, ours (mean +- std over the seeds
+stored, and n), and the difference with its verdict. csv and json give one record per cell."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+
+from tabulate import tabulate
+
+from transfer_eval.papers import VERDICTS, Outcome, Preset, rule
+from transfer_eval.report.page import html_page
+
+FORMATS = ("table", "markdown", "csv", "json", "latex", "html")
+_TABLEFMT = {"table": "simple", "markdown": "github", "latex": "latex_booktabs"}
+
+
+def _num(x: float | None, std: float | None = None) -> str:
+    if x is None:
+        return ""
+    return f"{x:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def ours_text(o: Outcome) -> str:
+    if o.verdict == "cannot be run":
+        return "not run"
+    if o.n == 0:
+        return "failed" if o.failed else "missing"
+    more = f", {o.planned - o.n} missing" if o.n < o.planned else ""
+    return f"{_num(o.mean, o.std)} (n={o.n}{more})"
+
+
+def difference_text(o: Outcome) -> str:
+    if o.verdict in ("within", "outside"):
+        return f"{o.difference:+.2f} {o.verdict}"
+    return {"cannot be run": "cannot be run", "no published number": "no published number"}.get(o.verdict, "missing")
+
+
+def _by_cell(outs: list[Outcome]) -> dict:
+    return {(o.cell.part, o.cell.row, o.cell.column): o for o in outs}
+
+
+def grid(preset: Preset, outs: list[Outcome]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """For each part: its title, the header and the rows (paper, ours, difference for each of the paper's rows)."""
+    found = _by_cell(outs)
+    parts = []
+    for part in preset.parts:
+        rows = []
+        for r in part.rows:
+            cells = [found[(part.title, r, c)] for c in part.columns]
+            if any(o.cell.published is not None for o in cells):
+                rows.append([f"{r}: paper", *(_num(o.cell.published, o.cell.published_std) for o in cells)])
+            if any(o.verdict != "cannot be run" for o in cells):
+                rows.append([f"{r}: ours", *(ours_text(o) for o in cells)])
+                rows.append([f"{r}: difference", *(difference_text(o) for o in cells)])
+        parts.append((part.title, ["", *part.columns], rows))
+    return parts
+
+
+def counts(outs: list[Outcome]) -> dict[str, int]:
+    return {v: sum(o.verdict == v for o in outs) for v in VERDICTS}
+
+
+def not_run(preset: Preset) -> list[str]:
+    """Each reason a row or column cannot be run, once."""
+    seen: dict[str, list[str]] = {}
+    for c in preset.cells:
+        if c.unrunnable:
+            seen.setdefault(c.unrunnable, [])
+            for name in (c.row, c.column):
+                if name not in seen[c.unrunnable]:
+                    seen[c.unrunnable].append(name)
+    return [f"{reason}" for reason in seen]
+
+
+def header_lines(preset: Preset, outs: list[Outcome]) -> list[str]:
+    n = counts(outs)
+    return [
+        f"{preset.paper} (arXiv:{preset.arxiv}), {preset.table}: {preset.caption}".strip(),
+        f"Metric: top-1 accuracy (%) on each task's test split. Verdict: {rule(preset)}.",
+        f"{len(outs)} cells: {n['within']} within, {n['outside']} outside, {n['missing']} missing, "
+        f"{n['no published number']} without a published number, {n['cannot be run']} cannot be run.",
+    ]
+
+
+def footer_lines(preset: Preset) -> list[str]:
+    lines = [f"Not run: {r}." for r in not_run(preset)]
+    lines += [f"Choice: {c}" for c in preset.choices]
+    return lines
+
+
+def _records(preset: Preset, outs: list[Outcome]) -> list[dict]:
+    out = []
+    for o in outs:
+        c = o.cell
+        out.append(
+            {
+                "part": c.part,
+                "row": c.row,
+                "column": c.column,
+                "checkpoint": c.checkpoint,
+                "task": c.task,
+                "mode": c.mode,
+                "resolution": c.resolution,
+                "recipe": c.recipe,
+                "set": c.settings,
+                "published": c.published,
+                "published_std": c.published_std,
+                "ours_mean": o.mean,
+                "ours_std": o.std,
+                "n": o.n,
+                "planned": o.planned,
+                "failed": o.failed,
+                "difference": o.difference,
+                "limit": o.limit,
+                "verdict": o.verdict,
+                "unrunnable": c.unrunnable,
+                "run_ids": o.run_ids,
+            }
+        )
+    return out
+
+
+def render(preset: Preset, outs: list[Outcome], fmt: str) -> str:
+    if fmt == "json":
+        doc = {
+            "preset": preset.name,
+            "paper": preset.paper,
+            "arxiv": preset.arxiv,
+            "table": preset.table,
+            "caption": preset.caption,
+            "rule": rule(preset),
+            "tolerance": preset.tolerance,
+            "choices": preset.choices,
+            "counts": counts(outs),
+            "cells": _records(preset, outs),
+        }
+        return json.dumps(doc, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        records = _records(preset, outs)
+        writer = csv.DictWriter(buf, fieldnames=list(records[0]), lineterminator="\n")
+        writer.writeheader()
+        for r in records:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+        return buf.getvalue()
+    if fmt == "html":
+        return html_page(f"{preset.name}: {preset.paper}, {preset.table}", paper_html(preset, outs))
+    tablefmt = _TABLEFMT[fmt]
+    parts = []
+    for title, head, rows in grid(preset, outs):
+        table = tabulate(rows, headers=head, tablefmt=tablefmt, disable_numparse=True)
+        if fmt == "markdown":
+            parts.append((f"### {title}\n\n" if title else "") + table)
+        elif fmt == "latex":
+            parts.append((f"% {title}\n" if title else "") + table)
+        else:
+            parts.append((f"{title}\n" if title else "") + table)
+    head, foot = header_lines(preset, outs), footer_lines(preset)
+    if fmt == "latex":
+        return "\n".join(f"% {line}" for line in head) + "\n" + "\n\n".join(parts) + "\n"
+    if fmt == "markdown":
+        return (
+            f"## {preset.name}\n\n"
+            + "\n\n".join(head)
+            + "\n\n"
+            + "\n\n".join(parts)
+            + "\n\n"
+            + "\n".join(f"- {line}" for line in foot)
+            + "\n"
+        )
+    return "\n".join(head) + "\n\n" + "\n\n".join(parts) + "\n\n" + "\n".join(foot) + "\n"
+
+
+def paper_html(preset: Preset, outs: list[Outcome]) -> str:
+    """The preset's tables as html (everything escaped); verdicts carry their class (within, outside, ...)."""
+    found = _by_cell(outs)
+    out = [f'<p class="note">{html.escape(line)}</p>' for line in header_lines(preset, outs)]
+    for part in preset.parts:
+        if part.title:
+            out.append(f"<h3>{html.escape(part.title)}</h3>")
+        head = "".join(f'<th scope="col">{html.escape(c)}</th>' for c in ["", *part.columns])
+        body = []
+        for r in part.rows:
+            cells = [found[(part.title, r, c)] for c in part.columns]
+            for kind, text in (
+                ("paper", lambda o: _num(o.cell.published, o.cell.published_std)),
+                ("ours", ours_text),
+                ("difference", difference_text),
+            ):
+                tds = "".join(
+                    f'<td class="{html.escape(o.verdict.replace(" ", "-"))}">{html.escape(text(o))}</td>' for o in cells
+                )
+                body.append(f'<tr data-kind="{kind}"><th scope="row">{html.escape(f"{r}: {kind}")}</th>{tds}</tr>')
+        out.append(
+            f'<div class="scroll"><table class="paper" data-preset="{html.escape(preset.name)}" '
+            f'data-part="{html.escape(part.title)}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>"
+        )
+    out.append('<ul class="legend">' + "".join(f"<li>{html.escape(x)}</li>" for x in footer_lines(preset)) + "</ul>")
+    return "\n".join(out)
