@@ -401,9 +401,15 @@ _FINETUNE = {"steps": 20000, "warmup_steps": 500, "lr_grid": [0.003, 0.01, 0.03,
 _CLASSES = _imagenet1k_classes()
 
 
+def _companions(name: str) -> tuple[str, ...]:
+    """The other tasks trained on ImageNet-1k train and its minival: one fine-tuned model serves all their tests."""
+    return tuple(t for t in (IN1K, *VARIANTS) if t != name)
+
+
 def _task(name: str) -> Task:
     variant = VARIANTS[name]
     return Task(
+        companions=_companions(name),
         name=name,
         num_classes=NUM_CLASSES,
         sizes={"train": 1_281_167, "test": 10_000},
@@ -421,6 +427,7 @@ def _task(name: str) -> Task:
 
 
 imagenet1k = Task(
+    companions=_companions(IN1K),
     name=IN1K,
     sizes={"train": 1_281_167, "test": VAL_IMAGES},
     num_classes=NUM_CLASSES,

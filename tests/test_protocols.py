@@ -129,7 +129,7 @@ def test_second_probe_does_no_forward_pass(tmp_path, monkeypatch):
 def test_balanced_accuracy():
     labels = np.array([0, 0, 0, 0, 1, 1])
     preds = np.array([0, 0, 0, 0, 0, 1])
-    assert runner.balanced_accuracy(labels, preds) == pytest.approx((1.0 + 0.5) / 2)
+    assert inference.balanced_accuracy(labels, preds) == pytest.approx((1.0 + 0.5) / 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------

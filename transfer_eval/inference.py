@@ -132,3 +132,9 @@ def feature_array(
 
     features(model, split, data_config, device, write, batch_size, plan, desc)
     return out[0] if out else np.zeros((0, 0), np.float32)
+
+
+def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in `labels`."""
+    classes = np.unique(labels)
+    return float(np.mean([(predictions[labels == c] == c).mean() for c in classes]))

@@ -130,11 +130,14 @@ def measured_tflops(store, run) -> tuple[float, str] | None:
     return per_gpu, f"measured on {best.device} (run {best.run_id})"
 
 
-def need(run, sizes: dict | None, flops: FlopCounts, tflops: float = DEFAULT_TFLOPS, store=None) -> Need:
+def need(
+    run, sizes: dict | None, flops: FlopCounts, tflops: float = DEFAULT_TFLOPS, store=None, scored_only: bool = False
+) -> Need:
+    """`scored_only`: the run is a companion of another (transfer_eval.companions): only its test is scored."""
     train_g, fwd_g = flops(run, run.task.num_classes)
     if sizes is None:
         return Need(run, None, None, train_g, fwd_g, None, None, "split sizes unknown")
-    n_train, n_eval = images(run, sizes)
+    n_train, n_eval = (0, sizes.get("test", 0)) if scored_only else images(run, sizes)
     pflops = (n_train * train_g + n_eval * fwd_g) / 1e6
     measured = measured_tflops(store, run) if run.mode.stage == "finetune" else None
     rate, basis = measured if measured else (tflops, f"stated {tflops:g} TFLOP/s per GPU")

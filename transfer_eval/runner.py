@@ -17,11 +17,11 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from transfer_eval import (
     checkpoints,
+    companions,
     costs,
     data,
     deltas,
@@ -270,6 +270,8 @@ def run_all(
     trackers.check(options.log)
     preflight(todo_runs, ctx, device, options)
     todo = {r.key for r in todo_runs}  # decided once, before anything is written: every process runs one list
+    with_others = companions.covered(runs, todo)  # stored by an earlier run's model (companion test sets)
+    known = companions.known(runs) if any(r.task.companions for r in runs) else None
     main = distributed.is_main()
     distributed.barrier()
     out = []
@@ -282,6 +284,17 @@ def run_all(
                     log.info("%s: stored as run %s, skipped (--force to run again)", prefix, stored.run_id)
                     out.append(stored)
                 continue
+            if r.key in with_others:
+                if main:
+                    stored = store.get_key(r.key)
+                    log.info(
+                        "%s: scored with the model trained for a companion task, as run %s",
+                        prefix,
+                        stored.run_id if stored else "(not stored: see above)",
+                    )
+                    if stored is not None:
+                        out.append(stored)
+                continue
             if not main and r.mode.stage != "finetune":
                 continue  # probes and evaluation are rank 0's; fine-tuning trains across every process
             if requested():
@@ -291,7 +304,7 @@ def run_all(
             where = f"{device}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
             if main:
                 log.info("%s: running on %s", prefix, where)
-            result = execute(r, ctx, device, store, command, options)
+            result = execute(r, ctx, device, store, command, options, known)
             out.append(result)
             if main:
                 log.info("%s: %s", prefix, summary(result))
@@ -319,7 +332,13 @@ def summary(r: Result) -> str:
 
 
 def execute(
-    run: Run, ctx: LoadContext, device: torch.device, store: Store, command: str = "", options: Options = Options()
+    run: Run,
+    ctx: LoadContext,
+    device: torch.device,
+    store: Store,
+    command: str = "",
+    options: Options = Options(),
+    known_tasks: dict | None = None,
 ) -> Result:
     """Adapt, measure and store one run. Bad input raises UserError before anything is stored.
 
@@ -406,12 +425,14 @@ def execute(
     labels = splits["test"].labels
     result.top1 = float((top5[:, 0] == labels).mean())
     result.top5 = float((top5 == labels[:, None]).any(1).mean())
-    result.balanced_top1 = balanced_accuracy(labels, top5[:, 0])
+    result.balanced_top1 = inference.balanced_accuracy(labels, top5[:, 0])
     if device.type == "cuda" and result.train_seconds:
         result.gpu_hours = result.train_seconds * result.world_size / 3600
     result.finished = _now()
     if distributed.is_main():  # one writer; under torchrun every process holds the same result
         store.put(result, labels, top5)
+        # the same model, scored on the test splits of the tasks that train as this one does
+        companions.score(run, result, model, cfg, ctx, device, store, options, known_tasks or {run.task.name: run.task})
     if resume is not None:
         resume.remove()  # the result is stored: nothing left to resume
     return result
@@ -425,12 +446,6 @@ def _record(result: Result, t: stages.Trained, peak_mb: float | None) -> None:
     result.peak_memory_mb = peak_mb
     for k, v in t.fields.items():
         setattr(result, k, v)
-
-
-def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """Mean per-class recall over the classes present in `labels`."""
-    classes = np.unique(labels)
-    return float(np.mean([(predictions[labels == c] == c).mean() for c in classes]))
 
 
 def _failed(store: Store, result: Result, reason: str) -> Result:

@@ -254,6 +254,9 @@ class Task:
     # the official number of images in each split the loader gives ("train" before any val hold-out), so that
     # `paper plan` can size the work of a task whose data is not here yet
     sizes: dict = field(default_factory=dict)
+    # tasks that train exactly as this one (the same train, val, hold-out and recipes) and differ in their test
+    # split: a model fine-tuned for this task is scored on their test splits too (transfer_eval.companions)
+    companions: tuple[str, ...] = ()
     # {"fraction": 0.1, "seed": 0}: val is held out of the official train split (the loader gives that whole as
     # "train"; `dataset` splits it); None: the loader gives its own val (an official one, say)
     val_holdout: dict | None = None

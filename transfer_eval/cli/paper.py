@@ -133,13 +133,16 @@ def paper_list(papers_dirs, registries, tasks_dirs, as_json):
 def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, skip_verify, seeds, tflops, as_json):
     """Each cell of the table: stored, missing or failed; the data each task needs and whether `data check` finds
     it; the training compute of the missing runs (counted FLOPs) and their GPU-hours."""
-    from transfer_eval import papers, planning
+    from transfer_eval import companions, papers, planning
     from transfer_eval.cli.options import load_context
 
     preset = _load(name, papers_dirs, registries, tasks_dirs, seeds)
     store = _store_if_any(results)
     ctx = load_context(data_dir, skip_verify, False)
     outs = papers.outcomes(preset, store)
+    all_runs = [r for c in preset.runnable for r in c.runs]
+    pending = {r.key for r in all_runs if store is None or not store.has(r.key)}
+    with_others = companions.covered(all_runs, pending)  # scored with another cell's model: no training
     flops, sizes, data = planning.FlopCounts(), {}, {}
     rate = tflops or planning.DEFAULT_TFLOPS
     for cell in preset.runnable:  # the splits each task's cells read, checked once per task
@@ -172,12 +175,17 @@ def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, ski
         }
         if c.unrunnable is None:
             row["data"] = "ready" if ready[c.task][0] else "missing"
-            todo = [r for r in c.runs if store is None or not store.has(r.key)]
+            todo = [r for r in c.runs if r.key in pending]
             if todo:
                 task = todo[0].task
                 if task.name not in sizes:
                     sizes[task.name] = planning.split_sizes(task, ctx if ready[task.name][0] else None)
-                needs = [planning.need(r, sizes[task.name], flops, rate, store) for r in todo]
+                needs = [
+                    planning.need(r, sizes[task.name], flops, rate, store, scored_only=r.key in with_others)
+                    for r in todo
+                ]
+                if any(r.key in with_others for r in todo):
+                    row["status"] += " (scored with a companion task's model: no training)"
                 if all(n.pflops is not None for n in needs):
                     row["missing_pflops"] = sum(n.pflops for n in needs)
                     row["missing_gpu_hours"] = sum(n.gpu_hours for n in needs)
@@ -264,6 +272,8 @@ def _print_plan(preset, rows, ready, rate, no_store) -> None:
 def paper_run(name, papers_dirs, seeds, per, executor, dry_run, slurm, **shared):
     """Run the table's missing cells, through the same machinery as `sweep` (locally, or on Slurm); cells already
     stored are skipped, so running it again fills the gaps. Then `paper report NAME`."""
+    from transfer_eval import companions
+    from transfer_eval.cli.options import load_context
     from transfer_eval.cli.run import launch, open_shared_store
 
     preset = _load(name, papers_dirs, shared["registries"], shared["tasks_dirs"], seeds)
@@ -272,8 +282,10 @@ def paper_run(name, papers_dirs, seeds, per, executor, dry_run, slurm, **shared)
     runs = [r for c in preset.runnable for r in c.runs]
     pending = {r.key for r in runs if not store.has(r.key)}
     store.close()
-    jobs = paper_jobs(preset, pending, per, {**shared, "results": str(results_path)})
-    launch(jobs, len(runs), len(pending), executor, dry_run, slurm)
+    ctx = load_context(shared["data_dir"], shared["skip_verify"], False)
+    with_others = companions.covered(runs, pending, ctx)  # no job: an earlier job's model scores them
+    jobs = paper_jobs(preset, pending - with_others, per, {**shared, "results": str(results_path)})
+    launch(jobs, len(runs), len(pending), executor, dry_run, slurm, len(with_others))
 
 
 def paper_jobs(preset, pending: set, per: str, shared: dict) -> list:

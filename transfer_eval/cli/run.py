@@ -184,6 +184,7 @@ def sweep(checkpoint_names, task_names, mode_names, seeds, per, executor, dry_ru
       transfer-eval sweep -c deit3_b16_in1k,dinov2_b14_lvd142m -t cifar100,flowers102 -m attention,full \\
           --data-dir ~/data --executor slurm --partition gpu
     """
+    from transfer_eval import companions
     from transfer_eval import sweep as sweeps
 
     runs = _plan(checkpoint_names, task_names, mode_names, seeds, shared)
@@ -191,8 +192,11 @@ def sweep(checkpoint_names, task_names, mode_names, seeds, per, executor, dry_ru
     store = open_shared_store(results_path)
     pending = {r.key for r in runs if not store.has(r.key)}
     store.close()
+    ctx = load_context(shared["data_dir"], shared["skip_verify"], False)
+    with_others = companions.covered(runs, pending, ctx)  # no job: an earlier job's model scores them
     common = shared_argv({**shared, "results": str(results_path)})  # every job writes to this one store
-    launch(sweeps.plan_jobs(runs, pending, per, common), len(runs), len(pending), executor, dry_run, slurm)
+    jobs = sweeps.plan_jobs(runs, pending - with_others, per, common)
+    launch(jobs, len(runs), len(pending), executor, dry_run, slurm, len(with_others))
 
 
 def open_shared_store(target):
@@ -204,13 +208,14 @@ def open_shared_store(target):
     return Store(target)
 
 
-def launch(jobs, planned: int, pending: int, executor: str, dry_run: bool, slurm: dict) -> None:
+def launch(jobs, planned: int, pending: int, executor: str, dry_run: bool, slurm: dict, companion: int = 0) -> None:
     """Print the jobs, then (unless a dry run) run them here one after another or submit them to Slurm."""
     from tabulate import tabulate
 
     from transfer_eval import sweep as sweeps
 
-    click.echo(f"{planned} runs planned, {planned - pending} stored, {pending} to run in {len(jobs)} jobs")
+    along = f" ({companion} of them scored with another job's model: companion test sets)" if companion else ""
+    click.echo(f"{planned} runs planned, {planned - pending} stored, {pending} to run in {len(jobs)} jobs{along}")
     click.echo(
         tabulate(
             [[i, j.name, len(j.runs), "transfer-eval " + shlex.join(j.argv)] for i, j in enumerate(jobs, 1)],
