@@ -70,6 +70,11 @@ class Cell:
     def label(self) -> str:
         return " / ".join(x for x in (self.part, self.row, self.column) if x)
 
+    def describe(self) -> dict:
+        """Where the cell stands in the table and what it runs (a record's first fields)."""
+        keys = ("part", "row", "column", "checkpoint", "task", "mode", "resolution", "recipe")
+        return {k: getattr(self, k) for k in keys}
+
 
 @dataclass
 class Part:

@@ -106,6 +106,16 @@ skip_verify_option = click.option(
 download_option = click.option(
     "--download", is_flag=True, help="Download missing datasets where their source allows it (never otherwise)."
 )
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "csv", "json", "latex", "html"]),
+    default="table",
+    show_default=True,
+)
+output_option = click.option(
+    "--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout."
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line, flat record fields.")
 
 # The options `run` and `sweep` share, declared once: `shared_options` adds them to a command and `shared_argv`

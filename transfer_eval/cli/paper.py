@@ -15,8 +15,10 @@ from transfer_eval.cli.options import (
     SHARED,
     data_dir_option,
     executor_options,
+    format_option,
     ints,
     json_option,
+    output_option,
     papers_dir_option,
     registry_option,
     results_option,
@@ -28,13 +30,13 @@ from transfer_eval.cli.options import (
 seeds_option = click.option(
     "--seeds", default=None, help="Run (or count) every cell over these seeds, comma-separated, e.g. 0,1,2."
 )
-# the `run` options a paper's jobs pass on; resolution, recipe, --set and --limit are the preset's to decide
-_PASSED = [o for o in SHARED if o[0][0] not in ("--resolution", "--recipe", "--set", "--limit")]
+PRESET_DECIDES = ("--resolution", "--recipe", "--set", "--limit")
 
 
-def _passed_options(f):
-    for decls, attrs in reversed(_PASSED):
-        if decls[0] not in ("--data-dir", "--results", "--registry", "--tasks-dir"):
+def _run_options(f):
+    """The `run` options a paper's jobs pass on; resolution, recipe, --set and --limit are the preset's to decide."""
+    for decls, attrs in reversed(SHARED):
+        if decls[0] not in PRESET_DECIDES:
             f = click.option(*decls, **attrs)(f)
     return f
 
@@ -156,14 +158,7 @@ def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, ski
     for o in outs:
         c = o.cell
         row = {
-            "part": c.part,
-            "row": c.row,
-            "column": c.column,
-            "checkpoint": c.checkpoint,
-            "task": c.task,
-            "mode": c.mode,
-            "resolution": c.resolution,
-            "recipe": c.recipe,
+            **c.describe(),
             "planned": o.planned,
             "stored": o.n,
             "failed": o.failed,
@@ -264,11 +259,7 @@ def _print_plan(preset, rows, ready, rate, no_store) -> None:
 @papers_dir_option
 @seeds_option
 @executor_options
-@data_dir_option
-@results_option
-@registry_option
-@tasks_dir_option
-@_passed_options
+@_run_options
 def paper_run(name, papers_dirs, seeds, per, executor, dry_run, slurm, **shared):
     """Run the table's missing cells, through the same machinery as `sweep` (locally, or on Slurm); cells already
     stored are skipped, so running it again fills the gaps. Then `paper report NAME`."""
@@ -317,14 +308,8 @@ def paper_jobs(preset, pending: set, per: str, shared: dict) -> list:
 @tasks_dir_option
 @results_option
 @seeds_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "markdown", "csv", "json", "latex", "html"]),
-    default="table",
-    show_default=True,
-)
-@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+@format_option
+@output_option
 def paper_report(name, papers_dirs, registries, tasks_dirs, results, seeds, fmt, output):
     """The table as the paper prints it: the paper's numbers, ours (mean +- std over seeds, n), the difference
     and a verdict (within the paper's std or the preset's tolerance, outside it, or missing)."""

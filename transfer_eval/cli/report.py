@@ -9,8 +9,10 @@ from transfer_eval.cli.group import cli
 from transfer_eval.cli.options import (
     CONTEXT,
     csv,
+    format_option,
     json_option,
     open_store,
+    output_option,
     papers_dir_option,
     registry_option,
     results_option,
@@ -47,14 +49,8 @@ include_limited_option = click.option(
     help="checkpoint, mode, a task name, mean, params_per_task, suite_bytes, storage_ratio or "
     "train_pflops. Default: mean, best first; missing values always last.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "markdown", "csv", "json", "latex", "html"]),
-    default="table",
-    show_default=True,
-)
-@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+@format_option
+@output_option
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False),

@@ -100,14 +100,7 @@ def _records(preset: Preset, outs: list[Outcome]) -> list[dict]:
         c = o.cell
         out.append(
             {
-                "part": c.part,
-                "row": c.row,
-                "column": c.column,
-                "checkpoint": c.checkpoint,
-                "task": c.task,
-                "mode": c.mode,
-                "resolution": c.resolution,
-                "recipe": c.recipe,
+                **c.describe(),
                 "set": c.settings,
                 "published": c.published,
                 "published_std": c.published_std,
