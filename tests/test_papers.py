@@ -119,7 +119,7 @@ def test_a_bad_preset_is_one_line_naming_its_file_and_entry(tmp_path, over, frag
 def test_bad_presets_through_the_cli(tmp_path):
     folder = tmp_path / "papers"
     _write(folder, _preset(rows=[{"label": "x", "checkpoint": "vit_dmo", "mode": "linear"}], published={}))
-    for args in (("plan", "demo"), ("report", "demo"), ("run", "demo", "--dry-run"), ("list",)):
+    for args in (("plan", "demo"), ("run", "demo", "--dry-run")):
         assert_one_line_error(cli("paper", *args, "--papers-dir", folder), "demo.yaml", "unknown checkpoint")
     (folder / "demo.yaml").write_text("name: demo\nrows:\n  - label: x\n   mode: y\n")
     assert_one_line_error(cli("paper", "plan", "demo", "--papers-dir", folder), "demo.yaml:4", "not valid YAML")
@@ -190,18 +190,19 @@ def test_outcomes_plan_and_report_from_a_store(tmp_path):
     assert cells[("linear", "Digits")]["ours_mean"] == pytest.approx(82.5)
     assert cells[("shapes", "Birds")]["unrunnable"] == "no birds task" and doc["choices"] == ["A demo choice."]
     assert doc["counts"] == {"within": 0, "outside": 1, "missing": 1, "no published number": 0, "cannot be run": 2}
-    rows = list(csv.DictReader(io.StringIO(cli("paper", "report", "demo", "--papers-dir", folder, "--results", db,
-                                               "--format", "csv").stdout)))  # fmt: skip
+    from transfer_eval.report.paper import render  # the other formats, from the same outcomes
+
+    outcomes = papers.outcomes(preset, Store(db))
+    rows = list(csv.DictReader(io.StringIO(render(preset, outcomes, "csv"))))
     assert len(rows) == 4 and {r["verdict"] for r in rows} == {"outside", "missing", "cannot be run"}
-    table = cli("paper", "report", "demo", "--papers-dir", folder, "--results", db).stdout
+    table = render(preset, outcomes, "table")
     assert "82.50 ± 2.12 (n=2)" in table and "+2.50 outside" in table and "80.00 ± 2.00" in table
     assert "Not run: no birds task." in table and "Choice: A demo choice." in table
-    md = cli("paper", "report", "demo", "--papers-dir", folder, "--results", db, "--format", "markdown").stdout
+    md = render(preset, outcomes, "markdown")
     assert md.startswith("## demo") and "| linear: ours" in md
-    tex = cli("paper", "report", "demo", "--papers-dir", folder, "--results", db, "--format", "latex").stdout
+    tex = render(preset, outcomes, "latex")
     assert "\\begin{tabular}" in tex and "\\toprule" in tex
-    page = cli("paper", "report", "demo", "--papers-dir", folder, "--results", db, "--format", "html").stdout
-    cells_html = _cells(page)
+    cells_html = _cells(render(preset, outcomes, "html"))
     assert ("outside", "+2.50 outside") in cells_html and ("cannot-be-run", "cannot be run") in cells_html
 
     plan = cli("paper", "plan", "demo", "--papers-dir", folder, "--results", db, "--json")
@@ -215,6 +216,9 @@ def test_outcomes_plan_and_report_from_a_store(tmp_path):
     (data,) = [r for r in json_lines(plan.stdout) if "task" in r and "row" not in r]
     assert data["task"] == "digits" and data["data"] == "ready"
     assert re.fullmatch(r"train [\d,]+, val [\d,]+, test [\d,]+", data["detail"]), data
+    text = cli("paper", "plan", "demo", "--papers-dir", folder, "--results", db, "--tflops", "50").stdout
+    assert re.search(r"To run: 2 runs in 1 cells: [\d,.]+ PFLOPs .*GPU-hours \(stated 50 TFLOP/s per GPU\)", text)
+    assert "digits: ready (train" in text and "Choice: A demo choice." in text
 
 
 def _cells(page: str) -> list[tuple[str, str]]:
@@ -289,9 +293,6 @@ def test_plan_on_a_fresh_install_lists_every_cell_missing_with_its_data_and_comp
     assert all(d["data"] == "missing" and d["detail"] for d in data.values())
     assert "cifar-10-python.tar.gz" in data["cifar10"]["detail"]  # where to get it
     assert not list(tmp_path.iterdir())  # planning writes nothing: no store is created
-    text = cli("paper", "plan", "three-things-table6", cwd=tmp_path).stdout
-    assert re.search(r"To run: 54 runs in 54 cells: [\d,.]+ PFLOPs .*GPU-hours \(stated 100 TFLOP/s per GPU\)", text)
-    assert "Choice: Resolution: not stated for Table 6; 224 px" in text
 
 
 def test_paper_run_writes_each_cells_settings_into_its_jobs(shipped, tmp_path):
