@@ -52,15 +52,15 @@ def known(runs: list) -> dict:
     return {**tasks.discover(), **{r.task.name: r.task for r in runs}}
 
 
-def covered(runs: list, pending: set, ctx=None) -> set:
+def covered(runs: list, pending: set, ctx=None, found: dict | None = None) -> set:
     """Keys of the pending runs that an earlier pending fine-tuning run of `runs` will store as its companions
-    (with `ctx`, only companions whose test split is here). Deterministic: every process of a run computes the
-    same set."""
+    (with `ctx`, only companions whose test split is here; `found`: the known tasks, if looked up already).
+    Deterministic: every process of a run computes the same set."""
     from transfer_eval.errors import UserError
 
     if not any(r.task.companions for r in runs if r.key in pending):
         return set()
-    found = known(runs)
+    found = found or known(runs)
     out, ready = set(), {}
     for r in runs:
         if r.key not in pending or r.key in out:
@@ -78,17 +78,17 @@ def covered(runs: list, pending: set, ctx=None) -> set:
     return out
 
 
-def score(run, result, model, cfg, ctx, device, store, options, found: dict) -> list:
-    """Score the trained `model` on each companion's test split and store each result (the companions among the
-    `found` tasks whose data is here and whose result is not stored yet, unless `options.force`). `result` is the
-    run's own, stored."""
+def score(run, result, model, cfg, ctx, device, store, options, found: dict | None = None) -> list:
+    """Score the trained `model` on each companion's test split and store each result (the companions whose data
+    is here and whose result is not stored yet, unless `options.force`; `found`: the known tasks, if looked up
+    already). `result` is the run's own, stored."""
     from transfer_eval import data, inference
     from transfer_eval.errors import UserError
 
     if run.mode.stage != "finetune" or not run.task.companions:
         return []
     out = []
-    for comp in runs_for(run, found):
+    for comp in runs_for(run, found or known([run])):
         if store.has(comp.key) and not options.force:
             continue
         try:
@@ -99,7 +99,7 @@ def score(run, result, model, cfg, ctx, device, store, options, found: dict) -> 
         if comp.limit is not None:
             test = test.limited(comp.limit)
         plan = data.plan_input(options.inputs, test, cfg, device, None)
-        bs = int(run.recipe.get("eval_batch_size", run.recipe.get("batch_size", 256)))
+        bs = inference.eval_batch_size(run.recipe)
         top5, seconds = inference.predict(model, test, cfg, device, bs, plan, desc=f"test {comp.task.name}")
         labels = test.labels
         r = dataclasses.replace(
@@ -109,9 +109,7 @@ def score(run, result, model, cfg, ctx, device, store, options, found: dict) -> 
             run_id=None,
             n_test=len(test),
             split_manifest=test.manifest(),
-            top1=float((top5[:, 0] == labels).mean()),
-            top5=float((top5 == labels[:, None]).any(1).mean()),
-            balanced_top1=inference.balanced_accuracy(labels, top5[:, 0]),
+            **inference.scores(labels, top5),
             eval_images_per_second=len(test) / seconds if seconds else None,
             selection={**(result.selection or {}), "model_of_run": result.run_id, "trained_for": run.task.name},
         )

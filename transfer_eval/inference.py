@@ -138,3 +138,17 @@ def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Mean per-class recall over the classes present in `labels`."""
     classes = np.unique(labels)
     return float(np.mean([(predictions[labels == c] == c).mean() for c in classes]))
+
+
+def scores(labels: np.ndarray, top5: np.ndarray) -> dict:
+    """A result's accuracy fields from its test labels and top-5 predictions."""
+    return {
+        "top1": float((top5[:, 0] == labels).mean()),
+        "top5": float((top5 == labels[:, None]).any(1).mean()),
+        "balanced_top1": balanced_accuracy(labels, top5[:, 0]),
+    }
+
+
+def eval_batch_size(recipe: dict) -> int:
+    """The batch size a run scores test with: the recipe's eval_batch_size, else its batch size, else 256."""
+    return int(recipe.get("eval_batch_size", recipe.get("batch_size", 256)))

@@ -161,13 +161,15 @@ class Store:
             raise UserError(f"results store {self.path} is not a transfer-eval results database ({e})") from None
 
     @classmethod
-    def existing(cls, target=None, first: str = "`transfer-eval run ...`") -> "Store":
-        """A store to read (`target`, else the default): a missing file is bad input, not an empty store to
-        create; `first` says what fills one."""
+    def existing(cls, target=None, first: str = "`transfer-eval run ...`", missing_ok: bool = False) -> "Store | None":
+        """A store to read (`target`, else the default): a missing file is bad input (None with `missing_ok`),
+        never an empty store to create; `first` says what fills one."""
         from transfer_eval import paths
 
         target = target or paths.default_results()
         if not databases.is_url(str(target)) and not Path(target).is_file():
+            if missing_ok:
+                return None
             raise UserError(f"no results store at {target}; run {first} first, or give --results DB")
         return cls(target)
 

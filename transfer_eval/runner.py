@@ -228,14 +228,20 @@ def pending(runs: list[Run], store: Store, force: bool = False) -> list[Run]:
     return [r for r in runs if force or not store.has(r.key)]
 
 
+def splits_read(runs: list[Run]) -> dict[str, tuple[Task, list[str]]]:
+    """Each task of the runs, with the splits its runs read (in the task's order)."""
+    needed: dict[str, tuple[Task, set]] = {}
+    for r in runs:
+        needed.setdefault(r.task.name, (r.task, set()))[1].update(r.mode.splits)
+    return {name: (task, [s for s in task.splits if s in names]) for name, (task, names) in needed.items()}
+
+
 def preflight(runs: list[Run], ctx: LoadContext, device: torch.device, options: Options = Options()) -> None:
     """Check everything the runs need before the first one starts, so that a missing dataset for the last task
     does not surface hours later: each task's splits (downloaded first with `download`), the own head of an
     evaluation, weights from files and URLs (loaded once: unsafe or ill-fitting files stop here) and the input
     pipeline asked for. Raises UserError; writes nothing."""
-    needed: dict[str, tuple[Task, set]] = {}
     for r in runs:
-        needed.setdefault(r.task.name, (r.task, set()))[1].update(r.mode.splits)
         if r.mode.stage == "eval":
             check_own_head(r.checkpoint, r.task)
     for ck in {r.checkpoint.name: r.checkpoint for r in runs}.values():
@@ -244,7 +250,7 @@ def preflight(runs: list[Run], ctx: LoadContext, device: torch.device, options: 
             checkpoints.build_model(
                 ck, first.task.num_classes, first.recipe.get("resolution"), keep_head=first.mode.stage == "eval"
             )
-    for task, split_names in needed.values():
+    for task, split_names in splits_read(runs).values():
         if options.download:
             task.fetch(ctx)
         for split in sorted(split_names):
@@ -270,8 +276,8 @@ def run_all(
     trackers.check(options.log)
     preflight(todo_runs, ctx, device, options)
     todo = {r.key for r in todo_runs}  # decided once, before anything is written: every process runs one list
-    with_others = companions.covered(runs, todo)  # stored by an earlier run's model (companion test sets)
     known = companions.known(runs) if any(r.task.companions for r in runs) else None
+    with_others = companions.covered(runs, todo, found=known)  # stored by an earlier run's model (companions)
     main = distributed.is_main()
     distributed.barrier()
     out = []
@@ -402,7 +408,7 @@ def execute(
             top5, test_seconds = trained.test_top5, trained.test_seconds
             if top5 is None:  # the test split is read once, here, after every model choice has been made on val
                 splits["test"].unseal()
-                bs = int(recipe.get("eval_batch_size", recipe.get("batch_size", 256)))
+                bs = inference.eval_batch_size(recipe)
                 top5, test_seconds = inference.predict(model, splits["test"], cfg, device, bs, input_plan, desc="test")
     except finetune.Diverged as e:
         return _failed(store, result, f"diverged: {e}")
@@ -423,16 +429,15 @@ def execute(
         result.bytes_per_task = deltas.size(trained.delta, meta)
     result.eval_images_per_second = len(splits["test"]) / test_seconds if test_seconds else None
     labels = splits["test"].labels
-    result.top1 = float((top5[:, 0] == labels).mean())
-    result.top5 = float((top5 == labels[:, None]).any(1).mean())
-    result.balanced_top1 = inference.balanced_accuracy(labels, top5[:, 0])
+    for k, v in inference.scores(labels, top5).items():
+        setattr(result, k, v)
     if device.type == "cuda" and result.train_seconds:
         result.gpu_hours = result.train_seconds * result.world_size / 3600
     result.finished = _now()
     if distributed.is_main():  # one writer; under torchrun every process holds the same result
         store.put(result, labels, top5)
         # the same model, scored on the test splits of the tasks that train as this one does
-        companions.score(run, result, model, cfg, ctx, device, store, options, known_tasks or {run.task.name: run.task})
+        companions.score(run, result, model, cfg, ctx, device, store, options, known_tasks)
     if resume is not None:
         resume.remove()  # the result is stored: nothing left to resume
     return result

@@ -4,7 +4,6 @@ compute, and the table as the paper prints it with ours beside each number."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -65,13 +64,9 @@ def _load(name, papers_dirs, registries, tasks_dirs, seeds):
 
 def _store_if_any(results):
     """The store to read, or None where there is none yet (a fresh install: every cell is missing)."""
-    from transfer_eval.databases import is_url
     from transfer_eval.results import Store
 
-    target = results or paths.default_results()
-    if not is_url(str(target)) and not Path(target).is_file():
-        return None
-    return Store(target)
+    return Store.existing(results, missing_ok=True)
 
 
 @paper.command("list", context_settings=CONTEXT)
@@ -135,7 +130,7 @@ def paper_list(papers_dirs, registries, tasks_dirs, as_json):
 def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, skip_verify, seeds, tflops, as_json):
     """Each cell of the table: stored, missing or failed; the data each task needs and whether `data check` finds
     it; the training compute of the missing runs (counted FLOPs) and their GPU-hours."""
-    from transfer_eval import companions, papers, planning
+    from transfer_eval import companions, papers, planning, runner
     from transfer_eval.cli.options import load_context
 
     preset = _load(name, papers_dirs, registries, tasks_dirs, seeds)
@@ -145,15 +140,10 @@ def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, ski
     all_runs = [r for c in preset.runnable for r in c.runs]
     pending = {r.key for r in all_runs if store is None or not store.has(r.key)}
     with_others = companions.covered(all_runs, pending)  # scored with another cell's model: no training
-    flops, sizes, data = planning.FlopCounts(), {}, {}
+    flops, sizes = planning.FlopCounts(), {}
     rate = tflops or planning.DEFAULT_TFLOPS
-    for cell in preset.runnable:  # the splits each task's cells read, checked once per task
-        for run in cell.runs:
-            data.setdefault(run.task.name, (run.task, set()))[1].update(run.mode.splits)
-    ready = {
-        t: planning.data_status(task, [s for s in task.splits if s in splits], ctx)
-        for t, (task, splits) in data.items()
-    }
+    # the splits each task's cells read, checked once per task
+    ready = {t: planning.data_status(task, splits, ctx) for t, (task, splits) in runner.splits_read(all_runs).items()}
     rows = []
     for o in outs:
         c = o.cell
