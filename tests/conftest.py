@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -11,6 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Every test process and the programs it starts share one fresh feature cache, never the user's.
 os.environ["TRANSFER_EVAL_CACHE"] = tempfile.mkdtemp(prefix="transfer-eval-test-cache-")
+# Read when tqdm and huggingface_hub are first imported, so set before any test imports them: `cli` runs the
+# program in this process.
+os.environ.update({"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"})
 # The user's own settings never reach a test: results, data and registries are what each test names.
 USER_SETTINGS = ("TRANSFER_EVAL_DATA", "TRANSFER_EVAL_RESULTS", "TRANSFER_EVAL_REGISTRY")
 
@@ -24,10 +28,79 @@ def hermetic_env(env=None) -> dict:
 
 
 def cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
-    """Run the real program, as a user would: `python -m transfer_eval ARGS`, hermetically: none of the user's
-    TRANSFER_EVAL_* settings (but the tests' cache), no progress bars, no network for Hugging Face, and a fresh
-    empty working folder unless `cwd` is given (so a default results file never lands in the repository).
-    `env` adds or overrides variables."""
+    """Run the program as a user would (`transfer-eval ARGS`, through `transfer_eval.cli.main`, the entry point
+    itself), but in this process, which saves the 3-4 s each new Python spends importing torch and timm.
+
+    Hermetic as a new process would be: the environment of `hermetic_env(env)` (none of the user's TRANSFER_EVAL_*
+    settings, the tests' cache, no progress bars, no network for Hugging Face) for the call only; a fresh empty
+    working folder unless `cwd` is given (so a default results file never lands in the repository); the
+    `transfer_eval` logger left as it was found (main() attaches its stderr handler); Python's
+    default warning filters, with the warnings written to stderr; an exception that escapes `main` is written to
+    stderr as a traceback with exit status 1, as Python does. Returns what `subprocess.run` would.
+
+    Not for calls from threads, for what only a new process has (PYTHONPATH, OMP_NUM_THREADS, signals): see
+    `cli_process`."""
+    import threading
+    import traceback
+    import warnings
+
+    from click.testing import CliRunner
+
+    from transfer_eval.cli import main
+
+    assert threading.current_thread() is threading.main_thread(), "cli() runs in this process: use cli_process"
+    argv = list(map(str, args))
+    wanted = hermetic_env(env)
+    changes = {k: wanted.get(k) for k in set(os.environ) | set(wanted) if os.environ.get(k) != wanted.get(k)}
+    folder = cwd if cwd is not None else tempfile.mkdtemp(prefix="transfer-eval-test-cwd-")
+    runner = CliRunner()
+    code, before = 0, os.getcwd()
+    logger = logging.getLogger("transfer_eval")  # main() attaches its stderr handler: a new process's state again
+    logged = (list(logger.handlers), logger.level, logger.propagate)
+    with runner.isolation(env=changes) as (out, err, _), warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        for action, category, module in PYTHON_WARNING_DEFAULTS:
+            warnings.filterwarnings(action, category=category, module=module)
+        old_argv, sys.argv = sys.argv, ["transfer-eval", *argv]
+        os.chdir(folder)
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if isinstance(e.code, str):
+                sys.stderr.write(e.code + "\n")
+        except Exception:
+            sys.stderr.write(traceback.format_exc())
+            code = 1
+        finally:
+            os.chdir(before)
+            sys.argv = old_argv
+            logger.handlers[:], logger.level, logger.propagate = logged
+        for w in caught:
+            sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
+        sys.stdout.flush()
+        sys.stderr.flush()
+    return subprocess.CompletedProcess(["transfer-eval", *argv], code, _text(out), _text(err))
+
+
+# What `python -m transfer_eval` starts with (the warnings module's documented default filters).
+PYTHON_WARNING_DEFAULTS = (
+    ("default", DeprecationWarning, "__main__"),
+    ("ignore", DeprecationWarning, ""),
+    ("ignore", PendingDeprecationWarning, ""),
+    ("ignore", ImportWarning, ""),
+    ("ignore", ResourceWarning, ""),
+)
+
+
+def _text(stream) -> str:
+    return stream.getvalue().decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def cli_process(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """Run the real program in a new process, `python -m transfer_eval ARGS`, with `cli`'s hermetic environment
+    and fresh working folder: for what only a new process has (PYTHONPATH, thread counts read at start-up, calls
+    from threads)."""
     full_env = hermetic_env(env)
     cwd = cwd if cwd is not None else tempfile.mkdtemp(prefix="transfer-eval-test-cwd-")
     return subprocess.run(

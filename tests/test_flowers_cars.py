@@ -27,7 +27,7 @@ from transfer_eval.tasks import LoadContext
 
 sys.path.insert(0, str(Path(__file__).parent))
 import conftest  # noqa: E402
-from conftest import assert_one_line_error, assert_vit_recipe, cli, json_lines, stored_rows  # noqa: E402
+from conftest import assert_one_line_error, assert_vit_recipe, cli_process, json_lines, stored_rows  # noqa: E402
 from fixtures import flowers_cars as F  # noqa: E402
 
 SPLITS = ("train", "val", "test")
@@ -421,7 +421,10 @@ def cli_runs(good, tmp_path_factory):
     pool = ThreadPoolExecutor(2)
     futures = {
         name: pool.submit(
-            cli, *args, env={"TRANSFER_EVAL_CACHE": str(base / f"cache_{name}"), "OMP_NUM_THREADS": "1"}, cwd=base
+            cli_process,
+            *args,
+            env={"TRANSFER_EVAL_CACHE": str(base / f"cache_{name}"), "OMP_NUM_THREADS": "1"},
+            cwd=base,
         )
         for name, args in commands.items()
     }

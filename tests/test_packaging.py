@@ -7,14 +7,14 @@ import sys
 import zipfile
 
 import pytest
-from conftest import REPO, cli, json_lines
+from conftest import REPO, cli_process, json_lines
 
 
 def test_console_script_and_module_are_the_same_program():
     exe = shutil.which("transfer-eval", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     assert exe, "pip install -e . should put the transfer-eval script beside the interpreter"
     script = subprocess.run([exe, "--help"], capture_output=True, text=True)
-    module = cli("--help")
+    module = cli_process("--help")
     assert script.returncode == module.returncode == 0
     assert script.stdout == module.stdout
     assert "run" in module.stdout and "list" in module.stdout and "vit_demo" in module.stdout
@@ -62,12 +62,12 @@ def test_wheel_install_has_builtin_tasks_and_registry(tmp_path):
     assert install.returncode == 0, install.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = cli("list", "tasks", "--json", env={"PYTHONPATH": str(target)}, cwd=elsewhere)
+    proc = cli_process("list", "tasks", "--json", env={"PYTHONPATH": str(target)}, cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     sources = {row["name"]: row["source"] for row in json_lines(proc.stdout)}
     assert str(target) in sources["digits"] and str(target) in sources["cifar10"]
-    proc = cli("list", "checkpoints", "--json", env={"PYTHONPATH": str(target)}, cwd=elsewhere)
+    proc = cli_process("list", "checkpoints", "--json", env={"PYTHONPATH": str(target)}, cwd=elsewhere)
     assert "vit_demo" in {row["name"] for row in json_lines(proc.stdout)}
-    proc = cli("paper", "list", "--json", env={"PYTHONPATH": str(target)}, cwd=elsewhere)
+    proc = cli_process("paper", "list", "--json", env={"PYTHONPATH": str(target)}, cwd=elsewhere)
     presets = {row["name"]: row["source"] for row in json_lines(proc.stdout)}
     assert str(target) in presets["three-things-table6"] and len(presets) == 4

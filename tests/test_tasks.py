@@ -1,10 +1,11 @@
 """Task plugins: the built-ins, a user's folder, entry points; deterministic splits."""
 
+import sys
 import textwrap
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, cli, json_lines, stored_rows
+from conftest import assert_one_line_error, cli, cli_process, json_lines, stored_rows
 
 from transfer_eval import tasks
 from transfer_eval.tasks import LoadContext, holdout
@@ -81,7 +82,7 @@ def test_entry_point_plugin(tmp_path):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: third-party-tasks\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[transfer_eval.tasks]\nsquares = third_party_tasks:squares\n")
-    proc = cli("list", "tasks", "--json", env={"PYTHONPATH": str(site)})
+    proc = cli_process("list", "tasks", "--json", env={"PYTHONPATH": str(site)})
     assert proc.returncode == 0, proc.stderr
     rows = {row["name"]: row for row in json_lines(proc.stdout)}
     assert "ep_squares" in rows and rows["ep_squares"]["source"].startswith("entry point")
@@ -124,6 +125,20 @@ def test_digits_splits_are_disjoint_and_fixed():
     assert splits["test"].manifest() == t.dataset("test", ctx).manifest()
     img = splits["train"].image(0)
     assert img.mode == "RGB" and img.size == (8, 8)
+
+
+def test_digits_are_scikit_learns_digits():
+    """The task reads scikit-learn's bundled file itself (no import of sklearn.datasets); the images and labels
+    are load_digits' exactly, grey levels 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    digits = tasks.discover()["digits"]
+    module = sys.modules[digits.load.__module__]  # the built-in plugin file, as discovery imported it
+    assert module._bundled_file() is not None  # the fast path is the one taken here
+    pixels, labels = module._digits()
+    d = load_digits()
+    assert np.array_equal(labels, d.target)
+    assert np.array_equal(pixels, np.clip(np.round(d.images * (255.0 / 16.0)), 0, 255).astype(np.uint8))
 
 
 def test_plugin_docstring_contract_is_documented():

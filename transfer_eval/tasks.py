@@ -353,7 +353,10 @@ def _tasks_in(namespace, where: str) -> list[Task]:
 
 
 def _import_file(path: Path):
-    mod_name = "transfer_eval_task_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10] + "_" + path.stem
+    """The plugin module of `path`, imported once per content: a file edited since (in a notebook, between two
+    runs in one process) is imported again, never served from the earlier import."""
+    identity = str(path.resolve()).encode() + b"\0" + path.read_bytes()
+    mod_name = "transfer_eval_task_" + hashlib.sha1(identity).hexdigest()[:10] + "_" + path.stem
     if mod_name in sys.modules:
         return sys.modules[mod_name]
     spec = importlib.util.spec_from_file_location(mod_name, path)

@@ -60,14 +60,28 @@ def open_store(results):
     return Store.existing(results)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged, not the stream it was made with, so that a
+    program run more than once in one process (a notebook, the tests) keeps logging where stderr now goes."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # logging.StreamHandler.__init__ sets it; the property decides
+        pass
+
+
 def show_log() -> None:
     """The library logs (transfer_eval.*); the CLI shows its INFO lines and above on stderr, as they are."""
     logger = logging.getLogger("transfer_eval")
-    if not any(getattr(h, "transfer_eval_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.transfer_eval_cli = True
-        logger.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
     logger.setLevel(logging.INFO)
     logger.propagate = False
 
