@@ -97,6 +97,17 @@ def test_broken_plugin_is_one_clear_line(tmp_path, db):
     assert stored_rows(db) == 0
 
 
+def test_an_edited_plugin_is_read_again_in_the_same_process(tmp_path):
+    """A notebook (or the in-process CLI) that edits a plugin file between two discoveries gets the edited task,
+    not the module imported the first time."""
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "squares.py").write_text(PLUGIN)
+    assert tasks.discover([d])["squares"].version == 2
+    (d / "squares.py").write_text(PLUGIN.replace("version=2", "version=3"))
+    assert tasks.discover([d])["squares"].version == 3
+
+
 def test_unknown_task_suggests(db):
     proc = cli("run", "-c", "vit_demo", "-t", "digitz", "-m", "linear", "--results", db)
     assert_one_line_error(proc, "unknown task 'digitz'", "did you mean 'digits'")

@@ -17,8 +17,8 @@ def cli():
     parameter-sharing cost (what one more task must store).
 
     \b
-    Try it offline, in about a minute on a laptop CPU:
-      transfer-eval run -c vit_demo -t digits -m linear,attention,full
+    Try it offline, in about half a minute on a laptop CPU:
+      transfer-eval run -c vit_demo_shapes -t digits -m linear,attention,full
       transfer-eval list checkpoints
       transfer-eval show 1
     """

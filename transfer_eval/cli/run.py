@@ -62,7 +62,7 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
 
     \b
     Examples:
-      transfer-eval run -c vit_demo -t digits -m linear,attention,full
+      transfer-eval run -c vit_demo_shapes -t digits -m linear,attention,full
       transfer-eval run -c deit3_s16_in1k -t cifar100 -m attention --data-dir ~/data --set steps=2000
     """
     from transfer_eval import data, devices, distributed, runner
