@@ -5,6 +5,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
+import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -40,10 +43,6 @@ def cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
 
     Not for calls from threads, for what only a new process has (PYTHONPATH, OMP_NUM_THREADS, signals): see
     `cli_process`."""
-    import threading
-    import traceback
-    import warnings
-
     from click.testing import CliRunner
 
     from transfer_eval.cli import main
@@ -52,7 +51,7 @@ def cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
     argv = list(map(str, args))
     wanted = hermetic_env(env)
     changes = {k: wanted.get(k) for k in set(os.environ) | set(wanted) if os.environ.get(k) != wanted.get(k)}
-    folder = cwd if cwd is not None else tempfile.mkdtemp(prefix="transfer-eval-test-cwd-")
+    folder = _working_folder(cwd)
     runner = CliRunner()
     code, before = 0, os.getcwd()
     logger = logging.getLogger("transfer_eval")  # main() attaches its stderr handler: a new process's state again
@@ -93,6 +92,11 @@ PYTHON_WARNING_DEFAULTS = (
 )
 
 
+def _working_folder(cwd) -> str:
+    """`cwd` where given, else a fresh empty folder, so that a default results file never lands in the repository."""
+    return cwd if cwd is not None else tempfile.mkdtemp(prefix="transfer-eval-test-cwd-")
+
+
 def _text(stream) -> str:
     return stream.getvalue().decode("utf-8", "replace").replace("\r\n", "\n")
 
@@ -102,13 +106,12 @@ def cli_process(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
     and fresh working folder: for what only a new process has (PYTHONPATH, thread counts read at start-up, calls
     from threads)."""
     full_env = hermetic_env(env)
-    cwd = cwd if cwd is not None else tempfile.mkdtemp(prefix="transfer-eval-test-cwd-")
     return subprocess.run(
         [sys.executable, "-m", "transfer_eval", *map(str, args)],
         capture_output=True,
         text=True,
         env=full_env,
-        cwd=cwd,
+        cwd=_working_folder(cwd),
         timeout=1800,
     )
 

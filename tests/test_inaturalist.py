@@ -424,7 +424,6 @@ def test_cli_linear_run(written, data_root, tmp_path):
         "--results",
         db,
         "--json",
-        env={"OMP_NUM_THREADS": "1"},
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
