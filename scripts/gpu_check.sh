@@ -4,108 +4,100 @@
 #   bash scripts/gpu_check.sh OUT_DIR
 #
 # Installs nothing (torch, timm and friends must be there already; the suite is used from this checkout through
-# PYTHONPATH). Within 8 minutes (the steps' limits add up to 9.5) on one H100/H200-class GPU it runs the CUDA tests; the training-step bench
-# for ViT-B/16 at 224 px in full, attention and lora, batch 128, eager and with --compile (each also times the
-# input pipelines on CUDA: 32 px resized on the device against CPU workers, 500x375 JPEGs decoded against the
-# image cache); the offline demo in three modes on CUDA; and the linear probe on ImageNet-size synthetic features
-# (1.28M x 768 x 1000). Every step has its own time limit, and a failed step does not stop the others.
-# OUT_DIR gets each step's log and JSON, summary.json and summary.md. On a machine without CUDA it runs what
-# needs no GPU and reports the GPU parts as skipped.
+# PYTHONPATH). It finishes within 8 minutes (DEADLINE seconds of steps, each step's limit cut to what is left;
+# a step that cannot start in time is reported "out of time") on one H100/H200-class GPU with 16 cores:
+#
+#   cuda_tests      python -m pytest -m cuda tests/test_cuda.py
+#   demo_cpu        the linear probe of vit_demo and vit_demo_shapes on digits, on the CPU (the reference)
+#   demo_cuda       the same probes and vit_demo_shapes' full fine-tuning on CUDA (precision auto): the summary
+#                   compares each probe with the CPU's (the same C, top-1 within 0.5 point)
+#   precision_fp32  vit_demo_shapes linear and full on CUDA with --precision fp32, against demo_cuda
+#   flowers_data    a Flowers-102-format folder of 2,040 photo-like 500x375 JPEGs (scripts/flowers_like.py)
+#   flowers_run     ViT-B/16 (random init) linear and attention on it: extraction, training, evaluation img/s
+#   bench           the training step and extraction of ViT-B/16, batch 128, against bare loops; each part's
+#                   figures are logged as soon as they exist
+#   probe_imagenet  the linear probe on ImageNet-size synthetic features (1,281,167 x 768 x 1000)
+#
+# Every step prints a line as it starts and as it ends, and a failed step does not stop the others. OUT_DIR gets
+# three files only (what a borrowed machine hands back): summary.md, summary.json, and logs.tar.gz (each step's
+# output and log). On a machine without CUDA the CUDA tests run (and skip, saying why) and the GPU steps are
+# reported skipped. GPU_CHECK_DRY=1 runs every step's command with --help instead (tests/test_gpu_check.py).
 set -u
 out=${1:?usage: bash scripts/gpu_check.sh OUT_DIR}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+logs="$work/logs"
+mkdir -p "$logs"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" TQDM_DISABLE=1
-export TRANSFER_EVAL_CACHE="$out/cache" TRANSFER_EVAL_RESULTS="$out/results.sqlite"
+export TRANSFER_EVAL_CACHE="$work/cache" TRANSFER_EVAL_RESULTS="$work/results.sqlite"
 py=${PYTHON:-python3}
-te() { "$py" -m transfer_eval "$@"; }
-steps="$out/steps.tsv"
+dry=${GPU_CHECK_DRY:-0}
+deadline=${GPU_CHECK_DEADLINE:-460}
+steps="$logs/steps.tsv"
 : > "$steps"
+began=$SECONDS
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit; log its output; record name, status, seconds
+step() {  # step NAME SECONDS COMMAND...: run under min(SECONDS, time left); log it; record name, status, seconds
   local name=$1 limit=$2
   shift 2
+  local left=$((deadline - (SECONDS - began)))
+  if [ "$left" -lt 15 ]; then
+    printf '%s\tout of time\t0\n' "$name" >> "$steps"
+    echo "gpu_check: $name not started: out of time" >&2
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  if [ "$dry" = 1 ]; then set -- "$@" --help; fi
+  echo "gpu_check: $name started (limit $limit s): $*" >&2
   local start=$SECONDS
-  timeout "$limit" "$@" > "$out/$name.out" 2> "$out/$name.log"
+  timeout "$limit" "$@" > "$logs/$name.out" 2> >(tee "$logs/$name.log" >&2)
   local rc=$?
   printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - start))" >> "$steps"
-  echo "gpu_check: $name exit $rc in $((SECONDS - start)) s" >&2
+  echo "gpu_check: $name ended: exit $rc in $((SECONDS - start)) s" >&2
 }
 
-"$py" - > "$out/environment.json" <<'EOF'
-import json, platform, torch, timm
-print(json.dumps({"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
+skip() {  # skip NAME...: GPU steps on a machine without CUDA
+  for name in "$@"; do
+    printf '%s\tskipped\t0\n' "$name" >> "$steps"
+    echo "gpu_check: $name skipped (no CUDA device)" >&2
+  done
+}
+
+"$py" - > "$logs/environment.json" <<'EOF'
+import datetime, json, os, platform, torch, timm, torchvision
+print(json.dumps({"date": datetime.date.today().isoformat(), "torch": torch.__version__, "timm": timm.__version__,
+                  "torchvision": torchvision.__version__, "python": platform.python_version(),
                   "cuda": torch.cuda.is_available(),
                   "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                  "cuda_version": torch.version.cuda, "cpus": len(__import__("os").sched_getaffinity(0))}))
+                  "cuda_version": torch.version.cuda, "cpus": len(os.sched_getaffinity(0))}))
 EOF
 cuda=$("$py" -c "import torch; print(int(torch.cuda.is_available()))")
+[ "$dry" = 1 ] && cuda=1  # every command line is tried (with --help), CUDA or not
 
+te=("$py" -m transfer_eval)
+demo=(-t digits --json)
 step cuda_tests 150 "$py" -m pytest -q -m cuda -p no:cacheprovider -rs tests/test_cuda.py
 if [ "$cuda" = 1 ]; then
-  step bench_eager 90 te bench -c vit_base_patch16_224 -m full,attention,lora --batch-size 128 --steps 10 \
+  step demo_cpu 40 env TRANSFER_EVAL_CACHE="$work/cpu-cache" "${te[@]}" run -c vit_demo,vit_demo_shapes -m linear \
+    "${demo[@]}" --device cpu --results "$work/cpu.sqlite"
+  step demo_cuda 60 "${te[@]}" run -c vit_demo,vit_demo_shapes -m linear "${demo[@]}" --device cuda
+  step demo_cuda_full 40 "${te[@]}" run -c vit_demo_shapes -m full "${demo[@]}" --device cuda
+  step precision_fp32 60 "${te[@]}" run -c vit_demo_shapes -m linear,full "${demo[@]}" --device cuda \
+    --precision fp32
+  step flowers_data 40 "$py" scripts/flowers_like.py "$work/data" --images 2040 --workers 15
+  step flowers_run 120 "${te[@]}" run -c vit_base_patch16_224 -t flowers102 -m linear,attention --device cuda \
+    --data-dir "$work/data" --skip-verify --set steps=60 --set "lr_grid=[0.01]" --set retrain=false --json
+  step bench 120 "${te[@]}" bench -c vit_base_patch16_224 -m full,attention --batch-size 128 --steps 10 \
     --device cuda --json
-  step bench_compile 150 te bench -c vit_base_patch16_224 -m full,attention,lora --batch-size 128 --steps 10 \
-    --device cuda --compile --json
-  step demo_cuda 60 te run -c vit_demo -t digits -m linear,attention,full --device cuda --json
-  step probe_imagenet_size 120 te bench --scale --n 1281167 --dim 768 --classes 1000 --c-grid 0.1,1 \
+  step probe_imagenet 90 "${te[@]}" bench --scale --n 1281167 --dim 768 --classes 1000 --c-grid 0.1,1 \
     --no-sklearn --extract-sizes 0 --device cuda --json
 else
-  for name in bench_eager bench_compile demo_cuda probe_imagenet_size; do
-    printf '%s\tskipped\t0\n' "$name" >> "$steps"
-  done
+  skip demo_cpu demo_cuda demo_cuda_full precision_fp32 flowers_data flowers_run bench probe_imagenet
 fi
 
-"$py" - "$out" <<'EOF'
-import json, pathlib, sys
-
-out = pathlib.Path(sys.argv[1])
-env = json.loads((out / "environment.json").read_text())
-summary = {"environment": env, "steps": {}}
-for line in (out / "steps.tsv").read_text().splitlines():
-    name, status, seconds = line.split("\t")
-    entry = {"status": "skipped (no CUDA device)" if status == "skipped" else
-             ("ok" if status == "0" else f"failed (exit {status}{', time limit' if status == '124' else ''})"),
-             "seconds": int(seconds)}
-    text = (out / f"{name}.out").read_text() if (out / f"{name}.out").exists() else ""
-    rows = [json.loads(l) for l in text.splitlines() if l.startswith("{")]
-    if rows:
-        entry["json"] = rows if len(rows) > 1 else rows[0]
-    if name == "cuda_tests":
-        entry["pytest"] = (text.strip().splitlines() or [""])[-1]
-    summary["steps"][name] = entry
-(out / "summary.json").write_text(json.dumps(summary, indent=1))
-
-md = [f"# GPU check: {env['device'] or 'no CUDA device'}", "",
-      f"torch {env['torch']}, timm {env['timm']}, CUDA {env['cuda_version']}, {env['cpus']} CPUs", "",
-      "| step | status | seconds |", "|---|---|---|"]
-md += [f"| {n} | {s['status']} | {s['seconds']} |" for n, s in summary["steps"].items()]
-tests = summary["steps"].get("cuda_tests", {})
-md += ["", f"CUDA tests: {tests.get('pytest', '-')}"]
-for name in ("bench_eager", "bench_compile"):
-    b = summary["steps"].get(name, {}).get("json")
-    if b:
-        md += ["", f"## {name}: {b['checkpoint']}, batch {b['batch_size']}, matmul peak "
-                   f"{b['matmul_peak_tflops']:.1f} TFLOP/s", "",
-               "| mode | suite img/s | bare img/s | ratio | ms/step | peak MB | of matmul peak |", "|---|---|---|---|---|---|---|"]
-        md += [f"| {m} | {r['suite_images_per_s']:.0f} | {r['ref_images_per_s']:.0f} | {r['ratio_vs_reference']:.3f} | "
-               f"{1000 * r['suite_step_s']:.1f} | {r['suite_peak_mb']:.0f} | {100 * r['fraction_of_matmul_peak']:.1f}% |"
-               for m, r in b["modes"].items()]
-        if "attention_vs_full_step_time" in b:
-            md += ["", f"attention / full: step time {b['attention_vs_full_step_time']:.3f}x, peak memory "
-                       f"{b['attention_vs_full_peak_memory']:.3f}x"]
-        md += ["", "input pipelines (img/s): " + ", ".join(f"{k} {v:.2f}" for k, v in b["input_pipeline"].items()
-                                                      if isinstance(v, float))]
-demo = summary["steps"].get("demo_cuda", {}).get("json")
-if demo:
-    md += ["", "## demo on CUDA", ""] + [f"- {r['mode']}: top-1 {100 * r['top1']:.2f}%, train {r['train_seconds']:.1f} s, "
-                                         f"peak {r['peak_memory_mb']:.0f} MB" for r in (demo if isinstance(demo, list) else [demo])]
-p = summary["steps"].get("probe_imagenet_size", {}).get("json")
-if p:
-    s = p["probe"]["suite"]
-    md += ["", f"## probe, {p['probe']['n_train']} x {p['probe']['dim']} x {p['probe']['classes']}", "",
-           f"{s['seconds']:.0f} s, {s['total_iterations']} iterations ({s['seconds_per_iteration']:.3f} s each), "
-           f"chosen C {s['chosen_c']:.4g}, not converged: {s['not_converged'] or 'none'}"]
-(out / "summary.md").write_text("\n".join(md) + "\n")
-print("\n".join(md))
-EOF
+"$py" scripts/gpu_check_summary.py "$logs" "$out"
+tar -czf "$out/logs.tar.gz" -C "$work" logs
+rm -rf "$work"
+echo "gpu_check: done in $((SECONDS - began)) s; $out holds summary.md, summary.json and logs.tar.gz" >&2

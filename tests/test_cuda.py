@@ -15,19 +15,37 @@ pytestmark = [
 ]
 
 CUDA = torch.device("cuda")
-FULL = ["-c", "vit_demo", "-t", "digits", "-m", "full", "--json"]
+DEMO = ["-c", "vit_demo_shapes", "-t", "digits", "--json"]
 
 
-def test_bf16_fine_tuning_matches_fp32_and_the_record_says_so(tmp_path):
-    gpu = cli("run", *FULL, "--device", "cuda", "--results", tmp_path / "gpu.sqlite")
-    cpu = cli("run", *FULL, "--device", "cpu", "--results", tmp_path / "cpu.sqlite")
-    assert gpu.returncode == 0 and cpu.returncode == 0, gpu.stderr + cpu.stderr
-    (g,), (c,) = json_lines(gpu.stdout), json_lines(cpu.stdout)
-    assert g["status"] == "ok" and abs(g["top1"] - c["top1"]) <= 0.01, (g["top1"], c["top1"])
-    assert g["precision"] == "bf16-autocast" and c["precision"] == "fp32"
-    assert g["device"] == torch.cuda.get_device_name(0)
-    assert 0 < g["peak_memory_mb"] < torch.cuda.get_device_properties(0).total_memory / 2**20
-    assert g["gpu_hours"] and g["gpu_hours"] > 0
+def test_the_demo_on_cuda_gives_the_cpus_numbers_and_the_record_says_how(tmp_path):
+    """The pretrained demo checkpoint (a stable setting: random-init fine-tuning for 200 steps is chaotic):
+    the probe chooses the same C and scores within 0.5 point; full fine-tuning (bf16 steps) within 1 point."""
+    out = {}
+    for device in ("cuda", "cpu"):
+        proc = cli(
+            "run",
+            *DEMO,
+            "-m",
+            "linear,full",
+            "--device",
+            device,
+            "--results",
+            tmp_path / f"{device}.sqlite",
+            env={"TRANSFER_EVAL_CACHE": tmp_path / device},
+        )
+        assert proc.returncode == 0, proc.stderr
+        out[device] = {r["mode"]: r for r in json_lines(proc.stdout)}
+    g, c = out["cuda"], out["cpu"]
+    assert g["linear"]["selection"]["chosen"]["C"] == c["linear"]["selection"]["chosen"]["C"]
+    assert abs(g["linear"]["top1"] - c["linear"]["top1"]) <= 0.005, (g["linear"]["top1"], c["linear"]["top1"])
+    assert abs(g["full"]["top1"] - c["full"]["top1"]) <= 0.01, (g["full"]["top1"], c["full"]["top1"])
+    assert (
+        g["full"]["precision"] == "features fp32, train bf16-autocast, eval fp32" and c["full"]["precision"] == "fp32"
+    )
+    assert g["full"]["device"] == torch.cuda.get_device_name(0)
+    assert 0 < g["full"]["peak_memory_mb"] < torch.cuda.get_device_properties(0).total_memory / 2**20
+    assert g["full"]["gpu_hours"] and g["full"]["gpu_hours"] > 0
 
 
 def _digits_batch(n=256):
@@ -63,28 +81,26 @@ def test_optimizers_train_on_cuda(optimizer):
 
 
 def test_device_resize_on_cuda_gives_the_cpu_transforms_pixels():
-    from test_input_pipeline import AUGMENT, CFG, ON_DEVICE, gray_levels, small_split
+    """Bit for bit, evaluation and augmented training alike: the same draw seeds, whatever the workers."""
+    from test_input_pipeline import AUGMENT, CFG, ON_DEVICE, small_split
 
     from transfer_eval import data
 
     split = small_split()
 
-    def batch(device, plan, train, seed=3):
-        import random
-
+    def batch(device, plan, train):
         pipe = data.pipeline(split, CFG, device, plan, train=train)
-        random.seed(seed)
-        torch.manual_seed(seed)
-        x, y = next(pipe.batches(data.loader(pipe, len(split), device)))
+        if train is None:
+            dl = data.loader(pipe, len(split), device)
+        else:
+            dl = data.batch_loader(pipe, data.EpochBatches(len(split), len(split), 3, draws=True), device)
+        x, y = next(pipe.batches(dl))
         return x.cpu(), y.cpu()
 
-    cpu_x, _ = batch(torch.device("cpu"), data.InputPlan(), None)
-    dev_x, _ = batch(CUDA, ON_DEVICE, None)
-    diff = gray_levels(cpu_x, dev_x)
-    assert diff.mean() < 2.0 and diff.max() <= 16, (float(diff.mean()), float(diff.max()))
-    cpu_t, _ = batch(torch.device("cpu"), data.InputPlan(), AUGMENT)
-    dev_t, _ = batch(CUDA, ON_DEVICE, AUGMENT)
-    assert (gray_levels(cpu_t, dev_t).flatten(1).mean(1) < 4.0).all()
+    for train in (None, AUGMENT):
+        cpu_x, cpu_y = batch(torch.device("cpu"), data.InputPlan(), train)
+        dev_x, dev_y = batch(CUDA, ON_DEVICE, train)  # CUDA's default: DataLoader workers
+        assert torch.equal(cpu_y, dev_y) and torch.equal(cpu_x, dev_x), train
 
 
 def test_probe_on_cuda_chooses_as_on_cpu():

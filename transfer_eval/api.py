@@ -39,6 +39,7 @@ def evaluate(
     settings: dict | None = None,
     resolution: int | None = None,
     limit: int | None = None,
+    precision: str = "auto",
     force: bool = False,
     download: bool = False,
     skip_verify: bool = False,
@@ -61,7 +62,7 @@ def evaluate(
     from transfer_eval import data, devices, distributed, runner
 
     runs = runner.plan_named(
-        checkpoints, tasks, modes, seeds, settings, resolution, recipe, limit, registries, tasks_dirs
+        checkpoints, tasks, modes, seeds, settings, resolution, recipe, limit, registries, tasks_dirs, precision
     )
     dev = distributed.init(device) if distributed.launched() else devices.pick_device(device)
     ctx = _tasks.LoadContext(
@@ -89,6 +90,8 @@ def evaluate(
 
 def _call(args: dict) -> str:
     shown = {k: v for k, v in args.items() if k in ("checkpoints", "tasks", "modes", "settings", "seeds", "limit")}
+    if args.get("precision", "auto") != "auto":
+        shown["precision"] = args["precision"]
     return ", ".join(f"{k}={_name(v)!r}" for k, v in shown.items() if v is not None)
 
 

@@ -15,6 +15,8 @@ decoded-image cache; compared with the training step's images per second, they s
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 
 import numpy as np
@@ -23,6 +25,8 @@ import torch.nn.functional as F
 
 from transfer_eval import checkpoints, costs, data, devices, finetune, inference, modes
 from transfer_eval.tasks import ImageSplit
+
+log = logging.getLogger(__name__)
 
 
 def _sync(device):
@@ -212,7 +216,7 @@ def extraction(ck, batch_size: int, steps: int, device, resolution=None, num_cla
 
     @torch.no_grad()
     def bare():
-        with devices.autocast(device):
+        with devices.autocast(device, "features"):  # the suite's extraction precision: a like-for-like ratio
             ref.forward_head(ref.forward_features(x), pre_logits=True)
 
     ref_s = _time(bare, steps, 1, device) * steps
@@ -233,12 +237,13 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
     aug = {"augment": True, "hflip": 0.5, "crop_scale": (0.05, 1.0), "randaugment": None, "random_erasing": 0.0}
     n = batch_size * (batches + 1)
     rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    side = min(32, cfg["input_size"][-1])  # the device resize enlarges: a model input under 32 px gets its size
+    small = rng.integers(0, 256, size=(n, side, side, 3), dtype=np.uint8)
     cifar = ImageSplit(lambda i: Image.fromarray(small[i]), np.zeros(n, dtype=np.int64))
 
     def rate(split, plan) -> float:
         pipe = data.pipeline(split, cfg, device, plan, train=aug)
-        sampler = data.EpochBatches(len(split), batch_size, 0)
+        sampler = data.EpochBatches(len(split), batch_size, 0, draws=True)  # per-sample draws, as training
         it = pipe.batches(data.batch_loader(pipe, sampler, device))
         next(it)  # warm-up: workers started
         _sync(device)
@@ -248,7 +253,7 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
         _sync(device)
         return batch_size * batches / (time.perf_counter() - start)
 
-    on_device = data.InputPlan(native_size=(32, 32), train_on_device=True, eval_on_device=True, workers=workers)
+    on_device = data.InputPlan(native_size=(side, side), train_on_device=True, eval_on_device=True, workers=workers)
     out = {
         "workers": data.default_workers(device) if workers is None else workers,
         "small_cpu_images_per_s": rate(cifar, data.InputPlan(workers=workers)),
@@ -306,11 +311,14 @@ def run(
             r = train_step(ck, mode, batch_size, steps, device, resolution, compile=compile)
             r["fraction_of_matmul_peak"] = r["suite_tflops"] / report["matmul_peak_tflops"]
             report["modes"][mode.name] = r
+            _partial(mode.name, r)
     report["extraction"] = extraction(ck, batch_size, steps, device, resolution)
+    _partial("extraction", report["extraction"])
     cfg = checkpoints.data_config(
         _bare_model(ck, modes.MODES["linear"], 1000, resolution, torch.device("cpu")), ck, resolution
     )
     report["input_pipeline"] = pipe = input_pipeline(cfg, batch_size, steps, device, workers)
+    _partial("input_pipeline", pipe)
     if report["modes"]:  # does the fastest pipeline keep up with the fastest training step?
         fastest = max(r["suite_images_per_s"] for r in report["modes"].values())
         pipe["small_device_vs_training"] = pipe["small_device_images_per_s"] / fastest
@@ -320,3 +328,9 @@ def run(
         report["attention_vs_full_step_time"] = m["attention"]["suite_step_s"] / m["full"]["suite_step_s"]
         report["attention_vs_full_peak_memory"] = m["attention"]["suite_peak_mb"] / m["full"]["suite_peak_mb"]
     return report
+
+
+def _partial(part: str, figures: dict) -> None:
+    """Each part's figures as soon as they exist (a bench cut short by a time limit still leaves numbers)."""
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+    log.info("bench: %s: %s", part, json.dumps(shown))

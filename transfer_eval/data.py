@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from transfer_eval import device_resize
 from transfer_eval.tasks import ImageSplit
-from transfer_eval.transforms import eval_transform, train_transform
+from transfer_eval.transforms import eval_transform, seeded, train_transform
 
 MEMO_BYTES = 256 * 2**20  # a training split without augmentation is kept transformed in memory up to this size
 
@@ -28,9 +29,11 @@ class TransformedSplit(Dataset):
     def __len__(self):
         return len(self.split)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        i, draw = item if isinstance(item, tuple) else (item, None)  # (index, draw seed) from EpochBatches
         if self.memo is None:
-            return self.transform(self.split.image(i)), int(self.split.labels[i])
+            with seeded(draw):
+                return self.transform(self.split.image(i)), int(self.split.labels[i])
         if i not in self.memo:
             self.memo[i] = self.transform(self.split.image(i))
         return self.memo[i], int(self.split.labels[i])
@@ -56,12 +59,13 @@ def default_workers(device: torch.device) -> int:
 #   (`--cache-images`, transfer_eval/cache/images.py), which leaves the workers only a crop and a small resize.
 # - "device-resize": for small images (CIFAR's 32 px), the workers only hand over uint8 images at their own size
 #   with each one's crop box and flip (drawn exactly as timm's RandomResizedCrop and torchvision's flip draw
-#   them); one batched bicubic crop-resize-flip (grid_sample) on the device makes the 224 px inputs. Moving 32 px
-#   images instead of 224 px ones is 49x less data, and no CPU resizes.
+#   them); two batched matrix products on the device make the 224 px inputs, PIL's very pixels
+#   (transfer_eval/device_resize.py). Moving 32 px images instead of 224 px ones is 49x less data.
+#
+# Training draws (crops, flips, RandAugment) are seeded per sample from (run seed, epoch, position): the same
+# crops whatever the number of workers, the device, or whether the run was resumed.
 
 SMALL_IMAGE_MAX = 64  # px, the longer side: images at most this big may be resized on the device
-DEVICE_INTERPOLATIONS = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "nearest"}
-RRC_RATIO = (3 / 4, 4 / 3)  # timm's RandomResizedCrop aspect-ratio range
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,7 @@ def plan_input(
 
 def _native_size(split: ImageSplit, data_config: dict) -> tuple[tuple[int, int] | None, str | None]:
     """(the images' common size, None) when every probed image has one small size; else (None, why not)."""
-    if DEVICE_INTERPOLATIONS.get(data_config.get("interpolation", "bicubic")) is None:
+    if data_config.get("interpolation", "bicubic") not in device_resize.INTERPOLATIONS:
         return None, f"interpolation {data_config.get('interpolation')!r} is done on the CPU only"
     if data_config.get("crop_mode", "center") not in ("center", "squash", None):
         return None, f"crop_mode {data_config.get('crop_mode')!r} is done on the CPU only"
@@ -168,13 +172,14 @@ def pipeline(
     on_device = plan.train_on_device if train is not None else plan.eval_on_device
     augment = train is not None and train.get("augment", True)
     if on_device:
-        box = (
-            RandomBoxes(train.get("crop_scale", (0.08, 1.0)), train.get("hflip", 0.5))
+        geometry = (
+            device_resize.RandomGeometry(data_config, train.get("crop_scale", (0.08, 1.0)), train.get("hflip", 0.5))
             if augment
-            else CenterBox(data_config)
+            else device_resize.EvalGeometry(data_config)
         )
-        resize = DeviceResize(data_config, device)
-        return Pipeline(NativeSplit(split, plan.native_size, box), lambda dl: map(resize, dl), plan.workers)
+        resize = device_resize.DeviceResize(data_config, device, Normalise(data_config, device))
+        dataset = device_resize.NativeSplit(split, geometry)
+        return Pipeline(dataset, lambda dl: map(resize, dl), plan.workers, collate=device_resize.collate)
     if plan.cache_images and split.paths is not None:
         from transfer_eval.cache import images as image_cache
 
@@ -238,100 +243,6 @@ class Normalise:
         return (self.erase(x) if self.erase is not None else x), y
 
 
-class CenterBox:
-    """The source box timm's eval transform keeps: resize the shorter side to floor(size / crop_pct) (both sides
-    under crop_mode squash), then the centre size x size crop, as torchvision rounds them."""
-
-    def __init__(self, data_config: dict):
-        self.out_h, self.out_w = data_config["input_size"][-2:]
-        self.crop_pct = data_config.get("crop_pct") or 0.875
-        self.squash = data_config.get("crop_mode") == "squash"
-
-    def __call__(self, img) -> tuple[list[float], bool]:
-        import math
-
-        w, h = img.size
-        sh, sw = math.floor(self.out_h / self.crop_pct), math.floor(self.out_w / self.crop_pct)
-        if self.squash:
-            new_w, new_h = sw, sh
-        elif sh != sw:
-            raise ValueError("a non-square input size resizes with timm's ResizeKeepRatio, on the CPU only")
-        elif w <= h:  # torchvision's Resize(int): the shorter side to sh, the longer one truncated
-            new_w, new_h = sh, int(sh * h / w)
-        else:
-            new_w, new_h = int(sh * w / h), sh
-        top, left = int(round((new_h - self.out_h) / 2.0)), int(round((new_w - self.out_w) / 2.0))
-        kx, ky = w / new_w, h / new_h
-        return [left * kx, top * ky, self.out_w * kx, self.out_h * ky], False
-
-
-class RandomBoxes:
-    """timm's RandomResizedCrop box (its own get_params, drawn with Python's random as timm does) and
-    torchvision's horizontal flip draw (torch.rand), in that order: the same draws as the CPU transforms."""
-
-    def __init__(self, scale, hflip: float):
-        from timm.data.transforms import RandomResizedCropAndInterpolation
-
-        self.scale, self.hflip = tuple(scale), hflip
-        self.get_params = RandomResizedCropAndInterpolation.get_params
-
-    def __call__(self, img) -> tuple[list[float], bool]:
-        i, j, ch, cw = self.get_params(img, self.scale, RRC_RATIO)
-        flip = self.hflip > 0 and bool(torch.rand(1) < self.hflip)
-        return [float(j), float(i), float(cw), float(ch)], flip
-
-
-class NativeSplit(Dataset):
-    """(uint8 3xHxW image at its own size, crop box [x, y, w, h] in its pixels, flip, label)."""
-
-    def __init__(self, split: ImageSplit, size: tuple[int, int], box):
-        self.split, self.size, self.box = split, tuple(size), box
-
-    def __len__(self):
-        return len(self.split)
-
-    def __getitem__(self, i):
-        from PIL import Image
-
-        img = self.split.image(i)
-        if img.size != self.size:  # an odd one out among same-size images: brought to the common size here
-            img = img.resize(self.size, Image.BICUBIC)
-        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        box, flip = self.box(img)
-        return arr, torch.tensor(box, dtype=torch.float32), torch.tensor(flip), int(self.split.labels[i])
-
-
-class DeviceResize:
-    """A batch of uint8 images, boxes and flips to normalised float images at the model's input size, on the
-    device, in one grid_sample: each output pixel centre maps into its image's box (align_corners=False, as PIL
-    resamples), bicubic as the data config says, edges replicated, rounded to 8 bits as PIL's output is."""
-
-    def __init__(self, data_config: dict, device: torch.device):
-        self.device = device
-        self.out_h, self.out_w = data_config["input_size"][-2:]
-        self.mode = DEVICE_INTERPOLATIONS[data_config.get("interpolation", "bicubic")]
-        self.mean = torch.tensor(data_config["mean"], device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1) * 255
-
-    def __call__(self, batch):
-        import torch.nn.functional as F
-
-        img, box, flip, y = batch
-        x = img.to(self.device, non_blocking=True).float()
-        box, flip = box.to(self.device, non_blocking=True), flip.to(self.device, non_blocking=True)
-        n, _, h, w = x.shape
-        theta = torch.zeros(n, 2, 3, device=self.device)
-        sx = box[:, 2] / w
-        theta[:, 0, 0] = torch.where(flip, -sx, sx)
-        theta[:, 0, 2] = (2 * box[:, 0] + box[:, 2]) / w - 1
-        theta[:, 1, 1] = box[:, 3] / h
-        theta[:, 1, 2] = (2 * box[:, 1] + box[:, 3]) / h - 1
-        grid = F.affine_grid(theta, [n, 3, self.out_h, self.out_w], align_corners=False)
-        out = F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False)
-        out = out.clamp_(0, 255).round_()
-        return (out - self.mean) / self.std, y.to(self.device, non_blocking=True)
-
-
 def loader(pipe: Pipeline, batch_size: int, device: torch.device) -> DataLoader:
     """An in-order loader (evaluation, features). Its workers persist: a loader iterated again (val after each
     learning rate) reuses them instead of starting new ones."""
@@ -362,9 +273,10 @@ def batch_loader(pipe: Pipeline, batch_sampler, device: torch.device) -> DataLoa
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Endless micro-batches of indices. Epoch e is a permutation drawn from a generator seeded by (seed, e), cut
-    into effective batches of `batch_size` (the last partial one dropped, unless the split is smaller than a
-    batch); each effective batch is yielded as consecutive chunks of at most `micro_size`.
+    """Endless micro-batches of indices (with `draws`, of (index, draw seed) pairs: see transforms.seeded).
+    Epoch e is a permutation drawn from a generator seeded by (seed, e), cut into effective batches of
+    `batch_size` (the last partial one dropped, unless the split is smaller than a batch); each effective batch
+    is yielded as consecutive chunks of at most `micro_size`.
 
     Effective batch b is a pure function of (seed, b): a resumed run starts at its batch without reading the ones
     before it, and a smaller micro-batch (after running out of memory) splits the very same effective batch."""
@@ -378,8 +290,9 @@ class EpochBatches(torch.utils.data.Sampler):
         micro_size: int | None = None,
         rank: int = 0,
         world: int = 1,
+        draws: bool = False,
     ):
-        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start_batch
+        self.n, self.batch_size, self.seed, self.start, self.draws = n, batch_size, seed, start_batch, draws
         self.rank, self.world = rank, world
         self.micro = micro_size or batch_size
         self.per_epoch = max(1, n // batch_size)
@@ -394,12 +307,20 @@ class EpochBatches(torch.utils.data.Sampler):
             e, j = divmod(b, self.per_epoch)
             perm = self._epoch(e)
             for k in range(j, self.per_epoch):
-                batch = perm[k * self.batch_size : (k + 1) * self.batch_size]
+                batch = perm[k * self.batch_size : (k + 1) * self.batch_size].tolist()
                 share = len(batch) // self.world  # this process's contiguous share of the effective batch
+                first = k * self.batch_size + self.rank * share  # its first sample's position in the epoch
                 batch = batch[self.rank * share : (self.rank + 1) * share]
+                if self.draws:
+                    batch = [(i, self.draw(e, first + p)) for p, i in enumerate(batch)]
                 for c in range(0, len(batch), self.micro):
-                    yield batch[c : c + self.micro].tolist()
+                    yield batch[c : c + self.micro]
             b = (e + 1) * self.per_epoch
+
+    def draw(self, epoch: int, position: int) -> int:
+        """The draw seed of the sample at `position` of epoch `epoch` (transforms.seeded): a function of the run's seed,
+        the epoch and the position alone."""
+        return ((self.seed * 1_000_003 + epoch) << 32 | position) & (2**63 - 1)
 
     def chunks_per_batch(self) -> int:
         return -(-(min(self.batch_size, self.n) // self.world) // self.micro)

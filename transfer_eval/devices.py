@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import resource
+from dataclasses import dataclass
 
 import torch
 
@@ -21,13 +24,79 @@ def pick_device(name: str = "auto") -> torch.device:
         raise UserError(f"--device {name!r} is not a device; use auto, cpu or cuda[:N]") from None
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+# ---------------------------------------------------------------------------------------------------- precision
+#
+# What a run computes in, by phase: "features" (the probes' and k-NN's frozen features), "train" (fine-tuning
+# steps) and "eval" (scoring val and test with a model). Each is "fp32" (strict: TF32 off on CUDA) or "bf16"
+# (bf16 autocast, on any device: torch.autocast("cpu", torch.bfloat16) reproduces it on a CPU).
+#
+# Measured on the demo (BENCHMARKS.md, "The same numbers on every device"): bf16 features moved the random-init
+# vit_demo's probe from 87.20% to 82.56% (C 316 -> 10), and TF32-rounded matmul inputs (emulated) by up to 1.1
+# points; bf16 *training* moves fine-tuning within its seed-to-seed noise. So `auto` trains in bf16 on CUDA (the
+# step's speed) and extracts features and scores in strict fp32 everywhere: a probe gives the same C and the same
+# accuracy on a GPU as on a CPU. `fp32` and `bf16` set every phase; `bf16` features are cached apart.
+
+PRECISIONS = ("auto", "fp32", "bf16")
+PHASES = ("features", "train", "eval")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The arithmetic of each phase of a run: "fp32" or "bf16" (autocast)."""
+
+    features: str = "fp32"
+    train: str = "fp32"
+    eval: str = "fp32"
+
+    def describe(self) -> str:
+        """What the record's `precision` says: one word where every phase agrees, else each phase's."""
+        words = {"fp32": "fp32", "bf16": "bf16-autocast"}
+        phases = [getattr(self, p) for p in PHASES]
+        if len(set(phases)) == 1:
+            return words[phases[0]]
+        return ", ".join(f"{p} {words[v]}" for p, v in zip(PHASES, phases))
+
+
+def precision_policy(name: str, device: torch.device) -> Precision:
+    """The phases' precision for `--precision NAME` on this device (see the comment above)."""
+    if name not in PRECISIONS:
+        raise UserError(f"--precision {name!r}: use {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return Precision(train="bf16" if device.type == "cuda" else "fp32")
+    return Precision(name, name, name)
+
+
+_POLICY: contextvars.ContextVar[Precision | None] = contextvars.ContextVar("transfer_eval_precision", default=None)
+
+
+@contextlib.contextmanager
+def using(policy: Precision):
+    """Within the block, `autocast` follows `policy` (a run's precision); fp32 matmuls and convolutions on CUDA
+    are strict fp32 (no TF32), restored afterwards."""
+    token = _POLICY.set(policy)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield policy
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        _POLICY.reset(token)
+
+
+def current(device: torch.device) -> Precision:
+    """The precision in force: the run's (`using`), else `auto`'s on this device."""
+    return _POLICY.get() or precision_policy("auto", device)
+
+
+def autocast(device: torch.device, phase: str = "train"):
+    """bf16 autocast where the precision in force says bf16 for this phase; full precision otherwise."""
+    on = getattr(current(device), phase) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
 def precision(device: torch.device) -> str:
-    return "bf16-autocast" if device.type == "cuda" else "fp32"
+    """The record's `precision` for the policy in force on this device."""
+    return current(device).describe()
 
 
 class PeakMemory:

@@ -257,7 +257,7 @@ def train(
 
     def batches_from(step):
         sampler = data.EpochBatches(
-            len(split), recipe.batch_size, seed, start_batch=step, micro_size=micro, rank=rank, world=world
+            len(split), recipe.batch_size, seed, start_batch=step, micro_size=micro, rank=rank, world=world, draws=True
         )
         return sampler, pipe.batches(data.batch_loader(pipe, sampler, device))
 

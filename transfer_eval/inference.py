@@ -36,12 +36,13 @@ def outputs(
     plan: data.InputPlan | None = None,
     desc: str = "eval",
     loader=None,
+    phase: str = "eval",
 ) -> Iterator[torch.Tensor]:
-    """`forward(x)` of every batch of the split, in order, on the device (eval mode, no grad, bf16 autocast on
-    CUDA). `loader`: an eval_loader pair to reuse."""
+    """`forward(x)` of every batch of the split, in order, on the device (no grad), in the precision the run's
+    policy gives `phase` ("eval" or "features": devices.py). `loader`: an eval_loader pair to reuse."""
     dl, pipe = loader or eval_loader(split, data_config, device, batch_size, plan)
     for x, _ in bar(pipe.batches(dl), desc, "batch", total=len(dl)):
-        with devices.autocast(device):
+        with devices.autocast(device, phase):
             yield forward(x)
 
 
@@ -106,7 +107,7 @@ def features(
     def forward(x):
         return model.forward_head(model.forward_features(x), pre_logits=True)
 
-    for f in outputs(forward, split, data_config, device, batch_size, plan, desc):
+    for f in outputs(forward, split, data_config, device, batch_size, plan, desc, phase="features"):
         write(f.float().cpu().numpy())
 
 

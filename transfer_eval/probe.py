@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from transfer_eval import data, logistic
+from transfer_eval import data, devices, logistic
 from transfer_eval.progress import bar
 
 # Inverse L2 strength C (scikit-learn's LogisticRegression convention): a coarse log grid, then a finer one around
@@ -113,15 +113,18 @@ def cached_features(
     plan: data.InputPlan | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Features (memory-mapped from the cache) and labels, and whether they were there already (True) or were
-    extracted into the cache now (False). Features resized on the device are keyed apart from those of the CPU
-    transforms (the pixels differ slightly); the decoded-image cache gives the CPU transforms' exact pixels, so
-    it shares their entries."""
+    extracted into the cache now (False). Features of another precision (bf16) are keyed apart; the device resize
+    and the decoded-image cache give the CPU transforms' exact pixels, so they share their entries."""
     from transfer_eval import inference
     from transfer_eval.cache import features as cache
 
-    resize = "device" if plan is not None and plan.eval_on_device else "cpu"
+    precision = devices.current(torch.device(device)).features
     key = cache.key(
-        manifest=split.manifest(), data_config=data_config, files=split.files_signature(), resize=resize, **key_parts
+        manifest=split.manifest(),
+        data_config=data_config,
+        files=split.files_signature(),
+        precision=precision,
+        **key_parts,
     )
     hit = cache.load(key)
     if hit is not None:

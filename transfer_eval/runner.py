@@ -8,12 +8,9 @@ returns a `Trained`), score test once, measure, store. The stages know nothing o
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import functools
 import hashlib
 import json
 import logging
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import torch
 
 from transfer_eval import (
     checkpoints,
+    checks,
     companions,
     costs,
     data,
@@ -30,6 +28,7 @@ from transfer_eval import (
     finetune,
     inference,
     modes,
+    provenance,
     stages,
     trackers,
 )
@@ -53,12 +52,15 @@ class Run:
     recipe: dict  # fully resolved: the mode's defaults, then the task's, then the user's overrides
     weights_sha256: str
     limit: int | None = None  # at most this many examples per split (--limit): a quick look, with a key of its own
+    precision: str = "auto"  # --precision (devices.py): auto keeps results equal across devices; fp32, bf16 chosen
 
     @property
     def protocol_hash(self) -> str:
         protocol = {"mode": self.mode.name, "version": self.mode.version, "recipe": self.recipe}
         if self.limit is not None:  # a limited run never stands in for the full one
             protocol["limit"] = self.limit
+        if self.precision != "auto":  # a precision chosen on purpose is measured apart
+            protocol["precision"] = self.precision
         return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -76,7 +78,8 @@ class Run:
     def label(self) -> str:
         shots = f" / {self.recipe['shots']}-shot" if self.mode.stage == "fewshot" else ""
         limit = f" / limit {self.limit}" if self.limit is not None else ""
-        return f"{self.checkpoint.name} / {self.task.name} / {self.mode.name}{shots} / seed {self.seed}{limit}"
+        prec = f" / {self.precision}" if self.precision != "auto" else ""
+        return f"{self.checkpoint.name} / {self.task.name} / {self.mode.name}{shots} / seed {self.seed}{limit}{prec}"
 
 
 # ------------------------------------------------------------------------------------------------------ recipes
@@ -143,9 +146,11 @@ def plan(
     resolution: int | None = None,
     preset: str = "vit",
     limit: int | None = None,
+    precision: str = "auto",
 ) -> list[Run]:
     """Every run of checkpoints x tasks x modes x seeds; a few-shot mode becomes one run per shot count.
     Without `seeds`, each mode's default seeds (three for few-shot, one otherwise)."""
+    devices.precision_policy(precision, torch.device("cpu"))  # a bad name stops here
     runs = []
     overrides = dict(overrides or {})
     known = set().union(*(recipe_fields(m) for m in mode_list)) if mode_list else set()
@@ -164,7 +169,7 @@ def plan(
                 recipes = [{**recipe, "shots": k} for k in recipe["shots"]] if mode.stage == "fewshot" else [recipe]
                 for r in recipes:
                     for seed in seeds or mode.seeds:
-                        runs.append(Run(ck, task, mode, seed, r, digests[ck.name], limit))
+                        runs.append(Run(ck, task, mode, seed, r, digests[ck.name], limit, precision))
     return runs
 
 
@@ -188,6 +193,7 @@ def plan_named(
     limit: int | None = None,
     registries=(),
     tasks_dirs=(),
+    precision: str = "auto",
 ) -> list[Run]:
     """`plan` over names as a user gives them (registry names, timm names, task and mode names, comma-separated
     or as lists) or the objects themselves (Checkpoint, Task, Mode): what `run` and `evaluate` plan."""
@@ -201,9 +207,8 @@ def plan_named(
     mode_list = [m if isinstance(m, Mode) else modes.resolve(m) for m in names(mode_names)]
     if not (ckpts and task_list and mode_list and (seeds is None or list(seeds))):
         raise UserError("give at least one checkpoint (-c), task (-t), mode (-m) and seed")
-    return plan(
-        ckpts, task_list, mode_list, list(seeds) if seeds is not None else None, overrides, resolution, preset, limit
-    )
+    seed_list = list(seeds) if seeds is not None else None
+    return plan(ckpts, task_list, mode_list, seed_list, overrides, resolution, preset, limit, precision)
 
 
 # --------------------------------------------------------------------------------------------------- run_all
@@ -228,38 +233,6 @@ def pending(runs: list[Run], store: Store, force: bool = False) -> list[Run]:
     return [r for r in runs if force or not store.has(r.key)]
 
 
-def splits_read(runs: list[Run]) -> dict[str, tuple[Task, list[str]]]:
-    """Each task of the runs, with the splits its runs read (in the task's order)."""
-    needed: dict[str, tuple[Task, set]] = {}
-    for r in runs:
-        needed.setdefault(r.task.name, (r.task, set()))[1].update(r.mode.splits)
-    return {name: (task, [s for s in task.splits if s in names]) for name, (task, names) in needed.items()}
-
-
-def preflight(runs: list[Run], ctx: LoadContext, device: torch.device, options: Options = Options()) -> None:
-    """Check everything the runs need before the first one starts, so that a missing dataset for the last task
-    does not surface hours later: each task's splits (downloaded first with `download`), the own head of an
-    evaluation, weights from files and URLs (loaded once: unsafe or ill-fitting files stop here) and the input
-    pipeline asked for. Raises UserError; writes nothing."""
-    for r in runs:
-        if r.mode.stage == "eval":
-            check_own_head(r.checkpoint, r.task)
-    for ck in {r.checkpoint.name: r.checkpoint for r in runs}.values():
-        if ck.weights_kind in ("file", "url"):
-            first = next(r for r in runs if r.checkpoint.name == ck.name)
-            checkpoints.build_model(
-                ck, first.task.num_classes, first.recipe.get("resolution"), keep_head=first.mode.stage == "eval"
-            )
-    for task, split_names in splits_read(runs).values():
-        if options.download:
-            task.fetch(ctx)
-        for split in sorted(split_names):
-            task.dataset(split, ctx)
-    if options.inputs.device_resize == "on":  # refused now, not when the run comes
-        for r in runs:
-            check_inputs(r, ctx, device, options.inputs)
-
-
 def run_all(
     runs: list[Run],
     ctx: LoadContext,
@@ -274,7 +247,7 @@ def run_all(
     stored ones."""
     todo_runs = pending(runs, store, options.force)
     trackers.check(options.log)
-    preflight(todo_runs, ctx, device, options)
+    checks.preflight(todo_runs, ctx, device, options.inputs, options.download)
     todo = {r.key for r in todo_runs}  # decided once, before anything is written: every process runs one list
     known = companions.known(runs) if any(r.task.companions for r in runs) else None
     with_others = companions.covered(runs, todo, found=known)  # stored by an earlier run's model (companions)
@@ -351,8 +324,14 @@ def execute(
     With `options.save_delta` (a folder), the per-task delta is kept there as a safetensors file: the shared
     checkpoint plus `checkpoints.apply_delta(model, file)` gives back this run's model and its test predictions
     exactly. `options.inputs` says how images may reach the model; `options.compile` trains through torch.compile.
+    Every phase computes in the run's precision (devices.precision_policy), which the record names.
     """
-    started, recipe, stage = _now(), run.recipe, run.mode.stage
+    with devices.using(devices.precision_policy(run.precision, device)):
+        return _execute(run, ctx, device, store, command, options, known_tasks)
+
+
+def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
+    started, recipe, stage = provenance.now(), run.recipe, run.mode.stage
     # Data first: a missing dataset should fail before a large model is built.
     splits = {s: run.task.dataset(s, ctx) for s in run.mode.splits}
     if run.limit is not None:
@@ -360,7 +339,7 @@ def execute(
     skipped = [f for s in splits.values() for f in s.skipped]
     keep_head = stage == "eval"
     if keep_head:
-        check_own_head(run.checkpoint, run.task)
+        checks.check_own_head(run.checkpoint, run.task)
     extra = {"drop_path_rate": recipe["drop_path"]} if recipe.get("drop_path") else {}
     model, cfg = checkpoints.build_model(
         run.checkpoint, run.task.num_classes, recipe.get("resolution"), keep_head=keep_head, model_kwargs=extra
@@ -392,7 +371,7 @@ def execute(
         fwd_gflops_per_image=fwd / 1e9,
         fwd_gmacs_per_image=fwd / 2e9,
         params_total=costs.count(model),
-        **_provenance(command),
+        **provenance.fields(command),
     )
     result.params_trainable = result.params_per_task = costs.count(model, trainable)
     resume = checkpoints_for(run, options.checkpoint_every) if stage == "finetune" else None
@@ -433,7 +412,7 @@ def execute(
         setattr(result, k, v)
     if device.type == "cuda" and result.train_seconds:
         result.gpu_hours = result.train_seconds * result.world_size / 3600
-    result.finished = _now()
+    result.finished = provenance.now()
     if distributed.is_main():  # one writer; under torchrun every process holds the same result
         store.put(result, labels, top5)
         # the same model, scored on the test splits of the tasks that train as this one does
@@ -456,86 +435,11 @@ def _record(result: Result, t: stages.Trained, peak_mb: float | None) -> None:
 def _failed(store: Store, result: Result, reason: str) -> Result:
     result.status = "failed"
     result.error = reason
-    result.finished = _now()
+    result.finished = provenance.now()
     if distributed.is_main():
         store.put(result)
     log.warning("transfer-eval: run failed: %s", reason)
     return result
-
-
-# ------------------------------------------------------------------------------------------------------ checks
-
-
-def check_inputs(run: Run, ctx: LoadContext, device: torch.device, inputs: data.InputOptions) -> None:
-    """Raise UserError now if the input pipeline asked for cannot serve this run (`--device-resize on` for large
-    images, say), rather than when the run starts. The architecture is built on the meta device: no weights."""
-    with torch.device("meta"):
-        _, cfg = checkpoints.build_model(
-            run.checkpoint, run.task.num_classes, run.recipe.get("resolution"), load_weights=False
-        )
-    shown = "train" if "train" in run.mode.splits else "test"
-    data.plan_input(
-        inputs, run.task.dataset(shown, ctx), cfg, device, run.recipe if run.mode.stage == "finetune" else None
-    )
-
-
-def check_own_head(ck: Checkpoint, task: Task) -> None:
-    """Evaluating a checkpoint as it is needs its own classifier over the task's label space."""
-    if ck.weights_kind == "none":
-        raise UserError(
-            f"checkpoint {ck.name!r} has random weights: its classifier means nothing; the "
-            f"pretrained mode needs trained weights with a {task.num_classes}-class head"
-        )
-    if ck.weights_kind in ("timm", "hf-hub"):
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(ck.model) if ck.weights_kind == "timm" else None
-        classes = getattr(cfg, "num_classes", None) if cfg is not None else None
-        if classes is not None and classes != task.num_classes:
-            raise UserError(
-                f"checkpoint {ck.name!r} has a {classes}-class head, task {task.name!r} has "
-                f"{task.num_classes} classes; evaluate it with linear, attention or full instead"
-            )
-        return
-    path = checkpoints.weights_path_for(ck)
-    head = checkpoints.head_shape(path)
-    if head is None or head[0] != task.num_classes:
-        raise UserError(
-            f"checkpoint {ck.name!r}: {path} has no {task.num_classes}-class head"
-            f"{f' (its head has {head[0]} classes)' if head else ''}; the pretrained mode evaluates "
-            f"the checkpoint's own classifier"
-        )
-
-
-# -------------------------------------------------------------------------------------------------- provenance
-
-
-@functools.lru_cache(maxsize=1)
-def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _provenance(command: str) -> dict:
-    import timm
-    import torchvision
-
-    return {
-        "suite_version": __version__,
-        "git_commit": _git_commit(),
-        "torch_version": torch.__version__,
-        "timm_version": timm.__version__,
-        "torchvision_version": torchvision.__version__,
-        "command": command,
-    }
 
 
 def checkpoints_for(run: Run, every_steps: int = 0):

@@ -1,6 +1,12 @@
-"""Image transforms from a checkpoint's data config: timm's evaluation and training transforms."""
+"""Image transforms from a checkpoint's data config: timm's evaluation and training transforms, and the
+per-sample seeding of their random draws (`seeded`)."""
 
 from __future__ import annotations
+
+import contextlib
+import random
+
+import torch
 
 
 def eval_transform(data_config: dict, uint8: bool = False):
@@ -43,3 +49,22 @@ def train_transform(
 def _transform_args(cfg: dict) -> dict:
     keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
     return {k: cfg[k] for k in keys if k in cfg}
+
+
+@contextlib.contextmanager
+def seeded(draw: int | None):
+    """Within the block, Python's and torch's CPU generators (what timm's and torchvision's random transforms
+    draw from) start from `draw`, and are restored afterwards; nothing happens for None. A training sample's
+    crop and flip are then a function of its draw seed alone (EpochBatches: run seed, epoch, position), not of
+    which DataLoader worker, or how many, transformed it."""
+    if draw is None:
+        yield
+        return
+    saved_py, saved_torch = random.getstate(), torch.get_rng_state()
+    random.seed(draw)
+    torch.set_rng_state(torch.Generator().manual_seed(draw).get_state())
+    try:
+        yield
+    finally:
+        random.setstate(saved_py)
+        torch.set_rng_state(saved_torch)

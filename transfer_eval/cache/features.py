@@ -2,7 +2,8 @@
 
 The key covers the weights digest, the architecture and its arguments, the task, its version, the split's
 manifest (sample ids and labels) and its image files' sizes and modification times, the transform (the full
-data config, and whether images were resized on the CPU or the device), the suite version and torch's version.
+data config), the precision of the forward pass (devices.py: "fp32" or "bf16"), the suite version and torch's
+version. Images resized on the device are PIL's very pixels (device_resize.py), so they share the CPU's entries.
 A second probe on the same checkpoint and task then does no forward pass; a changed transform or split misses.
 
 An entry is a folder `features/KEY/` holding `features.npy` (N x D float32), `labels.npy` and `about.json`.
@@ -42,7 +43,7 @@ def key(
     manifest: str,
     data_config: dict,
     files: str | None = None,
-    resize: str = "cpu",
+    precision: str = "fp32",
 ) -> str:
     import torch
 
@@ -57,7 +58,7 @@ def key(
             "manifest": manifest,
             "files": files,
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data_config.items())},
-            "resize": resize,
+            "precision": precision,
             "suite": __version__,
             "torch": torch.__version__,
         }

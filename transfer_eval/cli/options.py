@@ -185,14 +185,25 @@ SHARED = [
         ),
     ),
     (
+        ("--precision",),
+        dict(
+            type=click.Choice(["auto", "fp32", "bf16"]),
+            default="auto",
+            show_default=True,
+            help="Arithmetic of each phase. auto: features and scoring in strict fp32 everywhere, fine-tuning "
+            "steps in bf16 autocast on CUDA (a result is the same on a GPU as on a CPU); fp32 or bf16: every "
+            "phase (bf16 works on a CPU too, to see its effect). A chosen precision is stored apart from auto.",
+        ),
+    ),
+    (
         ("--device-resize",),
         dict(
             type=click.Choice(["auto", "on", "off"]),
             default="auto",
             show_default=True,
             help="Resize small images (CIFAR's 32 px) on the device in one batched op instead of "
-            "in the CPU workers; auto: on CUDA where the augmentation allows (not "
-            "RandAugment).",
+            "in the CPU workers, with PIL's own resampling (the same pixels); auto: on CUDA where the augmentation "
+            "allows (not RandAugment).",
         ),
     ),
     (

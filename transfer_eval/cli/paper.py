@@ -29,11 +29,12 @@ from transfer_eval.cli.options import (
 seeds_option = click.option(
     "--seeds", default=None, help="Run (or count) every cell over these seeds, comma-separated, e.g. 0,1,2."
 )
-PRESET_DECIDES = ("--resolution", "--recipe", "--set", "--limit")
+PRESET_DECIDES = ("--resolution", "--recipe", "--set", "--limit", "--precision")
 
 
 def _run_options(f):
-    """The `run` options a paper's jobs pass on; resolution, recipe, --set and --limit are the preset's to decide."""
+    """The `run` options a paper's jobs pass on; resolution, recipe, --set, --limit and --precision are the
+    preset's to decide (a table's cells are measured at precision auto)."""
     for decls, attrs in reversed(SHARED):
         if decls[0] not in PRESET_DECIDES:
             f = click.option(*decls, **attrs)(f)
@@ -130,7 +131,7 @@ def paper_list(papers_dirs, registries, tasks_dirs, as_json):
 def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, skip_verify, seeds, tflops, as_json):
     """Each cell of the table: stored, missing or failed; the data each task needs and whether `data check` finds
     it; the training compute of the missing runs (counted FLOPs) and their GPU-hours."""
-    from transfer_eval import companions, papers, planning, runner
+    from transfer_eval import checks, companions, papers, planning
     from transfer_eval.cli.options import load_context
 
     preset = _load(name, papers_dirs, registries, tasks_dirs, seeds)
@@ -143,7 +144,7 @@ def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, ski
     flops, sizes = planning.FlopCounts(), {}
     rate = tflops or planning.DEFAULT_TFLOPS
     # the splits each task's cells read, checked once per task
-    ready = {t: planning.data_status(task, splits, ctx) for t, (task, splits) in runner.splits_read(all_runs).items()}
+    ready = {t: planning.data_status(task, splits, ctx) for t, (task, splits) in checks.splits_read(all_runs).items()}
     rows = []
     for o in outs:
         c = o.cell
@@ -286,6 +287,7 @@ def paper_jobs(preset, pending: set, per: str, shared: dict) -> list:
             "preset": recipe,
             "settings": tuple(f"{k}={json.dumps(v)}" for k, v in json.loads(settings).items()),
             "limit": None,
+            "precision": "auto",
         }
         jobs += sweeps.plan_jobs(group, pending, per, shared_argv(values))
     return jobs

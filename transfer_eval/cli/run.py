@@ -110,6 +110,7 @@ def _plan(checkpoint_names, task_names, mode_names, seeds, o: dict):
         o["limit"],
         o["registries"],
         o["tasks_dirs"],
+        o["precision"],
     )
 
 
