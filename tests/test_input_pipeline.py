@@ -188,12 +188,15 @@ def test_plan_input_decides_where_to_resize():
     assert data._train_blocker({"randaugment": "rand-m9"}) and data._train_blocker({"augment": True}) is None
 
 
-def test_an_odd_sized_image_is_resized_from_its_own_pixels():
-    images = [photo(0), photo(1, (30, 31))]
-    split = ImageSplit(lambda i: images[i], [0, 1])
-    x, _ = first_batch(split, ON_DEVICE, None)
-    assert x.shape == (2, 3, 96, 96)
-    assert torch.equal(x, first_batch(split, data.InputPlan(), None)[0])
+@pytest.mark.parametrize("train", [None, AUGMENT], ids=["eval", "train"])
+def test_odd_sized_images_get_the_cpu_paths_pixels_too(train):
+    """Another small size is resized from its own pixels; one too large to enlarge (the plan probes only some
+    images) is transformed in the worker as on the CPU path, with the same draws."""
+    images = [photo(0), photo(1, (30, 31)), photo(2, (120, 100)), photo(3)]
+    split = ImageSplit(lambda i: images[i], [0, 1, 2, 0])
+    x, _ = first_batch(split, ON_DEVICE, train)
+    assert x.shape == (4, 3, 96, 96)
+    assert torch.equal(x, first_batch(split, data.InputPlan(), train)[0])
 
 
 # --------------------------------------------------------------------------------------------------------------

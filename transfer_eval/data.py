@@ -171,19 +171,6 @@ def pipeline(
     plan = plan or InputPlan()
     on_device = plan.train_on_device if train is not None else plan.eval_on_device
     augment = train is not None and train.get("augment", True)
-    if on_device:
-        geometry = (
-            device_resize.RandomGeometry(data_config, train.get("crop_scale", (0.08, 1.0)), train.get("hflip", 0.5))
-            if augment
-            else device_resize.EvalGeometry(data_config)
-        )
-        resize = device_resize.DeviceResize(data_config, device, Normalise(data_config, device))
-        dataset = device_resize.NativeSplit(split, geometry)
-        return Pipeline(dataset, lambda dl: map(resize, dl), plan.workers, collate=device_resize.collate)
-    if plan.cache_images and split.paths is not None:
-        from transfer_eval.cache import images as image_cache
-
-        split = image_cache.cached(split, data_config, kind=image_cache.RAW if train is None else image_cache.JPEG)
     erasing = train.get("random_erasing", 0.0) if train is not None and augment else 0.0
     if train is None or not augment:
         transform = eval_transform(data_config, uint8=True)
@@ -197,6 +184,19 @@ def pipeline(
             erasing,
             uint8=True,
         )
+    if on_device:
+        geometry = (
+            device_resize.RandomGeometry(data_config, train.get("crop_scale", (0.08, 1.0)), train.get("hflip", 0.5))
+            if augment
+            else device_resize.EvalGeometry(data_config)
+        )
+        resize = device_resize.DeviceResize(data_config, device, Normalise(data_config, device))
+        dataset = device_resize.NativeSplit(split, geometry, transform, tuple(data_config["input_size"][-2:]))
+        return Pipeline(dataset, lambda dl: map(resize, dl), plan.workers, collate=device_resize.collate)
+    if plan.cache_images and split.paths is not None:
+        from transfer_eval.cache import images as image_cache
+
+        split = image_cache.cached(split, data_config, kind=image_cache.RAW if train is None else image_cache.JPEG)
 
     normalise = Normalise(data_config, device, erasing)
 

@@ -118,10 +118,15 @@ class RandomGeometry:
 
 class NativeSplit(Dataset):
     """(uint8 3xHxW image at its own size, its geometry [x, y, w, h of the crop, resized w, h, left, top of the
-    kept window], flip, label). An index may be (index, draw seed): see transforms.seeded."""
+    kept window], flip, label). An index may be (index, draw seed): see transforms.seeded.
 
-    def __init__(self, split: ImageSplit, geometry):
-        self.split, self.geometry = split, geometry
+    An odd image too large to be enlarged to the model's input (the plan looked at a sample of the split) is
+    transformed here by `fallback`, the CPU pipeline's uint8 transform with the same draws, and handed over at
+    the input size with an identity geometry: its pixels are the CPU path's too."""
+
+    def __init__(self, split: ImageSplit, geometry, fallback, input_size: tuple[int, int]):
+        self.split, self.geometry, self.fallback = split, geometry, fallback
+        self.out_h, self.out_w = input_size
 
     def __len__(self):
         return len(self.split)
@@ -130,10 +135,16 @@ class NativeSplit(Dataset):
         i, draw = item if isinstance(item, tuple) else (item, None)
         img = self.split.image(i)
         rgb = img if img.mode == "RGB" else img.convert("RGB")
+        label = int(self.split.labels[i])
+        if max(img.size) > min(self.out_h, self.out_w):
+            with seeded(draw):
+                arr = torch.from_numpy(np.asarray(self.fallback(rgb), dtype=np.uint8).copy())
+            identity = [0, 0, self.out_w, self.out_h, self.out_w, self.out_h, 0, 0]
+            return arr, torch.tensor(identity), torch.tensor(False), label
         arr = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
         with seeded(draw):
             geometry, flip = self.geometry(img)
-        return arr, torch.tensor(geometry), torch.tensor(flip), int(self.split.labels[i])
+        return arr, torch.tensor(geometry), torch.tensor(flip), label
 
 
 def collate(samples):
