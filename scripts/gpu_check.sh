@@ -14,8 +14,9 @@
 #   precision_fp32  vit_demo_shapes linear and full on CUDA with --precision fp32, against demo_cuda
 #   flowers_data    a Flowers-102-format folder of 2,040 photo-like 500x375 JPEGs (scripts/flowers_like.py)
 #   flowers_run     ViT-B/16 (random init) linear and attention on it: extraction, training, evaluation img/s
-#   bench           the training step and extraction of ViT-B/16, batch 128, against bare loops; each part's
-#                   figures are logged as soon as they exist
+#   bench           the training step and extraction of ViT-B/16, batch 128, against bare loops (extraction at
+#                   steady state over 3,072 images, decoded and photo-like JPEG files); each part's figures are
+#                   logged as soon as they exist
 #   probe_imagenet  the linear probe on ImageNet-size synthetic features (1,281,167 x 768 x 1000)
 #
 # Every step prints a line as it starts and as it ends, and a failed step does not stop the others. OUT_DIR gets
@@ -90,7 +91,7 @@ if [ "$cuda" = 1 ]; then
   step flowers_run 120 "${te[@]}" run -c vit_base_patch16_224 -t flowers102 -m linear,attention --device cuda \
     --data-dir "$work/data" --skip-verify --set steps=60 --set "lr_grid=[0.01]" --set retrain=false --json
   step bench 120 "${te[@]}" bench -c vit_base_patch16_224 -m full,attention --batch-size 128 --steps 10 \
-    --device cuda --json
+    --images 3072 --device cuda --json
   step probe_imagenet 90 "${te[@]}" bench --scale --n 1281167 --dim 768 --classes 1000 --c-grid 0.1,1 \
     --no-sklearn --extract-sizes 0 --device cuda --json
 else

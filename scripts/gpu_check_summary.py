@@ -140,8 +140,18 @@ def markdown(summary: dict) -> str:
         ]
         md += [
             f"| {m} | {r['suite_images_per_s']:.0f} | {r['ref_images_per_s']:.0f} | {r['ratio_vs_reference']:.3f} |"
-            for m, r in {**b["modes"], "extraction": b["extraction"]}.items()
+            for m, r in {**b["modes"], "extraction, decoded": b["extraction"]}.items()
         ]
+        e = b["extraction"]
+        j = e.get("jpeg")
+        if j:
+            md += [
+                f"| extraction, {j['mean_jpeg_kb']:.0f} kB JPEGs | {j['images_per_s']:.0f} | "
+                f"{e['ref_images_per_s']:.0f} | {j['vs_model']:.3f} |",
+                "",
+                f"extraction over {e['images']} images at steady state; start-up (workers, first batch) apart: "
+                f"{e['startup_s']:.2f} s decoded, {j['startup_s']:.2f} s JPEG files",
+            ]
     p = steps.get("probe_imagenet", {}).get("json")
     if isinstance(p, dict) and "probe" in p:
         s = p["probe"]["suite"]

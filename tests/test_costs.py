@@ -154,7 +154,20 @@ def test_peak_memory_is_measured_per_block():
 
 def test_bench_reports_side_by_side_figures():
     """The benchmark runs and its figures are consistent (targets are checked in BENCHMARKS.md, not here)."""
-    proc = cli("bench", "-c", "vit_demo", "-m", "attention,full", "--batch-size", "8", "--steps", "2", "--json")
+    proc = cli(
+        "bench",
+        "-c",
+        "vit_demo",
+        "-m",
+        "attention,full",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--images",
+        "40",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     (report,) = json_lines(proc.stdout)
     att, full = report["modes"]["attention"], report["modes"]["full"]
@@ -167,7 +180,14 @@ def test_bench_reports_side_by_side_figures():
     assert att["params_trainable"] == 395_368 and full["params_trainable"] == 930_920  # the demo ViT, 1000 classes
     assert att["train_gflops_per_step"] < full["train_gflops_per_step"]
     assert report["attention_vs_full_step_time"] == pytest.approx(att["suite_step_s"] / full["suite_step_s"])
-    assert report["extraction"]["suite_images_per_s"] > 0
+    e = report["extraction"]
+    assert e["images"] == 40 and e["suite_images_per_s"] > 0 and e["startup_s"] > 0
+    assert e["ratio_vs_reference"] == pytest.approx(e["suite_images_per_s"] / e["ref_images_per_s"])
+    assert e["jpeg"]["images_per_s"] > 0 and e["jpeg"]["vs_model"] == pytest.approx(
+        e["jpeg"]["images_per_s"] / e["ref_images_per_s"]
+    )
+    assert 70 <= e["jpeg"]["mean_jpeg_kb"] <= 160  # photo-like files, not a smooth few-kB image
+    assert "bench: extraction: {" in proc.stderr  # each part's figures logged as soon as they exist
     pipe = report["input_pipeline"]
     rates = [
         "small_cpu_images_per_s",
@@ -175,7 +195,7 @@ def test_bench_reports_side_by_side_figures():
         "jpeg_decode_images_per_s",
         "jpeg_cached_images_per_s",
     ]
-    assert all(pipe[k] > 0 for k in rates) and pipe["workers"] == 0
+    assert all(pipe[k] > 0 for k in rates) and pipe["workers"] == 0 and 70 <= pipe["mean_jpeg_kb"] <= 160
     assert pipe["device_vs_cpu_small"] == pytest.approx(
         pipe["small_device_images_per_s"] / pipe["small_cpu_images_per_s"]
     )

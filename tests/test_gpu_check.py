@@ -107,3 +107,34 @@ def test_the_flowers_like_folder_is_read_by_the_flowers_task_and_its_jpegs_are_p
     sizes = {s: len(flowers.dataset(s, ctx)) for s in ("train", "val", "test")}
     assert sizes == {"train": 4, "val": 4, "test": 8}
     assert flowers.dataset("train", ctx).image(0).size == (500, 375)
+
+
+def test_the_summary_shows_the_benchs_steady_state_extraction():
+    rate = {"suite_images_per_s": 900.0, "ref_images_per_s": 1000.0, "ratio_vs_reference": 0.9}
+    jpeg = {"images_per_s": 450.0, "startup_s": 2.5, "mean_jpeg_kb": 91.0, "vs_model": 0.45}
+    bench = {
+        "checkpoint": "vit_base_patch16_224",
+        "batch_size": 128,
+        "matmul_peak_tflops": 700.0,
+        "modes": {"full": rate},
+        "extraction": {**rate, "images": 3072, "startup_s": 1.5, "jpeg": jpeg},
+    }
+    env = {
+        "device": "GPU",
+        "date": "2026-12-04",
+        "torch": "t",
+        "timm": "m",
+        "torchvision": "v",
+        "cuda_version": "c",
+        "cpus": 16,
+    }
+    summary = {
+        "environment": env,
+        "steps": {"bench": {"status": "ok", "seconds": 90, "json": bench}},
+        "demo_cuda_vs_cpu": [],
+        "fp32_vs_auto": [],
+    }
+    text = gpu_check_summary.markdown(summary)
+    assert "| extraction, decoded | 900 | 1000 | 0.900 |" in text
+    assert "| extraction, 91 kB JPEGs | 450 | 1000 | 0.450 |" in text
+    assert "3072 images at steady state" in text and "1.50 s decoded, 2.50 s JPEG files" in text

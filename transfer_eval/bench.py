@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -194,23 +195,28 @@ def train_step(
     }
 
 
-def extraction(ck, batch_size: int, steps: int, device, resolution=None, num_classes=1000) -> dict:
-    """Feature extraction through the suite (PIL images, timm transform, loader) against bare inference."""
+def extraction(
+    ck, batch_size: int, steps: int, device, resolution=None, num_classes=1000, images: int | None = None
+) -> dict:
+    """Feature extraction through the suite (PIL images, timm transform, loader, features to the host) against
+    bare inference at the same precision, at steady state: the loader's start-up (its workers and first batch)
+    is timed apart. Twice: on decoded images at the model's size, and on photo-like 500x375 JPEG files (decode
+    and resize included), the latter against the model's own rate."""
+    import tempfile
+
     from PIL import Image
+
+    from transfer_eval import synthetic
 
     model, cfg, _ = _build(ck, modes.MODES["linear"], num_classes, resolution, device)
     ref = _bare_model(ck, modes.MODES["linear"], num_classes, resolution, device)
     c, h, w = cfg["input_size"]
-    n = batch_size * steps
+    n = max(images or batch_size * steps, 2 * batch_size)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
     split = ImageSplit(lambda i: Image.fromarray(pixels[i]), np.zeros(n, dtype=np.int64))
-    inference.feature_array(model, split.subset(range(batch_size)), cfg, device, batch_size)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    inference.feature_array(model, split, cfg, device, batch_size)
-    _sync(device)
-    suite_s = time.perf_counter() - start
+    _steady_features(model, split.subset(range(batch_size)), cfg, device, batch_size)  # warm-up
+    decoded = _steady_features(model, split, cfg, device, batch_size)
     x = torch.randn(batch_size, c, h, w, device=device)
     ref.eval()
 
@@ -219,19 +225,54 @@ def extraction(ck, batch_size: int, steps: int, device, resolution=None, num_cla
         with devices.autocast(device, "features"):  # the suite's extraction precision: a like-for-like ratio
             ref.forward_head(ref.forward_features(x), pre_logits=True)
 
-    ref_s = _time(bare, steps, 1, device) * steps
-    return {"suite_images_per_s": n / suite_s, "ref_images_per_s": n / ref_s, "ratio_vs_reference": ref_s / suite_s}
+    ref_rate = batch_size / _time(bare, steps, 1, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = [Path(tmp) / f"{i}.jpg" for i in range(n)]
+        mean_kb = synthetic.write_jpegs(files, workers=max(1, data.default_workers(device)))
+        jpegs = _steady_features(
+            model, ImageSplit.from_files(files, np.zeros(n, dtype=np.int64)), cfg, device, batch_size
+        )
+    return {
+        "images": n,
+        "startup_s": decoded["startup_s"],
+        "suite_images_per_s": decoded["images_per_s"],
+        "ref_images_per_s": ref_rate,
+        "ratio_vs_reference": decoded["images_per_s"] / ref_rate,
+        "jpeg": {**jpegs, "mean_jpeg_kb": mean_kb, "vs_model": jpegs["images_per_s"] / ref_rate},
+    }
+
+
+def _steady_features(model, split, cfg: dict, device, batch_size: int) -> dict:
+    """The suite's extraction loop (inference.outputs, features to the host): seconds to the first batch's
+    features (the loader's start-up), and images per second over the batches after it."""
+    model.to(device).eval()
+
+    def forward(x):
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+
+    start = time.perf_counter()
+    out = inference.outputs(forward, split, cfg, device, batch_size, phase="features")
+    next(out).float().cpu().numpy()
+    startup = time.perf_counter() - start
+    start, count = time.perf_counter(), 0
+    for f in out:
+        count += len(f.float().cpu().numpy())
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"startup_s": startup, "images_per_s": count / seconds if seconds > 0 else float("nan")}
 
 
 def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: int | None = None) -> dict:
     """Images per second each input pipeline delivers to the device, training augmentation on, no model: 32 px
     images (CIFAR's size) through the CPU transforms and through the on-device resize; 500x375 JPEG files
-    (the size of a typical Flowers or iNaturalist photo) decoded each time and from the decoded-image cache."""
+    (the size of a typical Flowers or iNaturalist photo, photo-like: transfer_eval/synthetic.py) decoded each time
+    and from the decoded-image cache."""
     import os
     import tempfile
 
     from PIL import Image
 
+    from transfer_eval import synthetic
     from transfer_eval.cache import images as image_cache
 
     aug = {"augment": True, "hflip": 0.5, "crop_scale": (0.05, 1.0), "randaugment": None, "random_erasing": 0.0}
@@ -263,11 +304,8 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
         previous = os.environ.get("TRANSFER_EVAL_CACHE")
         os.environ["TRANSFER_EVAL_CACHE"] = tmp
         try:
-            files = []
-            photo = Image.fromarray(rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)).resize((500, 375))
-            for i in range(n):
-                files.append(os.path.join(tmp, f"{i}.jpg"))
-                photo.rotate(i % 360).save(files[-1], quality=90)
+            files = [os.path.join(tmp, f"{i}.jpg") for i in range(n)]
+            out["mean_jpeg_kb"] = synthetic.write_jpegs(files, workers=max(1, out["workers"]))
             jpegs = ImageSplit.from_files(files, np.zeros(n, dtype=np.int64))
             out["jpeg_decode_images_per_s"] = rate(jpegs, data.InputPlan(workers=workers))
             image_cache.cached(jpegs, cfg, kind=image_cache.JPEG)  # built once, as training stores it; not timed
@@ -293,6 +331,7 @@ def run(
     resolution=None,
     workers: int | None = None,
     compile: bool = False,
+    images: int | None = None,
 ) -> dict:
     report = {
         "checkpoint": ck.name,
@@ -312,7 +351,7 @@ def run(
             r["fraction_of_matmul_peak"] = r["suite_tflops"] / report["matmul_peak_tflops"]
             report["modes"][mode.name] = r
             _partial(mode.name, r)
-    report["extraction"] = extraction(ck, batch_size, steps, device, resolution)
+    report["extraction"] = extraction(ck, batch_size, steps, device, resolution, images=images)
     _partial("extraction", report["extraction"])
     cfg = checkpoints.data_config(
         _bare_model(ck, modes.MODES["linear"], 1000, resolution, torch.device("cpu")), ck, resolution
