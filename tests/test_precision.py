@@ -92,12 +92,16 @@ def test_the_precision_policy():
     assert devices.precision_policy("auto", cuda) == devices.Precision("fp32", "bf16", "fp32")
     assert devices.precision_policy("auto", cpu).describe() == "fp32"
     assert devices.precision_policy("bf16", cpu).describe() == "bf16-autocast"
-    with devices.using(devices.precision_policy("bf16", cpu)):
-        assert devices.autocast(cpu, "features")._enabled  # bf16 on a CPU, when asked
+    with devices.using(devices.precision_policy("bf16", cpu)), devices.autocast(cpu, "features"):
+        assert torch.is_autocast_enabled("cpu")  # bf16 on a CPU, when asked
         assert devices.precision(cpu) == "bf16-autocast"
-    assert not devices.autocast(cpu, "train")._enabled and devices.precision(cpu) == "fp32"
+    with devices.autocast(cpu, "train"):
+        assert not torch.is_autocast_enabled("cpu") and devices.precision(cpu) == "fp32"
     with devices.using(devices.precision_policy("auto", cuda)):
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32  # strict fp32
+    with devices.autocast(cpu, "features"):  # outside a run too (`features`, `bench`): every fp32 pass is strict
+        assert not torch.backends.cudnn.allow_tf32
+    assert torch.backends.cudnn.allow_tf32  # restored afterwards (torch's default)
 
 
 def test_a_bad_precision_is_one_line(tmp_path):

@@ -26,7 +26,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 # ---------------------------------------------------------------------------------------------------- precision
 #
-# What a run computes in, by phase: "features" (the probes' and k-NN's frozen features), "train" (fine-tuning
+# What a run computes in, by phase: "features" (the probes' frozen features), "train" (fine-tuning
 # steps) and "eval" (scoring val and test with a model). Each is "fp32" (strict: TF32 off on CUDA) or "bf16"
 # (bf16 autocast, on any device: torch.autocast("cpu", torch.bfloat16) reproduces it on a CPU).
 #
@@ -70,16 +70,26 @@ _POLICY: contextvars.ContextVar[Precision | None] = contextvars.ContextVar("tran
 
 
 @contextlib.contextmanager
-def using(policy: Precision):
-    """Within the block, `autocast` follows `policy` (a run's precision); fp32 matmuls and convolutions on CUDA
-    are strict fp32 (no TF32), restored afterwards."""
-    token = _POLICY.set(policy)
+def strict_fp32():
+    """Within the block, fp32 matmuls and convolutions on CUDA are full fp32 (no TF32: it moved the demo's probe
+    by up to 1.1 points); restored afterwards. Nothing changes on a CPU."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        yield policy
+        yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def using(policy: Precision):
+    """Within the block (a run), `autocast` follows `policy`, and fp32 work outside it (an fp32 run's backward
+    passes) is strict fp32 too."""
+    token = _POLICY.set(policy)
+    try:
+        with strict_fp32():
+            yield policy
+    finally:
         _POLICY.reset(token)
 
 
@@ -88,10 +98,16 @@ def current(device: torch.device) -> Precision:
     return _POLICY.get() or precision_policy("auto", device)
 
 
+@contextlib.contextmanager
 def autocast(device: torch.device, phase: str = "train"):
-    """bf16 autocast where the precision in force says bf16 for this phase; full precision otherwise."""
+    """The phase's arithmetic under the precision in force: bf16 autocast where it says bf16, else strict fp32
+    (so every fp32 forward pass is strict, inside a run or not: `transfer-eval features`, `bench`)."""
     on = getattr(current(device), phase) == "bf16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
+    with (
+        torch.autocast(device.type, dtype=torch.bfloat16, enabled=on),
+        contextlib.nullcontext() if on else strict_fp32(),
+    ):
+        yield
 
 
 def precision(device: torch.device) -> str:
