@@ -104,8 +104,8 @@ def test_device_resize_matches_pil_on_random_enlargements():
         rows = device_resize.axis_matrix(h, y0, ch, out_h, 0, out_h, kind)
         cols = device_resize.axis_matrix(w, x0, cw, out_w, 0, out_w, kind)
         x = torch.from_numpy(arr).double().permute(2, 0, 1)
-        x = torch.floor((x @ torch.from_numpy(cols).T + 2**21) / 2**22).clamp(0, 255)
-        x = torch.floor((torch.from_numpy(rows) @ x + 2**21) / 2**22).clamp(0, 255)
+        x = torch.floor((x @ torch.tensor(cols).T + 2**21) / 2**22).clamp(0, 255)
+        x = torch.floor((torch.tensor(rows) @ x + 2**21) / 2**22).clamp(0, 255)
         assert np.array_equal(x.permute(1, 2, 0).numpy().astype(np.uint8), np.asarray(pil)), (t, kind)
 
 

@@ -67,11 +67,14 @@ def coefficients(in_size: int, out_size: int, interpolation: str) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=16384)
 def axis_matrix(size: int, start: int, length: int, resized: int, offset: int, out: int, interpolation: str):
     """The (out x size) matrix that takes one axis of an image to the model's input along it: the pixels
-    start..start+length, resized to `resized`, of which out pixels from `offset` are kept."""
+    start..start+length, resized to `resized`, of which out pixels from `offset` are kept. Cached (read-only):
+    a small image has few distinct crops, and every batch asks for them again."""
     m = np.zeros((out, size))
     m[:, start : start + length] = coefficients(length, resized, interpolation)[offset : offset + out]
+    m.setflags(write=False)
     return m
 
 
@@ -173,12 +176,12 @@ class DeviceResize:
         """(rows: n x out_h x h, columns: n x w x out_w), float64 on the host."""
         n = len(geometry)
         rows, cols = np.empty((n, self.out_h, h)), np.empty((n, w, self.out_w))
-        for k, (x0, y0, cw, ch, rw, rh, left, top) in enumerate(geometry.tolist()):
+        for k, ((x0, y0, cw, ch, rw, rh, left, top), flipped) in enumerate(zip(geometry.tolist(), flip.tolist())):
             if rw < cw or rh < ch:
                 raise ValueError(f"the device resize only enlarges (a {cw}x{ch} crop to {rw}x{rh} asked)")
             rows[k] = axis_matrix(h, y0, ch, rh, top, self.out_h, self.interpolation)
             c = axis_matrix(w, x0, cw, rw, left, self.out_w, self.interpolation)
-            cols[k] = (c[::-1] if flip[k] else c).T
+            cols[k] = (c[::-1] if flipped else c).T
         return torch.from_numpy(rows), torch.from_numpy(cols)
 
     def __call__(self, batch):
