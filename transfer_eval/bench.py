@@ -243,23 +243,18 @@ def extraction(
 
 
 def _steady_features(model, split, cfg: dict, device, batch_size: int) -> dict:
-    """The suite's extraction loop (inference.outputs, features to the host): seconds to the first batch's
-    features (the loader's start-up), and images per second over the batches after it."""
-    model.to(device).eval()
+    """The suite's extraction (inference.features, each batch's features to the host): seconds to the first
+    batch's features (the loader's start-up), and images per second over the batches after it."""
+    marks: list[tuple[float, int]] = []  # (when a batch's features reached the host, rows)
 
-    def forward(x):
-        return model.forward_head(model.forward_features(x), pre_logits=True)
+    def write(rows):
+        marks.append((time.perf_counter(), len(rows)))
 
     start = time.perf_counter()
-    out = inference.outputs(forward, split, cfg, device, batch_size, phase="features")
-    next(out).float().cpu().numpy()
-    startup = time.perf_counter() - start
-    start, count = time.perf_counter(), 0
-    for f in out:
-        count += len(f.float().cpu().numpy())
-    _sync(device)
-    seconds = time.perf_counter() - start
-    return {"startup_s": startup, "images_per_s": count / seconds if seconds > 0 else float("nan")}
+    inference.features(model, split, cfg, device, write, batch_size)
+    (first, _), (last, _) = marks[0], marks[-1]
+    count = sum(n for _, n in marks[1:])
+    return {"startup_s": first - start, "images_per_s": count / (last - first) if last > first else float("nan")}
 
 
 def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: int | None = None) -> dict:
