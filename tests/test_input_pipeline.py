@@ -50,16 +50,18 @@ def small_split(n=12, size=(32, 32)) -> ImageSplit:
     return ImageSplit(lambda i: images[i], [i % 3 for i in range(n)])
 
 
-def first_batch(split, plan, train, seed=3, workers=0):
+def first_batch(split, plan, train, seed=3, workers=0, cfg=CFG):
     """The first batch a training run (train: its augmentation) or an evaluation (train None) would see."""
-    pipe = data.pipeline(split, CFG, CPU, plan, train=train)
+    pipe = data.pipeline(split, cfg, CPU, plan, train=train)
     if train is None:
         return next(pipe.batches(data.loader(pipe, len(split), CPU)))
     sampler = data.EpochBatches(len(split), len(split), seed, draws=True)
-    return next(pipe.batches(data.batch_loader(pipe, sampler, CPU) if not workers else _with_workers(pipe, sampler)))
+    return next(
+        pipe.batches(data.batch_loader(pipe, sampler, CPU) if not workers else _with_workers(pipe, sampler, workers))
+    )
 
 
-def _with_workers(pipe, sampler, workers=2):
+def _with_workers(pipe, sampler, workers):
     from torch.utils.data import DataLoader
 
     return DataLoader(pipe.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=pipe.collate)
@@ -80,9 +82,8 @@ def test_device_eval_resize_is_timms_eval_transform_bit_for_bit(interpolation, s
     images = [photo(i, size) for i in range(6)]
     split = ImageSplit(lambda i: images[i], [i % 3 for i in range(6)])
     plan = data.InputPlan(native_size=size, train_on_device=True, eval_on_device=True)
-    cpu = next(data.pipeline(split, cfg, CPU, None).batches(data.loader(data.pipeline(split, cfg, CPU), 6, CPU)))
-    dev_pipe = data.pipeline(split, cfg, CPU, plan)
-    dev = next(dev_pipe.batches(data.loader(dev_pipe, 6, CPU)))
+    cpu = first_batch(split, data.InputPlan(), None, cfg=cfg)
+    dev = first_batch(split, plan, None, cfg=cfg)
     assert dev[0].shape == cpu[0].shape == (6, 3, 96, 96)
     assert torch.equal(cpu[1], dev[1])
     assert torch.equal(cpu[0], dev[0])  # PIL's pixels exactly, not "close"
