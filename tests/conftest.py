@@ -15,6 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Every test process and the programs it starts share one fresh feature cache, never the user's.
 os.environ["TRANSFER_EVAL_CACHE"] = tempfile.mkdtemp(prefix="transfer-eval-test-cache-")
+# Hugging Face `datasets` writes what it reads from Parquet into its cache (read when it is first imported).
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="transfer-eval-test-hf-")
 # Read when tqdm and huggingface_hub are first imported, so set before any test imports them: `cli` runs the
 # program in this process.
 os.environ.update({"TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"})

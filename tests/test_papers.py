@@ -5,7 +5,6 @@ compute; a user preset on the demo checkpoints runs end to end offline through `
 
 import csv
 import io
-import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -184,12 +183,15 @@ def test_outcomes_plan_and_report_from_a_store(tmp_path):
 
     report = cli("paper", "report", "demo", "--papers-dir", folder, "--results", db, "--format", "json")
     assert report.returncode == 0, report.stderr
-    doc = json.loads(report.stdout)
-    cells = {(c["row"], c["column"]): c for c in doc["cells"]}
+    lines = json_lines(report.stdout)  # JSON Lines: one cell per line, each naming its table
+    assert len(lines) == len(report.stdout.splitlines()) == 4
+    cells = {(c["row"], c["column"]): c for c in lines}
     assert cells[("linear", "Digits")]["verdict"] == "outside" and cells[("linear", "Digits")]["n"] == 2
     assert cells[("linear", "Digits")]["ours_mean"] == pytest.approx(82.5)
-    assert cells[("shapes", "Birds")]["unrunnable"] == "no birds task" and doc["choices"] == ["A demo choice."]
-    assert doc["counts"] == {"within": 0, "outside": 1, "missing": 1, "no published number": 0, "cannot be run": 2}
+    assert cells[("shapes", "Birds")]["unrunnable"] == "no birds task"
+    assert all(c["preset"] == "demo" and c["choices"] == ["A demo choice."] for c in lines)
+    verdicts = [c["verdict"] for c in lines]
+    assert {v: verdicts.count(v) for v in set(verdicts)} == {"outside": 1, "missing": 1, "cannot be run": 2}
     from transfer_eval.report.paper import render  # the other formats, from the same outcomes
 
     outcomes = papers.outcomes(preset, Store(db))
@@ -344,8 +346,8 @@ def test_a_user_preset_on_the_demo_checkpoints_runs_end_to_end(tmp_path):
     assert "2 runs planned, 0 stored, 2 to run in 2 jobs" in ran.stdout
     again = cli("paper", "run", "demo", *common, cwd=tmp_path)
     assert "2 runs planned, 2 stored, 0 to run in 0 jobs" in again.stdout  # nothing left to do
-    report = json.loads(cli("paper", "report", "demo", *common, "--format", "json").stdout)
-    cells = {c["column"]: c for c in report["cells"]}
+    report = json_lines(cli("paper", "report", "demo", *common, "--format", "json").stdout)
+    cells = {c["column"]: c for c in report}
     assert cells["linear"]["verdict"] == "within" and cells["linear"]["n"] == 1  # the demo's 87.20%
     assert cells["5-shot"]["verdict"] == "outside" and cells["5-shot"]["ours_mean"] > 10.0
     plan = json_lines(cli("paper", "plan", "demo", *common, "--json").stdout)

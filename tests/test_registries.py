@@ -58,6 +58,11 @@ def test_every_mode_has_a_cost_card(name):
     assert card["params_per_task"] == costs.count(model, modes.trainable_names(mode, model))
     assert card["params_total"] == costs.count(model)
     assert card["train_gflops_per_image"] >= (card["fwd_gflops_per_image"] if mode.trains else 0.0)
+    if mode.stage == "knn":  # the memory: its size per training image, features and a label
+        dim = _tiny_vit().num_features
+        assert card["bytes_per_task"] is None and card["bytes_per_train_image"] == 4 * dim + 8
+        assert card["stored_per_task"].startswith(mode.stores) and f"{4 * dim + 8:,} bytes" in card["stored_per_task"]
+        return
     assert 0 < card["bytes_per_task"] <= card["bytes_full_copy"]
     assert card["stored_per_task"] == mode.stores
 

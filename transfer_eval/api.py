@@ -62,7 +62,18 @@ def evaluate(
     from transfer_eval import data, devices, distributed, runner
 
     runs = runner.plan_named(
-        checkpoints, tasks, modes, seeds, settings, resolution, recipe, limit, registries, tasks_dirs, precision
+        checkpoints,
+        tasks,
+        modes,
+        seeds,
+        settings,
+        resolution,
+        recipe,
+        limit,
+        registries,
+        tasks_dirs,
+        precision,
+        download,
     )
     dev = distributed.init(device) if distributed.launched() else devices.pick_device(device)
     ctx = _tasks.LoadContext(

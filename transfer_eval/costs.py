@@ -78,13 +78,13 @@ def cost_card(model, data_config: dict, mode, device=torch.device("cpu")) -> dic
     fwd = forward_flops(model, data_config, device)
     # Probes' training compute is forward passes only (features; few-shot solves in closed form), as the runner
     # records it.
-    train = fwd if mode.stage in ("probe", "fewshot") else train_step_flops(model, data_config, device)
+    train = fwd if mode.stage in ("probe", "fewshot", "knn") else train_step_flops(model, data_config, device)
     state = model.state_dict()
     total = count(model)
     per_task = count(model, names)
     full_bytes = deltas.size(state)
     task_bytes = deltas.size({n: state[n] for n in names})
-    return {
+    card = {
         "resolution": data_config["input_size"][-1],
         "fwd_gflops_per_image": fwd / 1e9,
         "fwd_gmacs_per_image": fwd / 2e9,
@@ -99,3 +99,8 @@ def cost_card(model, data_config: dict, mode, device=torch.device("cpu")) -> dic
         "storage_saved_per_extra_task": 1 - task_bytes / full_bytes,
         "stored_per_task": mode.stores,
     }
+    if mode.stage == "knn":  # the memory grows with the task's data: known per training image, not per task
+        dim = getattr(model, "head_hidden_size", None) or model.num_features  # the pre-logits features
+        card.update(bytes_per_task=None, storage_saved_per_extra_task=None, bytes_per_train_image=4 * dim + 8)
+        card["stored_per_task"] += f" ({4 * dim + 8:,} bytes per train+val image)"
+    return card

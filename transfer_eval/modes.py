@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from transfer_eval import fewshot, logistic, probe
+from transfer_eval import fewshot, knn, logistic, probe
 from transfer_eval.errors import UserError, unknown_name
 
 # --------------------------------------------------------------------------------------------------- selectors
@@ -115,10 +115,11 @@ SELECTORS = {
 
 # ------------------------------------------------------------------------------------------------------ modes
 
-STAGES = ("probe", "fewshot", "finetune", "eval")
+STAGES = ("probe", "fewshot", "knn", "finetune", "eval")
 STAGE_SPLITS = {
     "probe": ("train", "val", "test"),
     "fewshot": ("train", "test"),
+    "knn": ("train", "val", "test"),
     "finetune": ("train", "val", "test"),
     "eval": ("test",),
 }
@@ -145,10 +146,11 @@ def _inject_lora(model: nn.Module, recipe: dict) -> nn.Module:
 @dataclass(frozen=True)
 class Mode:
     """One adaptation mode. `trains` names SELECTORS (the trainable set is their union); `stage` is what the
-    runner does (probe: a classifier on frozen features; fewshot: closed-form regression on k per class;
-    finetune: gradient training; eval: nothing trains); `defaults` are the mode's own recipe fields (a probe's
-    whole recipe; for fine-tuning, fields beyond finetune.Recipe's common ones); `version` enters every protocol
-    hash: bump it when the mode's code changes in a way that can move accuracy."""
+    runner does (probe: a classifier on frozen features; fewshot: closed-form regression on k per class; knn:
+    weighted k-NN on frozen features; finetune: gradient training; eval: nothing trains); `defaults` are the
+    mode's own recipe fields (a probe's whole recipe; for fine-tuning, fields beyond finetune.Recipe's common
+    ones); `version` enters every protocol hash: bump it when the mode's code changes in a way that can move
+    accuracy."""
 
     name: str
     stage: str
@@ -183,6 +185,7 @@ _PROBE = {
     "resolution": None,
 }
 _FEWSHOT = {"batch_size": 256, "shots": list(fewshot.SHOTS), "l2": fewshot.L2, "resolution": None}
+_KNN = {"batch_size": 256, "k": [knn.K], "temperature": knn.TEMPERATURE, "resolution": None}
 _EVAL = {"batch_size": 256, "resolution": None}
 
 MODES = {
@@ -215,6 +218,16 @@ MODES = {
             defaults=_FEWSHOT,
             seeds=(0, 1, 2),
         ),  # big_vision's three sampling seeds
+        Mode(
+            "knn",
+            "knn",
+            (),
+            "frozen backbone; weighted k-NN on L2-normalised pre-logits features (DINO, DINOv2): the k most similar "
+            "train images vote with exp(cosine / T); k 20 and T 0.07 unless the recipe says (a list of k: the "
+            "best on val)",
+            "the k-NN memory: train+val features and labels",
+            defaults=_KNN,
+        ),
         Mode("full", "finetune", ("all",), "fine-tune every parameter", "every parameter"),
         Mode(
             "ffn",

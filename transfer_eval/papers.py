@@ -301,7 +301,7 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
 
 def resolve(preset: Preset, registries=(), tasks_dirs=()) -> None:
     """Each runnable cell's runs, through the planner `run` uses: names, recipe fields and seeds are checked."""
-    from transfer_eval import checkpoints, modes, runner, tasks
+    from transfer_eval import checkpoints, modes, runner, task_names, tasks
 
     registry, found = checkpoints.load_registry(registries), tasks.discover(tasks_dirs)
     for cell in preset.runnable:
@@ -317,7 +317,7 @@ def resolve(preset: Preset, registries=(), tasks_dirs=()) -> None:
                 raise UserError(f"unknown recipe preset {cell.recipe!r}; known: vit, deit")
             cell.runs = runner.plan(
                 [checkpoints.resolve(str(cell.checkpoint), registry)],
-                [tasks.resolve(str(cell.task), found)],
+                [task_names.resolve(str(cell.task), found)],
                 [modes.resolve(str(cell.mode))],
                 seeds,
                 dict(cell.settings),

@@ -27,7 +27,9 @@ from transfer_eval import (
     distributed,
     finetune,
     inference,
+    knn,
     modes,
+    protocol,
     provenance,
     stages,
     trackers,
@@ -56,12 +58,7 @@ class Run:
 
     @property
     def protocol_hash(self) -> str:
-        protocol = {"mode": self.mode.name, "version": self.mode.version, "recipe": self.recipe}
-        if self.limit is not None:  # a limited run never stands in for the full one
-            protocol["limit"] = self.limit
-        if self.precision != "auto":  # a precision chosen on purpose is measured apart
-            protocol["precision"] = self.precision
-        return hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()[:16]
+        return protocol.protocol_hash(self.mode.name, self.mode.version, self.recipe, self.limit, self.precision)
 
     @property
     def key(self) -> tuple:
@@ -77,6 +74,8 @@ class Run:
 
     def label(self) -> str:
         shots = f" / {self.recipe['shots']}-shot" if self.mode.stage == "fewshot" else ""
+        if self.mode.stage == "knn":
+            shots = f" / k {','.join(str(k) for k in self.recipe['k'])}"
         limit = f" / limit {self.limit}" if self.limit is not None else ""
         prec = f" / {self.precision}" if self.precision != "auto" else ""
         return f"{self.checkpoint.name} / {self.task.name} / {self.mode.name}{shots} / seed {self.seed}{limit}{prec}"
@@ -114,6 +113,11 @@ def resolve_recipe(
                 raise UserError(f"fewshot shots must be positive integers, got {merged['shots']!r}")
             merged["shots"] = shots
             merged["l2"] = float(merged["l2"])
+        if "k" in merged:  # k-NN: one k, or a grid chosen on val
+            merged["k"] = knn.ks_of(merged["k"])
+            merged["temperature"] = float(merged["temperature"])
+            if not merged["temperature"] > 0:
+                raise UserError(f"knn temperature must be positive, got {merged['temperature']!r}")
         return merged
     # a mode the task gives no recipe for (ffn, bitfit) takes its generic fine-tuning one, else full's
     task_fields = task.recipes.get(mode.name) or task.recipes.get("finetune") or task.recipes.get("full", {})
@@ -194,16 +198,20 @@ def plan_named(
     registries=(),
     tasks_dirs=(),
     precision: str = "auto",
+    download: bool = False,
 ) -> list[Run]:
-    """`plan` over names as a user gives them (registry names, timm names, task and mode names, comma-separated
-    or as lists) or the objects themselves (Checkpoint, Task, Mode): what `run` and `evaluate` plan."""
+    """`plan` over names as a user gives them (registry names, timm names, task names, `folder:PATH` and `hf:...`
+    tasks, mode names, comma-separated or as lists) or the objects themselves (Checkpoint, Task, Mode): what `run`
+    and `evaluate` plan. `download`: a Hub dataset named as a task may be fetched."""
+    from transfer_eval import task_names as by_name  # (the parameter is `task_names`)
     from transfer_eval import tasks as task_registry  # (`plan` names its task list `tasks`)
 
     registry = checkpoints.load_registry(registries)
     ckpts = [c if isinstance(c, Checkpoint) else checkpoints.resolve(c, registry) for c in names(checkpoint_names)]
     wanted_tasks = names(task_names)
-    known = task_registry.discover(tasks_dirs) if any(not isinstance(t, Task) for t in wanted_tasks) else {}
-    task_list = [t if isinstance(t, Task) else task_registry.resolve(t, known) for t in wanted_tasks]
+    registered = [t for t in wanted_tasks if not isinstance(t, Task) and not by_name.is_source(t)]
+    known = task_registry.discover(tasks_dirs) if registered else {}
+    task_list = [t if isinstance(t, Task) else by_name.resolve(t, known, download) for t in wanted_tasks]
     mode_list = [m if isinstance(m, Mode) else modes.resolve(m) for m in names(mode_names)]
     if not (ckpts and task_list and mode_list and (seeds is None or list(seeds))):
         raise UserError("give at least one checkpoint (-c), task (-t), mode (-m) and seed")

@@ -2,6 +2,7 @@
 
 - probe: the linear probe on cached features (C chosen on val, refit on train+val);
 - fewshot: big_vision's closed-form few-shot regression (scores test itself: nothing is chosen);
+- knn: DINO's weighted k-NN on cached features (k chosen on val; scores test itself);
 - finetune: the training loop (lr chosen on val, optional retrain);
 - eval: nothing trains.
 
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from transfer_eval import costs, data, fewshot, finetune, probe
+from transfer_eval import costs, data, fewshot, finetune, knn, probe
 
 if TYPE_CHECKING:
     from transfer_eval.runner import Run
@@ -148,6 +149,50 @@ def fewshot_stage(s: Stage) -> Trained:
     )
 
 
+def knn_stage(s: Stage) -> Trained:
+    """DINO's weighted k-NN on cached features: train is the memory and val the queries for every k of the recipe
+    (the best on val is chosen), then train+val is the memory and test the queries, with the chosen k. Nothing
+    trains: what one more task keeps is that memory (its L2-normalised features and labels), the stored delta."""
+    recipe, classes = s.run.recipe, s.run.task.num_classes
+    ks, temperature = knn.ks_of(recipe["k"]), float(recipe["temperature"])
+    (xtr, ytr, t_tr), (xva, yva, t_va) = s.features("train"), s.features("val")
+    start = time.perf_counter()
+    val = knn.classify([(xtr, ytr)], xva, ks, classes, temperature, s.device)
+    grid = {k: float((top5[:, 0] == yva).mean()) for k, top5 in val.items()}
+    chosen = knn.choose(grid)
+    search_seconds = time.perf_counter() - start
+    s.splits["test"].unseal()  # every choice is made
+    xte, _, test_seconds = s.features("test")
+    start = time.perf_counter()
+    memory = [(xtr, ytr), (xva, yva)]
+    top5 = knn.classify(memory, xte, [chosen], classes, temperature, s.device)[chosen]
+    test_seconds += time.perf_counter() - start
+    n, extract = len(ytr) + len(yva), t_tr + t_va
+    features = torch.nn.functional.normalize(torch.from_numpy(np.concatenate([xtr, xva]).astype(np.float32)), dim=1)
+    selection = {
+        "searched": "k (neighbours voting) of DINO's weighted k-NN on L2-normalised features, memory train, "
+        "queries val",
+        "grid": {str(k): round(a, 6) for k, a in grid.items()},
+        "chosen": {"k": chosen},
+        "temperature": temperature,
+        "refit": "train+val as the memory of the test queries",
+        "memory_images": n,
+        "features_cached": extract == 0.0,
+    }
+    delta = {"knn.features": features, "knn.labels": torch.from_numpy(np.concatenate([ytr, yva]).astype(np.int64))}
+    return Trained(
+        grid[chosen],
+        selection,
+        extract + search_seconds,
+        n,
+        s.fwd_gflops,
+        n / extract if extract else None,
+        delta=delta,
+        test_top5=top5,
+        test_seconds=test_seconds,
+    )
+
+
 def finetune_stage(s: Stage) -> Trained:
     recipe = finetune.make_recipe(s.run.recipe)
     gflops = costs.train_step_flops(s.model, s.cfg, s.device) / 1e9
@@ -174,4 +219,10 @@ def eval_stage(s: Stage) -> Trained:
     return Trained(None, None, 0.0, 0, 0.0, None)
 
 
-STAGES = {"probe": probe_stage, "fewshot": fewshot_stage, "finetune": finetune_stage, "eval": eval_stage}
+STAGES = {
+    "probe": probe_stage,
+    "fewshot": fewshot_stage,
+    "knn": knn_stage,
+    "finetune": finetune_stage,
+    "eval": eval_stage,
+}

@@ -110,6 +110,7 @@ class ImageSplit:
         self.sealed: str | None = None  # while set, reading an image raises SealedSplitRead with this reason
         self.parts: tuple | None = None  # the splits a concatenation was made of
         self._signature: str | None = None  # files_signature, computed once per split
+        self.signature: str | None = None  # what stands for the files' signature of a split without files
         if len(self.ids) != len(self.labels) or (self.paths is not None and len(self.paths) != len(self.labels)):
             raise ValueError("ids, paths and labels differ in length")
 
@@ -141,6 +142,7 @@ class ImageSplit:
             [self.paths[i] for i in idx] if self.paths is not None else None,
         )
         out.skipped = list(self.skipped)
+        out.signature = self.signature
         return out
 
     @staticmethod
@@ -154,6 +156,8 @@ class ImageSplit:
             paths,
         )
         out.skipped = a.skipped + b.skipped
+        if a.signature is not None and b.signature is not None:
+            out.signature = hashlib.sha256(f"{a.signature}+{b.signature}".encode()).hexdigest()
         out.parts = (a, b)  # so caches of the parts serve the whole (train+val for retraining)
         return out
 
@@ -206,10 +210,11 @@ class ImageSplit:
         return out
 
     def files_signature(self) -> str | None:
-        """A digest of the image files' sizes and modification times (None where the split has no files): a
-        replaced or damaged file changes it, so cached features of the old one are not reused."""
+        """A digest of the image files' sizes and modification times (a split without files: its `signature`, as
+        a dataset's fingerprint, or None): a replaced or damaged file changes it, so cached features of the old
+        one are not reused."""
         if self.paths is None:
-            return None
+            return self.signature
         if self._signature is None:
             self._signature = self._stat_signature()
         return self._signature
@@ -424,5 +429,6 @@ def discover(tasks_dirs: Sequence[str | Path] = ()) -> dict[str, Task]:
 
 def resolve(name: str, tasks: dict[str, Task]) -> Task:
     if name not in tasks:
-        raise unknown_name("task", name, tasks, hint="(see `transfer-eval list tasks`; add one with --tasks-dir DIR)")
+        hint = "(see `transfer-eval list tasks`; add one with --tasks-dir DIR, or give folder:PATH or hf:PATH)"
+        raise unknown_name("task", name, tasks, hint=hint)
     return tasks[name]

@@ -48,14 +48,33 @@ def list_checkpoints(registries, as_json):
 
 @list_.command("tasks", context_settings=CONTEXT)
 @tasks_dir_option
+@click.option(
+    "-t",
+    "--task",
+    "task_names",
+    multiple=True,
+    help="Also these tasks named by where their data is: folder:PATH (an image folder), hf:PATH_OR_NAME (a Hugging "
+    "Face dataset); repeat for several.",
+)
 @json_option
-def list_tasks(tasks_dirs, as_json):
-    """Tasks from the built-in plugins, installed packages and --tasks-dir folders."""
+def list_tasks(tasks_dirs, task_names, as_json):
+    """Tasks from the built-in plugins, installed packages and --tasks-dir folders; any image folder or Hugging
+    Face dataset is a task too, named folder:PATH or hf:PATH_OR_NAME (shown with -t).
+
+    \b
+    Examples:
+      transfer-eval list tasks
+      transfer-eval list tasks -t folder:~/data/birds -t hf:~/data/beans
+    """
     from tabulate import tabulate
 
+    from transfer_eval import task_names as names
     from transfer_eval import tasks
 
     found = tasks.discover(tasks_dirs)
+    for name in task_names:
+        task = names.resolve(name, found)
+        found[task.name] = task
     if as_json:
         for t in found.values():
             click.echo(
@@ -75,6 +94,10 @@ def list_tasks(tasks_dirs, as_json):
         return
     rows = [[t.name, t.num_classes, t.version, t.description, _short(t.source)] for t in found.values()]
     click.echo(tabulate(rows, headers=["name", "classes", "version", "description", "source"]))
+    if not task_names:
+        click.echo("\nAny data is a task too (-t NAME, and `list tasks -t NAME` to see it):")
+        for prefix, what in names.SOURCES.items():
+            click.echo(f"  {prefix}...  {what}")
 
 
 def _short(source: str) -> str:

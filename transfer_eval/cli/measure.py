@@ -65,8 +65,8 @@ def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_js
             f"{r['train_gflops_per_image']:.2f}",
             f"{r['params_total']:,}",
             f"{r['params_per_task']:,}",
-            f"{r['bytes_per_task'] / 2**20:.2f}",
-            f"{100 * r['storage_saved_per_extra_task']:.1f}%",
+            "-" if r["bytes_per_task"] is None else f"{r['bytes_per_task'] / 2**20:.2f}",
+            "-" if r["storage_saved_per_extra_task"] is None else f"{100 * r['storage_saved_per_extra_task']:.1f}%",
             r["stored_per_task"],
         ]
         for r in rows

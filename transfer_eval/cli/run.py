@@ -69,7 +69,7 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
     from transfer_eval.results import Store
 
     o = shared
-    runs = _plan(checkpoint_names, task_names, mode_names, seeds, o)
+    runs = _plan(checkpoint_names, task_names, mode_names, seeds, o, download)
     dev = distributed.init(device) if distributed.launched() else devices.pick_device(device)
     ctx = load_context(o["data_dir"], o["skip_verify"], download, o["bad_images"])
     options = runner.Options(
@@ -95,7 +95,7 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
         sys.exit(1)
 
 
-def _plan(checkpoint_names, task_names, mode_names, seeds, o: dict):
+def _plan(checkpoint_names, task_names, mode_names, seeds, o: dict, download: bool = False):
     """The runs a run or sweep command line names (checkpoints, tasks, modes, seeds, recipe options)."""
     from transfer_eval import runner
 
@@ -111,6 +111,7 @@ def _plan(checkpoint_names, task_names, mode_names, seeds, o: dict):
         o["registries"],
         o["tasks_dirs"],
         o["precision"],
+        download,
     )
 
 

@@ -136,9 +136,10 @@ def data_check(task_names, data_dir, tasks_dirs, skip_verify, download, mode_nam
     from tabulate import tabulate
 
     from transfer_eval import modes, tasks
+    from transfer_eval import task_names as names
 
     found = tasks.discover(tasks_dirs)
-    chosen = [tasks.resolve(n, found) for n in csv(task_names)] or list(found.values())
+    chosen = [names.resolve(n, found, download) for n in csv(task_names)] or list(found.values())
     mode_splits = modes.resolve(mode_name).splits if mode_name else None
     ctx = load_context(data_dir, skip_verify, download)
     rows, not_ready = [], []
@@ -208,7 +209,7 @@ def data_check(task_names, data_dir, tasks_dirs, skip_verify, download, mode_nam
             )
         )
         for name in not_ready:
-            click.echo(f"\n{name}: {found[name].data_help}")
+            click.echo(f"\n{name}: {next(t for t in chosen if t.name == name).data_help}")
     if not_ready:
         sys.exit(1)
 
@@ -244,10 +245,10 @@ def features(
     """
     import numpy as np
 
-    from transfer_eval import checkpoints, devices, probe, tasks
+    from transfer_eval import checkpoints, devices, probe, task_names, tasks
 
     ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
-    task = tasks.resolve(task_name, tasks.discover(tasks_dirs))
+    task = task_names.resolve(task_name, tasks.discover(tasks_dirs))
     ctx = load_context(data_dir, skip_verify)
     dev = devices.pick_device(device)
     ds = task.dataset(split, ctx)

@@ -1,13 +1,16 @@
 """Leaderboards, paired checkpoint comparisons, plots and the static html report, all read from the results store.
 
-leaderboard.py holds the model (groups, cells, rows), compare.py the paired statistics, render.py the text
-formats, plots.py the figures and site.py the html; this module gathers their public names.
+leaderboard.py holds the model (groups, cells, rows), variants.py what tells a row's variants apart, compare.py
+the paired statistics, render.py the text formats, plots.py the figures and site.py the html; this module gathers
+their public names.
 
 Definitions (the README's "Leaderboard" section says the same to users):
 
-- A *cell* is one (checkpoint, mode, task). Its accuracy is `top1` of the stored results with status ok. Several
-  seeds give mean ± std (std with ddof=1, n shown). Where a cell holds runs of several setups (protocol hash,
-  weights digest or task version), only the setup of the newest run (highest run_id) counts, and a note says so.
+- A *cell* is one (checkpoint, mode, variant, task). Its accuracy is `top1` of the stored results with status ok.
+  Several seeds give mean ± std (std with ddof=1, n shown). A variant is what the user chose (shots, resolution,
+  preset, a recipe field, a precision: variants.py). Where a (checkpoint, mode, task) holds runs of several setups
+  (weights digest, task version, protocol version), only the setup of the newest run (highest run_id) counts, and
+  a note says which changed.
 - A *group* is a named list of tasks. Its mean is the mean of the cells' accuracies; if a task of the group has no
   result the mean is *incomplete* and shown as such, never as a number that mixes different task sets.
 - params/task (table): the mean over the group's tasks of `params_per_task` (it differs between tasks only through

@@ -105,6 +105,7 @@ class Paired:
     d_bytes_per_task: float | None = None
     d_train_pflops: float | None = None
     d_fwd_gflops_per_image: float | None = None
+    variant: str = ""  # what both sides chose beyond the mode ('10-shot', '@384'): like is paired with like
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,7 +115,7 @@ class Paired:
 class Comparison:
     reference: str
     others: list[str]
-    rows: list[Paired]  # one per (other, task, mode)
+    rows: list[Paired]  # one per (other, task, mode, variant)
     resamples: int
     notes: list[str] = field(default_factory=list)
 
@@ -142,7 +143,7 @@ def _pick_runs(ca: Cell, cb: Cell) -> tuple[Result, Result, str | None]:
         rb = next(r for r in cb.runs if r.seed == s)
         note = (
             (
-                f"{ca.task} / {ca.mode}: statistics from seed {s}, the lowest seed both have (A has {ca.n} "
+                f"{ca.task} / {ca.label}: statistics from seed {s}, the lowest seed both have (A has {ca.n} "
                 f"seed{'s' * (ca.n != 1)}, B {cb.n})"
             )
             if ca.n > 1 or cb.n > 1
@@ -150,7 +151,7 @@ def _pick_runs(ca: Cell, cb: Cell) -> tuple[Result, Result, str | None]:
         )
         return ra, rb, note
     ra, rb = ca.runs[0], cb.runs[0]
-    return ra, rb, f"{ca.task} / {ca.mode}: no seed in common; statistics from A seed {ra.seed}, B seed {rb.seed}"
+    return ra, rb, f"{ca.task} / {ca.label}: no seed in common; statistics from A seed {ra.seed}, B seed {rb.seed}"
 
 
 def compare(
@@ -162,7 +163,8 @@ def compare(
     seed: int = 0,
     include_limited: bool = False,
 ) -> Comparison:
-    """Each checkpoint after the first against the first (the reference), per (task, mode) both were run on."""
+    """Each checkpoint after the first against the first (the reference), per (task, mode, variant) both were run
+    on (the variants named over both sides' results: report/variants.py)."""
     checkpoints = list(dict.fromkeys(checkpoints))
     if len(checkpoints) < 2:
         raise UserError(
@@ -182,19 +184,22 @@ def compare(
     ref, others = checkpoints[0], checkpoints[1:]
     rows, notes = [], []
     for other in others:
-        common = sorted({(t, m) for c, m, t in cells if c == ref} & {(t, m) for c, m, t in cells if c == other})
+        mine = {(t, m, v): cell.variant_key for (c, m, v, t), cell in cells.items() if c == ref}
+        theirs = {(t, m, v) for c, m, v, t in cells if c == other}
+        common = sorted(set(mine) & theirs, key=lambda k: (k[0], k[1], mine[k]))
         if not common:
             filt = "".join(f" {k} {','.join(v)}" for k, v in (("tasks", tasks), ("modes", modes)) if v)
             raise UserError(
                 f"{ref} and {other} have no task and mode in common with stored results{filt}; "
                 f"run them on the same tasks and modes first"
             )
-        for task, mode in common:
-            ca, cb = cells[(ref, mode, task)], cells[(other, mode, task)]
+        for task, mode, variant in common:
+            ca, cb = cells[(ref, mode, variant, task)], cells[(other, mode, variant, task)]
             rows.append(_compare_cells(store, ca, cb, resamples, seed))
             notes += [_setup_note(c) for c in (ca, cb) if c.n_setups > 1]
     if all(r.verdict == "refused" for r in rows):
         raise UserError(f"nothing to compare: {rows[0].reason} for every shared task and mode")
+    notes = list(dict.fromkeys(notes))
     return Comparison(ref, others, rows, resamples, notes + limited_note(found, include_limited))
 
 
@@ -209,6 +214,7 @@ def _compare_cells(store: Store, ca: Cell, cb: Cell, resamples: int, seed: int) 
         rb.run_id,
         ra.seed,
         rb.seed,
+        variant=ca.variant,
         acc_a=ra.top1,
         acc_b=rb.top1,
         note=seed_note,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transfer_eval.errors import UserError, unknown_name
+from transfer_eval.report import variants
 from transfer_eval.results import Result, Store
 
 BYTES_PER_PARAM = 4  # fp32: the dtype the suite stores deltas in (runner -> costs.delta_bytes)
@@ -53,13 +54,21 @@ def resolve_group(name: str | None, shown_tasks: list[str]) -> Group:
 
 @dataclass
 class Cell:
-    """The runs of one (checkpoint, mode, task) that count: those of the newest setup."""
+    """The runs of one (checkpoint, mode, variant, task) that count: those of the newest setup (report/variants.py)."""
 
     checkpoint: str
     mode: str
     task: str
     runs: list[Result]
     n_setups: int = 1
+    variant: str = ""  # what the user chose beyond the mode ('10-shot', '@384', 'r=4'); '' where nothing differs
+    variant_key: tuple = ()  # orders variants by their values
+    superseded: list[Result] = field(default_factory=list)  # runs of older setups, which do not count
+
+    @property
+    def label(self) -> str:
+        """The mode and its variant, as rows show them: `fewshot 10-shot`."""
+        return f"{self.mode} {self.variant}".strip()
 
     @property
     def accs(self) -> list[float]:
@@ -97,6 +106,7 @@ class Cell:
             "n": self.n,
             "seeds": self.seeds,
             "run_ids": [r.run_id for r in self.runs],
+            "variant": self.variant,
             "protocol_hash": new.protocol_hash,
             "n_setups": self.n_setups,
             "params_per_task": new.params_per_task,
@@ -107,21 +117,24 @@ class Cell:
         }
 
 
-def _setup(r: Result) -> tuple:
-    return (r.weights_sha256, r.task_version, r.protocol_hash)
-
-
-def build_cells(results: list[Result], include_limited: bool = False) -> dict[tuple[str, str, str], Cell]:
-    """The cells of these results; runs made with --limit (a quick look) only with `include_limited`."""
+def build_cells(results: list[Result], include_limited: bool = False) -> dict[tuple[str, str, str, str], Cell]:
+    """The cells of these results, keyed (checkpoint, mode, variant, task); runs made with --limit (a quick look)
+    only with `include_limited`. Each (checkpoint, mode, task) keeps its newest setup's runs, one cell per
+    variant (report/variants.py); the runs of older setups are kept on each cell as `superseded`."""
     by: dict[tuple, list[Result]] = {}
     for r in results:
         if r.status == "ok" and r.top1 is not None and (include_limited or r.limit_per_split is None):
             by.setdefault((r.checkpoint, r.mode, r.task), []).append(r)
+    split = {key: variants.split_cell(runs) for key, runs in by.items()}
+    names = variants.fields({key: kept for key, (kept, _) in split.items()})
     out = {}
-    for key, runs in by.items():
-        newest = max(runs, key=lambda r: r.run_id)
-        keep = sorted((r for r in runs if _setup(r) == _setup(newest)), key=lambda r: r.seed)
-        out[key] = Cell(*key, runs=keep, n_setups=len({_setup(r) for r in runs}))
+    for (ck, mode, task), (kept, old) in split.items():
+        n_setups = 1 + len({variants.setup(r) for r in old})
+        for runs in kept:
+            name = variants.label(runs[0], names[mode])
+            out[(ck, mode, name, task)] = Cell(
+                ck, mode, task, runs, n_setups, name, variants.sort_key(runs[0], names[mode]), old
+            )
     return out
 
 
@@ -136,9 +149,9 @@ def limited_note(results: list[Result], include_limited: bool) -> list[str]:
 
 def _setup_note(c: Cell) -> str:
     return (
-        f"{c.checkpoint} / {c.mode} / {c.task}: {c.n_setups} setups stored (protocol hash, weights or task "
-        f"version differ); only the newest counts (protocol {c.newest.protocol_hash[:12]}, run "
-        f"{c.newest.run_id})"
+        f"{c.checkpoint} / {c.mode} / {c.task}: {c.n_setups} setups stored "
+        f"({variants.superseded_note(c.superseded, c.newest)}); only the newest counts (protocol "
+        f"{c.newest.protocol_hash[:12]}, run {c.newest.run_id})"
     )
 
 
@@ -151,6 +164,13 @@ class Row:
     mode: str
     cells: dict[str, Cell | None]  # every shown task and every group task
     group: Group
+    variant: str = ""  # what the user chose beyond the mode (report/variants.py)
+    variant_key: tuple = ()
+
+    @property
+    def label(self) -> str:
+        """The mode and its variant, as the mode column shows them: `fewshot 10-shot`, `full @384`."""
+        return f"{self.mode} {self.variant}".strip()
 
     @property
     def group_cells(self) -> list[Cell]:
@@ -217,8 +237,10 @@ class Row:
 
     def value(self, column: str):
         """The raw value a column sorts by (None where missing)."""
-        if column in ("checkpoint", "mode"):
-            return getattr(self, column)
+        if column == "checkpoint":
+            return self.checkpoint
+        if column == "mode":
+            return self.label
         if column in NUMERIC_COLUMNS:
             return getattr(self, column)
         c = self.cells.get(column)
@@ -247,6 +269,7 @@ class Leaderboard:
         return {
             "checkpoint": row.checkpoint,
             "mode": row.mode,
+            "variant": row.variant,
             "group": self.group.name,
             "group_tasks": list(self.group.tasks),
             "tasks": {t: (row.cells[t].to_dict() if row.cells.get(t) else None) for t in tasks},
@@ -260,7 +283,7 @@ class Leaderboard:
             "full_copies_bytes": row.full_copies_bytes,
             "storage_ratio": row.storage_ratio,
             "train_pflops": row.train_pflops,
-            "notes": [_setup_note(c) for c in row.cells.values() if c and c.n_setups > 1],
+            "notes": list(dict.fromkeys(_setup_note(c) for c in row.cells.values() if c and c.n_setups > 1)),
         }
 
     def to_frame(self):
@@ -286,9 +309,9 @@ def leaderboard(
     sort: str | None = None,
     include_limited: bool = False,
 ) -> Leaderboard:
-    """Rows checkpoint x mode. `tasks` picks the task columns (default: the group's tasks, else every stored
-    task); `group` is what the mean, storage and compute are over (default: the task columns shown). Runs made
-    with --limit count only with `include_limited`."""
+    """Rows checkpoint x mode x variant (report/variants.py). `tasks` picks the task columns (default: the group's
+    tasks, else every stored task); `group` is what the mean, storage and compute are over (default: the task
+    columns shown). Runs made with --limit count only with `include_limited`."""
     named = group not in (None, ALL)
     grp = resolve_group(group, []) if named else None
     everything = store.query()
@@ -308,17 +331,21 @@ def leaderboard(
                 raise unknown_name(kind, n, known, f"(no successful result stored for it in {store.path})")
     found = store.query(checkpoints=list(checkpoints), modes=list(modes))
     cells = build_cells(found, include_limited)
-    shown = list(dict.fromkeys(tasks)) or (list(grp.tasks) if grp else sorted({t for _, _, t in cells}))
+    shown = list(dict.fromkeys(tasks)) or (list(grp.tasks) if grp else sorted({k[3] for k in cells}))
     grp = grp or resolve_group(None, shown)
     wanted = set(shown) | set(grp.tasks)
-    pairs = sorted({(c, m) for c, m, t in cells if t in wanted})
-    if not pairs:
+    keys = {(c, m, v): cell.variant_key for (c, m, v, t), cell in cells.items() if t in wanted}
+    if not keys:
         raise UserError(
             f"no stored results for the tasks {', '.join(sorted(wanted))} with these filters in {store.path}"
         )
-    rows = [Row(c, m, {t: cells.get((c, m, t)) for t in dict.fromkeys([*shown, *grp.tasks])}, grp) for c, m in pairs]
+    columns = list(dict.fromkeys([*shown, *grp.tasks]))
+    rows = [
+        Row(c, m, {t: cells.get((c, m, v, t)) for t in columns}, grp, v, keys[(c, m, v)])
+        for c, m, v in sorted(keys, key=lambda k: (k[0], k[1], keys[k]))
+    ]
     notes = [_setup_note(cell) for row in rows for cell in row.cells.values() if cell and cell.n_setups > 1]
-    notes += limited_note(found, include_limited)
+    notes = list(dict.fromkeys(notes)) + limited_note(found, include_limited)
     lb = Leaderboard(shown, grp, rows, notes)
     sort_rows(lb, sort)
     return lb
@@ -337,7 +364,7 @@ def sort_rows(lb: Leaderboard, sort: str | None):
             raise UserError(f"--sort {sort!r}: the direction after ':' is asc or desc")
     if direction is None:
         direction = "desc" if column in _DESCENDING or column in lb.tasks else "asc"
-    rows = sorted(lb.rows, key=lambda r: (r.checkpoint, r.mode))
+    rows = sorted(lb.rows, key=lambda r: (r.checkpoint, r.mode, r.variant_key))
 
     def present_first(r):
         v = r.value(column)
@@ -346,6 +373,9 @@ def sort_rows(lb: Leaderboard, sort: str | None):
         return 0 if v is not None else 2
 
     have = [r for r in rows if r.value(column) is not None]
-    have.sort(key=lambda r: r.value(column), reverse=direction == "desc")
+    if column == "mode":  # a mode's variants in the order of their values: 1-shot, 5-shot, 10-shot, 25-shot
+        have.sort(key=lambda r: (r.mode, r.variant_key), reverse=direction == "desc")
+    else:
+        have.sort(key=lambda r: r.value(column), reverse=direction == "desc")
     rest = sorted((r for r in rows if r.value(column) is None), key=present_first)
     lb.rows = have + rest

@@ -120,8 +120,8 @@ def _records(preset: Preset, outs: list[Outcome]) -> list[dict]:
 
 
 def render(preset: Preset, outs: list[Outcome], fmt: str) -> str:
-    if fmt == "json":
-        doc = {
+    if fmt == "json":  # JSON Lines, as every JSON output: one cell per line, each naming its table
+        about = {
             "preset": preset.name,
             "paper": preset.paper,
             "arxiv": preset.arxiv,
@@ -130,10 +130,8 @@ def render(preset: Preset, outs: list[Outcome], fmt: str) -> str:
             "rule": rule(preset),
             "tolerance": preset.tolerance,
             "choices": preset.choices,
-            "counts": counts(outs),
-            "cells": _records(preset, outs),
         }
-        return json.dumps(doc, indent=2) + "\n"
+        return "".join(json.dumps({**about, **cell}) + "\n" for cell in _records(preset, outs))
     if fmt == "csv":
         buf = io.StringIO()
         records = _records(preset, outs)

@@ -37,8 +37,6 @@ def _scatter(ax, pts: list[tuple[float, float, str, str]], xlabel: str, title: s
     for m in modes:
         sel = [p for p in pts if p[3] == m]
         ax.scatter([p[0] for p in sel], [p[1] for p in sel], s=28, color=colors[m], label=m, zorder=3)
-    for x, y, label, _ in pts:
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color="#333")
     front = pareto_front([(p[0], p[1]) for p in pts])
     fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
     ax.step(fx, fy, where="post", color="k", lw=1, alpha=0.6, zorder=2, label="Pareto front")
@@ -47,7 +45,72 @@ def _scatter(ax, pts: list[tuple[float, float, str, str]], xlabel: str, title: s
     if max(xs) / min(xs) > 20:
         ax.set_xscale("log")
         ax.set_xlabel(xlabel + " (log scale)", fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.margins(x=0.08, y=0.12)
+    ax.te_labels = [(p[0], p[1], p[2]) for p in pts]  # placed by place_all, once the layout is final
+
+
+# offsets (points) tried for a label, nearest first: right, left, above, below, then further out
+_OFFSETS = [(5, 3, "left", "bottom"), (5, -3, "left", "top"), (-5, 3, "right", "bottom"), (-5, -3, "right", "top")]
+_OFFSETS += [(0, 6, "center", "bottom"), (0, -6, "center", "top")]
+_OFFSETS += [(dx * k, dy * k, ha, va) for k in (3, 5) for dx, dy, ha, va in _OFFSETS[:6]]
+
+
+def place_all(fig):
+    """Label the points of every scatter panel of `fig` (after tight_layout: the axes no longer move)."""
+    for ax in fig.axes:
+        if getattr(ax, "te_labels", None):
+            place_labels(ax, ax.te_labels)
+
+
+def place_labels(ax, pts: list[tuple[float, float, str]]):
+    """Label each point where its text overlaps no other label, no point and stays inside the axes: each label
+    tries the offsets of _OFFSETS in turn (measured on the drawn figure) and takes the first that fits, else the
+    one that overlaps least inside the axes (with a thin connector when it had to move away)."""
+    fig = ax.figure
+    fig.canvas.draw()  # final limits and scales: text extents in display units
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    marks = [ax.transData.transform((x, y)) for x, y, _ in pts]
+    r = 5.0 * fig.dpi / 72  # a marker's half-width in pixels
+    taken = [(mx - r, my - r, mx + r, my + r) for mx, my in marks]
+    legend = ax.get_legend()
+    blocked = [] if legend is None else [tuple(legend.get_window_extent(renderer).extents)]
+
+    def overlap(a, b) -> float:
+        w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+        return w * h if w > 0 and h > 0 else 0.0
+
+    def label(x, y, text, dx, dy, ha, va):
+        far = abs(dx) + abs(dy) > 12  # moved away from its point: a thin connector shows whose it is
+        arrow = {"arrowstyle": "-", "color": "#999", "lw": 0.5} if far else None
+        return ax.annotate(
+            text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=7, color="#333",
+            arrowprops=arrow, annotation_clip=False,
+        )  # fmt: skip
+
+    for i in sorted(range(len(pts)), key=lambda i: (-pts[i][1], pts[i][0])):  # top first
+        x, y, text = pts[i]
+        own = taken[i]
+        best = None
+        for offset in _OFFSETS:
+            t = label(x, y, text, *offset)
+            e = t.get_window_extent(renderer)
+            t.remove()
+            ext = (e.x0, e.y0, e.x1, e.y1)
+            inside = e.x0 >= box.x0 and e.x1 <= box.x1 and e.y0 >= box.y0 and e.y1 <= box.y1
+            cost = (not inside, sum(overlap(ext, b) for b in taken + blocked if b is not own))
+            if best is None or cost < best[0]:
+                best = (cost, offset, ext)
+            if cost == (False, 0):
+                break
+        label(x, y, text, *best[1])
+        taken.append(best[2])
+
+
+def _point(row) -> str:
+    """A point's label: the checkpoint, and the variant where the mode has several (the colour is the mode)."""
+    return f"{row.checkpoint} {row.variant}".strip()
 
 
 def _cost_panels(lb: Leaderboard) -> list[tuple[str, list, list, bool]]:
@@ -59,16 +122,16 @@ def _cost_panels(lb: Leaderboard) -> list[tuple[str, list, list, bool]]:
             c = r.cells.get(t)
             if c is None:
                 continue
-            pp.append((c.newest.params_per_task, 100 * c.top1, r.checkpoint, r.mode))
-            pc.append((c.cost("train_pflops_total"), 100 * c.top1, r.checkpoint, r.mode))
+            pp.append((c.newest.params_per_task, 100 * c.top1, _point(r), r.mode))
+            pc.append((c.cost("train_pflops_total"), 100 * c.top1, _point(r), r.mode))
         panels.append((t, pp, pc, False))
     if lb.group.tasks and (len(lb.group.tasks) > 1 or list(lb.group.tasks) != lb.tasks):
         rows = [r for r in lb.rows if r.complete]
         panels.append(
             (
                 f"mean over {lb.group.name} (complete rows only)",
-                [(r.params_per_task, 100 * r.mean, r.checkpoint, r.mode) for r in rows],
-                [(r.train_pflops, 100 * r.mean, r.checkpoint, r.mode) for r in rows],
+                [(r.params_per_task, 100 * r.mean, _point(r), r.mode) for r in rows],
+                [(r.train_pflops, 100 * r.mean, _point(r), r.mode) for r in rows],
                 True,
             )
         )
@@ -109,8 +172,13 @@ def plot_leaderboard(lb: Leaderboard, path: str | Path):
     fig = plt.figure(figsize=(11, PANEL_HEIGHT * len(panels)))
     _draw_cost_panels(fig, fig.add_gridspec(len(panels), 2), 0, panels)
     fig.tight_layout()
+    place_all(fig)
     _save(fig, path)
     plt.close(fig)
+
+
+def _forest_label(r) -> str:
+    return f"{r.task} / {r.mode} {r.variant}".strip()
 
 
 def plot_compare(cmp: Comparison, path: str | Path, lb: Leaderboard | None = None):
@@ -118,7 +186,7 @@ def plot_compare(cmp: Comparison, path: str | Path, lb: Leaderboard | None = Non
     where `lb` is given, the compared rows' accuracy against params/task and training compute."""
     plt = _figure()
     rows = [r for r in cmp.rows if r.delta is not None]
-    labels = list(dict.fromkeys(f"{r.task} / {r.mode}" for r in rows))
+    labels = list(dict.fromkeys(_forest_label(r) for r in rows))
     panels = _cost_panels(lb) if lb is not None else []
     forest_h = 1.2 + 0.45 * max(1, len(labels)) * max(1, len(cmp.others)) ** 0.5
     fig = plt.figure(figsize=(11, forest_h + PANEL_HEIGHT * len(panels)))
@@ -128,7 +196,7 @@ def plot_compare(cmp: Comparison, path: str | Path, lb: Leaderboard | None = Non
     for k, other in enumerate(cmp.others):
         sel = [r for r in rows if r.checkpoint_b == other]
         for r in sel:
-            y = labels.index(f"{r.task} / {r.mode}") + (k - (len(cmp.others) - 1) / 2) * width
+            y = labels.index(_forest_label(r)) + (k - (len(cmp.others) - 1) / 2) * width
             color = f"C{k % 10}"
             if r.ci_low is not None:
                 ax.plot([100 * r.ci_low, 100 * r.ci_high], [y, y], color=color, lw=2)
@@ -154,6 +222,7 @@ def plot_compare(cmp: Comparison, path: str | Path, lb: Leaderboard | None = Non
         ax.legend(fontsize=8, title="B", title_fontsize=8)
     _draw_cost_panels(fig, gs, 1, panels)
     fig.tight_layout()
+    place_all(fig)
     _save(fig, path)
     plt.close(fig)
 

@@ -79,7 +79,7 @@ def display_row(row: Row, tasks: list[str]) -> list[str]:
     else:
         inc = "incomplete" if row.group.tasks else MISSING
         extra = [_incomplete(row) if row.group.tasks else MISSING, human_count(row.params_per_task), inc, inc, inc]
-    return [row.checkpoint, row.mode, *accs, *extra]
+    return [row.checkpoint, row.label, *accs, *extra]
 
 
 def display_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
@@ -139,6 +139,7 @@ def to_csv(lb: Leaderboard) -> str:
         [
             "checkpoint",
             "mode",
+            "variant",
             *[f"{t}{s}" for t in lb.tasks for s in ("", "_std", "_n")],
             "group",
             "mean",
@@ -163,6 +164,7 @@ def to_csv(lb: Leaderboard) -> str:
             [
                 r.checkpoint,
                 r.mode,
+                r.variant,
                 *cells,
                 lb.group.name,
                 v(r.mean),
@@ -171,7 +173,7 @@ def to_csv(lb: Leaderboard) -> str:
                 len(lb.group.tasks),
                 *[v(getattr(r, k)) for k in NUMERIC_COLUMNS[1:]],
                 v(r.full_copies_bytes),
-                "; ".join(_setup_note(c) for c in r.cells.values() if c and c.n_setups > 1),
+                "; ".join(dict.fromkeys(_setup_note(c) for c in r.cells.values() if c and c.n_setups > 1)),
             ]
         )
     return buf.getvalue()
@@ -246,7 +248,7 @@ def compare_table_rows(cmp: Comparison, other: str) -> list[list[str]]:
         out.append(
             [
                 r.task,
-                r.mode,
+                f"{r.mode} {r.variant}".strip(),
                 _pp(r.acc_a, False),
                 _pp(r.acc_b, False),
                 _pp(r.delta),

@@ -164,7 +164,7 @@ def _curves_section(lb: Leaderboard, out: Path) -> list[str]:
                 continue
             name = f"curves_run{run.run_id}.png"
             plot_curves(run, out / name)
-            title = f"{row.checkpoint} / {row.mode} / {task} (run {run.run_id}, seed {run.seed})"
+            title = f"{row.checkpoint} / {row.label} / {task} (run {run.run_id}, seed {run.seed})"
             parts += [
                 f"<h3>{html.escape(title)}</h3>",
                 f'<img src="{name}" alt="{html.escape(title, quote=True)}" '
