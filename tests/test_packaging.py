@@ -70,4 +70,4 @@ def test_wheel_install_has_builtin_tasks_and_registry(tmp_path):
     assert "vit_demo" in {row["name"] for row in json_lines(proc.stdout)}
     proc = cli_process("paper", "list", "--json", env={"PYTHONPATH": str(target)}, cwd=elsewhere)
     presets = {row["name"]: row["source"] for row in json_lines(proc.stdout)}
-    assert str(target) in presets["three-things-table6"] and len(presets) == 4
+    assert str(target) in presets["three-things-table6"] and len(presets) == 5

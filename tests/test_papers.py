@@ -18,7 +18,7 @@ from transfer_eval import papers, planning
 from transfer_eval.errors import UserError
 from transfer_eval.results import Result, Store
 
-SHIPPED = {"three-things-table6", "three-things-table5", "vit-table5", "scaling-vit-fewshot"}
+SHIPPED = {"three-things-table6", "three-things-table5", "vit-table5", "scaling-vit-fewshot", "vtab1k-noah"}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,10 @@ BAD = [
     ),
     (dict(rows=[{"label": "x", "checkpoint": "vit_demo", "mode": "linear", "colour": 1}]), ["rows entry 1", "colour"]),
     (dict(published={"demo linear": {"Cifar": 1.0}}), ["row 'demo linear'", "column 'Cifar'"]),
-    (dict(published={"demo linear": {"Digits": "high"}}), ["column 'Digits'", "a number or [mean, std]"]),
+    (
+        dict(published={"demo linear": {"Digits": "high"}}),
+        ["column 'Digits'", "a number, [mean, std] or {value: CORRECTED, printed: AS PRINTED}"],
+    ),
     (dict(name="other"), ["`name` is 'other'", "demo.yaml"]),
     (dict(rows=[{"label": "x", "checkpoint": "vit_demo"}], published={}), ["row 'x'", "names no mode"]),
     (dict(recipe="adam"), ["unknown recipe preset 'adam'"]),

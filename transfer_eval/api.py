@@ -35,7 +35,7 @@ def evaluate(
     results: str | Path | None = None,
     data_dir: str | Path | None = None,
     device: str = "auto",
-    recipe: str = "vit",
+    recipe: str | None = None,
     settings: dict | None = None,
     resolution: int | None = None,
     limit: int | None = None,
@@ -163,13 +163,17 @@ def leaderboard(
     group: str | None = None,
     sort: str | None = None,
     include_limited: bool = False,
+    mean: str = "tasks",
 ):
-    """The leaderboard `transfer-eval leaderboard` renders (report.Leaderboard: rows, cells, `.to_frame()`)."""
+    """The leaderboard `transfer-eval leaderboard` renders (report.Leaderboard: rows, cells, `.to_frame()`);
+    `mean`: tasks, groups or both, for a group of groups (vtab1k)."""
     from transfer_eval import report
 
     db, mine = _reading(store)
     try:
-        return report.leaderboard(db, _names(checkpoints), _names(tasks), _names(modes), group, sort, include_limited)
+        return report.leaderboard(
+            db, _names(checkpoints), _names(tasks), _names(modes), group, sort, include_limited, mean
+        )
     finally:
         if mine:
             db.close()

@@ -57,6 +57,7 @@ def check_inputs(run: Run, ctx: LoadContext, device: torch.device, inputs: data.
         _, cfg = checkpoints.build_model(
             run.checkpoint, run.task.num_classes, run.recipe.get("resolution"), load_weights=False
         )
+    cfg = run.task.input_config(cfg)
     shown = "train" if "train" in run.mode.splits else "test"
     data.plan_input(
         inputs, run.task.dataset(shown, ctx), cfg, device, run.recipe if run.mode.stage == "finetune" else None

@@ -26,7 +26,7 @@ class Recipe:
     """A fine-tuning recipe. Defaults follow the ViT paper (Table 4, App. B.1.1): SGD momentum 0.9, batch 512,
     no weight decay, gradient clipping at norm 1, 500 warmup steps then cosine decay to zero."""
 
-    preset: str = "vit"  # the named preset these fields started from (PRESETS)
+    preset: str = "vit"  # the named preset these fields started from (presets.PRESETS)
     preset_version: int = 1
     optimizer: str = "sgd"  # sgd (heavy-ball momentum) | adamw
     lr: float = 0.01
@@ -55,89 +55,6 @@ class Recipe:
 
     def lrs(self) -> list[float]:
         return [float(x) for x in (self.lr_grid or (self.lr,))]
-
-
-# Named, versioned presets. A task's recipe adapts the `vit` preset to its dataset (steps, warmup, lr grid); with
-# another preset only the task's schedule fields carry over (SCHEDULE_FIELDS), the optimiser comes from the preset.
-PRESETS = {
-    "vit": {
-        "about": "ViT paper fine-tuning (Table 4, App. B.1.1; big_vision transfer.py): SGD momentum 0.9, batch 512, "
-        "no weight decay, clip at global norm 1, 500 warmup steps then cosine, zero-init head, lr chosen "
-        "on held-out train data from {0.001, 0.003, 0.01, 0.03}, then retrained on all of train",
-        "fields": {
-            "preset": "vit",
-            "preset_version": 1,
-            "optimizer": "sgd",
-            "momentum": 0.9,
-            "weight_decay": 0.0,
-            "batch_size": 512,
-            "grad_clip": 1.0,
-            "warmup_steps": 500,
-            "lr": 0.01,
-            "lr_grid": [0.001, 0.003, 0.01, 0.03],
-            "retrain": True,
-            "augment": True,
-            "hflip": 0.5,
-            "crop_scale": [0.05, 1.0],
-        },
-    },
-    "deit": {
-        "about": "DeiT / DeiT III fine-tuning as facebookresearch/deit main.py sets it: AdamW lr 5e-4 x batch/512, "
-        "weight decay 0.05, label smoothing 0.1, RandAugment rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0, "
-        "random erasing 0.25, stochastic depth 0.1, cosine after warmup; no lr search",
-        "lr_per_512": 5e-4,  # DeiT's linear scaling rule: lr = 5e-4 x batch / 512, unless lr is set
-        "fields": {
-            "preset": "deit",
-            "preset_version": 2,
-            "optimizer": "adamw",
-            "lr": 5e-4,
-            "lr_grid": [],
-            "weight_decay": 0.05,
-            "batch_size": 512,
-            "grad_clip": None,
-            "label_smoothing": 0.1,
-            "randaugment": "rand-m9-mstd0.5-inc1",
-            "random_erasing": 0.25,
-            "mixup": 0.8,
-            "cutmix": 1.0,
-            "drop_path": 0.1,
-            "retrain": False,
-            "augment": True,
-            "hflip": 0.5,
-            "crop_scale": [0.08, 1.0],
-        },
-    },
-}
-SCHEDULE_FIELDS = {
-    "steps",
-    "warmup_steps",
-    "batch_size",
-    "micro_batch_size",
-    "augment",
-    "hflip",
-    "crop_scale",
-    "eval_batch_size",
-    "resolution",
-}
-
-
-def preset_fields(name: str, task_fields: dict) -> dict:
-    """The preset's fields under the task's: all of them for `vit`, only schedule fields for another preset.
-    A task may also name its own base (`"preset": ...` in its recipe) for small demo datasets."""
-    if name not in PRESETS:
-        raise UserError(f"unknown recipe preset {name!r}; known: {', '.join(PRESETS)}")
-    base = dict(PRESETS[name]["fields"])
-    if name == "vit":
-        return {**base, **task_fields}
-    return {**base, **{k: v for k, v in task_fields.items() if k in SCHEDULE_FIELDS}}
-
-
-def scale_lr(preset: str, fields: dict, overrides: dict) -> dict:
-    """A preset with a linear scaling rule (deit) sets lr from the batch size, unless the user set lr."""
-    per_512 = PRESETS.get(preset, {}).get("lr_per_512")
-    if per_512 is None or "lr" in overrides:
-        return fields
-    return {**fields, "lr": per_512 * int(fields["batch_size"]) / 512}
 
 
 def make_recipe(fields: dict) -> Recipe:

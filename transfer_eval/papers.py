@@ -3,7 +3,8 @@
 A preset is a YAML file, one per paper table, shipped in `papers/` beside the task plugins (a wheel carries it
 inside the package) or in a user's folder (`--papers-dir DIR`; a user's preset of the same name wins). It names
 the paper (arXiv id) and table, the settings every cell shares, one or more parts (the sub-tables the paper
-prints), each with rows and columns, and the published numbers (a number, or [mean, std]):
+prints), each with rows and columns, and the published numbers (a number, [mean, std], or {value: V, printed: P}
+where the paper printed a typo P and V is the corrected number, which is compared):
 
     name: three-things-table6            # the file's name without .yaml
     paper: Three things everyone should know about Vision Transformers
@@ -13,7 +14,7 @@ prints), each with rows and columns, and the published numbers (a number, or [me
     tolerance: 1.0                       # accuracy points: within it (or the paper's std) counts as reproduced
     std: null                            # the std the paper states for every number of the table, if any
     seeds: [0]                           # cell settings; a part, a row or a column may set each of them too:
-    resolution: 224                      #   checkpoint, task, mode, resolution, recipe (vit|deit), set, seeds
+    resolution: 224                      #   checkpoint, task, mode, resolution, recipe (vit|deit|vtab), set, seeds
     recipe: deit
     set: {}                              # recipe fields, as --set gives them
     choices: [...]                       # what the paper leaves unstated, what the preset chose, and why
@@ -56,6 +57,7 @@ class Cell:
     column: str
     published: float | None = None
     published_std: float | None = None
+    published_printed: float | None = None  # the paper's printed number where it is a typo (published: corrected)
     unrunnable: str | None = None  # why the cell cannot be run
     checkpoint: str | None = None
     task: str | None = None
@@ -144,7 +146,17 @@ def load_all(papers_dirs=(), registries=(), tasks_dirs=()) -> list[Preset]:
 # --------------------------------------------------------------------------------------------------- parsing
 
 
-def _number(value, where: str) -> tuple[float, float | None]:
+def _number(value, where: str) -> tuple[float, float | None, float | None]:
+    """(number, std, the number as printed where the paper misprinted it)."""
+    if isinstance(value, dict) and set(value) == {"value", "printed"}:
+        number, std, _ = _number(value["value"], where)
+        printed, _, _ = _number(value["printed"], where)
+        return number, std, printed
+    number, std = _plain(value, where)
+    return number, std, None
+
+
+def _plain(value, where: str) -> tuple[float, float | None]:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value), None
     if (
@@ -153,7 +165,10 @@ def _number(value, where: str) -> tuple[float, float | None]:
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     ):
         return float(value[0]), float(value[1])
-    raise UserError(f"{where}: a published number must be a number or [mean, std], got {value!r}")
+    raise UserError(
+        f"{where}: a published number must be a number, [mean, std] or {{value: CORRECTED, printed: AS PRINTED}}, "
+        f"got {value!r}"
+    )
 
 
 def _check_keys(obj, allowed: set, where: str) -> dict:
@@ -256,7 +271,7 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
             for col in columns:
                 cw = f"{pw}, row {row['label']!r}, column {col['label']!r}"
                 value = (published.get(row["label"]) or {}).get(col["label"])
-                number, nstd = _number(value, cw) if value is not None else (None, None)
+                number, nstd, printed = _number(value, cw) if value is not None else (None, None, None)
                 try:
                     s = _merge(base, part_layer, row, col)
                 except UserError as e:
@@ -267,6 +282,7 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
                     col["label"],
                     published=number,
                     published_std=nstd if nstd is not None else (float(std) if std is not None else None),
+                    published_printed=printed,
                     unrunnable=row.get("unrunnable") or col.get("unrunnable"),
                     checkpoint=s.get("checkpoint"),
                     task=s.get("task"),
@@ -301,7 +317,7 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
 
 def resolve(preset: Preset, registries=(), tasks_dirs=()) -> None:
     """Each runnable cell's runs, through the planner `run` uses: names, recipe fields and seeds are checked."""
-    from transfer_eval import checkpoints, modes, runner, task_names, tasks
+    from transfer_eval import checkpoints, modes, presets, runner, task_names, tasks
 
     registry, found = checkpoints.load_registry(registries), tasks.discover(tasks_dirs)
     for cell in preset.runnable:
@@ -313,8 +329,8 @@ def resolve(preset: Preset, registries=(), tasks_dirs=()) -> None:
                 not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
             ):
                 raise UserError(f"seeds must be a list of integers, got {seeds!r}")
-            if cell.recipe not in ("vit", "deit"):
-                raise UserError(f"unknown recipe preset {cell.recipe!r}; known: vit, deit")
+            if cell.recipe not in presets.PRESETS:
+                raise UserError(f"unknown recipe preset {cell.recipe!r}; known: {', '.join(presets.PRESETS)}")
             cell.runs = runner.plan(
                 [checkpoints.resolve(str(cell.checkpoint), registry)],
                 [task_names.resolve(str(cell.task), found)],

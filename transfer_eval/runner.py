@@ -26,9 +26,11 @@ from transfer_eval import (
     devices,
     distributed,
     finetune,
+    groups,
     inference,
     knn,
     modes,
+    presets,
     protocol,
     provenance,
     stages,
@@ -91,7 +93,7 @@ def _finetune_only(mode: Mode) -> set[str]:
 
 
 def resolve_recipe(
-    task: Task, mode: Mode, overrides: dict | None = None, resolution: int | None = None, preset: str = "vit"
+    task: Task, mode: Mode, overrides: dict | None = None, resolution: int | None = None, preset: str | None = None
 ) -> dict:
     """The full recipe of a run: the mode's defaults (and, fine-tuning, the preset's), then the task's fields for
     the mode, then the user's overrides (--set, --resolution)."""
@@ -121,12 +123,13 @@ def resolve_recipe(
         return merged
     # a mode the task gives no recipe for (ffn, bitfit) takes its generic fine-tuning one, else full's
     task_fields = task.recipes.get(mode.name) or task.recipes.get("finetune") or task.recipes.get("full", {})
-    fields = {**finetune.preset_fields(preset, task_fields), **mode.defaults, **overrides}
+    preset = preset or task_fields.get("preset") or "vit"  # the task's own protocol unless another is chosen
+    fields = {**presets.preset_fields(preset, task_fields), **mode.defaults, **overrides}
     foreign = sorted(k for k in _finetune_only(mode) if fields.get(k) is not None)
     if foreign:
         owners = sorted(m.name for m in modes.MODES.values() if set(foreign) & set(m.defaults))
         raise UserError(f"{' and '.join(foreign)} apply to mode {', '.join(owners)} only, not {mode.name}")
-    fields = finetune.scale_lr(preset, fields, overrides)
+    fields = presets.scale_lr(preset, fields, overrides)
     return _jsonable(dataclasses.asdict(finetune.make_recipe(fields)))
 
 
@@ -148,7 +151,7 @@ def plan(
     seeds: list[int] | None = None,
     overrides: dict | None = None,
     resolution: int | None = None,
-    preset: str = "vit",
+    preset: str | None = None,
     limit: int | None = None,
     precision: str = "auto",
 ) -> list[Run]:
@@ -193,22 +196,23 @@ def plan_named(
     seeds: list[int] | None = None,
     overrides: dict | None = None,
     resolution: int | None = None,
-    preset: str = "vit",
+    preset: str | None = None,
     limit: int | None = None,
     registries=(),
     tasks_dirs=(),
     precision: str = "auto",
     download: bool = False,
 ) -> list[Run]:
-    """`plan` over names as a user gives them (registry names, timm names, task names, `folder:PATH` and `hf:...`
-    tasks, mode names, comma-separated or as lists) or the objects themselves (Checkpoint, Task, Mode): what `run`
-    and `evaluate` plan. `download`: a Hub dataset named as a task may be fetched."""
+    """`plan` over names as a user gives them (registry names, timm names, task names, task group names,
+    `folder:PATH` and `hf:...` tasks, mode names, comma-separated or as lists) or the objects themselves
+    (Checkpoint, Task, Mode): what `run` and `evaluate` plan. `download`: a Hub dataset named as a task may be
+    fetched."""
     from transfer_eval import task_names as by_name  # (the parameter is `task_names`)
     from transfer_eval import tasks as task_registry  # (`plan` names its task list `tasks`)
 
     registry = checkpoints.load_registry(registries)
     ckpts = [c if isinstance(c, Checkpoint) else checkpoints.resolve(c, registry) for c in names(checkpoint_names)]
-    wanted_tasks = names(task_names)
+    wanted_tasks = groups.expand(names(task_names))  # a group's name stands for its tasks (-t vtab1k)
     registered = [t for t in wanted_tasks if not isinstance(t, Task) and not by_name.is_source(t)]
     known = task_registry.discover(tasks_dirs) if registered else {}
     task_list = [t if isinstance(t, Task) else by_name.resolve(t, known, download) for t in wanted_tasks]
@@ -352,6 +356,7 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
     model, cfg = checkpoints.build_model(
         run.checkpoint, run.task.num_classes, recipe.get("resolution"), keep_head=keep_head, model_kwargs=extra
     )
+    cfg = run.task.input_config(cfg)
     model = modes.prepare(run.mode, model, recipe)
     model.to(device)
     trainable = modes.apply(run.mode, model)

@@ -267,6 +267,13 @@ class Task:
     val_holdout: dict | None = None
     download: Callable[[LoadContext], None] | None = None  # fetches the data where its source allows it
     source: str = ""  # filled in by discovery
+    # input settings every mode on this task uses, over the checkpoint's data config (VTAB-1k's square resize
+    # without crop: {"crop_pct": 1.0, "crop_mode": "squash"}); they key the feature cache like any other
+    data_config: dict = field(default_factory=dict)
+
+    def input_config(self, cfg: dict) -> dict:
+        """The checkpoint's data config with this task's input settings over it."""
+        return {**cfg, **self.data_config}
 
     def dataset(self, split: str, ctx: LoadContext) -> ImageSplit:
         """One split, as runs read it. Where the task declares `val_holdout`, its loader is asked only for "train"

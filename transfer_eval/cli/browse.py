@@ -249,18 +249,20 @@ def show(run_id, plot, results, as_json):
 @list_.command("groups", context_settings=CONTEXT)
 @json_option
 def list_groups(as_json):
-    """Task groups for the leaderboard's mean (--group)."""
+    """Task groups: the leaderboard's mean (--group), and a name for all their tasks (`run -t vtab1k`)."""
     from tabulate import tabulate
 
-    from transfer_eval.report import GROUPS
+    from transfer_eval.groups import GROUPS
 
     if as_json:
         for g in GROUPS.values():
-            click.echo(json.dumps({"name": g.name, "tasks": list(g.tasks), "description": g.description}))
+            parts = {p: list(ts) for p, ts in g.parts}
+            click.echo(
+                json.dumps({"name": g.name, "tasks": list(g.tasks), "parts": parts, "description": g.description})
+            )
         return
-    click.echo(
-        tabulate(
-            [[g.name, ", ".join(g.tasks), g.description] for g in GROUPS.values()],
-            headers=["name", "tasks", "description"],
-        )
-    )
+    rows = []
+    for g in GROUPS.values():
+        tasks = "; ".join(f"{p}: {', '.join(ts)}" for p, ts in g.parts) if g.parts else ", ".join(g.tasks)
+        rows.append([g.name, tasks, g.description])
+    click.echo(tabulate(rows, headers=["name", "tasks", "description"], maxcolwidths=[None, 70, 50]))

@@ -150,12 +150,11 @@ SHARED = [
     (
         ("--recipe", "preset"),
         dict(
-            type=click.Choice(["vit", "deit"]),
-            default="vit",
-            show_default=True,
-            help="Fine-tuning preset: vit (the ViT paper: SGD, lr grid on val, retrain) or deit "
-            "(DeiT III: AdamW, RandAugment, mixup/cutmix, label smoothing). The task's "
-            "schedule applies to both.",
+            type=click.Choice(["vit", "deit", "vtab"]),
+            default=None,
+            help="Fine-tuning preset: vit (the ViT paper: SGD, lr grid on val, retrain; the default), deit "
+            "(DeiT III: AdamW, RandAugment, mixup/cutmix, label smoothing) or vtab (the PEFT papers' VTAB-1k: "
+            "AdamW, batch 64, no augmentation; the default of the vtab1k tasks). The task's schedule applies.",
         ),
     ),
     (

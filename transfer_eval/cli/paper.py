@@ -231,7 +231,9 @@ def _print_plan(preset, rows, ready, rate, no_store) -> None:
     for task, (ok, detail) in ready.items():
         click.echo(f"  {task}: {'ready (' + detail + ')' if ok else 'missing: ' + detail}")
     missing = [r for r in rows if r["missing_pflops"]]
-    unknown = [r for r in rows if r["checkpoint"] and r["missing_pflops"] is None]
+    unknown = [
+        r for r in rows if r["checkpoint"] and r["missing_pflops"] is None and r["planned"] > r["stored"]
+    ]  # runnable, missing, and not sized (a task without `sizes`)
     pflops = sum(r["missing_pflops"] for r in missing)
     hours = sum(r["missing_gpu_hours"] for r in missing)
     bases = sorted({b for r in missing for b in (r["basis"] or "").split("; ") if b})

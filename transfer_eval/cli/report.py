@@ -39,8 +39,17 @@ include_limited_option = click.option(
     "--group",
     default=None,
     help="The task group the mean, suite storage and compute are over: paper6 (the six transfer sets of "
-    "the attention-only paper), cifar, inat, demo, or all (the task columns shown; default). "
-    "See `transfer-eval list groups`.",
+    "the attention-only paper), cifar, inat, demo, vtab1k (its 19 tasks and 3 group means), or all (the task "
+    "columns shown; default). See `transfer-eval list groups`.",
+)
+@click.option(
+    "--mean",
+    "mean_rule",
+    type=click.Choice(["tasks", "groups", "both"]),
+    default="tasks",
+    show_default=True,
+    help="For a group of groups (vtab1k): the mean over its tasks (SSF, V-PETL Bench), over its groups' means "
+    "(NOAH), or both columns.",
 )
 @click.option(
     "--sort",
@@ -59,9 +68,11 @@ include_limited_option = click.option(
 )
 @include_limited_option
 @results_option
-def leaderboard(checkpoint_names, task_names, mode_names, group, sort, fmt, output, plot, include_limited, results):
-    """Rows checkpoint x mode; columns: the task accuracies, their mean over a task group, params per task, suite
-    storage and training compute.
+def leaderboard(
+    checkpoint_names, task_names, mode_names, group, mean_rule, sort, fmt, output, plot, include_limited, results
+):
+    """Rows checkpoint x mode x variant; columns: the task accuracies, their mean over a task group, params per task,
+    suite storage and training compute.
 
     Several seeds show as mean ± std (n); a missing result shows as missing, and a group mean with a missing
     task as incomplete. csv and json carry raw values (accuracies as fractions).
@@ -71,6 +82,7 @@ def leaderboard(checkpoint_names, task_names, mode_names, group, sort, fmt, outp
       transfer-eval leaderboard
       transfer-eval leaderboard --group paper6 --format markdown --output leaderboard.md
       transfer-eval leaderboard -m attention,full --sort train_pflops --plot acc_vs_cost.png
+      transfer-eval leaderboard --group vtab1k --mean both
     """
     from transfer_eval import report
 
@@ -78,7 +90,7 @@ def leaderboard(checkpoint_names, task_names, mode_names, group, sort, fmt, outp
         report.check_plot_path(plot)
     store = open_store(results)
     lb = report.leaderboard(
-        store, csv(checkpoint_names), csv(task_names), csv(mode_names), group, sort, include_limited
+        store, csv(checkpoint_names), csv(task_names), csv(mode_names), group, sort, include_limited, mean_rule
     )
     text = report.render(lb, fmt)
     if output:

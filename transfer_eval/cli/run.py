@@ -34,7 +34,14 @@ from transfer_eval.databases import is_url
     required=True,
     help="Checkpoints, comma-separated: registry names, timm architectures (random init) or arch.tag (timm's weights).",
 )
-@click.option("-t", "--task", "task_names", required=True, help="Tasks, comma-separated (see `list tasks`).")
+@click.option(
+    "-t",
+    "--task",
+    "task_names",
+    required=True,
+    help="Tasks, comma-separated (see `list tasks`): task names, group names (vtab1k: its 19 tasks), folder:PATH, "
+    "hf:PATH_OR_NAME.",
+)
 @click.option(
     "-m",
     "--mode",
@@ -170,7 +177,7 @@ def _print_results(rows, as_json: bool):
 
 @cli.command(context_settings=CONTEXT)
 @click.option("-c", "--checkpoint", "checkpoint_names", required=True, help="Checkpoints, comma-separated.")
-@click.option("-t", "--task", "task_names", required=True, help="Tasks, comma-separated.")
+@click.option("-t", "--task", "task_names", required=True, help="Tasks or task groups, comma-separated.")
 @click.option("-m", "--mode", "mode_names", required=True, help="Modes, comma-separated.")
 @click.option("--seed", "--seeds", "seeds", default=None, help="Seeds, comma-separated (default per mode).")
 @executor_options

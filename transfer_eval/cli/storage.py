@@ -135,11 +135,11 @@ def data_check(task_names, data_dir, tasks_dirs, skip_verify, download, mode_nam
     """
     from tabulate import tabulate
 
-    from transfer_eval import modes, tasks
+    from transfer_eval import groups, modes, tasks
     from transfer_eval import task_names as names
 
     found = tasks.discover(tasks_dirs)
-    chosen = [names.resolve(n, found, download) for n in csv(task_names)] or list(found.values())
+    chosen = [names.resolve(n, found, download) for n in groups.expand(csv(task_names))] or list(found.values())
     mode_splits = modes.resolve(mode_name).splits if mode_name else None
     ctx = load_context(data_dir, skip_verify, download)
     rows, not_ready = [], []
@@ -253,6 +253,7 @@ def features(
     dev = devices.pick_device(device)
     ds = task.dataset(split, ctx)
     model, cfg = checkpoints.build_model(ck, task.num_classes, resolution)
+    cfg = task.input_config(cfg)
     key_parts = {"weights_sha256": checkpoints.weights_digest(ck), "checkpoint": ck, "task": task, "split_name": split}
     feats, labels, _ = probe.cached_features(model, ds, cfg, dev, batch_size, key_parts, desc=f"features {split}")
     from transfer_eval import io

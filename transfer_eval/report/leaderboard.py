@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transfer_eval.errors import UserError, unknown_name
+from transfer_eval.groups import GROUPS, Group
 from transfer_eval.report import variants
 from transfer_eval.results import Result, Store
 
@@ -17,27 +18,6 @@ BYTES_PER_PARAM = 4  # fp32: the dtype the suite stores deltas in (runner -> cos
 # ----------------------------------------------------------------------------------------------------- groups
 
 
-@dataclass(frozen=True)
-class Group:
-    name: str
-    tasks: tuple[str, ...]
-    description: str
-
-
-GROUPS = {
-    g.name: g
-    for g in (
-        Group(
-            "paper6",
-            ("inat2018", "inat2019", "cifar10", "cifar100", "stanford_cars", "flowers102"),
-            "the six transfer sets of Touvron et al., 'Three things everyone should know about Vision Transformers' "
-            "(2022): iNat-18, iNat-19, CIFAR-10, CIFAR-100, Stanford Cars, Flowers-102",
-        ),
-        Group("cifar", ("cifar10", "cifar100"), "CIFAR-10 and CIFAR-100"),
-        Group("inat", ("inat2018", "inat2019"), "iNaturalist 2018 and 2019"),
-        Group("demo", ("digits",), "the offline demo task"),
-    )
-}
 ALL = "all"  # not a fixed list: the task columns shown
 
 
@@ -166,6 +146,7 @@ class Row:
     group: Group
     variant: str = ""  # what the user chose beyond the mode (report/variants.py)
     variant_key: tuple = ()
+    mean_rule: str = "tasks"  # MEAN_RULES: what `mean` is for a group of parts (VTAB-1k)
 
     @property
     def label(self) -> str:
@@ -190,8 +171,28 @@ class Row:
         return float(np.mean([c.top1 for c in cs])) if cs else None
 
     @property
-    def mean(self) -> float | None:
+    def mean_tasks(self) -> float | None:
+        """The mean over the group's tasks (SSF's and V-PETL Bench's VTAB-1k mean), where every task has one."""
         return self.mean_partial if self.complete else None
+
+    @property
+    def part_means(self) -> dict[str, float | None]:
+        """Each part's mean over its tasks (None where one is missing): VTAB-1k's Natural, Specialized, Structured."""
+        out = {}
+        for part, tasks in self.group.parts:
+            cs = [self.cells.get(t) for t in tasks]
+            out[part] = float(np.mean([c.top1 for c in cs])) if all(cs) else None
+        return out
+
+    @property
+    def mean_of_groups(self) -> float | None:
+        """The mean of the parts' means (NOAH's VTAB-1k "Average"), where every part is complete."""
+        means = list(self.part_means.values())
+        return float(np.mean(means)) if means and all(m is not None for m in means) else None
+
+    @property
+    def mean(self) -> float | None:
+        return self.mean_of_groups if self.mean_rule == "groups" and self.group.parts else self.mean_tasks
 
     @property
     def params_per_task(self) -> float | None:
@@ -241,15 +242,19 @@ class Row:
             return self.checkpoint
         if column == "mode":
             return self.label
-        if column in NUMERIC_COLUMNS:
+        if column in NUMERIC_COLUMNS or column == "mean_of_groups":
             return getattr(self, column)
+        if column in self.part_means:
+            return self.part_means[column]
         c = self.cells.get(column)
         return None if c is None else c.top1
 
 
 NUMERIC_COLUMNS = ("mean", "params_per_task", "suite_bytes", "storage_ratio", "train_pflops")
+# a group of parts (VTAB-1k) has two means in use: over its tasks (SSF, V-PETL Bench) or over its parts' means (NOAH)
+MEAN_RULES = ("tasks", "groups", "both")
 # Accuracy sorts best first; cost columns cheapest first; names alphabetically.
-_DESCENDING = {"mean"}
+_DESCENDING = {"mean", "mean_of_groups"}
 
 
 @dataclass
@@ -258,10 +263,18 @@ class Leaderboard:
     group: Group
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    mean_rule: str = "tasks"
+
+    @property
+    def mean_columns(self) -> list[str]:
+        """The part means, then the mean(s) the rule asks for, after the task columns."""
+        if not self.group.parts:
+            return ["mean"]
+        return [*self.group.part_names, *(["mean", "mean_of_groups"] if self.mean_rule == "both" else ["mean"])]
 
     @property
     def columns(self) -> list[str]:
-        return ["checkpoint", "mode", *self.tasks, *NUMERIC_COLUMNS]
+        return ["checkpoint", "mode", *self.tasks, *self.mean_columns, *NUMERIC_COLUMNS[1:]]
 
     def row_dict(self, row: Row) -> dict:
         """One row as plain data (what --format json writes): accuracies as fractions, None where missing."""
@@ -274,6 +287,10 @@ class Leaderboard:
             "group_tasks": list(self.group.tasks),
             "tasks": {t: (row.cells[t].to_dict() if row.cells.get(t) else None) for t in tasks},
             "mean": row.mean,
+            "mean_rule": self.mean_rule if self.group.parts else "tasks",
+            "part_means": row.part_means,
+            "mean_of_groups": row.mean_of_groups,
+            "mean_tasks": row.mean_tasks,
             "complete": row.complete,
             "mean_partial": row.mean_partial,
             "tasks_present": row.present,
@@ -308,10 +325,14 @@ def leaderboard(
     group: str | None = None,
     sort: str | None = None,
     include_limited: bool = False,
+    mean: str = "tasks",
 ) -> Leaderboard:
     """Rows checkpoint x mode x variant (report/variants.py). `tasks` picks the task columns (default: the group's
     tasks, else every stored task); `group` is what the mean, storage and compute are over (default: the task
-    columns shown). Runs made with --limit count only with `include_limited`."""
+    columns shown). Runs made with --limit count only with `include_limited`. `mean`, for a group of parts
+    (VTAB-1k): over its tasks, over its parts' means, or both (MEAN_RULES)."""
+    if mean not in MEAN_RULES:
+        raise UserError(f"--mean {mean!r}: use {', '.join(MEAN_RULES)}")
     named = group not in (None, ALL)
     grp = resolve_group(group, []) if named else None
     everything = store.query()
@@ -341,12 +362,12 @@ def leaderboard(
         )
     columns = list(dict.fromkeys([*shown, *grp.tasks]))
     rows = [
-        Row(c, m, {t: cells.get((c, m, v, t)) for t in columns}, grp, v, keys[(c, m, v)])
+        Row(c, m, {t: cells.get((c, m, v, t)) for t in columns}, grp, v, keys[(c, m, v)], mean)
         for c, m, v in sorted(keys, key=lambda k: (k[0], k[1], keys[k]))
     ]
     notes = [_setup_note(cell) for row in rows for cell in row.cells.values() if cell and cell.n_setups > 1]
     notes = list(dict.fromkeys(notes)) + limited_note(found, include_limited)
-    lb = Leaderboard(shown, grp, rows, notes)
+    lb = Leaderboard(shown, grp, rows, notes, mean)
     sort_rows(lb, sort)
     return lb
 
@@ -363,7 +384,7 @@ def sort_rows(lb: Leaderboard, sort: str | None):
         if direction not in (None, "asc", "desc"):
             raise UserError(f"--sort {sort!r}: the direction after ':' is asc or desc")
     if direction is None:
-        direction = "desc" if column in _DESCENDING or column in lb.tasks else "asc"
+        direction = "desc" if column in _DESCENDING or column in lb.tasks or column in lb.mean_columns else "asc"
     rows = sorted(lb.rows, key=lambda r: (r.checkpoint, r.mode, r.variant_key))
 
     def present_first(r):

@@ -26,6 +26,12 @@ def _num(x: float | None, std: float | None = None) -> str:
     return f"{x:.2f}" + (f" ± {std:.2f}" if std is not None else "")
 
 
+def published_text(cell) -> str:
+    """The paper's number; where the paper misprinted it, the corrected number and what was printed."""
+    text = _num(cell.published, cell.published_std)
+    return text + (f" (printed {cell.published_printed:.2f})" if cell.published_printed is not None else "")
+
+
 def ours_text(o: Outcome) -> str:
     if o.verdict == "cannot be run":
         return "not run"
@@ -54,7 +60,7 @@ def grid(preset: Preset, outs: list[Outcome]) -> list[tuple[str, list[str], list
         for r in part.rows:
             cells = [found[(part.title, r, c)] for c in part.columns]
             if any(o.cell.published is not None for o in cells):
-                rows.append([f"{r}: paper", *(_num(o.cell.published, o.cell.published_std) for o in cells)])
+                rows.append([f"{r}: paper", *(published_text(o.cell) for o in cells)])
             if any(o.verdict != "cannot be run" for o in cells):
                 rows.append([f"{r}: ours", *(ours_text(o) for o in cells)])
                 rows.append([f"{r}: difference", *(difference_text(o) for o in cells)])
@@ -104,6 +110,7 @@ def _records(preset: Preset, outs: list[Outcome]) -> list[dict]:
                 "set": c.settings,
                 "published": c.published,
                 "published_std": c.published_std,
+                "published_printed": c.published_printed,
                 "ours_mean": o.mean,
                 "ours_std": o.std,
                 "n": o.n,
@@ -180,7 +187,7 @@ def paper_html(preset: Preset, outs: list[Outcome]) -> str:
         for r in part.rows:
             cells = [found[(part.title, r, c)] for c in part.columns]
             for kind, text in (
-                ("paper", lambda o: _num(o.cell.published, o.cell.published_std)),
+                ("paper", lambda o: published_text(o.cell)),
                 ("ours", ours_text),
                 ("difference", difference_text),
             ):

@@ -53,12 +53,30 @@ def _incomplete(row: Row) -> str:
     return f"incomplete ({row.present}/{len(row.group.tasks)})"
 
 
+def _mean_header(lb: Leaderboard, column: str) -> str:
+    g = lb.group
+    if column in g.part_names:
+        return f"{column} ({len(dict(g.parts)[column])})"
+    if not g.parts:
+        return f"mean ({g.name})"
+    if column == "mean_of_groups" or lb.mean_rule == "groups":
+        return f"mean of {len(g.parts)} groups ({g.name})"
+    return f"mean of {len(g.tasks)} tasks ({g.name})"
+
+
+def _task_prefix(lb: Leaderboard) -> str:
+    """The group's name as the prefix of every task column (vtab1k_...), left out of the headers: 19 columns fit."""
+    prefix = f"{lb.group.name}_"
+    return prefix if lb.tasks and all(t.startswith(prefix) for t in lb.tasks) else ""
+
+
 def display_headers(lb: Leaderboard) -> list[str]:
+    prefix = _task_prefix(lb)
     return [
         "checkpoint",
         "mode",
-        *lb.tasks,
-        f"mean ({lb.group.name})",
+        *[t.removeprefix(prefix) for t in lb.tasks],
+        *[_mean_header(lb, c) for c in lb.mean_columns],
         "params/task",
         "suite storage",
         "vs copies",
@@ -66,11 +84,22 @@ def display_headers(lb: Leaderboard) -> list[str]:
     ]
 
 
-def display_row(row: Row, tasks: list[str]) -> list[str]:
+def _mean_text(row: Row, column: str) -> str:
+    if column in row.part_means:
+        value = row.part_means[column]
+        if value is None:
+            tasks = dict(row.group.parts)[column]
+            return f"incomplete ({sum(row.cells.get(t) is not None for t in tasks)}/{len(tasks)})"
+        return pct(value)
+    value = row.mean_of_groups if column == "mean_of_groups" else row.mean
+    return pct(value) if value is not None else _incomplete(row) if row.group.tasks else MISSING
+
+
+def display_row(row: Row, tasks: list[str], mean_columns: list[str] = ("mean",)) -> list[str]:
     accs = [acc_text(row.cells.get(t)) for t in tasks]
+    means = [_mean_text(row, c) for c in mean_columns]
     if row.complete:
         extra = [
-            pct(row.mean),
             human_count(row.params_per_task),
             human_bytes(row.suite_bytes),
             MISSING if row.storage_ratio is None else f"{row.storage_ratio:.3f}x",
@@ -78,20 +107,37 @@ def display_row(row: Row, tasks: list[str]) -> list[str]:
         ]
     else:
         inc = "incomplete" if row.group.tasks else MISSING
-        extra = [_incomplete(row) if row.group.tasks else MISSING, human_count(row.params_per_task), inc, inc, inc]
-    return [row.checkpoint, row.label, *accs, *extra]
+        extra = [human_count(row.params_per_task), inc, inc, inc]
+    return [row.checkpoint, row.label, *accs, *means, *extra]
 
 
 def display_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
-    return display_headers(lb), [display_row(r, lb.tasks) for r in lb.rows]
+    return display_headers(lb), [display_row(r, lb.tasks, lb.mean_columns) for r in lb.rows]
 
 
 def legend(lb: Leaderboard) -> list[str]:
     g = lb.group
+    prefix = _task_prefix(lb)
     return [
-        "accuracy: test top-1 %; several seeds: mean ± std (ddof=1) over n seeds; 'missing': no stored result.",
+        "accuracy: test top-1 %; several seeds: mean ± std (ddof=1) over n seeds; 'missing': no stored result."
+        + (f" Task columns: {prefix}<name>." if prefix else ""),
         f"mean ({g.name}): over {', '.join(g.tasks) or 'no tasks'} ({g.description}); 'incomplete (k/T)' where a "
         "task of the group has no result.",
+        *(
+            [
+                f"{g.name} groups: "
+                + "; ".join(f"{p}: {', '.join(ts)}" for p, ts in g.parts)
+                + ". Its mean is over "
+                + {
+                    "tasks": f"the {len(g.tasks)} tasks (as SSF and V-PETL Bench)",
+                    "groups": f"the {len(g.parts)} group means (as NOAH)",
+                    "both": f"the {len(g.tasks)} tasks (as SSF, V-PETL Bench) and over the group means (as NOAH)",
+                }[lb.mean_rule]
+                + "; --mean tasks|groups|both."
+            ]
+            if g.parts
+            else []
+        ),
         "params/task: mean over the group's tasks of the parameters one more task stores (per task in json).",
         f"suite storage: shared backbone + one stored delta per task of the group ({BYTES_PER_PARAM} bytes/param "
         "for the backbone); vs copies: that / T full copies of the model.",
@@ -142,7 +188,9 @@ def to_csv(lb: Leaderboard) -> str:
             "variant",
             *[f"{t}{s}" for t in lb.tasks for s in ("", "_std", "_n")],
             "group",
+            *lb.group.part_names,
             "mean",
+            "mean_of_groups",
             "complete",
             "tasks_present",
             "tasks_total",
@@ -167,7 +215,9 @@ def to_csv(lb: Leaderboard) -> str:
                 r.variant,
                 *cells,
                 lb.group.name,
+                *[v(m) for m in r.part_means.values()],
                 v(r.mean),
+                v(r.mean_of_groups),
                 r.complete,
                 r.present,
                 len(lb.group.tasks),

@@ -40,8 +40,9 @@ def leaderboard_html(lb: Leaderboard) -> str:
     headers = display_headers(lb)
     _, rows = display_table(lb)
     cols = lb.columns
+    best_first = _DESCENDING | set(lb.tasks) | set(lb.mean_columns)
     th = "".join(
-        f'<th data-key="{html.escape(k)}" data-dir="{"desc" if k in _DESCENDING or k in lb.tasks else "asc"}"'
+        f'<th data-key="{html.escape(k)}" data-dir="{"desc" if k in best_first else "asc"}"'
         f' scope="col" tabindex="0">{html.escape(h)}</th>'
         for k, h in zip(cols, headers)
     )
