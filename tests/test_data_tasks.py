@@ -61,6 +61,19 @@ def _hf(splits: dict, label="label", image="image", classes=NAMES):
     )
 
 
+def _three_modes(task: str, db) -> dict:
+    """linear, knn and a short attention fine-tuning of the demo checkpoint on `task`: each mode's record."""
+    proc = cli(
+        "run", "-c", "vit_demo_shapes", "-t", task, "-m", "linear,knn,attention",
+        "--set", "steps=30", "--set", "warmup_steps=5", "--set", "lr_grid=[]", "--set", "lr=0.002",
+        "--set", "optimizer=adamw", "--set", "batch_size=64", "--results", db, "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["mode"]: r for r in json_lines(proc.stdout)}
+    assert set(rows) == {"linear", "knn", "attention"}
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------------ folders
 
 
@@ -137,14 +150,7 @@ def test_folder_task_runs_linear_knn_and_attention_end_to_end(tmp_path):
         ("val", 30),
         ("test", 100),
     }
-    proc = cli(
-        "run", "-c", "vit_demo_shapes", "-t", f"folder:{root}", "-m", "linear,knn,attention",
-        "--set", "steps=30", "--set", "warmup_steps=5", "--set", "lr_grid=[]", "--set", "lr=0.002",
-        "--set", "optimizer=adamw", "--set", "batch_size=64", "--results", db, "--json",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    rows = {r["mode"]: r for r in json_lines(proc.stdout)}
-    assert set(rows) == {"linear", "knn", "attention"}
+    rows = _three_modes(f"folder:{root}", db)
     for r in rows.values():
         assert r["task"] == f"folder:{root}" and r["status"] == "ok" and r["n_test"] == 100
         assert r["top1"] > 0.6, (r["mode"], r["top1"])  # five digit classes: chance is 0.2
@@ -218,14 +224,7 @@ def test_hf_task_runs_linear_knn_and_attention_end_to_end(tmp_path):
     for split, ds in data.items():
         ds.to_parquet(str(tmp_path / "beans" / "data" / f"{split}-00000-of-00001.parquet"))
     db = tmp_path / "r.sqlite"
-    proc = cli(
-        "run", "-c", "vit_demo_shapes", "-t", f"hf:{tmp_path / 'beans'}", "-m", "linear,knn,attention",
-        "--set", "steps=30", "--set", "warmup_steps=5", "--set", "lr_grid=[]", "--set", "lr=0.002",
-        "--set", "optimizer=adamw", "--set", "batch_size=64", "--results", db, "--json",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    rows = {r["mode"]: r for r in json_lines(proc.stdout)}
-    assert set(rows) == {"linear", "knn", "attention"}
+    rows = _three_modes(f"hf:{tmp_path / 'beans'}", db)
     for r in rows.values():
         assert r["task"] == f"hf:{(tmp_path / 'beans').resolve()}" and r["n_test"] == 100
         assert r["top1"] > 0.6, (r["mode"], r["top1"])

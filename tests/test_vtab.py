@@ -183,3 +183,16 @@ def test_the_paper_preset_lists_every_cell_with_printed_and_corrected_numbers():
     plan = cli("paper", "plan", "vtab1k-noah")
     assert plan.returncode == 0, plan.stderr
     assert "To run: 76 runs in 76 cells" in plan.stdout and "unknown size" not in plan.stdout
+
+
+def test_every_mode_runs_on_a_vtab_task(vtab_data, tmp_path):
+    modes = ("linear", "knn", "fewshot", "attention", "full", "ffn", "bitfit", "lora")
+    proc = cli(
+        "run", "-c", "vit_demo", "-t", "vtab1k_dtd", "-m", ",".join(modes), "--data-dir", vtab_data,
+        "--skip-verify", "--seed", "0", "--set", "steps=1", "--set", "warmup_steps=0", "--set", "lr_grid=[]",
+        "--set", "batch_size=4", "--set", "c_grid=[1.0]", "--set", "shots=[1]",
+        "--results", tmp_path / "r.sqlite", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json_lines(proc.stdout)
+    assert sorted(r["mode"] for r in rows) == sorted(modes) and all(r["status"] == "ok" for r in rows)
