@@ -14,6 +14,8 @@
 #   precision_fp32  vit_demo_shapes linear and full on CUDA with --precision fp32, against demo_cuda
 #   flowers_data    a Flowers-102-format folder of 2,040 photo-like 500x375 JPEGs (scripts/flowers_like.py)
 #   flowers_run     ViT-B/16 (random init) linear and attention on it: extraction, training, evaluation img/s
+#   flowers_decode  the same linear probe with --decode device (nvJPEG): its extraction img/s and top-1 beside
+#                   flowers_run's (pixels within a few levels of PIL's; the summary shows the difference)
 #   bench           the training step and extraction of ViT-B/16, batch 128, against bare loops (extraction at
 #                   steady state over 3,072 images, decoded and photo-like JPEG files); each part's figures are
 #                   logged as soon as they exist
@@ -90,12 +92,14 @@ if [ "$cuda" = 1 ]; then
   step flowers_data 40 "$py" scripts/flowers_like.py "$work/data" --images 2040 --workers 15
   step flowers_run 120 "${te[@]}" run -c vit_base_patch16_224 -t flowers102 -m linear,attention --device cuda \
     --data-dir "$work/data" --skip-verify --set steps=60 --set "lr_grid=[0.01]" --set retrain=false --json
+  step flowers_decode 60 "${te[@]}" run -c vit_base_patch16_224 -t flowers102 -m linear --device cuda \
+    --data-dir "$work/data" --skip-verify --decode device --results "$work/decode.sqlite" --json
   step bench 120 "${te[@]}" bench -c vit_base_patch16_224 -m full,attention --batch-size 128 --steps 10 \
     --images 3072 --device cuda --json
   step probe_imagenet 90 "${te[@]}" bench --scale --n 1281167 --dim 768 --classes 1000 --c-grid 0.1,1 \
     --no-sklearn --extract-sizes 0 --device cuda --json
 else
-  skip demo_cpu demo_cuda demo_cuda_full precision_fp32 flowers_data flowers_run bench probe_imagenet
+  skip demo_cpu demo_cuda demo_cuda_full precision_fp32 flowers_data flowers_run flowers_decode bench probe_imagenet
 fi
 
 "$py" scripts/gpu_check_summary.py "$logs" "$out"

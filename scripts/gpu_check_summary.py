@@ -129,6 +129,16 @@ def markdown(summary: dict) -> str:
             f"input {r.get('input_pipeline')}, precision {r.get('precision')}"
             for r in (flowers if isinstance(flowers, list) else [flowers])
         ]
+    decoded = steps.get("flowers_decode", {}).get("json")
+    if decoded and flowers:
+        cpu = next((r for r in (flowers if isinstance(flowers, list) else [flowers]) if r["mode"] == "linear"), None)
+        dev = decoded[0] if isinstance(decoded, list) else decoded
+        if cpu and dev.get("top1") is not None:
+            md += [
+                f"- linear with --decode device: extraction {dev.get('train_images_per_second') or 0:.0f} img/s "
+                f"(CPU decode: {cpu.get('train_images_per_second') or 0:.0f}), top-1 {100 * dev['top1']:.2f}% "
+                f"(CPU decode: {100 * cpu['top1']:.2f}%), input {dev.get('input_pipeline')}"
+            ]
     b = steps.get("bench", {}).get("json")
     if isinstance(b, dict) and "modes" in b:
         md += [

@@ -24,6 +24,7 @@ GPU_STEPS = [
     "precision_fp32",
     "flowers_data",
     "flowers_run",
+    "flowers_decode",
     "bench",
     "probe_imagenet",
 ]
@@ -138,3 +139,17 @@ def test_the_summary_shows_the_benchs_steady_state_extraction():
     assert "| extraction, decoded | 900 | 1000 | 0.900 |" in text
     assert "| extraction, 91 kB JPEGs | 450 | 1000 | 0.450 |" in text
     assert "3072 images at steady state" in text and "1.50 s decoded, 2.50 s JPEG files" in text
+
+
+def test_the_summary_puts_the_device_decode_beside_the_cpu_decode():
+    env = {"device": "GPU", "date": "d", "torch": "t", "timm": "m", "torchvision": "v", "cuda_version": "c", "cpus": 16}
+    cpu = [
+        {"mode": "linear", "top1": 0.5012, "train_images_per_second": 2100.0, "input_pipeline": "cpu"},
+        {"mode": "attention", "top1": 0.4, "train_images_per_second": 2400.0, "input_pipeline": "cpu"},
+    ]
+    dev = {"mode": "linear", "top1": 0.4988, "train_images_per_second": 6100.0, "input_pipeline": "device-decode"}
+    steps = {"flowers_run": {"status": "ok", "seconds": 60, "json": cpu}}
+    steps["flowers_decode"] = {"status": "ok", "seconds": 20, "json": dev}
+    summary = {"environment": env, "steps": steps, "demo_cuda_vs_cpu": [], "fp32_vs_auto": []}
+    text = gpu_check_summary.markdown(summary)
+    assert "--decode device: extraction 6100 img/s (CPU decode: 2100), top-1 49.88% (CPU decode: 50.12%)" in text

@@ -49,6 +49,7 @@ def evaluate(
     device_resize: str = "auto",
     cache_images: bool = False,
     workers: int | None = None,
+    decode: str = "cpu",
     compile: bool = False,
     log: tuple[str, ...] | list[str] = (),
     log_dir: str | Path = "transfer_eval_logs",
@@ -88,7 +89,7 @@ def evaluate(
         save_delta=Path(save_delta) if save_delta else None,
         checkpoint_every=checkpoint_every,
         compile=compile,
-        inputs=data.InputOptions(device_resize, cache_images, workers),
+        inputs=data.InputOptions(device_resize, cache_images, workers, decode),
         log=tuple(log),
         log_dir=Path(log_dir),
     )

@@ -45,8 +45,8 @@ def preflight(
             task.fetch(ctx)
         for split in sorted(split_names):
             task.dataset(split, ctx)
-    if inputs.device_resize == "on":  # refused now, not when the run comes
-        for r in runs:
+    if inputs.device_resize == "on" or inputs.decode == "device":  # refused now, not when the run comes
+        for r in {(r.checkpoint.name, r.task.name, r.mode.stage, r.recipe.get("resolution")): r for r in runs}.values():
             check_inputs(r, ctx, device, inputs)
 
 

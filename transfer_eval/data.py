@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from transfer_eval import device_resize
+from transfer_eval import device_decode, device_resize
 from transfer_eval.tasks import ImageSplit
 from transfer_eval.transforms import eval_transform, seeded, train_transform
 
@@ -75,6 +75,7 @@ class InputOptions:
     device_resize: str = "auto"  # auto (on CUDA, for small images, where the augmentation allows) | on | off
     cache_images: bool = False  # decoded-image cache at the training resolution, for datasets of image files
     workers: int | None = None  # DataLoader workers; None: none on a CPU, up to 8 on a GPU
+    decode: str = "cpu"  # cpu (PIL in the workers) | device (JPEG files decoded and resized on the device: eval)
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,25 @@ class InputPlan:
     eval_on_device: bool = False
     cache_images: bool = False
     workers: int | None = None
+    decode_on_device: bool = False  # evaluation and features from JPEG files decoded on the device
+    no_training: bool = False  # a probe's run: its train split goes through the evaluation pipeline too
+
+    @property
+    def pixels(self) -> str | None:
+        """What the feature cache keys apart: None where the pixels are the CPU transforms' very pixels."""
+        return "device-decode" if self.decode_on_device else None
 
     def describe(self) -> str:
-        def one(on_device):
+        def one(on_device, decode=False):
+            if decode:
+                return "device-decode"
             if on_device:
                 w, h = self.native_size
                 return f"device-resize from {w}x{h}"
             return "cpu" + ("+image-cache" if self.cache_images else "")
 
-        train, ev = one(self.train_on_device), one(self.eval_on_device)
+        ev = one(self.eval_on_device, self.decode_on_device)
+        train = ev if self.no_training else one(self.train_on_device)
         return train if train == ev else f"train: {train}; eval: {ev}"
 
 
@@ -107,8 +118,15 @@ def plan_input(
 
     if options.device_resize not in ("auto", "on", "off"):
         raise UserError(f"--device-resize {options.device_resize!r}: use auto, on or off")
+    if options.decode not in ("cpu", "device"):
+        raise UserError(f"--decode {options.decode!r}: use cpu or device")
     cache = options.cache_images and split.paths is not None
-    base = InputPlan(cache_images=cache, workers=options.workers)
+    decode = options.decode == "device"
+    if decode:
+        why = device_decode.unsuitable(split, data_config)
+        if why or options.cache_images:
+            raise UserError(f"--decode device: {why or 'it reads the files, not the image cache'}; use --decode cpu")
+    base = InputPlan(cache_images=cache, workers=options.workers, decode_on_device=decode, no_training=recipe is None)
     if options.device_resize == "off" or (options.device_resize == "auto" and device.type != "cuda"):
         return base
     size, why = _native_size(split, data_config)
@@ -122,6 +140,8 @@ def plan_input(
         eval_on_device=why is None,
         cache_images=cache,
         workers=options.workers,
+        decode_on_device=decode,
+        no_training=recipe is None,
     )
 
 
@@ -169,6 +189,9 @@ def pipeline(
     """The pipeline of one split: `train` holds the recipe's augmentation fields (augment, hflip, crop_scale,
     randaugment, random_erasing); None gives the evaluation pipeline."""
     plan = plan or InputPlan()
+    if train is None and plan.decode_on_device:
+        decoder = device_decode.DecodeResize(split, data_config, device, Normalise(data_config, device))
+        return Pipeline(device_decode.RawFiles(split), lambda dl: map(decoder, dl), plan.workers, device_decode.collate)
     on_device = plan.train_on_device if train is not None else plan.eval_on_device
     augment = train is not None and train.get("augment", True)
     erasing = train.get("random_erasing", 0.0) if train is not None and augment else 0.0

@@ -113,8 +113,9 @@ def cached_features(
     plan: data.InputPlan | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Features (memory-mapped from the cache) and labels, and whether they were there already (True) or were
-    extracted into the cache now (False). Features of another precision (bf16) are keyed apart; the device resize
-    and the decoded-image cache give the CPU transforms' exact pixels, so they share their entries."""
+    extracted into the cache now (False). Features of another precision (bf16) or from other pixels (`--decode
+    device`) are keyed apart; the device resize and the decoded-image cache give the CPU transforms' exact
+    pixels, so they share their entries."""
     from transfer_eval import inference
     from transfer_eval.cache import features as cache
 
@@ -124,6 +125,7 @@ def cached_features(
         data_config=data_config,
         files=split.files_signature(),
         precision=precision,
+        pixels=plan.pixels if plan is not None else None,
         **key_parts,
     )
     hit = cache.load(key)

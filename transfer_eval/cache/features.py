@@ -2,8 +2,9 @@
 
 The key covers the weights digest, the architecture and its arguments, the task, its version, the split's
 manifest (sample ids and labels) and its image files' sizes and modification times, the transform (the full
-data config), the precision of the forward pass (devices.py: "fp32" or "bf16"), the suite version and torch's
-version. Images resized on the device are PIL's very pixels (device_resize.py), so they share the CPU's entries.
+data config), the precision of the forward pass (devices.py: "fp32" or "bf16"), pixels other than the CPU
+transforms' (`--decode device`), the suite version and torch's version. Images resized on the device are PIL's
+very pixels (device_resize.py), so they share the CPU's entries.
 A second probe on the same checkpoint and task then does no forward pass; a changed transform or split misses.
 
 An entry is a folder `features/KEY/` holding `features.npy` (N x D float32), `labels.npy` and `about.json`.
@@ -44,11 +45,14 @@ def key(
     data_config: dict,
     files: str | None = None,
     precision: str = "fp32",
+    pixels: str | None = None,
 ) -> str:
     import torch
 
+    other = {"pixels": pixels} if pixels is not None else {}  # not the CPU transforms' pixels (--decode device)
     return digest(
         {
+            **other,
             "weights": weights_sha256,
             "model": checkpoint.model,
             "model_args": checkpoint.model_args,

@@ -206,6 +206,17 @@ SHARED = [
         ),
     ),
     (
+        ("--decode",),
+        dict(
+            type=click.Choice(["cpu", "device"]),
+            default="cpu",
+            show_default=True,
+            help="Where JPEG files are decoded for evaluation and features: cpu (PIL in the workers) or device "
+            "(torchvision's decode_jpeg, nvJPEG on CUDA, and the resize there: pixels within a few 8-bit levels of "
+            "PIL's, named in the record, features cached apart).",
+        ),
+    ),
+    (
         ("--cache-images",),
         dict(
             is_flag=True,

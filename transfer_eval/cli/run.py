@@ -85,7 +85,7 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
         save_delta=Path(o["save_delta"]) if o["save_delta"] else None,
         checkpoint_every=o["checkpoint_every"],
         compile=o["compile_model"],
-        inputs=data.InputOptions(o["device_resize"], o["cache_images"], o["workers"]),
+        inputs=data.InputOptions(o["device_resize"], o["cache_images"], o["workers"], o["decode"]),
         log=tuple(o["trackers"]),
         log_dir=Path(o["log_dir"]),
     )
