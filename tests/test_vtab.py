@@ -196,3 +196,9 @@ def test_every_mode_runs_on_a_vtab_task(vtab_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json_lines(proc.stdout)
     assert sorted(r["mode"] for r in rows) == sorted(modes) and all(r["status"] == "ok" for r in rows)
+
+
+def test_a_group_name_stands_for_its_tasks_unless_a_task_has_that_name():
+    assert groups.expand(["vtab1k", "digits"])[:2] == ["vtab1k_cifar", "vtab1k_caltech101"]
+    assert len(groups.expand(["vtab1k", "digits", "vtab1k_dtd"])) == 20  # each task once
+    assert groups.expand(["demo"], {"demo": object()}) == ["demo"]  # a plugin's task named like a group wins

@@ -61,9 +61,10 @@ GROUPS = {
 }
 
 
-def expand(names: list) -> list:
-    """Task names with each group name replaced by its tasks (other names and objects as they are)."""
+def expand(names: list, tasks=()) -> list:
+    """Task names with each group name replaced by its tasks (other names and objects as they are); a name in
+    `tasks` (a registered task's) stays a task name, even where a group has that name too."""
     out = []
     for n in names:
-        out += list(GROUPS[n].tasks) if isinstance(n, str) and n in GROUPS else [n]
+        out += list(GROUPS[n].tasks) if isinstance(n, str) and n in GROUPS and n not in tasks else [n]
     return list(dict.fromkeys(out))

@@ -212,9 +212,10 @@ def plan_named(
 
     registry = checkpoints.load_registry(registries)
     ckpts = [c if isinstance(c, Checkpoint) else checkpoints.resolve(c, registry) for c in names(checkpoint_names)]
-    wanted_tasks = groups.expand(names(task_names))  # a group's name stands for its tasks (-t vtab1k)
-    registered = [t for t in wanted_tasks if not isinstance(t, Task) and not by_name.is_source(t)]
+    wanted = names(task_names)
+    registered = [t for t in wanted if not isinstance(t, Task) and not by_name.is_source(t)]
     known = task_registry.discover(tasks_dirs) if registered else {}
+    wanted_tasks = groups.expand(wanted, known)  # a group's name stands for its tasks (-t vtab1k)
     task_list = [t if isinstance(t, Task) else by_name.resolve(t, known, download) for t in wanted_tasks]
     mode_list = [m if isinstance(m, Mode) else modes.resolve(m) for m in names(mode_names)]
     if not (ckpts and task_list and mode_list and (seeds is None or list(seeds))):

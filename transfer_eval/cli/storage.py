@@ -139,7 +139,8 @@ def data_check(task_names, data_dir, tasks_dirs, skip_verify, download, mode_nam
     from transfer_eval import task_names as names
 
     found = tasks.discover(tasks_dirs)
-    chosen = [names.resolve(n, found, download) for n in groups.expand(csv(task_names))] or list(found.values())
+    chosen = [names.resolve(n, found, download) for n in groups.expand(csv(task_names), found)]
+    chosen = chosen or list(found.values())
     mode_splits = modes.resolve(mode_name).splits if mode_name else None
     ctx = load_context(data_dir, skip_verify, download)
     rows, not_ready = [], []
