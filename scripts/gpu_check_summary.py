@@ -157,7 +157,15 @@ def markdown(summary: dict) -> str:
         if j:
             md += [
                 f"| extraction, {j['mean_jpeg_kb']:.0f} kB JPEGs | {j['images_per_s']:.0f} | "
-                f"{e['ref_images_per_s']:.0f} | {j['vs_model']:.3f} |",
+                f"{e['ref_images_per_s']:.0f} | {j['vs_model']:.3f} |"
+            ]
+            d = e.get("jpeg_device_decode")
+            if d:
+                md.append(
+                    f"| extraction, {j['mean_jpeg_kb']:.0f} kB JPEGs, --decode device | {d['images_per_s']:.0f} | "
+                    f"{e['ref_images_per_s']:.0f} | {d['vs_model']:.3f} |"
+                )
+            md += [
                 "",
                 f"extraction over {e['images']} images at steady state; start-up (workers, first batch) apart: "
                 f"{e['startup_s']:.2f} s decoded, {j['startup_s']:.2f} s JPEG files",

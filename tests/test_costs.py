@@ -187,6 +187,8 @@ def test_bench_reports_side_by_side_figures():
         e["jpeg"]["images_per_s"] / e["ref_images_per_s"]
     )
     assert 70 <= e["jpeg"]["mean_jpeg_kb"] <= 160  # photo-like files, not a smooth few-kB image
+    d = e["jpeg_device_decode"]  # the same files through --decode device (here on the CPU, the same code)
+    assert d["images_per_s"] > 0 and d["vs_model"] == pytest.approx(d["images_per_s"] / e["ref_images_per_s"])
     assert "bench: extraction: {" in proc.stderr  # each part's figures logged as soon as they exist
     pipe = report["input_pipeline"]
     rates = [

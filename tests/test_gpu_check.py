@@ -118,7 +118,13 @@ def test_the_summary_shows_the_benchs_steady_state_extraction():
         "batch_size": 128,
         "matmul_peak_tflops": 700.0,
         "modes": {"full": rate},
-        "extraction": {**rate, "images": 3072, "startup_s": 1.5, "jpeg": jpeg},
+        "extraction": {
+            **rate,
+            "images": 3072,
+            "startup_s": 1.5,
+            "jpeg": jpeg,
+            "jpeg_device_decode": {"images_per_s": 4100.0, "startup_s": 0.5, "vs_model": 4.1},
+        },
     }
     env = {
         "device": "GPU",
@@ -138,6 +144,7 @@ def test_the_summary_shows_the_benchs_steady_state_extraction():
     text = gpu_check_summary.markdown(summary)
     assert "| extraction, decoded | 900 | 1000 | 0.900 |" in text
     assert "| extraction, 91 kB JPEGs | 450 | 1000 | 0.450 |" in text
+    assert "| extraction, 91 kB JPEGs, --decode device | 4100 | 1000 | 4.100 |" in text
     assert "3072 images at steady state" in text and "1.50 s decoded, 2.50 s JPEG files" in text
 
 

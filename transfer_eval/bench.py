@@ -200,8 +200,8 @@ def extraction(
 ) -> dict:
     """Feature extraction through the suite (PIL images, timm transform, loader, features to the host) against
     bare inference at the same precision, at steady state: the loader's start-up (its workers and first batch)
-    is timed apart. Twice: on decoded images at the model's size, and on photo-like 500x375 JPEG files (decode
-    and resize included), the latter against the model's own rate."""
+    is timed apart. On decoded images at the model's size, and on photo-like 500x375 JPEG files (decode and
+    resize included) through the CPU workers and through `--decode device`, those against the model's own rate."""
     import tempfile
 
     from PIL import Image
@@ -229,9 +229,10 @@ def extraction(
     with tempfile.TemporaryDirectory() as tmp:
         files = [Path(tmp) / f"{i}.jpg" for i in range(n)]
         mean_kb = synthetic.write_jpegs(files, workers=max(1, data.default_workers(device)))
-        jpegs = _steady_features(
-            model, ImageSplit.from_files(files, np.zeros(n, dtype=np.int64)), cfg, device, batch_size
-        )
+        on_files = ImageSplit.from_files(files, np.zeros(n, dtype=np.int64))
+        jpegs = _steady_features(model, on_files, cfg, device, batch_size)
+        decode = data.InputPlan(decode_on_device=True, no_training=True)  # --decode device (nvJPEG on CUDA)
+        on_device = _steady_features(model, on_files, cfg, device, batch_size, decode)
     return {
         "images": n,
         "startup_s": decoded["startup_s"],
@@ -239,10 +240,11 @@ def extraction(
         "ref_images_per_s": ref_rate,
         "ratio_vs_reference": decoded["images_per_s"] / ref_rate,
         "jpeg": {**jpegs, "mean_jpeg_kb": mean_kb, "vs_model": jpegs["images_per_s"] / ref_rate},
+        "jpeg_device_decode": {**on_device, "vs_model": on_device["images_per_s"] / ref_rate},
     }
 
 
-def _steady_features(model, split, cfg: dict, device, batch_size: int) -> dict:
+def _steady_features(model, split, cfg: dict, device, batch_size: int, plan: data.InputPlan | None = None) -> dict:
     """The suite's extraction (inference.features, each batch's features to the host): seconds to the first
     batch's features (the loader's start-up), and images per second over the batches after it."""
     marks: list[tuple[float, int]] = []  # (when a batch's features reached the host, rows)
@@ -251,7 +253,7 @@ def _steady_features(model, split, cfg: dict, device, batch_size: int) -> dict:
         marks.append((time.perf_counter(), len(rows)))
 
     start = time.perf_counter()
-    inference.features(model, split, cfg, device, write, batch_size)
+    inference.features(model, split, cfg, device, write, batch_size, plan)
     (first, _), (last, _) = marks[0], marks[-1]
     count = sum(n for _, n in marks[1:])
     return {"startup_s": first - start, "images_per_s": count / (last - first) if last > first else float("nan")}

@@ -289,6 +289,16 @@ def bench(
         ]
         + ["-"] * 5
     )
+    d = e["jpeg_device_decode"]
+    rows.append(
+        [
+            f"extraction, {j['mean_jpeg_kb']:.0f} kB JPEGs, --decode device",
+            f"{d['images_per_s']:.1f}",
+            f"{e['ref_images_per_s']:.1f}",
+            f"{d['vs_model']:.3f}",
+        ]
+        + ["-"] * 5
+    )
     click.echo(
         tabulate(
             rows,
