@@ -122,6 +122,18 @@ def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+def leaderboard_of(db, **kw):
+    """report.leaderboard over the store at `db`, the store closed again."""
+    from transfer_eval import report
+    from transfer_eval.results import Store
+
+    store = Store(db)
+    try:
+        return report.leaderboard(store, **kw)
+    finally:
+        store.close()
+
+
 def stored_rows(db: Path) -> int:
     if not Path(db).exists():
         return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, cli, json_lines
+from conftest import leaderboard_of as _board
 from scipy.stats import binomtest
 
 from transfer_eval import report
@@ -121,14 +122,6 @@ def board_db(tmp_path_factory):
     )  # never shown
     store.close()
     return db
-
-
-def _board(db, **kw):
-    store = Store(db)
-    try:
-        return report.leaderboard(store, **kw)
-    finally:
-        store.close()
 
 
 def _expected_mean(ck, mode):

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 from conftest import cli, json_lines
+from conftest import leaderboard_of as _board
 
 from transfer_eval import report
 from transfer_eval.protocol import identify, protocol_hash
@@ -66,14 +67,6 @@ def db(tmp_path_factory):
     return path
 
 
-def _board(db, **kw):
-    store = Store(db)
-    try:
-        return report.leaderboard(store, **kw)
-    finally:
-        store.close()
-
-
 def test_identify_reads_version_and_precision_back():
     r = Result("a", "w", "t", 1, "linear", protocol_hash("linear", 2, {"x": 1}, None, "bf16"), 0, recipe={"x": 1})
     assert identify(r) == (2, "bf16")
@@ -97,7 +90,7 @@ def test_one_row_per_shot_count_resolution_rank_and_precision(db):
     assert rows[("a", "full @32")].cells["digits"].top1 == pytest.approx(0.6)
     assert rows[("a", "full @16")].cells["digits"].top1 == pytest.approx(0.5)
     assert not any("digits" in n for n in lb.notes)  # variants are not superseded setups
-    ordered = [r.label for r in report.leaderboard(Store(db), checkpoints=["a"], modes=["fewshot"], sort="mode").rows]
+    ordered = [r.label for r in _board(db, checkpoints=["a"], modes=["fewshot"], sort="mode").rows]
     assert ordered == ["fewshot 1-shot", "fewshot 5-shot", "fewshot 10-shot", "fewshot 25-shot"]
 
 

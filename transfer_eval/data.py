@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -147,15 +146,12 @@ def plan_input(
 
 def _native_size(split: ImageSplit, data_config: dict) -> tuple[tuple[int, int] | None, str | None]:
     """(the images' common size, None) when every probed image has one small size; else (None, why not)."""
-    if data_config.get("interpolation", "bicubic") not in device_resize.INTERPOLATIONS:
-        return None, f"interpolation {data_config.get('interpolation')!r} is done on the CPU only"
-    if data_config.get("crop_mode", "center") not in ("center", "squash", None):
-        return None, f"crop_mode {data_config.get('crop_mode')!r} is done on the CPU only"
-    n = len(split)
-    if n == 0:
+    why = device_resize.cpu_only(data_config)
+    if why:
+        return None, why
+    if len(split) == 0:
         return None, "the split is empty"
-    probe = sorted({int(i) for i in np.linspace(0, n - 1, min(n, 16))})
-    sizes = {split.image(i).size for i in probe}
+    sizes = {split.image(i).size for i in split.sample()}
     if len(sizes) > 1:
         return None, f"the images differ in size ({', '.join(f'{w}x{h}' for w, h in sorted(sizes)[:3])}, ...)"
     ((w, h),) = sizes

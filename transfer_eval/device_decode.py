@@ -11,14 +11,13 @@ it, and the accuracy effect); so the plan is named in the record (`input_pipelin
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from transfer_eval import device_resize
 from transfer_eval.tasks import ImageSplit, UnreadableImage
 
 JPEG_MAGIC = b"\xff\xd8\xff"
-INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 def unsuitable(split: ImageSplit, data_config: dict) -> str | None:
@@ -26,12 +25,10 @@ def unsuitable(split: ImageSplit, data_config: dict) -> str | None:
     and a transform the device reproduces (bilinear or bicubic resize, centre crop or squash)."""
     if split.paths is None:
         return "the task's images are not files (--decode device reads JPEG files)"
-    if data_config.get("interpolation", "bicubic") not in INTERPOLATIONS:
-        return f"interpolation {data_config.get('interpolation')!r} is done on the CPU only"
-    if data_config.get("crop_mode", "center") not in ("center", "squash", None):
-        return f"crop_mode {data_config.get('crop_mode')!r} is done on the CPU only"
-    n = len(split)
-    for i in sorted({int(i) for i in np.linspace(0, n - 1, min(n, 16))}) if n else ():
+    why = device_resize.cpu_only(data_config)
+    if why:
+        return why
+    for i in split.sample():
         try:
             with open(split.paths[i], "rb") as f:
                 head = f.read(3)

@@ -27,6 +27,18 @@ from transfer_eval.transforms import seeded
 
 PRECISION_BITS = 22  # Pillow's fixed point for 8-bit images: 32 - 8 - 2
 INTERPOLATIONS = ("bicubic", "bilinear")  # done on the device; others (nearest, lanczos, box) on the CPU
+
+
+def cpu_only(data_config: dict) -> str | None:
+    """Why the evaluation transform of `data_config` cannot be done on the device (None: it can): the device does
+    bilinear and bicubic resizes, with a centre crop or a squash (device_resize.py, device_decode.py)."""
+    if data_config.get("interpolation", "bicubic") not in INTERPOLATIONS:
+        return f"interpolation {data_config.get('interpolation')!r} is done on the CPU only"
+    if data_config.get("crop_mode", "center") not in ("center", "squash", None):
+        return f"crop_mode {data_config.get('crop_mode')!r} is done on the CPU only"
+    return None
+
+
 RRC_RATIO = (3 / 4, 4 / 3)  # timm's RandomResizedCrop aspect-ratio range
 
 

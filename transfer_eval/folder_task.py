@@ -27,7 +27,7 @@ PREFIX = "folder:"
 VERSION = 1  # bump when the way a folder is read changes what a run sees
 VAL_NAMES = ("val", "valid", "validation")
 VAL_HOLDOUT = {"fraction": 0.1, "seed": 0}
-RECIPES = {"steps": 500, "warmup_steps": 100}  # the ViT paper's schedule for its small tasks (Flowers, Pets)
+SCHEDULE = {"steps": 500, "warmup_steps": 100}  # the ViT paper's schedule for its small tasks (Flowers, Pets)
 LAYOUT = "PATH/train/<class>/<image>, PATH/test/<class>/<image> and optionally PATH/val/<class>/<image>"
 
 
@@ -73,13 +73,18 @@ def task(spec: str) -> Task:
         version=VERSION,
         classes=names,
         splits=("train", "val", "test"),
-        recipes={"attention": dict(RECIPES), "full": dict(RECIPES), "finetune": dict(RECIPES)},
+        recipes=recipes(),
         description=f"image folder: {len(names)} classes, "
         + ("its own val/" if val is not None else "val = 10% of train"),
         data_help=f"the folder should hold {LAYOUT}",
         val_holdout=None if val is not None else dict(VAL_HOLDOUT),
         source=PREFIX,
     )
+
+
+def recipes() -> dict:
+    """The fine-tuning schedule of a task made from data on the command line (a folder, a Hugging Face dataset)."""
+    return {mode: dict(SCHEDULE) for mode in ("attention", "full", "finetune")}
 
 
 def _loader(root: Path, name: str, folders: dict, classes: tuple[str, ...]):

@@ -24,14 +24,13 @@ import os
 import re
 from pathlib import Path
 
+from transfer_eval import folder_task
 from transfer_eval.errors import UserError
 from transfer_eval.tasks import ImageSplit, LoadContext, Task, UnreadableImage, load_image
 
 PREFIX = "hf:"
 VERSION = 1  # bump when the way a dataset is read changes what a run sees
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid"), "test": ("test",)}
-VAL_HOLDOUT = {"fraction": 0.1, "seed": 0}
-RECIPES = {"steps": 500, "warmup_steps": 100}  # the ViT paper's schedule for its small tasks (Flowers, Pets)
 OPTIONS = re.compile(r"^(.*?)((?::(?:image|label)=[^,:=]+)+)$")  # PATH:image=COLUMN:label=COLUMN
 HELP = (
     "give hf:PATH (a save_to_disk folder or Parquet files with train and test splits) or hf:NAME (a Hub dataset, "
@@ -78,11 +77,11 @@ def task(spec: str, download: bool = False) -> Task:
         load=_loader(name, {s: splits[t] for s, t in found.items() if t is not None}, image_col, label_col),
         version=VERSION,
         classes=classes,
-        recipes={"attention": dict(RECIPES), "full": dict(RECIPES), "finetune": dict(RECIPES)},
+        recipes=folder_task.recipes(),
         description=f"Hugging Face dataset: {num_classes} classes, "
         + (f"its own {found['val']} split" if found["val"] else "val = 10% of train"),
         data_help=HELP,
-        val_holdout=None if found["val"] else dict(VAL_HOLDOUT),
+        val_holdout=None if found["val"] else dict(folder_task.VAL_HOLDOUT),
         source=PREFIX,
     )
 

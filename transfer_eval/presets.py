@@ -90,12 +90,11 @@ SCHEDULE_FIELDS = {
 }
 
 
-def preset_fields(name: str | None, task_fields: dict) -> dict:
+def preset_fields(name: str, task_fields: dict) -> dict:
     """The preset's fields under the task's: all of them for `vit`, only schedule fields for another preset.
-    A task names its own protocol's preset with `"preset": ...` in its recipe (VTAB-1k's `vtab`); it is the
-    default (`name` None), and another preset chosen on purpose replaces it."""
+    A task names its own protocol's preset with `"preset": ...` in its recipe (VTAB-1k's `vtab`): the runner's
+    default (runner.resolve_recipe); another preset chosen on purpose takes only the task's schedule."""
     own = task_fields.get("preset")
-    name = name or own or "vit"
     if name not in PRESETS:
         raise UserError(f"unknown recipe preset {name!r}; known: {', '.join(PRESETS)}")
     base = dict(PRESETS[name]["fields"])

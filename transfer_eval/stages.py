@@ -154,7 +154,7 @@ def knn_stage(s: Stage) -> Trained:
     (the best on val is chosen), then train+val is the memory and test the queries, with the chosen k. Nothing
     trains: what one more task keeps is that memory (its L2-normalised features and labels), the stored delta."""
     recipe, classes = s.run.recipe, s.run.task.num_classes
-    ks, temperature = knn.ks_of(recipe["k"]), float(recipe["temperature"])
+    ks, temperature = recipe["k"], recipe["temperature"]  # as runner.resolve_recipe checked them
     (xtr, ytr, t_tr), (xva, yva, t_va) = s.features("train"), s.features("val")
     start = time.perf_counter()
     val = knn.classify([(xtr, ytr)], xva, ks, classes, temperature, s.device)

@@ -161,6 +161,11 @@ class ImageSplit:
         out.parts = (a, b)  # so caches of the parts serve the whole (train+val for retraining)
         return out
 
+    def sample(self, k: int = 16) -> list[int]:
+        """At most `k` indices spread evenly over the split, first and last included: what a plan probes."""
+        n = len(self)
+        return sorted({int(i) for i in np.linspace(0, n - 1, min(n, k))}) if n else []
+
     def limited(self, n: int) -> "ImageSplit":
         """At most `n` examples, stratified and deterministic (`spread`): a quick look at real data."""
         if n >= len(self):

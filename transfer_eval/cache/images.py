@@ -153,8 +153,7 @@ def estimate_bytes(split: ImageSplit, data_config: dict, kind: str = RAW) -> int
     if n == 0:
         return 0
     encode = _encoder(resize_transform(data_config), kind)
-    probe = sorted({int(i) for i in np.linspace(0, n - 1, min(n, SAMPLE))})
-    return int(np.mean([len(encode(split.image(i))[0]) for i in probe]) * n * 1.05)
+    return int(np.mean([len(encode(split.image(i))[0]) for i in split.sample(SAMPLE)]) * n * 1.05)
 
 
 def _check_room(split: ImageSplit, data_config: dict, kind: str, where: Path) -> None:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from transfer_eval.errors import UserError, unknown_name
+from transfer_eval.report import variants
 from transfer_eval.report.leaderboard import Cell, _setup_note, build_cells, limited_note
 from transfer_eval.results import Result, Store
 
@@ -106,6 +107,10 @@ class Paired:
     d_train_pflops: float | None = None
     d_fwd_gflops_per_image: float | None = None
     variant: str = ""  # what both sides chose beyond the mode ('10-shot', '@384'): like is paired with like
+
+    @property
+    def label(self) -> str:
+        return variants.mode_label(self.mode, self.variant)
 
     def to_dict(self) -> dict:
         return asdict(self)

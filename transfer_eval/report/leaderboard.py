@@ -47,8 +47,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """The mode and its variant, as rows show them: `fewshot 10-shot`."""
-        return f"{self.mode} {self.variant}".strip()
+        return variants.mode_label(self.mode, self.variant)
 
     @property
     def accs(self) -> list[float]:
@@ -150,8 +149,13 @@ class Row:
 
     @property
     def label(self) -> str:
-        """The mode and its variant, as the mode column shows them: `fewshot 10-shot`, `full @384`."""
-        return f"{self.mode} {self.variant}".strip()
+        return variants.mode_label(self.mode, self.variant)
+
+    @property
+    def notes(self) -> list[str]:
+        """The superseded-setup notes of the row's cells, each once (a note belongs to a checkpoint, mode and task,
+        whose variants are rows of their own)."""
+        return list(dict.fromkeys(_setup_note(c) for c in self.cells.values() if c and c.n_setups > 1))
 
     @property
     def group_cells(self) -> list[Cell]:
@@ -276,6 +280,10 @@ class Leaderboard:
     def columns(self) -> list[str]:
         return ["checkpoint", "mode", *self.tasks, *self.mean_columns, *NUMERIC_COLUMNS[1:]]
 
+    def best_first(self, column: str) -> bool:
+        """Whether `column` sorts descending by default: accuracies and their means; costs and names ascend."""
+        return column in _DESCENDING or column in self.tasks or column in self.mean_columns
+
     def row_dict(self, row: Row) -> dict:
         """One row as plain data (what --format json writes): accuracies as fractions, None where missing."""
         tasks = dict.fromkeys([*self.tasks, *self.group.tasks])
@@ -300,7 +308,7 @@ class Leaderboard:
             "full_copies_bytes": row.full_copies_bytes,
             "storage_ratio": row.storage_ratio,
             "train_pflops": row.train_pflops,
-            "notes": list(dict.fromkeys(_setup_note(c) for c in row.cells.values() if c and c.n_setups > 1)),
+            "notes": row.notes,
         }
 
     def to_frame(self):
@@ -365,8 +373,7 @@ def leaderboard(
         Row(c, m, {t: cells.get((c, m, v, t)) for t in columns}, grp, v, keys[(c, m, v)], mean)
         for c, m, v in sorted(keys, key=lambda k: (k[0], k[1], keys[k]))
     ]
-    notes = [_setup_note(cell) for row in rows for cell in row.cells.values() if cell and cell.n_setups > 1]
-    notes = list(dict.fromkeys(notes)) + limited_note(found, include_limited)
+    notes = list(dict.fromkeys(n for row in rows for n in row.notes)) + limited_note(found, include_limited)
     lb = Leaderboard(shown, grp, rows, notes, mean)
     sort_rows(lb, sort)
     return lb
@@ -384,7 +391,7 @@ def sort_rows(lb: Leaderboard, sort: str | None):
         if direction not in (None, "asc", "desc"):
             raise UserError(f"--sort {sort!r}: the direction after ':' is asc or desc")
     if direction is None:
-        direction = "desc" if column in _DESCENDING or column in lb.tasks or column in lb.mean_columns else "asc"
+        direction = "desc" if lb.best_first(column) else "asc"
     rows = sorted(lb.rows, key=lambda r: (r.checkpoint, r.mode, r.variant_key))
 
     def present_first(r):

@@ -178,7 +178,7 @@ def plot_leaderboard(lb: Leaderboard, path: str | Path):
 
 
 def _forest_label(r) -> str:
-    return f"{r.task} / {r.mode} {r.variant}".strip()
+    return f"{r.task} / {r.label}"
 
 
 def plot_compare(cmp: Comparison, path: str | Path, lb: Leaderboard | None = None):

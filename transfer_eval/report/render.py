@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transfer_eval.errors import UserError
 from transfer_eval.report.compare import ALPHA, Comparison
-from transfer_eval.report.leaderboard import BYTES_PER_PARAM, NUMERIC_COLUMNS, Cell, Leaderboard, Row, _setup_note
+from transfer_eval.report.leaderboard import BYTES_PER_PARAM, NUMERIC_COLUMNS, Cell, Leaderboard, Row
 
 MISSING = "missing"
 
@@ -223,7 +223,7 @@ def to_csv(lb: Leaderboard) -> str:
                 len(lb.group.tasks),
                 *[v(getattr(r, k)) for k in NUMERIC_COLUMNS[1:]],
                 v(r.full_copies_bytes),
-                "; ".join(dict.fromkeys(_setup_note(c) for c in r.cells.values() if c and c.n_setups > 1)),
+                "; ".join(r.notes),
             ]
         )
     return buf.getvalue()
@@ -298,7 +298,7 @@ def compare_table_rows(cmp: Comparison, other: str) -> list[list[str]]:
         out.append(
             [
                 r.task,
-                f"{r.mode} {r.variant}".strip(),
+                r.label,
                 _pp(r.acc_a, False),
                 _pp(r.acc_b, False),
                 _pp(r.delta),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transfer_eval.errors import UserError
 from transfer_eval.report.compare import Comparison, compare
-from transfer_eval.report.leaderboard import _DESCENDING, Leaderboard, leaderboard
+from transfer_eval.report.leaderboard import Leaderboard, leaderboard
 from transfer_eval.report.page import html_page
 from transfer_eval.report.plots import plot_compare, plot_curves, plot_leaderboard
 from transfer_eval.report.render import (
@@ -40,9 +40,8 @@ def leaderboard_html(lb: Leaderboard) -> str:
     headers = display_headers(lb)
     _, rows = display_table(lb)
     cols = lb.columns
-    best_first = _DESCENDING | set(lb.tasks) | set(lb.mean_columns)
     th = "".join(
-        f'<th data-key="{html.escape(k)}" data-dir="{"desc" if k in best_first else "asc"}"'
+        f'<th data-key="{html.escape(k)}" data-dir="{"desc" if lb.best_first(k) else "asc"}"'
         f' scope="col" tabindex="0">{html.escape(h)}</th>'
         for k, h in zip(cols, headers)
     )

@@ -25,6 +25,11 @@ _FORMS = {"shots": "{}-shot", "resolution": "@{}", "preset": "{}", "lora_rank": 
 ALWAYS = {"fewshot": ("shots",)}  # modes whose variants are always named by these fields
 
 
+def mode_label(mode: str, variant: str) -> str:
+    """A mode and its variant as every table, plot and note shows them: `fewshot 10-shot`, `full @384`, `linear`."""
+    return f"{mode} {variant}".strip()
+
+
 def setup(r) -> tuple:
     """What supersedes: the weights, the task version and the mode's protocol version (where the hash names no
     known version, the hash itself: any other protocol then supersedes it)."""
