@@ -14,11 +14,13 @@
 #   precision_fp32  vit_demo_shapes linear and full on CUDA with --precision fp32, against demo_cuda
 #   flowers_data    a Flowers-102-format folder of 2,040 photo-like 500x375 JPEGs (scripts/flowers_like.py)
 #   flowers_run     ViT-B/16 (random init) linear and attention on it: extraction, training, evaluation img/s
-#   flowers_decode  the same linear probe with --decode device (nvJPEG): its extraction img/s and top-1 beside
-#                   flowers_run's (pixels within a few levels of PIL's; the summary shows the difference)
+#   flowers_decode  the same run with --decode device (nvJPEG decode, Pillow's resize on the GPU): extraction,
+#                   training and evaluation img/s and top-1 beside flowers_run's, mode by mode (on a CPU the plan
+#                   gives PIL's pixels exactly; on the GPU only nvJPEG's decode may differ: the top-1 shows it)
 #   bench           the training step and extraction of ViT-B/16, batch 128, against bare loops (extraction at
-#                   steady state over 3,072 images, decoded and photo-like JPEG files); each part's figures are
-#                   logged as soon as they exist
+#                   steady state over 3,072 images, decoded and photo-like JPEG files), and the training input
+#                   pipelines (CPU workers, --decode device) against the step, with the device decode's pixel
+#                   difference from the CPU path; each part's figures are logged as soon as they exist
 #   probe_imagenet  the linear probe on ImageNet-size synthetic features (1,281,167 x 768 x 1000)
 #
 # Every step prints a line as it starts and as it ends, and a failed step does not stop the others. OUT_DIR gets
@@ -92,8 +94,9 @@ if [ "$cuda" = 1 ]; then
   step flowers_data 40 "$py" scripts/flowers_like.py "$work/data" --images 2040 --workers 15
   step flowers_run 120 "${te[@]}" run -c vit_base_patch16_224 -t flowers102 -m linear,attention --device cuda \
     --data-dir "$work/data" --skip-verify --set steps=60 --set "lr_grid=[0.01]" --set retrain=false --json
-  step flowers_decode 60 "${te[@]}" run -c vit_base_patch16_224 -t flowers102 -m linear --device cuda \
-    --data-dir "$work/data" --skip-verify --decode device --results "$work/decode.sqlite" --json
+  step flowers_decode 90 "${te[@]}" run -c vit_base_patch16_224 -t flowers102 -m linear,attention --device cuda \
+    --data-dir "$work/data" --skip-verify --set steps=60 --set "lr_grid=[0.01]" --set retrain=false \
+    --decode device --results "$work/decode.sqlite" --json
   step bench 120 "${te[@]}" bench -c vit_base_patch16_224 -m full,attention --batch-size 128 --steps 10 \
     --images 3072 --device cuda --json
   step probe_imagenet 90 "${te[@]}" bench --scale --n 1281167 --dim 768 --classes 1000 --c-grid 0.1,1 \

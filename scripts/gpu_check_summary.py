@@ -131,13 +131,18 @@ def markdown(summary: dict) -> str:
         ]
     decoded = steps.get("flowers_decode", {}).get("json")
     if decoded and flowers:
-        cpu = next((r for r in (flowers if isinstance(flowers, list) else [flowers]) if r["mode"] == "linear"), None)
-        dev = decoded[0] if isinstance(decoded, list) else decoded
-        if cpu and dev.get("top1") is not None:
+        cpu = {r["mode"]: r for r in (flowers if isinstance(flowers, list) else [flowers])}
+        for dev in decoded if isinstance(decoded, list) else [decoded]:
+            ref = cpu.get(dev.get("mode"))
+            if ref is None or dev.get("top1") is None:
+                continue
+            what = "extraction" if dev["mode"] == "linear" else "training"
             md += [
-                f"- linear with --decode device: extraction {dev.get('train_images_per_second') or 0:.0f} img/s "
-                f"(CPU decode: {cpu.get('train_images_per_second') or 0:.0f}), top-1 {100 * dev['top1']:.2f}% "
-                f"(CPU decode: {100 * cpu['top1']:.2f}%), input {dev.get('input_pipeline')}"
+                f"- {dev['mode']} with --decode device: {what} {dev.get('train_images_per_second') or 0:.0f} img/s "
+                f"(CPU decode: {ref.get('train_images_per_second') or 0:.0f}), test "
+                f"{dev.get('eval_images_per_second') or 0:.0f} img/s (CPU decode: "
+                f"{ref.get('eval_images_per_second') or 0:.0f}), top-1 {100 * dev['top1']:.2f}% (CPU decode: "
+                f"{100 * ref['top1']:.2f}%), input {dev.get('input_pipeline')}"
             ]
     b = steps.get("bench", {}).get("json")
     if isinstance(b, dict) and "modes" in b:
@@ -170,6 +175,7 @@ def markdown(summary: dict) -> str:
                 f"extraction over {e['images']} images at steady state; start-up (workers, first batch) apart: "
                 f"{e['startup_s']:.2f} s decoded, {j['startup_s']:.2f} s JPEG files",
             ]
+        md += _input_pipelines(b.get("input_pipeline"))
     p = steps.get("probe_imagenet", {}).get("json")
     if isinstance(p, dict) and "probe" in p:
         s = p["probe"]["suite"]
@@ -181,6 +187,29 @@ def markdown(summary: dict) -> str:
             f"not converged: {s['not_converged'] or 'none'}",
         ]
     return "\n".join(md) + "\n"
+
+
+def _input_pipelines(p: dict | None) -> list[str]:
+    """The bench's training input pipelines against the fastest training step, and the device decode's pixels."""
+    if not p:
+        return []
+    rows = [
+        ("500x375 JPEG, decoded in the workers", "jpeg_decode"),
+        ("500x375 JPEG, decoded-image cache", "jpeg_cached"),
+        ("500x375 JPEG, --decode device", "jpeg_device_decode"),
+    ]
+    md = ["", f"### training input ({p.get('workers')} workers, {p.get('mean_jpeg_kb', 0):.0f} kB JPEGs)", ""]
+    md += ["| pipeline | img/s | against the fastest step |", "|---|---|---|"]
+    for label, key in rows:
+        if f"{key}_images_per_s" in p:
+            keeps = p.get(f"{key}_vs_training")
+            md.append(f"| {label} | {p[f'{key}_images_per_s']:.0f} | {f'{keeps:.2f}x' if keeps else '-'} |")
+    for k, v in (p.get("device_decode_levels") or {}).items():
+        md.append(
+            f"- --decode device against the CPU path ({k}, one batch, the same draws): max {v['max']:.0f} levels, "
+            f"mean {v['mean']:.3f}, {100 * v['differing']:.2f}% of values differ"
+        )
+    return md
 
 
 def main():

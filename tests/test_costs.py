@@ -196,6 +196,7 @@ def test_bench_reports_side_by_side_figures():
         "small_device_images_per_s",
         "jpeg_decode_images_per_s",
         "jpeg_cached_images_per_s",
+        "jpeg_device_decode_images_per_s",
     ]
     assert all(pipe[k] > 0 for k in rates) and pipe["workers"] == 0 and 70 <= pipe["mean_jpeg_kb"] <= 160
     assert pipe["device_vs_cpu_small"] == pytest.approx(
@@ -203,6 +204,9 @@ def test_bench_reports_side_by_side_figures():
     )
     fastest = max(att["suite_images_per_s"], full["suite_images_per_s"])
     assert pipe["jpeg_cached_vs_training"] == pytest.approx(pipe["jpeg_cached_images_per_s"] / fastest)
+    assert pipe["jpeg_device_decode_vs_training"] == pytest.approx(pipe["jpeg_device_decode_images_per_s"] / fastest)
+    # on a CPU the device decode is libjpeg-turbo's and Pillow's resize: the CPU path's pixels, eval and training
+    assert pipe["device_decode_levels"] == {k: {"max": 0.0, "mean": 0.0, "differing": 0.0} for k in ("eval", "train")}
 
 
 def test_cost_of_lora_and_fewshot_as_a_run_counts_them():
@@ -217,3 +221,27 @@ def test_cost_of_lora_and_fewshot_as_a_run_counts_them():
     assert rows["lora"]["params_total"] == rows["linear"]["params_total"] + adapters
     assert rows["fewshot"]["train_gflops_per_image"] == rows["fewshot"]["fwd_gflops_per_image"]
     assert rows["lora"]["train_gflops_per_image"] > rows["lora"]["fwd_gflops_per_image"]
+
+
+@pytest.mark.parametrize("with_metadata", [True, False])
+def test_a_deltas_size_is_the_size_of_its_safetensors_file(tmp_path, with_metadata):
+    """bytes_per_task is computed from safetensors' format without writing the file (a k-NN memory can be
+    gigabytes): it must be the size of the file safetensors writes, whatever the dtypes, names and metadata."""
+    import torch
+
+    from transfer_eval import deltas
+
+    tensors = {
+        "knn.features": torch.randn(37, 5),
+        "knn.labels": torch.arange(37),
+        "blocks.0.attn.qkv.weight": torch.randn(3, 2).bfloat16(),
+        "mask": torch.ones(4, dtype=torch.bool),
+        "z.scalar": torch.tensor(1.5, dtype=torch.float64),
+        "a.empty": torch.zeros(0, 3, dtype=torch.uint8),
+        "é.unicode": torch.ones(2, dtype=torch.int32),
+        "h": torch.ones(3, dtype=torch.float16),
+    }
+    meta = {"checkpoint": 'a "quoted"\nname', "task": "fleurs-é", "seed": "0"} if with_metadata else None
+    for keep in (tensors, {"fewshot.weight": torch.randn(10, 3)}, {k: tensors[k] for k in list(tensors)[:3]}):
+        written = deltas.save(keep, tmp_path / "d.safetensors", meta)
+        assert deltas.size(keep, meta) == written

@@ -103,6 +103,39 @@ def test_device_resize_on_cuda_gives_the_cpu_transforms_pixels():
         assert torch.equal(cpu_y, dev_y) and torch.equal(cpu_x, dev_x), train
 
 
+def test_pillows_resize_on_cuda_is_the_cpus_to_the_bit():
+    """resample.apply's integer passes on CUDA give what they give on the CPU (PIL's pixels, tested there), for
+    reductions and enlargements, both pass orders."""
+    from transfer_eval import resample
+
+    rng = np.random.default_rng(0)
+    per_image, images = [], []
+    for t in range(24):
+        h, w = (int(v) for v in rng.integers(8, 400, 2))
+        cw, ch = int(rng.integers(1, w + 1)), int(rng.integers(1, h + 1))
+        geometry = [int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch, 224, 224, 0, 0]
+        per_image.append(resample.axes(geometry, bool(t % 2), 224, 224, ("bicubic", "bilinear")[t % 3 == 0]))
+        images.append(torch.from_numpy(rng.integers(0, 256, (3, 400, 400), dtype=np.uint8)))
+    x, axes = torch.stack(images), resample.stack(per_image)
+    cpu = resample.apply(x, *axes)
+    gpu = resample.apply(x.to(CUDA), *(a.to(CUDA) for a in axes[:4]), axes[4])
+    assert torch.equal(cpu, gpu.cpu())
+
+
+def test_decode_device_on_cuda_is_within_a_few_levels_of_the_cpu_path(tmp_path):
+    """nvJPEG's decode against libjpeg-turbo's, through the whole plan (the resize is exact): evaluation and
+    training batches with the same draws."""
+    from test_device_decode import AUGMENT, CFG, _photos
+
+    from transfer_eval import bench
+    from transfer_eval.tasks import ImageSplit
+
+    split = ImageSplit.from_files(_photos(tmp_path, 8), list(range(8)))
+    for train in (None, AUGMENT):
+        levels = bench.decode_levels(split, CFG, CUDA, train)
+        assert levels["max"] <= 8 and levels["mean"] < 0.5, (train, levels)
+
+
 def test_probe_on_cuda_chooses_as_on_cpu():
     from test_linear_probe import GRID, blobs
 

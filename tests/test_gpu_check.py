@@ -125,6 +125,15 @@ def test_the_summary_shows_the_benchs_steady_state_extraction():
             "jpeg": jpeg,
             "jpeg_device_decode": {"images_per_s": 4100.0, "startup_s": 0.5, "vs_model": 4.1},
         },
+        "input_pipeline": {
+            "workers": 15,
+            "mean_jpeg_kb": 91.0,
+            "jpeg_decode_images_per_s": 2900.0,
+            "jpeg_decode_vs_training": 0.68,
+            "jpeg_device_decode_images_per_s": 5200.0,
+            "jpeg_device_decode_vs_training": 1.22,
+            "device_decode_levels": {"train": {"max": 3.0, "mean": 0.012, "differing": 0.05}},
+        },
     }
     env = {
         "device": "GPU",
@@ -146,6 +155,8 @@ def test_the_summary_shows_the_benchs_steady_state_extraction():
     assert "| extraction, 91 kB JPEGs | 450 | 1000 | 0.450 |" in text
     assert "| extraction, 91 kB JPEGs, --decode device | 4100 | 1000 | 4.100 |" in text
     assert "3072 images at steady state" in text and "1.50 s decoded, 2.50 s JPEG files" in text
+    assert "| 500x375 JPEG, --decode device | 5200 | 1.22x |" in text
+    assert "(train, one batch, the same draws): max 3 levels, mean 0.012, 5.00% of values differ" in text
 
 
 def test_the_summary_puts_the_device_decode_beside_the_cpu_decode():
@@ -154,9 +165,14 @@ def test_the_summary_puts_the_device_decode_beside_the_cpu_decode():
         {"mode": "linear", "top1": 0.5012, "train_images_per_second": 2100.0, "input_pipeline": "cpu"},
         {"mode": "attention", "top1": 0.4, "train_images_per_second": 2400.0, "input_pipeline": "cpu"},
     ]
-    dev = {"mode": "linear", "top1": 0.4988, "train_images_per_second": 6100.0, "input_pipeline": "device-decode"}
+    dev = [
+        {"mode": "linear", "top1": 0.4988, "train_images_per_second": 6100.0, "input_pipeline": "device-decode"},
+        {"mode": "attention", "top1": 0.41, "train_images_per_second": 4300.0, "eval_images_per_second": 5000.0},
+    ]
     steps = {"flowers_run": {"status": "ok", "seconds": 60, "json": cpu}}
     steps["flowers_decode"] = {"status": "ok", "seconds": 20, "json": dev}
     summary = {"environment": env, "steps": steps, "demo_cuda_vs_cpu": [], "fp32_vs_auto": []}
     text = gpu_check_summary.markdown(summary)
-    assert "--decode device: extraction 6100 img/s (CPU decode: 2100), top-1 49.88% (CPU decode: 50.12%)" in text
+    assert "linear with --decode device: extraction 6100 img/s (CPU decode: 2100)" in text
+    assert "top-1 49.88% (CPU decode: 50.12%)" in text
+    assert "attention with --decode device: training 4300 img/s (CPU decode: 2400), test 5000 img/s" in text

@@ -263,7 +263,7 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
     """Images per second each input pipeline delivers to the device, training augmentation on, no model: 32 px
     images (CIFAR's size) through the CPU transforms and through the on-device resize; 500x375 JPEG files
     (the size of a typical Flowers or iNaturalist photo, photo-like: transfer_eval/synthetic.py) decoded each time
-    and from the decoded-image cache."""
+    in the workers, from the decoded-image cache, and decoded and resized on the device (`--decode device`)."""
     import os
     import tempfile
 
@@ -305,6 +305,12 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
             out["mean_jpeg_kb"] = synthetic.write_jpegs(files, workers=max(1, out["workers"]))
             jpegs = ImageSplit.from_files(files, np.zeros(n, dtype=np.int64))
             out["jpeg_decode_images_per_s"] = rate(jpegs, data.InputPlan(workers=workers))
+            on_device = data.InputPlan(decode_on_device=True, train_decode_on_device=True, workers=workers)
+            out["jpeg_device_decode_images_per_s"] = rate(jpegs, on_device)
+            out["device_decode_levels"] = {
+                k: decode_levels(jpegs.subset(range(batch_size)), cfg, device, t)
+                for k, t in (("eval", None), ("train", aug))
+            }
             image_cache.cached(jpegs, cfg, kind=image_cache.JPEG)  # built once, as training stores it; not timed
             out["jpeg_cached_images_per_s"] = rate(jpegs, data.InputPlan(cache_images=True, workers=workers))
             (entry,) = [e for e in image_cache.entries() if e.get("format") == image_cache.JPEG]
@@ -317,6 +323,21 @@ def input_pipeline(cfg: dict, batch_size: int, batches: int, device, workers: in
     out["device_vs_cpu_small"] = out["small_device_images_per_s"] / out["small_cpu_images_per_s"]
     out["cache_vs_decode_jpeg"] = out["jpeg_cached_images_per_s"] / out["jpeg_decode_images_per_s"]
     return out
+
+
+def decode_levels(split, cfg: dict, device, train: dict | None) -> dict:
+    """How far `--decode device`'s pixels are from the CPU path's on one batch with the same draws, in 8-bit levels
+    (0 on a CPU, where both decode with libjpeg-turbo; on a GPU, nvJPEG's decode)."""
+    sampler = data.EpochBatches(len(split), len(split), 0, draws=True)
+    x = []
+    for decode in (False, True):
+        plan = data.InputPlan(decode_on_device=decode, train_decode_on_device=decode, workers=0)
+        pipe = data.pipeline(split, cfg, device, plan, train=train)
+        loader = data.loader(pipe, len(split), device) if train is None else data.batch_loader(pipe, sampler, device)
+        x.append(next(iter(pipe.batches(loader)))[0].float())
+    std = torch.tensor(cfg["std"], device=x[0].device).view(1, -1, 1, 1)
+    levels = ((x[1] - x[0]) * std * 255).abs().round()
+    return {"max": float(levels.max()), "mean": float(levels.mean()), "differing": float((levels > 0).float().mean())}
 
 
 def run(
@@ -359,6 +380,8 @@ def run(
         fastest = max(r["suite_images_per_s"] for r in report["modes"].values())
         pipe["small_device_vs_training"] = pipe["small_device_images_per_s"] / fastest
         pipe["jpeg_cached_vs_training"] = pipe["jpeg_cached_images_per_s"] / fastest
+        pipe["jpeg_decode_vs_training"] = pipe["jpeg_decode_images_per_s"] / fastest
+        pipe["jpeg_device_decode_vs_training"] = pipe["jpeg_device_decode_images_per_s"] / fastest
     m = report["modes"]
     if "attention" in m and "full" in m:
         report["attention_vs_full_step_time"] = m["attention"]["suite_step_s"] / m["full"]["suite_step_s"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from transfer_eval import device_decode, device_resize
+from transfer_eval import device_decode, device_resize, resample
 from transfer_eval.tasks import ImageSplit
 from transfer_eval.transforms import eval_transform, seeded, train_transform
 
@@ -59,7 +59,9 @@ def default_workers(device: torch.device) -> int:
 # - "device-resize": for small images (CIFAR's 32 px), the workers only hand over uint8 images at their own size
 #   with each one's crop box and flip (drawn exactly as timm's RandomResizedCrop and torchvision's flip draw
 #   them); two batched matrix products on the device make the 224 px inputs, PIL's very pixels
-#   (transfer_eval/device_resize.py). Moving 32 px images instead of 224 px ones is 49x less data.
+#   (transfer_eval/device_resize.py, resample.py). Moving 32 px images instead of 224 px ones is 49x less data.
+# - "device-decode" (`--decode device`): the workers hand over JPEG files' bytes with the same draws; the device
+#   decodes them (nvJPEG) and resizes them as device-resize does (transfer_eval/device_decode.py).
 #
 # Training draws (crops, flips, RandAugment) are seeded per sample from (run seed, epoch, position): the same
 # crops whatever the number of workers, the device, or whether the run was resumed.
@@ -74,7 +76,7 @@ class InputOptions:
     device_resize: str = "auto"  # auto (on CUDA, for small images, where the augmentation allows) | on | off
     cache_images: bool = False  # decoded-image cache at the training resolution, for datasets of image files
     workers: int | None = None  # DataLoader workers; None: none on a CPU, up to 8 on a GPU
-    decode: str = "cpu"  # cpu (PIL in the workers) | device (JPEG files decoded and resized on the device: eval)
+    decode: str = "cpu"  # cpu (PIL in the workers) | device (JPEG files decoded and resized on the device)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class InputPlan:
     cache_images: bool = False
     workers: int | None = None
     decode_on_device: bool = False  # evaluation and features from JPEG files decoded on the device
+    train_decode_on_device: bool = False  # training input too (where the augmentation allows)
     no_training: bool = False  # a probe's run: its train split goes through the evaluation pipeline too
 
     @property
@@ -104,7 +107,7 @@ class InputPlan:
             return "cpu" + ("+image-cache" if self.cache_images else "")
 
         ev = one(self.eval_on_device, self.decode_on_device)
-        train = ev if self.no_training else one(self.train_on_device)
+        train = ev if self.no_training else one(self.train_on_device, self.train_decode_on_device)
         return train if train == ev else f"train: {train}; eval: {ev}"
 
 
@@ -125,7 +128,15 @@ def plan_input(
         why = device_decode.unsuitable(split, data_config)
         if why or options.cache_images:
             raise UserError(f"--decode device: {why or 'it reads the files, not the image cache'}; use --decode cpu")
-    base = InputPlan(cache_images=cache, workers=options.workers, decode_on_device=decode, no_training=recipe is None)
+    # training input is decoded on the device too where its augmentation allows (else on the CPU: the record says)
+    train_decode = decode and recipe is not None and _train_blocker(recipe) is None
+    base = InputPlan(
+        cache_images=cache,
+        workers=options.workers,
+        decode_on_device=decode,
+        train_decode_on_device=train_decode,
+        no_training=recipe is None,
+    )
     if options.device_resize == "off" or (options.device_resize == "auto" and device.type != "cuda"):
         return base
     size, why = _native_size(split, data_config)
@@ -140,13 +151,14 @@ def plan_input(
         cache_images=cache,
         workers=options.workers,
         decode_on_device=decode,
+        train_decode_on_device=train_decode,
         no_training=recipe is None,
     )
 
 
 def _native_size(split: ImageSplit, data_config: dict) -> tuple[tuple[int, int] | None, str | None]:
     """(the images' common size, None) when every probed image has one small size; else (None, why not)."""
-    why = device_resize.cpu_only(data_config)
+    why = resample.cpu_only(data_config)
     if why:
         return None, why
     if len(split) == 0:
@@ -166,8 +178,6 @@ def _native_size(split: ImageSplit, data_config: dict) -> tuple[tuple[int, int] 
 def _train_blocker(recipe: dict) -> str | None:
     if recipe.get("randaugment"):
         return "RandAugment works on PIL images in the CPU workers"
-    if recipe.get("random_erasing"):
-        return "random erasing is done by the CPU transforms"
     return None
 
 
@@ -185,10 +195,6 @@ def pipeline(
     """The pipeline of one split: `train` holds the recipe's augmentation fields (augment, hflip, crop_scale,
     randaugment, random_erasing); None gives the evaluation pipeline."""
     plan = plan or InputPlan()
-    if train is None and plan.decode_on_device:
-        decoder = device_decode.DecodeResize(split, data_config, device, Normalise(data_config, device))
-        return Pipeline(device_decode.RawFiles(split), lambda dl: map(decoder, dl), plan.workers, device_decode.collate)
-    on_device = plan.train_on_device if train is not None else plan.eval_on_device
     augment = train is not None and train.get("augment", True)
     erasing = train.get("random_erasing", 0.0) if train is not None and augment else 0.0
     if train is None or not augment:
@@ -203,21 +209,19 @@ def pipeline(
             erasing,
             uint8=True,
         )
-    if on_device:
-        geometry = (
-            device_resize.RandomGeometry(data_config, train.get("crop_scale", (0.08, 1.0)), train.get("hflip", 0.5))
-            if augment
-            else device_resize.EvalGeometry(data_config)
-        )
-        resize = device_resize.DeviceResize(data_config, device, Normalise(data_config, device))
-        dataset = device_resize.NativeSplit(split, geometry, transform, tuple(data_config["input_size"][-2:]))
+    normalise = Normalise(data_config, device, erasing)
+    if plan.train_decode_on_device if train is not None else plan.decode_on_device:
+        decoder = device_decode.DecodeResize(split, data_config, device, normalise)
+        dataset = device_decode.Files(split, resample.geometry(data_config, train), transform, data_config)
+        return Pipeline(dataset, lambda dl: map(decoder, dl), plan.workers, device_decode.collate)
+    if plan.train_on_device if train is not None else plan.eval_on_device:
+        resize = device_resize.DeviceResize(device, normalise)
+        dataset = device_resize.NativeSplit(split, resample.geometry(data_config, train), transform, data_config)
         return Pipeline(dataset, lambda dl: map(resize, dl), plan.workers, collate=device_resize.collate)
     if plan.cache_images and split.paths is not None:
         from transfer_eval.cache import images as image_cache
 
         split = image_cache.cached(split, data_config, kind=image_cache.RAW if train is None else image_cache.JPEG)
-
-    normalise = Normalise(data_config, device, erasing)
 
     def batches(dl):
         from timm.data.loader import PrefetchLoader

@@ -1,83 +1,109 @@
-"""JPEG files decoded and resized on the device: the input plan `device-decode` (`--decode device`), for evaluation
-and feature extraction (the probes, k-NN, few-shot, every val and test pass).
+"""JPEG files decoded and resized on the device: the input plan `device-decode` (`--decode device`), for every pass
+over a task's images: training input (random-resized crops and flips), evaluation and feature extraction.
 
-The DataLoader workers only read each file's bytes; the device decodes the batch (torchvision.io.decode_jpeg: nvJPEG
-on CUDA, libjpeg-turbo on a CPU) and applies the evaluation transform's own resize and centre crop (the very Resize
-and CenterCrop objects timm builds for the CPU path, so the geometry is the same) to each image as float32 tensors,
-rounded back to 8-bit levels as PIL rounds, then normalises the batch. This is not PIL's arithmetic: measured on
-photo-like JPEGs, pixels differ from the CPU path's by at most a few 8-bit levels (tests/test_device_decode.py bounds
-it, and the accuracy effect); so the plan is named in the record (`input_pipeline`) and its features are cached apart.
+The DataLoader workers read each file's bytes and its JPEG header (the size, not the pixels), draw the sample's crop
+and flip exactly as timm's CPU transforms draw them (the same per-sample seeds), and compute Pillow's coefficients
+for them (resample.py). The device decodes the batch (torchvision.io.decode_jpeg: nvJPEG on CUDA, libjpeg-turbo on
+a CPU) and applies the coefficients: the resize and crop are PIL's to the bit. On a CPU the decode is too (libjpeg-
+turbo, as Pillow's), so the whole plan gives the CPU path's pixels (tests/test_device_decode.py); nvJPEG's decode may
+differ from libjpeg-turbo's by a level here and there, so the plan is named in the record (`input_pipeline`), its
+features are cached apart, and the GPU check measures its accuracy against the CPU path's.
+
+A file that is not a baseline or progressive JPEG in RGB or grayscale (a PNG behind a .jpg name, a CMYK JPEG) is
+decoded and transformed in the worker as on the CPU path, with the same draws. The plan is for a GPU: on a CPU the
+batched integer passes are slower than Pillow's SIMD resize (BENCHMARKS.md), so --decode cpu stays the default.
 """
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from transfer_eval import device_resize
+from transfer_eval import resample
 from transfer_eval.tasks import ImageSplit, UnreadableImage
+from transfer_eval.transforms import seeded
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+DEVICE_MODES = ("RGB", "L")  # JPEG colour modes decoded on the device (others: in the worker, as on the CPU path)
+CHUNK = 64  # images resized together: bounds the int32 buffers (64 x 3 x 600 x 800 x 4 bytes: 369 MB)
 
 
 def unsuitable(split: ImageSplit, data_config: dict) -> str | None:
-    """Why this split cannot be decoded on the device (None: it can): it needs JPEG files (a sample is probed)
-    and a transform the device reproduces (bilinear or bicubic resize, centre crop or squash)."""
+    """Why this split cannot be decoded on the device (None: it can): it needs image files of which the sampled
+    ones include JPEGs, and a transform the device reproduces (bilinear or bicubic resize, centre crop or squash)."""
     if split.paths is None:
         return "the task's images are not files (--decode device reads JPEG files)"
-    why = device_resize.cpu_only(data_config)
+    why = resample.cpu_only(data_config)
     if why:
         return why
+    heads = []
     for i in split.sample():
         try:
             with open(split.paths[i], "rb") as f:
-                head = f.read(3)
+                heads.append(f.read(3))
         except OSError:
             continue  # an unreadable file is reported by name when it is read
-        if head != JPEG_MAGIC:
-            return f"{split.paths[i]} is not a JPEG file (--decode device decodes JPEG only)"
+    if heads and JPEG_MAGIC not in heads:
+        return f"the task's files are not JPEG ({split.paths[split.sample()[0]]}, ...; --decode device decodes JPEG)"
     return None
 
 
-class RawFiles(Dataset):
-    """(the file's bytes as a uint8 tensor, label, index) of each image of a split: all a worker does."""
+class Files(Dataset):
+    """(the file's bytes as a uint8 tensor, or the image already transformed; its coefficients; label; index;
+    whether it is to be decoded on the device) of each sample. An index may be (index, draw seed)."""
 
-    def __init__(self, split: ImageSplit):
-        self.split = split
+    def __init__(self, split: ImageSplit, geometry, fallback, data_config: dict):
+        self.split, self.geometry, self.fallback = split, geometry, fallback
+        self.out_h, self.out_w = data_config["input_size"][-2:]
+        self.interpolation = data_config.get("interpolation", "bicubic")
 
     def __len__(self):
         return len(self.split)
 
-    def __getitem__(self, i):
+    def __getitem__(self, item):
+        from PIL import Image
+
+        i, draw = item if isinstance(item, tuple) else (item, None)
         if self.split.sealed:
             self.split.image(i)  # raises SealedSplitRead, as any read of a sealed split does
-        path = self.split.paths[i]
+        path, label = self.split.paths[i], int(self.split.labels[i])
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                raw = f.read()
         except OSError as e:
             raise UnreadableImage(f"unreadable image {path}: {e}") from None
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8), int(self.split.labels[i]), int(i)
+        try:
+            head = Image.open(io.BytesIO(raw))  # the header only: size, mode, format
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            head = None
+        if head is None or head.format != "JPEG" or head.mode not in DEVICE_MODES:
+            img = self.split.image(i)  # the CPU path's decode (and its error, naming the file)
+            with seeded(draw):
+                arr = torch.from_numpy(np.asarray(self.fallback(img), dtype=np.uint8).copy())
+            return arr, self._axes(resample.identity(self.out_h, self.out_w), False), label, i, False
+        with seeded(draw):
+            geometry, flip = self.geometry(head)
+        return torch.frombuffer(bytearray(raw), dtype=torch.uint8), self._axes(geometry, flip), label, i, True
+
+    def _axes(self, geometry, flip):
+        return resample.axes(geometry, flip, self.out_h, self.out_w, self.interpolation)
 
 
-def collate(batch):
-    raws, labels, index = zip(*batch)
-    return list(raws), torch.tensor(labels), torch.tensor(index)
+def collate(samples):
+    items, axes, labels, index, encoded = zip(*samples)
+    return list(items), resample.stack(list(axes)), torch.tensor(labels), torch.tensor(index), list(encoded)
 
 
 class DecodeResize:
-    """A batch of file bytes to normalised float images on the device, through the evaluation transform's resize
-    and crop; `normalise` as data.Normalise."""
+    """A collated batch to normalised float images on the device: the encoded ones decoded together, then each
+    group of one decoded size resized through its coefficients; `normalise` as data.Normalise."""
 
     def __init__(self, split: ImageSplit, data_config: dict, device: torch.device, normalise):
-        from torchvision.transforms import CenterCrop, Resize
-
-        from transfer_eval.transforms import eval_transform
-
-        steps = eval_transform(data_config, uint8=True).transforms
-        self.resize = next(t for t in steps if isinstance(t, Resize))
-        self.crop = next(t for t in steps if isinstance(t, CenterCrop))
         self.split, self.device, self.normalise = split, device, normalise
+        self.out_h, self.out_w = data_config["input_size"][-2:]
 
     def _decode(self, raws, index) -> list[torch.Tensor]:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -85,7 +111,7 @@ class DecodeResize:
         try:
             return decode_jpeg(raws, mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError:
-            for raw, i in zip(raws, index.tolist()):  # find the file that does not decode, and name it
+            for raw, i in zip(raws, index):  # find the file that does not decode, and name it
                 try:
                     decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
                 except RuntimeError as e:
@@ -97,12 +123,23 @@ class DecodeResize:
             raise
 
     def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        import torchvision.transforms.v2.functional as F
-
-        raws, labels, index = batch
-        out = []
-        for img in self._decode(raws, index):
-            img = F.resize(img.float(), self.resize.size, self.resize.interpolation, antialias=True)
-            out.append(F.center_crop(img.round_().clamp_(0, 255), self.crop.size))
-        x = torch.stack(out).div_(255)
-        return self.normalise(x, labels.to(self.device, non_blocking=True))
+        items, axes, labels, index, encoded = batch
+        n = len(items)
+        todo = [k for k in range(n) if encoded[k]]
+        images = [None if encoded[k] else items[k].to(self.device, non_blocking=True) for k in range(n)]
+        if todo:
+            decoded = self._decode([items[k] for k in todo], [int(index[k]) for k in todo])
+            for k, img in zip(todo, decoded):
+                images[k] = img
+        coefficients = [a.to(self.device, non_blocking=True) for a in axes[:4]]
+        groups: dict[tuple, list[int]] = {}
+        for k, img in enumerate(images):
+            groups.setdefault(tuple(img.shape), []).append(k)
+        x = torch.empty(n, 3, self.out_h, self.out_w, device=self.device)
+        for ks in groups.values():
+            for c in range(0, len(ks), CHUNK):
+                part = ks[c : c + CHUNK]
+                at = torch.tensor(part, device=self.device)
+                parts = [a[at] for a in coefficients]
+                x[at] = resample.apply(torch.stack([images[k] for k in part]), *parts, axes[4][part])
+        return self.normalise(x.div_(255), labels.to(self.device, non_blocking=True))

@@ -168,7 +168,9 @@ def knn_stage(s: Stage) -> Trained:
     top5 = knn.classify(memory, xte, [chosen], classes, temperature, s.device)[chosen]
     test_seconds += time.perf_counter() - start
     n, extract = len(ytr) + len(yva), t_tr + t_va
-    features = torch.nn.functional.normalize(torch.from_numpy(np.concatenate([xtr, xva]).astype(np.float32)), dim=1)
+    # the memory as stored: one N x D copy, L2-normalised in place (as F.normalize computes it), not two
+    features = torch.from_numpy(np.concatenate([xtr, xva]).astype(np.float32, copy=False))
+    features /= features.norm(dim=1, keepdim=True).clamp_min(1e-12)
     selection = {
         "searched": "k (neighbours voting) of DINO's weighted k-NN on L2-normalised features, memory train, "
         "queries val",

@@ -340,7 +340,12 @@ def bench(
                 [
                     f"500x375 JPEG ({p['mean_jpeg_kb']:.0f} kB), decoded each time",
                     f"{p['jpeg_decode_images_per_s']:.0f}",
-                    "-",
+                    keeps("jpeg_decode_vs_training"),
+                ],
+                [
+                    "500x375 JPEG, decoded and resized on the device (--decode device)",
+                    f"{p['jpeg_device_decode_images_per_s']:.0f}",
+                    keeps("jpeg_device_decode_vs_training"),
                 ],
                 [
                     "500x375 JPEG, decoded-image cache",
@@ -356,6 +361,14 @@ def bench(
         f"device resize / CPU transforms: {p['device_vs_cpu_small']:.2f}x; image cache / decoding: "
         f"{p['cache_vs_decode_jpeg']:.2f}x; a training split's image cache is "
         f"{p['train_cache_vs_source_bytes']:.2f}x the size of its source JPEGs (target <= 1.2x)"
+    )
+    lv = p["device_decode_levels"]
+    click.echo(
+        "--decode device against the CPU path, one batch with the same draws (8-bit levels): "
+        + "; ".join(
+            f"{k} max {v['max']:.0f}, mean {v['mean']:.3f}, {100 * v['differing']:.2f}% of values differ"
+            for k, v in lv.items()
+        )
     )
 
 

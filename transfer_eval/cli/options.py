@@ -211,9 +211,10 @@ SHARED = [
             type=click.Choice(["cpu", "device"]),
             default="cpu",
             show_default=True,
-            help="Where JPEG files are decoded for evaluation and features: cpu (PIL in the workers) or device "
-            "(torchvision's decode_jpeg, nvJPEG on CUDA, and the resize there: pixels within a few 8-bit levels of "
-            "PIL's, named in the record, features cached apart).",
+            help="Where JPEG files are decoded: cpu (PIL in the workers) or device (torchvision's decode_jpeg, "
+            "nvJPEG on CUDA, then Pillow's resize and crop to the bit on the device) for evaluation, features and "
+            "training input (crops and flips with the CPU path's draws; not RandAugment). Named in the record, "
+            "features cached apart.",
         ),
     ),
     (
