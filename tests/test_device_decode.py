@@ -156,3 +156,28 @@ def test_decode_device_on_data_without_files_is_one_line(tmp_path):
         "run", "-c", "vit_demo", "-t", "digits", "-m", "linear", "--decode", "device", "--results", tmp_path / "r"
     )
     assert_one_line_error(proc, "--decode device: the task's images are not files")
+
+
+def test_batches_made_ahead_come_in_order_raise_where_they_failed_and_stop_when_left():
+    import threading
+
+    from transfer_eval import prefetch
+
+    def made(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(f"batch {i} failed")
+            yield torch.full((2,), i), torch.tensor([i])
+
+    cpu = torch.device("cpu")
+    assert [int(x[0]) for x, _ in prefetch.ahead(made(7), cpu)] == list(range(7))
+    seen = []
+    with pytest.raises(ValueError, match="batch 3 failed"):
+        for x, _ in prefetch.ahead(made(7, fail_at=3), cpu):
+            seen.append(int(x[0]))
+    assert seen == [0, 1, 2]  # the batches before the failure, then the failure itself
+    before = threading.active_count()
+    it = prefetch.ahead(made(10_000), cpu)
+    next(it)
+    it.close()  # left early (a training phase that ends, an OOM back-off that starts a new loader)
+    assert threading.active_count() == before

@@ -61,7 +61,8 @@ def default_workers(device: torch.device) -> int:
 #   them); two batched matrix products on the device make the 224 px inputs, PIL's very pixels
 #   (transfer_eval/device_resize.py, resample.py). Moving 32 px images instead of 224 px ones is 49x less data.
 # - "device-decode" (`--decode device`): the workers hand over JPEG files' bytes with the same draws; the device
-#   decodes them (nvJPEG) and resizes them as device-resize does (transfer_eval/device_decode.py).
+#   decodes them (nvJPEG) and resizes them as device-resize does (transfer_eval/device_decode.py), batches ahead
+#   in a thread on a side stream (prefetch.py).
 #
 # Training draws (crops, flips, RandAugment) are seeded per sample from (run seed, epoch, position): the same
 # crops whatever the number of workers, the device, or whether the run was resumed.
@@ -213,7 +214,7 @@ def pipeline(
     if plan.train_decode_on_device if train is not None else plan.decode_on_device:
         decoder = device_decode.DecodeResize(split, data_config, device, normalise)
         dataset = device_decode.Files(split, resample.geometry(data_config, train), transform, data_config)
-        return Pipeline(dataset, lambda dl: map(decoder, dl), plan.workers, device_decode.collate)
+        return Pipeline(dataset, decoder.batches, plan.workers, device_decode.collate)
     if plan.train_on_device if train is not None else plan.eval_on_device:
         resize = device_resize.DeviceResize(device, normalise)
         dataset = device_resize.NativeSplit(split, resample.geometry(data_config, train), transform, data_config)

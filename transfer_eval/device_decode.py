@@ -98,12 +98,21 @@ def collate(samples):
 
 
 class DecodeResize:
-    """A collated batch to normalised float images on the device: the encoded ones decoded together, then each
-    group of one decoded size resized through its coefficients; `normalise` as data.Normalise."""
+    """A collated batch to images on the device: the encoded ones decoded together, then each group of one decoded
+    size resized through its coefficients. `pixels(batch)`: (images in [0, 1], labels), drawing nothing (it may run
+    ahead in a thread: prefetch.py); `batches(loader)`: normalised (x, y), `normalise` as data.Normalise."""
 
     def __init__(self, split: ImageSplit, data_config: dict, device: torch.device, normalise):
         self.split, self.device, self.normalise = split, device, normalise
         self.out_h, self.out_w = data_config["input_size"][-2:]
+
+    def batches(self, loader):
+        from transfer_eval import prefetch
+
+        made = map(self.pixels, loader)
+        if loader.num_workers > 0:  # the draws are the workers': nothing random runs in the thread
+            made = prefetch.ahead(made, self.device)
+        return (self.normalise(x, y) for x, y in made)
 
     def _decode(self, raws, index) -> list[torch.Tensor]:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -122,7 +131,7 @@ class DecodeResize:
                     ) from None
             raise
 
-    def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def pixels(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         items, axes, labels, index, encoded = batch
         n = len(items)
         todo = [k for k in range(n) if encoded[k]]
@@ -142,4 +151,4 @@ class DecodeResize:
                 at = torch.tensor(part, device=self.device)
                 parts = [a[at] for a in coefficients]
                 x[at] = resample.apply(torch.stack([images[k] for k in part]), *parts, axes[4][part])
-        return self.normalise(x.div_(255), labels.to(self.device, non_blocking=True))
+        return x.div_(255), labels.to(self.device, non_blocking=True)
