@@ -181,3 +181,27 @@ def test_batches_made_ahead_come_in_order_raise_where_they_failed_and_stop_when_
     next(it)
     it.close()  # left early (a training phase that ends, an OOM back-off that starts a new loader)
     assert threading.active_count() == before
+
+
+def test_a_jpeg_the_device_refuses_is_decoded_on_the_host(tmp_path, monkeypatch):
+    """nvJPEG does not take every JPEG libjpeg-turbo does (12-bit, arithmetic coding): such a file is decoded on
+    the host, as PIL decodes it, instead of failing the run. Here the device's decode is made to refuse one file."""
+    import torchvision.io
+
+    paths = _photos(tmp_path, 3)
+    refused = paths[1].read_bytes()
+    real = torchvision.io.decode_jpeg
+    calls = []
+
+    def device_refuses(data, mode=torchvision.io.ImageReadMode.UNCHANGED, device=None):
+        batch = data if isinstance(data, list) else [data]
+        calls.append(device is not None)
+        if device is not None and any(bytes(d.numpy()) == refused for d in batch):
+            raise RuntimeError("nvjpeg: unsupported JPEG")
+        return real(data, mode=mode)
+
+    split = ImageSplit.from_files(paths, [0, 0, 0])
+    cpu = _batch(split, CFG, False)
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", device_refuses)
+    assert torch.equal(_batch(split, CFG, True), cpu)
+    assert calls.count(False) == 1  # the refused file, on the host; the others on the device

@@ -115,21 +115,30 @@ class DecodeResize:
         return (self.normalise(x, y) for x, y in made)
 
     def _decode(self, raws, index) -> list[torch.Tensor]:
-        from torchvision.io import ImageReadMode, decode_jpeg
+        """The batch decoded on the device. A JPEG that nvJPEG refuses (12-bit, arithmetic-coded, ...) is decoded
+        on the host by libjpeg-turbo, as PIL decodes it; one that neither decodes is named."""
+        from torchvision import io
 
         try:
-            return decode_jpeg(raws, mode=ImageReadMode.RGB, device=self.device)
+            return io.decode_jpeg(raws, mode=io.ImageReadMode.RGB, device=self.device)
         except RuntimeError:
-            for raw, i in zip(raws, index):  # find the file that does not decode, and name it
-                try:
-                    decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
-                except RuntimeError as e:
-                    reason = str(e).splitlines()[0]
-                    raise UnreadableImage(
-                        f"unreadable image {self.split.paths[i]}: {reason}; fix or remove the file, or use "
-                        f"--decode cpu with --bad-images skip to leave unreadable images out"
-                    ) from None
-            raise
+            pass
+        out = []
+        for raw, i in zip(raws, index):
+            try:
+                out.append(io.decode_jpeg(raw, mode=io.ImageReadMode.RGB, device=self.device))
+                continue
+            except RuntimeError:
+                pass
+            try:
+                out.append(io.decode_jpeg(raw, mode=io.ImageReadMode.RGB).to(self.device))
+            except RuntimeError as e:
+                reason = str(e).splitlines()[0]
+                raise UnreadableImage(
+                    f"unreadable image {self.split.paths[i]}: {reason}; fix or remove the file, or use "
+                    f"--decode cpu with --bad-images skip to leave unreadable images out"
+                ) from None
+        return out
 
     def pixels(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         items, axes, labels, index, encoded = batch
