@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import numpy as np
@@ -471,3 +472,48 @@ def test_an_image_cache_that_would_not_fit_is_refused_before_writing(tmp_path, m
     with pytest.raises(UserError, match=r"needs about .* GB .* free; free some space, set TRANSFER_EVAL_CACHE"):
         image_cache.cached(split, CFG)
     assert image_cache.entries() == [] and list((tmp_path / "cache" / "images").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "plan", [data.InputPlan(workers=2), dataclasses_replace(ON_DEVICE, workers=2)], ids=["cpu", "device-resize"]
+)
+def test_a_runs_evaluation_workers_start_once_and_keep_the_test_seal(plan, tmp_path, monkeypatch):
+    """data.EvalLoaders: every split's passes (train and val features, then test) through one DataLoader whose
+    workers start once, giving each split's batches as a loader of its own does; the test split, sealed when the
+    workers started, stays sealed in them until it is unsealed here, then reads without a new start."""
+    import torch.utils.data._utils.worker as worker
+
+    from transfer_eval.tasks import SealedSplitRead
+
+    starts = tmp_path / "starts"
+    loop = worker._worker_loop
+
+    def counted(*args, **kwargs):
+        with open(starts, "a") as f:
+            f.write("start\n")
+        return loop(*args, **kwargs)
+
+    monkeypatch.setattr(worker, "_worker_loop", counted)
+    splits = {"train": small_split(12), "val": small_split(5), "test": small_split(7)}
+    splits["test"].seal("model selection")
+    loaders = data.EvalLoaders(splits, CFG, CPU, plan)
+
+    def read(name, bs, loaders=loaders):
+        dl, pipe = loaders.get(name, bs)
+        assert len(dl) == -(-len(splits[name]) // bs)
+        return [(x, y) for x, y in pipe.batches(dl)]
+
+    def alone(name, bs):
+        pipe = data.pipeline(splits[name], CFG, CPU, dataclasses_replace(plan, workers=0))
+        return [(x, y) for x, y in pipe.batches(data.loader(pipe, bs, CPU))]
+
+    for name, bs in (("train", 5), ("val", 4), ("train", 12)):
+        got, want = read(name, bs), alone(name, bs)
+        assert len(got) == len(want) and all(
+            torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, want)
+        )
+    with pytest.raises(SealedSplitRead):
+        read("test", 4)  # read in a worker forked while the split was sealed
+    splits["test"].unseal()
+    assert sum(len(y) for _, y in read("test", 4)) == 7
+    assert starts.read_text().count("start") == 2  # the two workers, started once for all the passes

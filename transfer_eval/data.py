@@ -267,19 +267,92 @@ class Normalise:
         return (self.erase(x) if self.erase is not None else x), y
 
 
-def loader(pipe: Pipeline, batch_size: int, device: torch.device) -> DataLoader:
-    """An in-order loader (evaluation, features). Its workers persist: a loader iterated again (val after each
-    learning rate) reuses them instead of starting new ones."""
+def loader(pipe: Pipeline, batch_size: int, device: torch.device, batch_sampler=None) -> DataLoader:
+    """An in-order loader (evaluation, features; or over `batch_sampler`'s batches). Its workers persist: a loader
+    iterated again (val after each learning rate) reuses them instead of starting new ones."""
     workers = default_workers(device) if pipe.workers is None else pipe.workers
+    by = {"batch_sampler": batch_sampler} if batch_sampler is not None else {"batch_size": batch_size, "shuffle": False}
     return DataLoader(
         pipe.dataset,
-        batch_size=batch_size,
-        shuffle=False,
+        **by,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         collate_fn=pipe.collate,
     )
+
+
+class EvalLoaders:
+    """The evaluation pipeline of every split of a run (features, val, test) through one DataLoader: its workers
+    start once, at the first pass, and serve each split's passes after it (persistent workers; the sampler names the
+    split and the batch size of each pass). A sealed split stays sealed in the workers until it is unsealed here
+    (the seal is in shared memory). With the decoded-image cache each split has a loader of its own, as the test
+    split's cache entry is built only once it is unsealed."""
+
+    def __init__(self, splits: dict[str, ImageSplit], data_config: dict, device: torch.device, plan: InputPlan):
+        self.splits, self.cfg, self.device, self.plan = splits, data_config, device, plan
+        self.own: dict = {}  # (name, batch size) -> (loader, pipe): the image cache's per-split loaders
+        self.shared = None
+        if not plan.cache_images:
+            self.pipes = {name: pipeline(split, data_config, device, plan) for name, split in splits.items()}
+            self.sampler = _Passes()
+            first = next(iter(self.pipes.values()))
+            self.shared = loader(
+                Pipeline(_Union({n: p.dataset for n, p in self.pipes.items()}), None, first.workers, first.collate),
+                1,
+                device,
+                batch_sampler=self.sampler,
+            )
+
+    def get(self, name: str, batch_size: int):
+        """(loader, pipe) over split `name` in batches of `batch_size`, for inference.outputs."""
+        if self.shared is None:
+            if (name, batch_size) not in self.own:
+                pipe = pipeline(self.splits[name], self.cfg, self.device, self.plan)
+                self.own[name, batch_size] = loader(pipe, batch_size, self.device), pipe
+            return self.own[name, batch_size]
+        return _Pass(self.shared, self.sampler, name, len(self.splits[name]), batch_size), self.pipes[name]
+
+
+class _Union(torch.utils.data.Dataset):
+    def __init__(self, datasets: dict):
+        self.datasets = datasets
+
+    def __len__(self):
+        return sum(len(d) for d in self.datasets.values())
+
+    def __getitem__(self, item):
+        name, i = item
+        return self.datasets[name][i]
+
+
+class _Passes(torch.utils.data.Sampler):
+    """In-order batches of (split name, index) of the pass set last (`EvalLoaders.get`)."""
+
+    def __init__(self):
+        self.name, self.n, self.batch_size = None, 0, 1
+
+    def __iter__(self):
+        for start in range(0, self.n, self.batch_size):
+            yield [(self.name, i) for i in range(start, min(start + self.batch_size, self.n))]
+
+    def __len__(self):
+        return -(-self.n // self.batch_size)
+
+
+class _Pass:
+    """One split's pass through the shared loader: iterating it points the sampler at the split, then iterates."""
+
+    def __init__(self, shared: DataLoader, sampler: _Passes, name: str, n: int, batch_size: int):
+        self.shared, self.sampler, self.name, self.n, self.batch_size = shared, sampler, name, n, batch_size
+        self.num_workers = shared.num_workers
+
+    def __len__(self):
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        self.sampler.name, self.sampler.n, self.sampler.batch_size = self.name, self.n, self.batch_size
+        return iter(self.shared)
 
 
 def batch_loader(pipe: Pipeline, batch_sampler, device: torch.device) -> DataLoader:

@@ -332,9 +332,11 @@ def finetune(
     checkpoints=None,
     plan: data.InputPlan | None = None,
     compile: bool = False,
+    val_loader=None,
 ) -> dict:
     """Train one model per learning rate in the recipe, keep the best on val; with `retrain`, train again from the
-    start on train+val with the chosen rate (the ViT protocol). Test is not touched here.
+    start on train+val with the chosen rate (the ViT protocol). Test is not touched here. `val_loader`: the
+    (loader, pipe) val is scored through (the run's data.EvalLoaders), else one made here.
 
     With `checkpoints`, learning rates already tried (recorded with their val accuracy) are not trained again,
     and an interrupted one resumes from its last training checkpoint."""
@@ -346,7 +348,7 @@ def finetune(
     best = None  # (lr, val accuracy)
     best_tensors = None  # the best model's trainable tensors (without retraining, it is the final model)
     memory = []  # (micro-batch used, out-of-memory back-offs) of each training phase
-    val_loader = None  # made once: its workers serve every learning rate's evaluation
+    # made once (or the run's): its workers serve every learning rate's evaluation
     curves = dict(done.get("curves", {}))  # phase -> its curve (and val top-1 for a learning rate tried)
     phases = [f"{lr:g}" for lr in recipe.lrs() if f"{lr:g}" not in tried] + (["retrain"] if recipe.retrain else [])
     for lr in recipe.lrs():

@@ -100,14 +100,16 @@ def features(
     batch_size: int = 256,
     plan: data.InputPlan | None = None,
     desc: str = "features",
+    loader=None,
 ) -> None:
-    """Pre-logits features (float32 rows, in the split's order) handed to `write` batch by batch."""
+    """Pre-logits features (float32 rows, in the split's order) handed to `write` batch by batch. `loader`: an
+    eval_loader pair (or data.EvalLoaders.get's) to read through."""
     model.to(device).eval()
 
     def forward(x):
         return model.forward_head(model.forward_features(x), pre_logits=True)
 
-    for f in outputs(forward, split, data_config, device, batch_size, plan, desc, phase="features"):
+    for f in outputs(forward, split, data_config, device, batch_size, plan, desc, loader, phase="features"):
         write(f.float().cpu().numpy())
 
 

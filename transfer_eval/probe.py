@@ -111,6 +111,7 @@ def cached_features(
     key_parts: dict,
     desc: str = "features",
     plan: data.InputPlan | None = None,
+    loader=None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Features (memory-mapped from the cache) and labels, and whether they were there already (True) or were
     extracted into the cache now (False). Features of another precision (bf16) or from other pixels (`--decode
@@ -138,7 +139,7 @@ def cached_features(
         "images": len(split),
     }
     with cache.FeatureWriter(key, len(split)) as writer:
-        inference.features(model, split, data_config, device, writer.write, batch_size, plan, desc)
+        inference.features(model, split, data_config, device, writer.write, batch_size, plan, desc, loader)
         writer.commit(split.labels, about)
     loaded = cache.load(key, warn=False)
     if loaded is None:

@@ -364,6 +364,7 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
     # Where images are resized, decided once from a split that is not sealed (test is read last).
     shown = splits["train"] if "train" in splits else splits["test"]
     input_plan = data.plan_input(options.inputs, shown, cfg, device, recipe if stage == "finetune" else None)
+    loaders = data.EvalLoaders(splits, cfg, device, input_plan)  # its workers start once, for every split
     fwd = costs.forward_flops(model, cfg, device)
     result = Result(
         *run.key,
@@ -396,13 +397,15 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
     try:
         with devices.PeakMemory(device) as mem:
             trained = stages.STAGES[stage](
-                stages.Stage(run, model, cfg, splits, device, input_plan, fwd / 1e9, resume, options.compile)
+                stages.Stage(run, model, cfg, splits, device, input_plan, fwd / 1e9, resume, options.compile, loaders)
             )
             top5, test_seconds = trained.test_top5, trained.test_seconds
             if top5 is None:  # the test split is read once, here, after every model choice has been made on val
                 splits["test"].unseal()
                 bs = inference.eval_batch_size(recipe)
-                top5, test_seconds = inference.predict(model, splits["test"], cfg, device, bs, input_plan, desc="test")
+                top5, test_seconds = inference.predict(
+                    model, splits["test"], cfg, device, bs, input_plan, desc="test", loader=loaders.get("test", bs)
+                )
     except finetune.Diverged as e:
         return _failed(store, result, f"diverged: {e}")
     except torch.OutOfMemoryError as e:

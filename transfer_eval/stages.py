@@ -53,6 +53,11 @@ class Stage:
     fwd_gflops: float
     resume: object = None  # fine-tuning's RunCheckpoints
     compile: bool = False
+    loaders: data.EvalLoaders | None = None  # the run's evaluation loaders (workers started once for its splits)
+
+    def loader(self, name: str, batch_size: int):
+        """(loader, pipe) of split `name`'s evaluation passes, or None (made where it is needed)."""
+        return self.loaders.get(name, batch_size) if self.loaders is not None else None
 
     def features(self, name: str):
         """(features, labels, extraction seconds or 0.0 on a cache hit) of one split, through the feature cache."""
@@ -72,6 +77,7 @@ class Stage:
             key_parts,
             desc=f"features {name}",
             plan=self.plan,
+            loader=self.loader(name, int(self.run.recipe["batch_size"])),
         )
         return feats, labels, 0.0 if hit else time.perf_counter() - start
 
@@ -199,7 +205,17 @@ def finetune_stage(s: Stage) -> Trained:
     recipe = finetune.make_recipe(s.run.recipe)
     gflops = costs.train_step_flops(s.model, s.cfg, s.device) / 1e9
     out = finetune.finetune(
-        s.model, s.splits["train"], s.splits["val"], s.cfg, recipe, s.device, s.run.seed, s.resume, s.plan, s.compile
+        s.model,
+        s.splits["train"],
+        s.splits["val"],
+        s.cfg,
+        recipe,
+        s.device,
+        s.run.seed,
+        s.resume,
+        s.plan,
+        s.compile,
+        s.loader("val", recipe.eval_batch_size),
     )
     seconds = out["train_seconds"]
     return Trained(

@@ -13,9 +13,11 @@ A Task's `load(split, ctx)` returns an `ImageSplit`: images (PIL) with integer l
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import logging
+import multiprocessing
 import os
 import sys
 from dataclasses import dataclass, field
@@ -107,7 +109,10 @@ class ImageSplit:
         self.ids = list(ids) if ids is not None else [str(i) for i in range(len(self.labels))]
         self.paths = list(paths) if paths is not None else None
         self.skipped: list[str] = []  # unreadable files left out under --bad-images skip
-        self.sealed: str | None = None  # while set, reading an image raises SealedSplitRead with this reason
+        # While sealed, reading an image raises SealedSplitRead. The flag is in shared memory, so DataLoader workers
+        # forked while the split was sealed see it unsealed (data.EvalLoaders' workers outlive the seal).
+        self._sealed = multiprocessing.RawValue(ctypes.c_bool, False)
+        self._seal_reason = ""
         self.parts: tuple | None = None  # the splits a concatenation was made of
         self._signature: str | None = None  # files_signature, computed once per split
         self.signature: str | None = None  # what stands for the files' signature of a split without files
@@ -122,16 +127,22 @@ class ImageSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def sealed(self) -> str | None:
+        """Why the split is sealed (test, during model selection), or None."""
+        return self._seal_reason if self._sealed.value else None
+
     def image(self, i: int):
-        if self.sealed:
-            raise SealedSplitRead(f"split read while sealed: {self.sealed}")
+        if self._sealed.value:
+            raise SealedSplitRead(f"split read while sealed: {self._seal_reason}")
         return to_rgb(self._image(int(i)))
 
     def seal(self, reason: str) -> None:
-        self.sealed = reason
+        self._seal_reason = reason
+        self._sealed.value = True
 
     def unseal(self) -> None:
-        self.sealed = None
+        self._sealed.value = False
 
     def subset(self, indices: Sequence[int]) -> "ImageSplit":
         idx = np.asarray(indices, dtype=np.int64)
