@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from transfer_eval import resample
+from transfer_eval import device_resize, resample
 from transfer_eval.tasks import ImageSplit, UnreadableImage
 from transfer_eval.transforms import seeded
 
@@ -51,17 +49,9 @@ def unsuitable(split: ImageSplit, data_config: dict) -> str | None:
     return None
 
 
-class Files(Dataset):
+class Files(device_resize.NativeSplit):
     """(the file's bytes as a uint8 tensor, or the image already transformed; its coefficients; label; index;
     whether it is to be decoded on the device) of each sample. An index may be (index, draw seed)."""
-
-    def __init__(self, split: ImageSplit, geometry, fallback, data_config: dict):
-        self.split, self.geometry, self.fallback = split, geometry, fallback
-        self.out_h, self.out_w = data_config["input_size"][-2:]
-        self.interpolation = data_config.get("interpolation", "bicubic")
-
-    def __len__(self):
-        return len(self.split)
 
     def __getitem__(self, item):
         from PIL import Image
@@ -80,16 +70,11 @@ class Files(Dataset):
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             head = None
         if head is None or head.format != "JPEG" or head.mode not in DEVICE_MODES:
-            img = self.split.image(i)  # the CPU path's decode (and its error, naming the file)
-            with seeded(draw):
-                arr = torch.from_numpy(np.asarray(self.fallback(img), dtype=np.uint8).copy())
-            return arr, self._axes(resample.identity(self.out_h, self.out_w), False), label, i, False
+            # the CPU path's decode (and its error, naming the file) and transform, with the same draws
+            return (*self.on_cpu(self.split.image(i), draw), label, i, False)
         with seeded(draw):
             geometry, flip = self.geometry(head)
-        return torch.frombuffer(bytearray(raw), dtype=torch.uint8), self._axes(geometry, flip), label, i, True
-
-    def _axes(self, geometry, flip):
-        return resample.axes(geometry, flip, self.out_h, self.out_w, self.interpolation)
+        return torch.frombuffer(bytearray(raw), dtype=torch.uint8), self.axes(geometry, flip), label, i, True
 
 
 def collate(samples):

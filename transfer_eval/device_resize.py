@@ -38,9 +38,7 @@ class NativeSplit(Dataset):
         img = self.split.image(i)
         label = int(self.split.labels[i])
         if max(img.size) > min(self.out_h, self.out_w):
-            with seeded(draw):
-                arr = torch.from_numpy(np.asarray(self.fallback(img), dtype=np.uint8).copy())
-            return arr, self.axes(resample.identity(self.out_h, self.out_w), False), label
+            return (*self.on_cpu(img, draw), label)
         arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         with seeded(draw):
             geometry, flip = self.geometry(img)
@@ -48,6 +46,12 @@ class NativeSplit(Dataset):
 
     def axes(self, geometry, flip):
         return resample.axes(geometry, flip, self.out_h, self.out_w, self.interpolation)
+
+    def on_cpu(self, img, draw) -> tuple:
+        """(the image through `fallback` with the sample's draws, identity coefficients): the CPU path's pixels."""
+        with seeded(draw):
+            arr = torch.from_numpy(np.asarray(self.fallback(img), dtype=np.uint8).copy())
+        return arr, self.axes(resample.identity(self.out_h, self.out_w), False)
 
 
 def collate(samples):

@@ -58,7 +58,7 @@ def _bicubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
 FILTERS = {"bilinear": (_bilinear, 1.0), "bicubic": (_bicubic, 2.0)}
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=1024)  # per worker; an entry is about 20 kB at 224 px (random crops rarely repeat)
 def compact(in_size: int, resized: int, offset: int, out: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
     """Pillow's integer coefficients for resizing a line of `in_size` pixels to `resized`, output pixels
     offset..offset+out: (first input pixel of each: int32 [out], weights: int32 [out, window]). Read-only: cached,
