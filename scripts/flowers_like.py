@@ -25,7 +25,7 @@ CLASSES = 102
 def write(root: Path, images: int = 2040, workers: int = 8) -> dict:
     from scipy.io import savemat
 
-    from transfer_eval import synthetic
+    from transfer_eval.input import synthetic
 
     folder = root / "flowers-102"
     (folder / "jpg").mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,8 @@ augmentation. Fine-tuning follows the `vtab` recipe preset (transfer_eval/preset
 from pathlib import Path
 
 from transfer_eval.errors import UserError
-from transfer_eval.groups import VTAB_PARTS, VTAB_PREFIX
 from transfer_eval.tasks import ImageSplit, LoadContext, Task
+from transfer_eval.tasks.groups import VTAB_PARTS, VTAB_PREFIX
 
 ROOT = "vtab-1k"
 FILES = {"train": "train800", "val": "val200", "test": "test"}

@@ -125,7 +125,7 @@ def json_lines(text: str) -> list[dict]:
 def leaderboard_of(db, **kw):
     """report.leaderboard over the store at `db`, the store closed again."""
     from transfer_eval import report
-    from transfer_eval.results import Store
+    from transfer_eval.store.results import Store
 
     store = Store(db)
     try:
@@ -170,8 +170,8 @@ def expected_holdout(labels, fraction: float, seed: int = 0) -> list[int]:
 
 def assert_vit_recipe(task, steps: int, warmup: int, lr_grid=(0.001, 0.003, 0.01, 0.03)):
     """What a user gets for each fine-tuning mode: the ViT paper's recipe with the task's schedule."""
-    from transfer_eval import runner
-    from transfer_eval.modes import MODES
+    from transfer_eval.methods.modes import MODES
+    from transfer_eval.run import runner
 
     assert task.recipes["linear"] == {}
     for mode in ("attention", "full"):

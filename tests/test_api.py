@@ -200,8 +200,8 @@ def test_trackers_missing_package_is_one_line_and_wandb_receives_the_run(tmp_pat
     fake = types.ModuleType("wandb")
     fake.init = lambda **k: calls.append(("init", k)) or Run()
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    from transfer_eval import trackers
-    from transfer_eval.results import Result
+    from transfer_eval.run import trackers
+    from transfer_eval.store.results import Result
 
     result = Result(
         "c",
@@ -234,7 +234,7 @@ def test_trackers_missing_package_is_one_line_and_wandb_receives_the_run(tmp_pat
 
 def test_the_html_report_shows_each_finetuning_cells_curves(tmp_path):
     from transfer_eval import report
-    from transfer_eval.results import Result, Store
+    from transfer_eval.store.results import Result, Store
 
     store = Store(tmp_path / "r.sqlite")
     curve = {"base_lr": 0.01, "val_top1": 0.5, "step": [20, 40], "loss": [2.0, 1.0], "lr": [0.01, 0.0]}

@@ -18,6 +18,16 @@ CUDA = torch.device("cuda")
 DEMO = ["-c", "vit_demo_shapes", "-t", "digits", "--json"]
 
 
+def _beside(wing: str) -> None:
+    """Import helpers of another wing's tests (their folder is on sys.path only once one of them was collected)."""
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).parent / wing)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
 def test_the_demo_on_cuda_gives_the_cpus_numbers_and_the_record_says_how(tmp_path):
     """The pretrained demo checkpoint (a stable setting: random-init fine-tuning for 200 steps is chaotic):
     the probe chooses the same C and scores within 0.5 point; full fine-tuning (bf16 steps) within 1 point."""
@@ -58,7 +68,8 @@ def _digits_batch(n=256):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_optimizers_train_on_cuda(optimizer):
-    from transfer_eval import checkpoints, finetune
+    from transfer_eval import checkpoints
+    from transfer_eval.methods import finetune
 
     model, _ = checkpoints.build_model(checkpoints.load_registry()["vit_demo"], 10)
     model.to(CUDA).train()
@@ -82,23 +93,24 @@ def test_optimizers_train_on_cuda(optimizer):
 
 def test_device_resize_on_cuda_gives_the_cpu_transforms_pixels():
     """Bit for bit, evaluation and augmented training alike: the same draw seeds, whatever the workers."""
+    _beside("input")
     from test_input_pipeline import AUGMENT, CFG, ON_DEVICE, small_split
 
-    from transfer_eval import data
+    from transfer_eval.input import pipeline
 
     split = small_split()
 
     def batch(device, plan, train):
-        pipe = data.pipeline(split, CFG, device, plan, train=train)
+        pipe = pipeline.pipeline(split, CFG, device, plan, train=train)
         if train is None:
-            dl = data.loader(pipe, len(split), device)
+            dl = pipeline.loader(pipe, len(split), device)
         else:
-            dl = data.batch_loader(pipe, data.EpochBatches(len(split), len(split), 3, draws=True), device)
+            dl = pipeline.batch_loader(pipe, pipeline.EpochBatches(len(split), len(split), 3, draws=True), device)
         x, y = next(pipe.batches(dl))
         return x.cpu(), y.cpu()
 
     for train in (None, AUGMENT):
-        cpu_x, cpu_y = batch(torch.device("cpu"), data.InputPlan(), train)
+        cpu_x, cpu_y = batch(torch.device("cpu"), pipeline.InputPlan(), train)
         dev_x, dev_y = batch(CUDA, ON_DEVICE, train)  # CUDA's default: DataLoader workers
         assert torch.equal(cpu_y, dev_y) and torch.equal(cpu_x, dev_x), train
 
@@ -106,7 +118,7 @@ def test_device_resize_on_cuda_gives_the_cpu_transforms_pixels():
 def test_pillows_resize_on_cuda_is_the_cpus_to_the_bit():
     """resample.apply's integer passes on CUDA give what they give on the CPU (PIL's pixels, tested there), for
     reductions and enlargements, both pass orders."""
-    from transfer_eval import resample
+    from transfer_eval.input import resample
 
     rng = np.random.default_rng(0)
     per_image, images = [], []
@@ -125,9 +137,10 @@ def test_pillows_resize_on_cuda_is_the_cpus_to_the_bit():
 def test_decode_device_on_cuda_is_within_a_few_levels_of_the_cpu_path(tmp_path):
     """nvJPEG's decode against libjpeg-turbo's, through the whole plan (the resize is exact): evaluation and
     training batches with the same draws."""
+    _beside("input")
     from test_device_decode import AUGMENT, CFG, _photos
 
-    from transfer_eval import bench
+    from transfer_eval.measure import bench
     from transfer_eval.tasks import ImageSplit
 
     split = ImageSplit.from_files(_photos(tmp_path, 8), list(range(8)))
@@ -137,9 +150,10 @@ def test_decode_device_on_cuda_is_within_a_few_levels_of_the_cpu_path(tmp_path):
 
 
 def test_probe_on_cuda_chooses_as_on_cpu():
+    _beside("methods")
     from test_linear_probe import GRID, blobs
 
-    from transfer_eval import probe
+    from transfer_eval.methods import probe
 
     train, val, (xte, _) = blobs()
     on_gpu = probe.linear_probe(train, val, 7, c_grid=GRID, device=CUDA)
@@ -153,8 +167,9 @@ def test_probe_on_cuda_chooses_as_on_cpu():
 def test_a_real_out_of_memory_backs_off_and_keeps_the_effective_batch():
     from PIL import Image
 
-    from transfer_eval import checkpoints, finetune
+    from transfer_eval import checkpoints
     from transfer_eval.checkpoints import Checkpoint
+    from transfer_eval.methods import finetune
     from transfer_eval.tasks import ImageSplit
 
     ck = Checkpoint(name="vit_s16_random", model="vit_small_patch16_224", weights="none")
@@ -180,7 +195,8 @@ def test_ddp_over_nccl_with_one_process_is_no_ddp():
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from transfer_eval import checkpoints, finetune
+    from transfer_eval import checkpoints
+    from transfer_eval.methods import finetune
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29533")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import cli, json_lines
 
-from transfer_eval.results import Result, Store
+from transfer_eval.store.results import Result, Store
 
 MODES = ("linear", "attention", "full")
 CHECKPOINT = "vit_demo_shapes"

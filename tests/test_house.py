@@ -1,4 +1,5 @@
-"""The shape of the package: no import cycles (lazy imports inside functions included), modules of one idea."""
+"""The shape of the package: wings imported only downwards, no import cycles (lazy imports inside functions
+included), modules of one idea."""
 
 import ast
 from pathlib import Path
@@ -71,7 +72,57 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_no_module_has_grown_past_one_idea():
-    sizes = {p.relative_to(PACKAGE): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
-    big = {str(p): n for p, n in sizes.items() if n > 600}
-    assert not big, f"split these along their seams: {big}"
+# The wings from the top of the way through to its bottom (docs/ARCHITECTURE.md): a module may import its own wing
+# and the wings below it, never one above. Modules at the package's root are named one by one.
+WINGS = [
+    ("top", ["transfer_eval", "transfer_eval.__main__", "transfer_eval.api", "transfer_eval.frames",
+             "transfer_eval.papers", "transfer_eval.cli", "transfer_eval.report"]),
+    ("measure", ["transfer_eval.measure"]),
+    ("run", ["transfer_eval.run"]),
+    ("checkpoints", ["transfer_eval.checkpoints"]),
+    ("methods", ["transfer_eval.methods"]),
+    ("store", ["transfer_eval.store"]),
+    ("input", ["transfer_eval.input"]),
+    ("tasks", ["transfer_eval.tasks"]),
+    ("shared", ["transfer_eval.devices", "transfer_eval.distributed", "transfer_eval.errors", "transfer_eval.io",
+                "transfer_eval.keys", "transfer_eval.paths", "transfer_eval.progress", "transfer_eval.protocol",
+                "transfer_eval.provenance", "transfer_eval.version"]),
+]  # fmt: skip
+
+
+def _wing(module: str) -> int:
+    """The index of the wing holding `module` (the longest prefix that names it)."""
+    best = max(
+        ((len(p), i) for i, (_, prefixes) in enumerate(WINGS) for p in prefixes
+         if module == p or (module.startswith(p + ".") and p != "transfer_eval")),
+        default=None,
+    )  # fmt: skip
+    assert best is not None, f"{module} is in no wing: add it to WINGS and to docs/ARCHITECTURE.md"
+    return best[1]
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{a} ({WINGS[_wing(a)][0]}) imports {b} ({WINGS[_wing(b)][0]})"
+        for a, targets in graph.items() for b in targets if _wing(b) < _wing(a)
+    )  # fmt: skip
+
+
+def test_every_module_is_in_a_wing_and_imports_only_downwards():
+    mods = _modules()
+    graph = {name: _imports(path, set(mods)) - {name} for name, path in mods.items()}
+    assert not _upward(graph), "\n".join(_upward(graph))
+
+
+def test_the_wing_check_finds_an_upward_import():
+    assert _upward({"transfer_eval.tasks.folder": {"transfer_eval.run.runner"}}) == [
+        "transfer_eval.tasks.folder (tasks) imports transfer_eval.run.runner (run)"
+    ]
+    assert _upward({"transfer_eval.run.runner": {"transfer_eval.tasks.folder", "transfer_eval.errors"}}) == []
+
+
+def test_no_module_is_past_500_lines():
+    sizes = {
+        p: len(p.read_text().splitlines()) for p in [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "scripts").glob("*.py")]
+    }
+    assert not {str(p): n for p, n in sizes.items() if n > 500}

@@ -8,8 +8,10 @@ import timm
 import torch
 from conftest import cli, json_lines
 
-from transfer_eval import costs, modes, runner, tasks
-from transfer_eval.modes import MODES, SELECTORS, STAGE_SPLITS
+from transfer_eval import tasks
+from transfer_eval.methods import costs, modes
+from transfer_eval.methods.modes import MODES, SELECTORS, STAGE_SPLITS
+from transfer_eval.run import runner
 
 TASKS = tasks.discover()
 

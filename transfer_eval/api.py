@@ -22,7 +22,7 @@ from transfer_eval import paths
 from transfer_eval import tasks as _tasks
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
-from transfer_eval.results import Result, Store
+from transfer_eval.store.results import Result, Store
 from transfer_eval.tasks import Task
 
 
@@ -60,7 +60,9 @@ def evaluate(
     returned without running again, unless `force`). `checkpoints`, `tasks` and `modes`: names (a list, or one
     comma-separated string, as on the command line) or the objects themselves; `settings`: recipe fields, as
     `--set`; the other arguments are `run`'s options."""
-    from transfer_eval import data, devices, distributed, runner
+    from transfer_eval import devices, distributed
+    from transfer_eval.input import pipeline
+    from transfer_eval.run import runner
 
     runs = runner.plan_named(
         checkpoints,
@@ -89,7 +91,7 @@ def evaluate(
         save_delta=Path(save_delta) if save_delta else None,
         checkpoint_every=checkpoint_every,
         compile=compile,
-        inputs=data.InputOptions(device_resize, cache_images, workers, decode),
+        inputs=pipeline.InputOptions(device_resize, cache_images, workers, decode),
         log=tuple(log),
         log_dir=Path(log_dir),
     )
@@ -150,7 +152,7 @@ def load_results(
 
 
 def _names(value) -> list[str]:
-    from transfer_eval.runner import names
+    from transfer_eval.run.runner import names
 
     return [_name(v) for v in names(value)]
 

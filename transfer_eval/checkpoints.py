@@ -479,7 +479,7 @@ def data_config(model, ck: Checkpoint, resolution: int | None = None) -> dict[st
 
 def apply_delta(model, path: str | Path) -> dict:
     """Load a per-task delta written by `run --save-delta` into a model built from the shared checkpoint (the name
-    every delta file's metadata gives; transfer_eval.deltas.apply does the work)."""
-    from transfer_eval import deltas
+    every delta file's metadata gives; transfer_eval.methods.deltas.apply does the work)."""
+    from transfer_eval.methods import deltas
 
     return deltas.apply(model, path)

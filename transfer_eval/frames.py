@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from transfer_eval.errors import UserError
-from transfer_eval.results import Result
+from transfer_eval.store.results import Result
 
 
 def pandas():

@@ -317,7 +317,10 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
 
 def resolve(preset: Preset, registries=(), tasks_dirs=()) -> None:
     """Each runnable cell's runs, through the planner `run` uses: names, recipe fields and seeds are checked."""
-    from transfer_eval import checkpoints, modes, presets, runner, task_names, tasks
+    from transfer_eval import checkpoints, tasks
+    from transfer_eval.methods import modes, presets
+    from transfer_eval.run import runner
+    from transfer_eval.tasks import names
 
     registry, found = checkpoints.load_registry(registries), tasks.discover(tasks_dirs)
     for cell in preset.runnable:
@@ -333,7 +336,7 @@ def resolve(preset: Preset, registries=(), tasks_dirs=()) -> None:
                 raise UserError(f"unknown recipe preset {cell.recipe!r}; known: {', '.join(presets.PRESETS)}")
             cell.runs = runner.plan(
                 [checkpoints.resolve(str(cell.checkpoint), registry)],
-                [task_names.resolve(str(cell.task), found)],
+                [names.resolve(str(cell.task), found)],
                 [modes.resolve(str(cell.mode))],
                 seeds,
                 dict(cell.settings),

@@ -17,7 +17,7 @@ from transfer_eval.cli.group import cli
 from transfer_eval.cli.options import show_log
 from transfer_eval.errors import UserError
 from transfer_eval.io import is_full
-from transfer_eval.resume import EXIT_PREEMPTED, Preempted
+from transfer_eval.methods.resume import EXIT_PREEMPTED, Preempted
 
 __all__ = ["cli", "main", "browse", "measure", "paper", "report", "run", "storage"]
 

@@ -68,8 +68,8 @@ def list_tasks(tasks_dirs, task_names, as_json):
     """
     from tabulate import tabulate
 
-    from transfer_eval import task_names as names
     from transfer_eval import tasks
+    from transfer_eval.tasks import names as names
 
     found = tasks.discover(tasks_dirs)
     for name in task_names:
@@ -132,7 +132,7 @@ def list_modes(checkpoint_name, num_classes, registries, as_json):
     """
     from tabulate import tabulate
 
-    from transfer_eval import modes
+    from transfer_eval.methods import modes
 
     found = _matches(checkpoint_name, num_classes, registries) if checkpoint_name else {}
     if as_json:
@@ -181,7 +181,8 @@ def _matches(checkpoint_name, num_classes, registries) -> dict[str, dict[str, di
 
     import torch
 
-    from transfer_eval import checkpoints, modes
+    from transfer_eval import checkpoints
+    from transfer_eval.methods import modes
 
     ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
     with torch.device("meta"):
@@ -215,7 +216,7 @@ def show(run_id, plot, results, as_json):
       transfer-eval show 3 --plot curves.png
     """
     from transfer_eval import report
-    from transfer_eval.results import Store
+    from transfer_eval.store.results import Store
 
     if plot:
         report.check_plot_path(plot)
@@ -252,7 +253,7 @@ def list_groups(as_json):
     """Task groups: the leaderboard's mean (--group), and a name for all their tasks (`run -t vtab1k`)."""
     from tabulate import tabulate
 
-    from transfer_eval.groups import GROUPS
+    from transfer_eval.tasks.groups import GROUPS
 
     if as_json:
         for g in GROUPS.values():

@@ -37,7 +37,8 @@ def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_js
     """
     from tabulate import tabulate
 
-    from transfer_eval import checkpoints, costs, modes
+    from transfer_eval import checkpoints
+    from transfer_eval.methods import costs, modes
 
     ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
     mode_list = [modes.resolve(n) for n in csv(mode_names)]
@@ -223,8 +224,9 @@ def bench(
     """
     from tabulate import tabulate
 
-    from transfer_eval import bench as benchmark
-    from transfer_eval import checkpoints, devices, modes
+    from transfer_eval import checkpoints, devices
+    from transfer_eval.measure import bench as benchmark
+    from transfer_eval.methods import modes
 
     if scale:
         return _bench_scale(
@@ -375,7 +377,7 @@ def bench(
 def _bench_scale(n, dim, classes, grid, with_sklearn, sizes, device, as_json):
     from tabulate import tabulate
 
-    from transfer_eval import bench_scale
+    from transfer_eval.measure import bench_scale
 
     try:
         c_grid = [float(c) for c in csv(grid)]

@@ -55,7 +55,7 @@ def load_context(data_dir, skip_verify, download=False, bad_images="stop"):
 
 def open_store(results):
     """The results store for reading: a missing file is bad input, not an empty store to create."""
-    from transfer_eval.results import Store
+    from transfer_eval.store.results import Store
 
     return Store.existing(results)
 

@@ -65,7 +65,7 @@ def _load(name, papers_dirs, registries, tasks_dirs, seeds):
 
 def _store_if_any(results):
     """The store to read, or None where there is none yet (a fresh install: every cell is missing)."""
-    from transfer_eval.results import Store
+    from transfer_eval.store.results import Store
 
     return Store.existing(results, missing_ok=True)
 
@@ -131,8 +131,11 @@ def paper_list(papers_dirs, registries, tasks_dirs, as_json):
 def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, skip_verify, seeds, tflops, as_json):
     """Each cell of the table: stored, missing or failed; the data each task needs and whether `data check` finds
     it; the training compute of the missing runs (counted FLOPs) and their GPU-hours."""
-    from transfer_eval import checks, companions, papers, planning
+    from transfer_eval import papers
     from transfer_eval.cli.options import load_context
+    from transfer_eval.measure import planning
+    from transfer_eval.methods import companions
+    from transfer_eval.run import checks
 
     preset = _load(name, papers_dirs, registries, tasks_dirs, seeds)
     store = _store_if_any(results)
@@ -256,9 +259,9 @@ def _print_plan(preset, rows, ready, rate, no_store) -> None:
 def paper_run(name, papers_dirs, seeds, per, executor, dry_run, slurm, **shared):
     """Run the table's missing cells, through the same machinery as `sweep` (locally, or on Slurm); cells already
     stored are skipped, so running it again fills the gaps. Then `paper report NAME`."""
-    from transfer_eval import companions
     from transfer_eval.cli.options import load_context
     from transfer_eval.cli.run import launch, open_shared_store
+    from transfer_eval.methods import companions
 
     preset = _load(name, papers_dirs, shared["registries"], shared["tasks_dirs"], seeds)
     results_path = shared["results"] or str(paths.default_results())
@@ -275,7 +278,7 @@ def paper_run(name, papers_dirs, seeds, per, executor, dry_run, slurm, **shared)
 def paper_jobs(preset, pending: set, per: str, shared: dict) -> list:
     """The sweep jobs of a preset's pending runs: cells that share their settings share jobs, and each job's `run`
     command carries its cells' resolution, recipe and recipe fields beside the shared options."""
-    from transfer_eval import sweep as sweeps
+    from transfer_eval.run import sweep as sweeps
 
     groups: dict[tuple, list] = {}
     for c in preset.runnable:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from transfer_eval import filesystems, paths
+from transfer_eval import paths
 from transfer_eval.cli.group import cli
 from transfer_eval.cli.options import (
     CONTEXT,
@@ -23,7 +23,8 @@ from transfer_eval.cli.options import (
     shared_argv,
     shared_options,
 )
-from transfer_eval.databases import is_url
+from transfer_eval.store import filesystems
+from transfer_eval.store.databases import is_url
 
 
 @cli.command(context_settings=CONTEXT)
@@ -72,8 +73,10 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
       transfer-eval run -c vit_demo_shapes -t digits -m linear,attention,full
       transfer-eval run -c deit3_s16_in1k -t cifar100 -m attention --data-dir ~/data --set steps=2000
     """
-    from transfer_eval import data, devices, distributed, runner
-    from transfer_eval.results import Store
+    from transfer_eval import devices, distributed
+    from transfer_eval.input import pipeline
+    from transfer_eval.run import runner
+    from transfer_eval.store.results import Store
 
     o = shared
     runs = _plan(checkpoint_names, task_names, mode_names, seeds, o, download)
@@ -85,7 +88,7 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
         save_delta=Path(o["save_delta"]) if o["save_delta"] else None,
         checkpoint_every=o["checkpoint_every"],
         compile=o["compile_model"],
-        inputs=data.InputOptions(o["device_resize"], o["cache_images"], o["workers"], o["decode"]),
+        inputs=pipeline.InputOptions(o["device_resize"], o["cache_images"], o["workers"], o["decode"]),
         log=tuple(o["trackers"]),
         log_dir=Path(o["log_dir"]),
     )
@@ -104,7 +107,7 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
 
 def _plan(checkpoint_names, task_names, mode_names, seeds, o: dict, download: bool = False):
     """The runs a run or sweep command line names (checkpoints, tasks, modes, seeds, recipe options)."""
-    from transfer_eval import runner
+    from transfer_eval.run import runner
 
     return runner.plan_named(
         checkpoint_names,
@@ -193,8 +196,8 @@ def sweep(checkpoint_names, task_names, mode_names, seeds, per, executor, dry_ru
       transfer-eval sweep -c deit3_b16_in1k,dinov2_b14_lvd142m -t cifar100,flowers102 -m attention,full \\
           --data-dir ~/data --executor slurm --partition gpu
     """
-    from transfer_eval import companions
-    from transfer_eval import sweep as sweeps
+    from transfer_eval.methods import companions
+    from transfer_eval.run import sweep as sweeps
 
     runs = _plan(checkpoint_names, task_names, mode_names, seeds, shared)
     results_path = shared["results"] or str(paths.default_results())
@@ -210,7 +213,7 @@ def sweep(checkpoint_names, task_names, mode_names, seeds, per, executor, dry_ru
 
 def open_shared_store(target):
     """The store every job of a sweep writes to, at once, from any node: SQLite on a network filesystem is refused."""
-    from transfer_eval.results import Store
+    from transfer_eval.store.results import Store
 
     if not is_url(str(target)):
         filesystems.check_sqlite_store(target, many_writers=True)
@@ -221,7 +224,7 @@ def launch(jobs, planned: int, pending: int, executor: str, dry_run: bool, slurm
     """Print the jobs, then (unless a dry run) run them here one after another or submit them to Slurm."""
     from tabulate import tabulate
 
-    from transfer_eval import sweep as sweeps
+    from transfer_eval.run import sweep as sweeps
 
     along = f" ({companion} of them scored with another job's model: companion test sets)" if companion else ""
     click.echo(f"{planned} runs planned, {planned - pending} stored, {pending} to run in {len(jobs)} jobs{along}")

@@ -36,7 +36,7 @@ def cache_list(as_json):
     """Cached feature files (checkpoint, task, split, images, size), then cached decoded images."""
     from tabulate import tabulate
 
-    from transfer_eval import cache
+    from transfer_eval.store import cache
 
     found = cache.entries()
     if as_json:
@@ -90,7 +90,7 @@ def cache_list(as_json):
 @click.option("--images", "images_only", is_flag=True, help="Only the decoded-image cache.")
 def cache_clear(checkpoint_names, task_names, images_only):
     """Delete cached features (all, or those of some checkpoints or tasks) and, without -c/-t, decoded images."""
-    from transfer_eval import cache
+    from transfer_eval.store import cache
 
     cks, tks = set(csv(checkpoint_names)), set(csv(task_names))
     if not images_only:
@@ -135,8 +135,10 @@ def data_check(task_names, data_dir, tasks_dirs, skip_verify, download, mode_nam
     """
     from tabulate import tabulate
 
-    from transfer_eval import groups, modes, tasks
-    from transfer_eval import task_names as names
+    from transfer_eval import tasks
+    from transfer_eval.methods import modes
+    from transfer_eval.tasks import groups
+    from transfer_eval.tasks import names as names
 
     found = tasks.discover(tasks_dirs)
     chosen = [names.resolve(n, found, download) for n in groups.expand(csv(task_names), found)]
@@ -246,10 +248,12 @@ def features(
     """
     import numpy as np
 
-    from transfer_eval import checkpoints, devices, probe, task_names, tasks
+    from transfer_eval import checkpoints, devices, tasks
+    from transfer_eval.methods import probe
+    from transfer_eval.tasks import names
 
     ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
-    task = task_names.resolve(task_name, tasks.discover(tasks_dirs))
+    task = names.resolve(task_name, tasks.discover(tasks_dirs))
     ctx = load_context(data_dir, skip_verify)
     dev = devices.pick_device(device)
     ds = task.dataset(split, ctx)
@@ -282,7 +286,7 @@ def store_copy(source, destination):
       transfer-eval store copy transfer_eval_results.sqlite postgresql://me@dbhost/transfer_eval
     """
     from transfer_eval.cli.options import open_store
-    from transfer_eval.results import Store
+    from transfer_eval.store.results import Store
 
     src = open_store(source)
     dst = Store(destination)

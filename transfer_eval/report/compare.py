@@ -10,7 +10,7 @@ import numpy as np
 from transfer_eval.errors import UserError, unknown_name
 from transfer_eval.report import variants
 from transfer_eval.report.leaderboard import Cell, _setup_note, build_cells, limited_note
-from transfer_eval.results import Result, Store
+from transfer_eval.store.results import Result, Store
 
 ALPHA = 0.05
 

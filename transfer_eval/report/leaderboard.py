@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transfer_eval.errors import UserError, unknown_name
-from transfer_eval.groups import GROUPS, Group
 from transfer_eval.report import variants
-from transfer_eval.results import Result, Store
+from transfer_eval.store.results import Result, Store
+from transfer_eval.tasks.groups import GROUPS, Group
 
 BYTES_PER_PARAM = 4  # fp32: the dtype the suite stores deltas in (runner -> costs.delta_bytes)
 

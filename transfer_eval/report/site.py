@@ -23,7 +23,7 @@ from transfer_eval.report.render import (
     summary_text,
     write_text,
 )
-from transfer_eval.results import Store
+from transfer_eval.store.results import Store
 
 # ------------------------------------------------------------------------------------------------------- html
 

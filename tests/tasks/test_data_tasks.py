@@ -1,0 +1,230 @@
+"""Any labelled image data as a task from the command line: `folder:PATH` (torchvision ImageFolder's layout and
+order) and `hf:PATH` (a Hugging Face dataset: save_to_disk or Parquet, with real image bytes). Built from the real
+digits images, so the demo checkpoint learns from them end to end."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, cli, json_lines
+from PIL import Image
+
+from transfer_eval.errors import UserError
+from transfer_eval.tasks import LoadContext, folder, hf, names
+
+NAMES = ["zero", "one", "two", "three", "four"]  # five digit classes: quick, and above chance is clear
+
+
+def _digits(split: str, per_class: int):
+    """(image, label) pairs of the first five digit classes from the digits task's split."""
+    from transfer_eval import tasks
+
+    ds = tasks.discover()["digits"].dataset(split, LoadContext(Path(".")))
+    out, seen = [], {}
+    for i, y in enumerate(ds.labels.tolist()):
+        if y < 5 and seen.get(y, 0) < per_class:
+            seen[y] = seen.get(y, 0) + 1
+            out.append((ds.image(i), y))
+    return out
+
+
+def _folder(root: Path, splits=("train", "test"), per_class=(60, 20)) -> Path:
+    for split, n in zip(splits, per_class):
+        for j, (img, y) in enumerate(_digits("test" if split == "test" else "train", n)):
+            d = root / split / NAMES[y]
+            d.mkdir(parents=True, exist_ok=True)
+            img.save(d / f"{j:04d}.{'png' if j % 2 else 'jpg'}")
+    return root
+
+
+def _png(img) -> bytes:
+    b = io.BytesIO()
+    img.save(b, format="PNG")
+    return b.getvalue()
+
+
+def _hf(splits: dict, label="label", image="image", classes=NAMES):
+    import datasets
+
+    features = datasets.Features({image: datasets.Image(), label: datasets.ClassLabel(names=list(classes))})
+    return datasets.DatasetDict(
+        {
+            s: datasets.Dataset.from_dict(
+                {image: [{"bytes": _png(i), "path": None} for i, _ in rows], label: [y for _, y in rows]},
+                features=features,
+            )
+            for s, rows in splits.items()
+        }
+    )
+
+
+def _three_modes(task: str, db) -> dict:
+    """linear, knn and a short attention fine-tuning of the demo checkpoint on `task`: each mode's record."""
+    proc = cli(
+        "run", "-c", "vit_demo_shapes", "-t", task, "-m", "linear,knn,attention",
+        "--set", "steps=30", "--set", "warmup_steps=5", "--set", "lr_grid=[]", "--set", "lr=0.002",
+        "--set", "optimizer=adamw", "--set", "batch_size=64", "--results", db, "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["mode"]: r for r in json_lines(proc.stdout)}
+    assert set(rows) == {"linear", "knn", "attention"}
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------ folders
+
+
+def test_folder_classes_in_imagefolder_order_nested_files_included(tmp_path):
+    img = Image.new("RGB", (4, 4))
+    for cls in ("10", "2", "B", "a"):
+        for split in ("train", "test"):
+            (tmp_path / split / cls / "deep").mkdir(parents=True)
+            img.save(tmp_path / split / cls / "x.png")
+            img.save(tmp_path / split / cls / "deep" / "y.JPG")  # nested, upper-case extension: both count
+            (tmp_path / split / cls / "notes.txt").write_text("not an image")
+    task = folder.task(str(tmp_path))
+    assert task.classes == ("10", "2", "B", "a")  # plain string order, as torchvision's ImageFolder
+    assert task.name == f"folder:{tmp_path.resolve()}" and task.val_holdout == {"fraction": 0.1, "seed": 0}
+    test = task.dataset("test", LoadContext(tmp_path))
+    assert test.ids == [f"test/{c}/{f}" for c in ("10", "2", "B", "a") for f in ("x.png", "deep/y.JPG")]
+    assert test.labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    from torchvision.datasets import ImageFolder
+
+    reference = ImageFolder(str(tmp_path / "test"))  # the library itself agrees, file by file
+    assert [(str(Path(p).relative_to(tmp_path)), y) for p, y in reference.samples] == list(zip(test.ids, test.labels))
+
+
+def test_folder_name_is_the_absolute_path_and_val_folder_is_used(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "data", ("train", "val", "test"), (3, 2, 2))
+    monkeypatch.chdir(tmp_path)
+    task = names.resolve("folder:data", {})
+    assert task.name == f"folder:{root.resolve()}" == names.resolve(f"folder:{root}", {}).name
+    assert task.val_holdout is None
+    val = task.dataset("val", LoadContext(tmp_path))
+    assert len(val) == 10 and all(i.startswith("val/") for i in val.ids)
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda r: None, "is not a folder"),
+        (lambda r: _folder(r, ("train",), (2,)), "no test/ folder (it has train/)"),
+        (lambda r: (r / "train").mkdir(parents=True) or (r / "test").mkdir(), "has no class folders"),
+        (lambda r: _folder(r, ("train", "test"), (2, 2)) and (r / "test" / "seven").mkdir(), "classes not in train/"),
+        (lambda r: _folder(r, ("train", "test"), (2, 2)) and (r / "train" / "seven").mkdir(), "lacks train's"),
+    ],
+)
+def test_folder_errors_are_one_line(tmp_path, make, fragment):
+    root = tmp_path / "d"
+    make(root)
+    proc = cli("data", "check", f"folder:{root}")
+    assert_one_line_error(proc, fragment)
+
+
+def test_a_class_folder_without_images_is_named(tmp_path):
+    root = _folder(tmp_path / "d", ("train", "test"), (2, 2))
+    for split in ("train", "test"):
+        (root / split / "seven").mkdir()
+    checked = cli("data", "check", f"folder:{root}", "--json")  # data check reports it per split, exit status 1
+    assert checked.returncode == 1
+    details = {r["split"]: (r["status"], r["detail"]) for r in json_lines(checked.stdout)}
+    assert details["test"][0] == "missing" and "Found no valid file for the classes seven" in details["test"][1]
+    ran = cli("run", "-c", "vit_demo", "-t", f"folder:{root}", "-m", "linear", "--results", tmp_path / "r.sqlite")
+    assert_one_line_error(ran, "/: Found no valid file for the classes seven")
+
+
+def test_folder_task_runs_linear_knn_and_attention_end_to_end(tmp_path):
+    root = _folder(tmp_path / "digits5")
+    db = tmp_path / "r.sqlite"
+    listed = cli("list", "tasks", "-t", f"folder:{root}", "--json")
+    assert listed.returncode == 0, listed.stderr
+    row = [r for r in json_lines(listed.stdout) if r["name"].startswith("folder:")][0]
+    assert row["num_classes"] == 5 and row["name"] == f"folder:{root}"
+    checked = cli("data", "check", f"folder:{root}", "--json")
+    assert checked.returncode == 0, checked.stderr
+    assert {(r["split"], r["images"]) for r in json_lines(checked.stdout)} == {
+        ("train", 270),
+        ("val", 30),
+        ("test", 100),
+    }
+    rows = _three_modes(f"folder:{root}", db)
+    for r in rows.values():
+        assert r["task"] == f"folder:{root}" and r["status"] == "ok" and r["n_test"] == 100
+        assert r["top1"] > 0.6, (r["mode"], r["top1"])  # five digit classes: chance is 0.2
+    assert rows["knn"]["selection"]["features_cached"] is True  # linear's features
+    board = cli("leaderboard", "--results", db)
+    assert board.returncode == 0 and "folder:" in board.stdout, board.stderr
+    import transfer_eval as te
+
+    (again,) = te.evaluate(
+        "vit_demo_shapes", f"folder:{root}", "knn", settings={"batch_size": 64}, results=db
+    )  # the same task from Python
+    assert again.run_id == rows["knn"]["run_id"]  # stored: found under the same name, not run again
+
+
+# ------------------------------------------------------------------------------------------- Hugging Face datasets
+
+
+def test_hf_save_to_disk_and_parquet_read_alike(tmp_path):
+    data = _hf({"train": _digits("train", 4), "validation": _digits("val", 2), "test": _digits("test", 2)})
+    data.save_to_disk(str(tmp_path / "disk"))
+    for split, ds in data.items():
+        ds.to_parquet(str(tmp_path / "pq" / "data" / f"{split}-00000-of-00001.parquet"))
+    disk, pq = hf.task(str(tmp_path / "disk")), hf.task(str(tmp_path / "pq"))
+    assert disk.classes == pq.classes == tuple(NAMES) and disk.num_classes == 5
+    assert disk.val_holdout is None  # its own validation split
+    ctx = LoadContext(tmp_path)
+    for split in ("train", "val", "test"):
+        a, b = disk.dataset(split, ctx), pq.dataset(split, ctx)
+        assert a.manifest() == b.manifest() and len(a) == {"train": 20, "val": 10, "test": 10}[split]
+        assert np.array_equal(np.asarray(a.image(3)), np.asarray(b.image(3)))
+        assert a.files_signature() is not None  # the feature cache keys on what the dataset holds
+
+
+def test_hf_columns_found_named_and_checked(tmp_path):
+    import datasets
+
+    rows = {"train": _digits("train", 2), "test": _digits("test", 1)}
+    _hf(rows, label="fine_label", image="img").save_to_disk(str(tmp_path / "named"))
+    task = hf.task(str(tmp_path / "named"))  # found by their features
+    assert task.num_classes == 5 and task.val_holdout == {"fraction": 0.1, "seed": 0}
+    two = _hf(rows)
+    two = datasets.DatasetDict({s: d.add_column("coarse", [0] * len(d)).cast_column("coarse", datasets.ClassLabel(
+        names=["a"])) for s, d in two.items()})  # fmt: skip
+    two.save_to_disk(str(tmp_path / "two"))
+    with pytest.raises(UserError, match="several .label, coarse.* name it: hf:PATH:label=COLUMN"):
+        hf.task(str(tmp_path / "two"))
+    named = hf.task(f"{tmp_path / 'two'}:label=label")
+    assert named.name == f"hf:{(tmp_path / 'two').resolve()}:label=label" and named.num_classes == 5
+    with pytest.raises(UserError, match="no column 'nope'"):
+        hf.task(f"{tmp_path / 'two'}:label=nope")
+    bad = _hf(rows)
+    bad["test"] = bad["test"].cast_column("label", datasets.Value("int64")).map(lambda r: {"label": -1})
+    bad["test"] = bad["test"].cast_column("label", datasets.ClassLabel(names=NAMES))
+    bad.save_to_disk(str(tmp_path / "unlabelled"))
+    with pytest.raises(UserError, match="labels outside 0..4 .e.g. -1: an unlabelled split"):
+        hf.task(str(tmp_path / "unlabelled"))
+
+
+def test_hf_errors_are_one_line(tmp_path):
+    _hf({"train": _digits("train", 1)}).save_to_disk(str(tmp_path / "notest"))
+    _hf({"train": _digits("train", 1)})["train"].save_to_disk(str(tmp_path / "one"))
+    assert_one_line_error(cli("data", "check", f"hf:{tmp_path / 'notest'}"), "no test split (it has train)")
+    assert_one_line_error(cli("data", "check", f"hf:{tmp_path / 'one'}"), "holds one split")
+    assert_one_line_error(
+        cli("data", "check", "hf:someone/not-cached-here"), "not in the local Hugging Face cache: add --download"
+    )
+
+
+def test_hf_task_runs_linear_knn_and_attention_end_to_end(tmp_path):
+    data = _hf({"train": _digits("train", 60), "test": _digits("test", 20)})
+    for split, ds in data.items():
+        ds.to_parquet(str(tmp_path / "beans" / "data" / f"{split}-00000-of-00001.parquet"))
+    db = tmp_path / "r.sqlite"
+    rows = _three_modes(f"hf:{tmp_path / 'beans'}", db)
+    for r in rows.values():
+        assert r["task"] == f"hf:{(tmp_path / 'beans').resolve()}" and r["n_test"] == 100
+        assert r["top1"] > 0.6, (r["mode"], r["top1"])
+    assert json.loads(json.dumps(rows["linear"]["val_holdout"])) == {"fraction": 0.1, "seed": 0}

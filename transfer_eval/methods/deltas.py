@@ -1,0 +1,134 @@
+"""Per-task deltas: the trained tensors of one run, written as a safetensors file beside the shared checkpoint.
+
+`size` is what a result records as bytes_per_task (the size the file has: computed from safetensors' format, no file
+written, so a k-NN memory of millions of features costs no temporary disk); `save` keeps the file (atomically);
+`metadata` says which run it belongs to; `apply` loads it into a model built from the shared checkpoint, which
+then gives back that run's model and its test predictions exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from transfer_eval import io
+from transfer_eval.errors import UserError
+
+FORMAT = "transfer-eval delta v1: load with transfer_eval.checkpoints.apply_delta"  # = deltas.apply
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def save(
+    tensors: dict[str, torch.Tensor],
+    path: str | Path,
+    metadata: dict[str, str] | None = None,
+    hint: str = "or give --save-delta a folder on another disk",
+) -> int:
+    """Write the delta to `path` (never half-written under that name); returns its size in bytes."""
+    from safetensors.torch import save_file
+
+    with io.replacing(path, what="a per-task delta", hint=hint) as tmp:
+        save_file(_cpu(tensors), str(tmp), metadata=metadata)
+    return os.path.getsize(path)
+
+
+# safetensors' dtypes in the order of its Dtype enum: a file holds its tensors by descending dtype, then by name
+SAFETENSORS_DTYPES = (
+    "BOOL F4 F6_E2M3 F6_E3M2 U8 I8 F8_E5M2 F8_E4M3 F8_E8M0 F8_E4M3FNUZ F8_E5M2FNUZ I16 U16 F16 BF16 I32 U32 F32 C64 "
+    "F64 I64 U64"
+).split()
+TORCH_DTYPES = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int32: "I32",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.int64: "I64",
+}
+
+
+def size(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
+    """Bytes the delta takes as a safetensors file, from its format (8 bytes of header length; the JSON header,
+    compact, padded with spaces to a multiple of 8; the tensors' bytes) without writing it. A dtype outside
+    TORCH_DTYPES is measured by writing the file to a temporary folder."""
+    if any(t.dtype not in TORCH_DTYPES for t in tensors.values()):
+        with tempfile.TemporaryDirectory() as d:
+            return save(tensors, os.path.join(d, "delta.safetensors"), metadata, hint="or set TMPDIR to a larger disk")
+    rank = {name: i for i, name in enumerate(SAFETENSORS_DTYPES)}
+    order = sorted(tensors, key=lambda k: (-rank[TORCH_DTYPES[tensors[k].dtype]], k.encode()))
+    header: dict = {} if metadata is None else {"__metadata__": metadata}
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": TORCH_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    return 8 + -(-len(text) // 8) * 8 + offset
+
+
+def file_name(run) -> str:
+    """The file name of a run's delta in a --save-delta folder: checkpoint, task, mode, seed, protocol."""
+    return f"{run.checkpoint.name}__{run.task.name}__{run.mode.name}__seed{run.seed}__{run.protocol_hash}.safetensors"
+
+
+def metadata(run, data_config: dict) -> dict[str, str]:
+    return {
+        "checkpoint": run.checkpoint.name,
+        "weights_sha256": run.weights_sha256,
+        "task": run.task.name,
+        "task_version": str(run.task.version),
+        "mode": run.mode.name,
+        "num_classes": str(run.task.num_classes),
+        "resolution": str(data_config["input_size"][-1]),
+        "protocol_hash": run.protocol_hash,
+        "seed": str(run.seed),
+        "format": FORMAT,
+        # a mode that changes the model's structure records the fields that shape it (LoRA's rank, alpha)
+        **({k: str(run.recipe[k]) for k in run.mode.defaults} if run.mode.prepare else {}),
+    }
+
+
+def apply(model, path: str | Path) -> dict:
+    """Load a per-task delta (as written by `run --save-delta`) into a model built from the shared checkpoint;
+    returns the delta's metadata. Every tensor must exist in the model with the same shape. A delta of a mode that
+    changes the model's structure (LoRA) first gets that change, with the fields it records (rank and alpha)."""
+    from safetensors import safe_open
+
+    from transfer_eval.methods import modes
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    mode = modes.MODES.get(meta.get("mode", ""))
+    own = model.state_dict()
+    if mode is not None and mode.prepare is not None and any(k not in own for k in tensors):
+        fields = {k: meta.get(k) for k in mode.defaults}
+        if any(v is None for v in fields.values()):
+            raise UserError(
+                f"delta {path} holds {mode.name} tensors but not its {', '.join(sorted(fields))}; "
+                f"rebuild it with `run --save-delta`"
+            )
+        modes.prepare(mode, model, {k: type(mode.defaults[k])(v) for k, v in fields.items()})
+        own = model.state_dict()
+    bad = [k for k, v in tensors.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    if bad:
+        raise UserError(
+            f"delta {path} does not fit this model: {', '.join(bad[:5])}; build the checkpoint with "
+            f"the task's class count and resolution first"
+        )
+    with torch.no_grad():
+        for k, v in tensors.items():
+            own[k].copy_(v)
+    return meta

@@ -1,0 +1,307 @@
+"""Adaptation modes, as data: what trains (selectors), which stage runs it, its recipe defaults, its seeds, its
+protocol version and the splits it reads. A new mode is one entry of MODES and nothing else.
+
+Attention-only follows the reference code of "Three things everyone should know about Vision Transformers"
+(DeiT's `--attn-only`): every parameter of the attention layers (qkv and proj of each MHSA, plus any bias
+or position table they own), the classifier head and the position embedding train; the patch embedding, class
+token, norms, layer scales and MLPs stay frozen. Unlike the reference code, which matches the name '.attn.' and
+so trains only the first branch of a parallel block (whose second attention is named 'attn1'), attention
+modules are found by type, so every branch of a parallel block trains, as the paper describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+
+from transfer_eval.errors import UserError, unknown_name
+from transfer_eval.methods import fewshot, knn, logistic, probe
+
+# --------------------------------------------------------------------------------------------------- selectors
+
+
+def _is_attention(module: nn.Module) -> bool:
+    cls = type(module).__name__
+    return "Attention" in cls and "Pool" not in cls  # timm's Attention, EvaAttention, RelPosAttention, ...
+
+
+def _is_mlp(module: nn.Module) -> bool:
+    cls = type(module).__name__
+    return "Mlp" in cls or "GLU" in cls.upper()  # timm's Mlp, GluMlp, SwiGLU, SwiGLUPacked
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return (
+        isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d))
+        or "Norm" in type(module).__name__
+    )
+
+
+def _module_params(model: nn.Module, select) -> set[str]:
+    """Parameters of the modules `select` picks (outermost match), excluding norms inside them."""
+    names: set[str] = set()
+    for mod_name, module in model.named_modules():
+        if not select(module):
+            continue
+        frozen = {id(p) for sub in module.modules() if _is_norm(sub) for p in sub.parameters()}
+        for p_name, p in module.named_parameters():
+            if id(p) not in frozen:
+                names.add(f"{mod_name}.{p_name}" if mod_name else p_name)
+    return names
+
+
+def _names(model: nn.Module) -> set[str]:
+    return {n for n, _ in model.named_parameters()}
+
+
+def head_names(model: nn.Module) -> set[str]:
+    ids = {id(p) for p in model.get_classifier().parameters()}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def attention_names(model: nn.Module) -> set[str]:
+    """Parameters of every attention module, excluding norms inside them (q/k norm, sub-LN)."""
+    return _module_params(model, _is_attention)
+
+
+def mlp_names(model: nn.Module) -> set[str]:
+    return _module_params(model, _is_mlp)
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One rule picking parameters by module type or name. `required`: the mode does not apply to a model where
+    it matches nothing (the message says why)."""
+
+    name: str
+    description: str
+    pick: Callable[[nn.Module], set[str]]
+    required: str | None = None
+
+
+SELECTORS = {
+    s.name: s
+    for s in (
+        Selector("all", "every parameter", _names),
+        Selector("head", "the classifier head (timm's get_classifier())", head_names),
+        Selector(
+            "pos_embed",
+            "the position embedding (parameters named pos_embed)",
+            lambda m: {n for n in _names(m) if n.split(".")[-1] == "pos_embed"},
+        ),
+        Selector(
+            "attention",
+            "every attention module, found by type (every branch of a parallel block), norms inside excluded",
+            attention_names,
+            "{model} has no attention modules; {mode} does not apply",
+        ),
+        Selector(
+            "mlp",
+            "every MLP / FFN module, found by type, norms inside excluded",
+            mlp_names,
+            "{model} has no MLP modules; {mode} does not apply",
+        ),
+        Selector("bias", "every parameter named *bias", lambda m: {n for n in _names(m) if n.endswith("bias")}),
+        Selector(
+            "lora",
+            "peft's LoRA adapters (lora_A, lora_B)",
+            lambda m: {n for n in _names(m) if ".lora_" in n},
+            "call modes.prepare first: {model} has no LoRA adapters",
+        ),
+    )
+}
+
+# ------------------------------------------------------------------------------------------------------ modes
+
+STAGES = ("probe", "fewshot", "knn", "finetune", "eval")
+STAGE_SPLITS = {
+    "probe": ("train", "val", "test"),
+    "fewshot": ("train", "test"),
+    "knn": ("train", "val", "test"),
+    "finetune": ("train", "val", "test"),
+    "eval": ("test",),
+}
+LORA_DEFAULTS = {"lora_rank": 8, "lora_alpha": 16.0}  # mode lora's recipe fields, unless a run sets them
+
+
+def _inject_lora(model: nn.Module, recipe: dict) -> nn.Module:
+    """LoRA adapters on every Linear inside an attention module, injected in place (peft), so the model stays a
+    timm model (forward_head, get_classifier) and only gains lora_A / lora_B parameters."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise UserError("mode lora needs the peft library: pip install peft") from None
+    config = LoraConfig(
+        r=int(recipe["lora_rank"]),
+        lora_alpha=float(recipe["lora_alpha"]),
+        lora_dropout=0.0,
+        target_modules=attention_linears(model),
+        bias="none",
+    )
+    return inject_adapter_in_model(config, model)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One adaptation mode. `trains` names SELECTORS (the trainable set is their union); `stage` is what the
+    runner does (probe: a classifier on frozen features; fewshot: closed-form regression on k per class; knn:
+    weighted k-NN on frozen features; finetune: gradient training; eval: nothing trains); `defaults` are the
+    mode's own recipe fields (a probe's whole recipe; for fine-tuning, fields beyond finetune.Recipe's common
+    ones); `version` enters every protocol hash: bump it when the mode's code changes in a way that can move
+    accuracy."""
+
+    name: str
+    stage: str
+    trains: tuple[str, ...]
+    description: str
+    stores: str  # what one more task costs in storage when the backbone is shared
+    version: int = 1
+    defaults: dict = field(default_factory=dict, hash=False, compare=False)
+    seeds: tuple[int, ...] = (0,)  # the seeds run when a user names none
+    splits: tuple[str, ...] = ()  # the splits a run reads; () takes the stage's
+    prepare: Callable[[nn.Module, dict], nn.Module] | None = None  # structural change before training (LoRA)
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"mode {self.name}: stage {self.stage!r} is not one of {', '.join(STAGES)}")
+        unknown = [s for s in self.trains if s not in SELECTORS]
+        if unknown:
+            raise ValueError(f"mode {self.name}: unknown selector(s) {', '.join(unknown)}")
+        if not self.splits:
+            object.__setattr__(self, "splits", STAGE_SPLITS[self.stage])
+
+    @property
+    def kind(self) -> str:  # the name `list modes --json` has printed since the first release
+        return self.stage
+
+
+_PROBE = {
+    "batch_size": 256,
+    "c_grid": list(probe.COARSE_C),
+    "tol": logistic.TOL,
+    "max_iter": logistic.MAX_ITER,
+    "resolution": None,
+}
+_FEWSHOT = {"batch_size": 256, "shots": list(fewshot.SHOTS), "l2": fewshot.L2, "resolution": None}
+_KNN = {"batch_size": 256, "k": [knn.K], "temperature": knn.TEMPERATURE, "resolution": None}
+_EVAL = {"batch_size": 256, "resolution": None}
+
+MODES = {
+    m.name: m
+    for m in (
+        # linear 2: the torch L-BFGS solver run to convergence (tol, max_iter) in place of scikit-learn's capped fits.
+        Mode(
+            "linear",
+            "probe",
+            ("head",),
+            "frozen backbone; multinomial logistic regression on pre-logits features, L2 strength chosen on val",
+            "the head",
+            version=2,
+            defaults=_PROBE,
+        ),
+        Mode(
+            "attention",
+            "finetune",
+            ("attention", "pos_embed", "head"),
+            "fine-tune only the attention layers (qkv, proj), the position embedding and the head",
+            "MHSA + position embedding + head",
+        ),
+        Mode(
+            "fewshot",
+            "fewshot",
+            ("head",),
+            "frozen backbone; closed-form ridge regression on k examples per class (Scaling ViT, big_vision): "
+            "k in 1, 5, 10, 25, three sampling seeds",
+            "the regression weights",
+            defaults=_FEWSHOT,
+            seeds=(0, 1, 2),
+        ),  # big_vision's three sampling seeds
+        Mode(
+            "knn",
+            "knn",
+            (),
+            "frozen backbone; weighted k-NN on L2-normalised pre-logits features (DINO, DINOv2): the k most similar "
+            "train images vote with exp(cosine / T); k 20 and T 0.07 unless the recipe says (a list of k: the "
+            "best on val)",
+            "the k-NN memory: train+val features and labels",
+            defaults=_KNN,
+        ),
+        Mode("full", "finetune", ("all",), "fine-tune every parameter", "every parameter"),
+        Mode(
+            "ffn",
+            "finetune",
+            ("mlp", "pos_embed", "head"),
+            "fine-tune only the MLP (FFN) layers, the position embedding and the head (the control of 'Three things')",
+            "MLPs + position embedding + head",
+        ),
+        Mode(
+            "bitfit", "finetune", ("bias", "head"), "fine-tune only the biases and the head (BitFit)", "biases + head"
+        ),
+        Mode(
+            "lora",
+            "finetune",
+            ("lora", "head"),
+            "low-rank adapters (peft's LoRA) on every attention qkv and proj, and the head; rank from the recipe "
+            "(lora_rank)",
+            "the adapters + head",
+            defaults=LORA_DEFAULTS,
+            prepare=_inject_lora,
+        ),
+        Mode(
+            "pretrained",
+            "eval",
+            (),
+            "no training: the checkpoint's own classifier as it is (an ImageNet-1k head on ImageNet-v2)",
+            "nothing",
+            defaults=_EVAL,
+        ),
+    )
+}
+
+
+def resolve(name: str) -> Mode:
+    if name not in MODES:
+        raise unknown_name("mode", name, MODES, hint="(see `transfer-eval list modes`)")
+    return MODES[name]
+
+
+def matches(mode: Mode, model: nn.Module) -> dict[str, set[str]]:
+    """What each of the mode's selectors picks on this model; a required selector that picks nothing raises."""
+    out = {}
+    for s in (SELECTORS[n] for n in mode.trains):
+        picked = s.pick(model)
+        if s.required and not picked:
+            raise ValueError(s.required.format(model=type(model).__name__, mode=mode.name))
+        out[s.name] = picked
+    return out
+
+
+def trainable_names(mode: Mode, model: nn.Module) -> set[str]:
+    """Parameter names that train in `mode`: the union over its selectors (for a probe, the head that the
+    classifier stands for)."""
+    return set().union(*matches(mode, model).values())
+
+
+def attention_linears(model: nn.Module) -> list[str]:
+    """Module names of the Linear layers inside attention modules (qkv, proj, or q/k/v projections)."""
+    out = []
+    for mod_name, module in model.named_modules():
+        if _is_attention(module):
+            out += [f"{mod_name}.{n}" for n, sub in module.named_modules() if isinstance(sub, nn.Linear)]
+    return out
+
+
+def prepare(mode: Mode, model: nn.Module, recipe: dict | None = None) -> nn.Module:
+    """Change the model's structure where the mode needs it (LoRA's adapters), with the mode's defaults under
+    the recipe's fields."""
+    return model if mode.prepare is None else mode.prepare(model, {**mode.defaults, **(recipe or {})})
+
+
+def apply(mode: Mode, model: nn.Module) -> set[str]:
+    """Freeze everything outside the mode's trainable set; returns that set."""
+    names = trainable_names(mode, model)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in names)
+    return names

@@ -1,0 +1,453 @@
+"""Plans runs (checkpoint x task x mode x seed), checks them before the first starts, and drives each one end to end
+into a stored Result: `run_all` is what `transfer-eval run` runs, for the CLI and for Python callers alike.
+
+One run is a flat sequence (`execute`): read the splits, build and adapt the model, run the mode's stage (which
+returns a `Trained`), score test once, measure, store. The stages know nothing of results or stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from transfer_eval import checkpoints, devices, distributed, protocol, provenance
+from transfer_eval.checkpoints import Checkpoint
+from transfer_eval.errors import UserError
+from transfer_eval.input import pipeline
+from transfer_eval.methods import companions, costs, deltas, finetune, inference, knn, modes, presets
+from transfer_eval.methods.modes import Mode
+from transfer_eval.methods.resume import Preempted, requested, stop_on_signal
+from transfer_eval.run import checks, stages, trackers
+from transfer_eval.store.results import Result, Store
+from transfer_eval.tasks import LoadContext, Task, UnreadableImage, groups
+from transfer_eval.version import __version__
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Run:
+    checkpoint: Checkpoint
+    task: Task
+    mode: Mode
+    seed: int
+    recipe: dict  # fully resolved: the mode's defaults, then the task's, then the user's overrides
+    weights_sha256: str
+    limit: int | None = None  # at most this many examples per split (--limit): a quick look, with a key of its own
+    precision: str = "auto"  # --precision (devices.py): auto keeps results equal across devices; fp32, bf16 chosen
+
+    @property
+    def protocol_hash(self) -> str:
+        return protocol.protocol_hash(self.mode.name, self.mode.version, self.recipe, self.limit, self.precision)
+
+    @property
+    def key(self) -> tuple:
+        return (
+            self.checkpoint.name,
+            self.weights_sha256,
+            self.task.name,
+            self.task.version,
+            self.mode.name,
+            self.protocol_hash,
+            self.seed,
+        )
+
+    def label(self) -> str:
+        shots = f" / {self.recipe['shots']}-shot" if self.mode.stage == "fewshot" else ""
+        if self.mode.stage == "knn":
+            shots = f" / k {','.join(str(k) for k in self.recipe['k'])}"
+        limit = f" / limit {self.limit}" if self.limit is not None else ""
+        prec = f" / {self.precision}" if self.precision != "auto" else ""
+        return f"{self.checkpoint.name} / {self.task.name} / {self.mode.name}{shots} / seed {self.seed}{limit}{prec}"
+
+
+# ------------------------------------------------------------------------------------------------------ recipes
+
+
+def _finetune_only(mode: Mode) -> set[str]:
+    """Recipe fields that belong to other fine-tuning modes (lora_rank, lora_alpha), not to this one."""
+    others = {k for m in modes.MODES.values() if m.stage == "finetune" for k in m.defaults}
+    return others - set(mode.defaults)
+
+
+def resolve_recipe(
+    task: Task, mode: Mode, overrides: dict | None = None, resolution: int | None = None, preset: str | None = None
+) -> dict:
+    """The full recipe of a run: the mode's defaults (and, fine-tuning, the preset's), then the task's fields for
+    the mode, then the user's overrides (--set, --resolution)."""
+    overrides = dict(overrides or {})
+    if resolution:
+        overrides["resolution"] = resolution
+    if mode.stage != "finetune":
+        merged = {**mode.defaults, **task.recipes.get(mode.name, {}), **overrides}
+        unknown = sorted(set(merged) - set(mode.defaults))
+        if unknown:
+            raise UserError(
+                f"unknown {mode.name} recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(mode.defaults))}"
+            )
+        if "c_grid" in merged:
+            merged["c_grid"] = [float(c) for c in merged["c_grid"]]
+        if "shots" in merged:
+            shots = merged["shots"] if isinstance(merged["shots"], list) else [merged["shots"]]
+            if not shots or not all(isinstance(k, int) and k > 0 for k in shots):
+                raise UserError(f"fewshot shots must be positive integers, got {merged['shots']!r}")
+            merged["shots"] = shots
+            merged["l2"] = float(merged["l2"])
+        if "k" in merged:  # k-NN: one k, or a grid chosen on val
+            merged["k"] = knn.ks_of(merged["k"])
+            merged["temperature"] = float(merged["temperature"])
+            if not merged["temperature"] > 0:
+                raise UserError(f"knn temperature must be positive, got {merged['temperature']!r}")
+        return merged
+    # a mode the task gives no recipe for (ffn, bitfit) takes its generic fine-tuning one, else full's
+    task_fields = task.recipes.get(mode.name) or task.recipes.get("finetune") or task.recipes.get("full", {})
+    preset = preset or task_fields.get("preset") or "vit"  # the task's own protocol unless another is chosen
+    fields = {**presets.preset_fields(preset, task_fields), **mode.defaults, **overrides}
+    foreign = sorted(k for k in _finetune_only(mode) if fields.get(k) is not None)
+    if foreign:
+        owners = sorted(m.name for m in modes.MODES.values() if set(foreign) & set(m.defaults))
+        raise UserError(f"{' and '.join(foreign)} apply to mode {', '.join(owners)} only, not {mode.name}")
+    fields = presets.scale_lr(preset, fields, overrides)
+    return _jsonable(dataclasses.asdict(finetune.make_recipe(fields)))
+
+
+def recipe_fields(mode: Mode) -> set[str]:
+    """The recipe fields a mode has (what --set may change for it)."""
+    if mode.stage != "finetune":
+        return set(mode.defaults)
+    return {f.name for f in dataclasses.fields(finetune.Recipe)} - _finetune_only(mode)
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d))
+
+
+def plan(
+    ckpts: list[Checkpoint],
+    tasks: list[Task],
+    mode_list: list[Mode],
+    seeds: list[int] | None = None,
+    overrides: dict | None = None,
+    resolution: int | None = None,
+    preset: str | None = None,
+    limit: int | None = None,
+    precision: str = "auto",
+) -> list[Run]:
+    """Every run of checkpoints x tasks x modes x seeds; a few-shot mode becomes one run per shot count.
+    Without `seeds`, each mode's default seeds (three for few-shot, one otherwise)."""
+    devices.precision_policy(precision, torch.device("cpu"))  # a bad name stops here
+    runs = []
+    overrides = dict(overrides or {})
+    known = set().union(*(recipe_fields(m) for m in mode_list)) if mode_list else set()
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(
+            f"unknown recipe field(s) {', '.join(unknown)} for mode(s) "
+            f"{', '.join(m.name for m in mode_list)}; known: {', '.join(sorted(known))}"
+        )
+    digests = {ck.name: checkpoints.weights_digest(ck) for ck in ckpts}
+    for ck in ckpts:
+        for task in tasks:
+            for mode in mode_list:
+                mine = {k: v for k, v in overrides.items() if k in recipe_fields(mode)}  # each mode its own fields
+                recipe = resolve_recipe(task, mode, mine, resolution, preset)
+                recipes = [{**recipe, "shots": k} for k in recipe["shots"]] if mode.stage == "fewshot" else [recipe]
+                for r in recipes:
+                    for seed in seeds or mode.seeds:
+                        runs.append(Run(ck, task, mode, seed, r, digests[ck.name], limit, precision))
+    return runs
+
+
+def names(value) -> list:
+    """ "a,b", ["a", "b"] or objects: the list of names or objects a caller gave."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def plan_named(
+    checkpoint_names,
+    task_names,
+    mode_names,
+    seeds: list[int] | None = None,
+    overrides: dict | None = None,
+    resolution: int | None = None,
+    preset: str | None = None,
+    limit: int | None = None,
+    registries=(),
+    tasks_dirs=(),
+    precision: str = "auto",
+    download: bool = False,
+) -> list[Run]:
+    """`plan` over names as a user gives them (registry names, timm names, task names, task group names,
+    `folder:PATH` and `hf:...` tasks, mode names, comma-separated or as lists) or the objects themselves
+    (Checkpoint, Task, Mode): what `run` and `evaluate` plan. `download`: a Hub dataset named as a task may be
+    fetched."""
+    from transfer_eval import tasks as task_registry  # (`plan` names its task list `tasks`)
+    from transfer_eval.tasks import names as by_name  # (the parameter is `task_names`)
+
+    registry = checkpoints.load_registry(registries)
+    ckpts = [c if isinstance(c, Checkpoint) else checkpoints.resolve(c, registry) for c in names(checkpoint_names)]
+    wanted = names(task_names)
+    registered = [t for t in wanted if not isinstance(t, Task) and not by_name.is_source(t)]
+    known = task_registry.discover(tasks_dirs) if registered else {}
+    wanted_tasks = groups.expand(wanted, known)  # a group's name stands for its tasks (-t vtab1k)
+    task_list = [t if isinstance(t, Task) else by_name.resolve(t, known, download) for t in wanted_tasks]
+    mode_list = [m if isinstance(m, Mode) else modes.resolve(m) for m in names(mode_names)]
+    if not (ckpts and task_list and mode_list and (seeds is None or list(seeds))):
+        raise UserError("give at least one checkpoint (-c), task (-t), mode (-m) and seed")
+    seed_list = list(seeds) if seeds is not None else None
+    return plan(ckpts, task_list, mode_list, seed_list, overrides, resolution, preset, limit, precision)
+
+
+# --------------------------------------------------------------------------------------------------- run_all
+
+
+@dataclass(frozen=True)
+class Options:
+    """How runs execute, not what they measure (none of these enter a run's key)."""
+
+    force: bool = False  # run again where the result is already stored
+    download: bool = False  # fetch missing datasets where their source allows it
+    save_delta: Path | None = None  # keep each run's per-task delta (safetensors) in this folder
+    checkpoint_every: int = 0  # training checkpoint every N steps (0: every 10 minutes)
+    inputs: pipeline.InputOptions = field(default_factory=pipeline.InputOptions)
+    compile: bool = False  # train through torch.compile
+    log: tuple[str, ...] = ()  # experiment trackers that receive each finished run (trackers.KINDS)
+    log_dir: Path = Path("transfer_eval_logs")  # where the trackers write
+
+
+def pending(runs: list[Run], store: Store, force: bool = False) -> list[Run]:
+    """The runs still to do: those whose result is not stored (all of them with `force`)."""
+    return [r for r in runs if force or not store.has(r.key)]
+
+
+def run_all(
+    runs: list[Run],
+    ctx: LoadContext,
+    device: torch.device,
+    store: Store,
+    options: Options = Options(),
+    command: str = "",
+) -> list[Result]:
+    """What `transfer-eval run` runs: the preflight over the runs still to do, then each run in order, a stored
+    one skipped (its stored result returned) unless `options.force`. Under torchrun every process calls this;
+    fine-tuning trains across all of them, the rest runs on rank 0, and only rank 0 writes results or returns
+    stored ones."""
+    todo_runs = pending(runs, store, options.force)
+    trackers.check(options.log)
+    checks.preflight(todo_runs, ctx, device, options.inputs, options.download)
+    todo = {r.key for r in todo_runs}  # decided once, before anything is written: every process runs one list
+    known = companions.known(runs) if any(r.task.companions for r in runs) else None
+    with_others = companions.covered(runs, todo, found=known)  # stored by an earlier run's model (companions)
+    main = distributed.is_main()
+    distributed.barrier()
+    out = []
+    with stop_on_signal():  # SIGTERM / SIGUSR1 (pre-emption): fine-tuning checkpoints and stops; no run fails
+        for i, r in enumerate(runs, 1):
+            prefix = f"[{i}/{len(runs)}] {r.label()}"
+            if r.key not in todo:
+                if main:
+                    stored = store.get_key(r.key)
+                    log.info("%s: stored as run %s, skipped (--force to run again)", prefix, stored.run_id)
+                    out.append(stored)
+                continue
+            if r.key in with_others:
+                if main:
+                    stored = store.get_key(r.key)
+                    log.info(
+                        "%s: scored with the model trained for a companion task, as run %s",
+                        prefix,
+                        stored.run_id if stored else "(not stored: see above)",
+                    )
+                    if stored is not None:
+                        out.append(stored)
+                continue
+            if not main and r.mode.stage != "finetune":
+                continue  # probes and evaluation are rank 0's; fine-tuning trains across every process
+            if requested():
+                raise Preempted(
+                    f"{requested()} before {r.label()}: the runs before it are stored; the same command runs the rest"
+                )
+            where = f"{device}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
+            if main:
+                log.info("%s: running on %s", prefix, where)
+            result = execute(r, ctx, device, store, command, options, known)
+            out.append(result)
+            if main:
+                log.info("%s: %s", prefix, summary(result))
+                trackers.publish(options.log, result, options.log_dir)
+    distributed.barrier()
+    return out
+
+
+def summary(r: Result) -> str:
+    """One line for a finished run: its accuracy beside its cost."""
+    if r.status != "ok":
+        return f"failed (the reason is above), stored as run {r.run_id}; the next run of this command retries it"
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    peak = f", peak {r.peak_memory_mb:.0f} MB" if r.peak_memory_mb is not None else ""
+    return (
+        f"top-1 {pct(r.top1)} (val {pct(r.val_top1)}), {r.params_per_task:,} params/task, "
+        f"train {r.train_seconds or 0:.1f} s{peak}; stored as run {r.run_id}"
+    )
+
+
+# -------------------------------------------------------------------------------------------------------- one run
+
+
+def execute(
+    run: Run,
+    ctx: LoadContext,
+    device: torch.device,
+    store: Store,
+    command: str = "",
+    options: Options = Options(),
+    known_tasks: dict | None = None,
+) -> Result:
+    """Adapt, measure and store one run. Bad input raises UserError before anything is stored.
+
+    With `options.save_delta` (a folder), the per-task delta is kept there as a safetensors file: the shared
+    checkpoint plus `checkpoints.apply_delta(model, file)` gives back this run's model and its test predictions
+    exactly. `options.inputs` says how images may reach the model; `options.compile` trains through torch.compile.
+    Every phase computes in the run's precision (devices.precision_policy), which the record names.
+    """
+    with devices.using(devices.precision_policy(run.precision, device)):
+        return _execute(run, ctx, device, store, command, options, known_tasks)
+
+
+def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
+    started, recipe, stage = provenance.now(), run.recipe, run.mode.stage
+    # Data first: a missing dataset should fail before a large model is built.
+    splits = {s: run.task.dataset(s, ctx) for s in run.mode.splits}
+    if run.limit is not None:
+        splits = {s: split.limited(run.limit) for s, split in splits.items()}
+    skipped = [f for s in splits.values() for f in s.skipped]
+    keep_head = stage == "eval"
+    if keep_head:
+        checks.check_own_head(run.checkpoint, run.task)
+    extra = {"drop_path_rate": recipe["drop_path"]} if recipe.get("drop_path") else {}
+    model, cfg = checkpoints.build_model(
+        run.checkpoint, run.task.num_classes, recipe.get("resolution"), keep_head=keep_head, model_kwargs=extra
+    )
+    cfg = run.task.input_config(cfg)
+    model = modes.prepare(run.mode, model, recipe)
+    model.to(device)
+    trainable = modes.apply(run.mode, model)
+    # Where images are resized, decided once from a split that is not sealed (test is read last).
+    shown = splits["train"] if "train" in splits else splits["test"]
+    input_plan = pipeline.plan_input(options.inputs, shown, cfg, device, recipe if stage == "finetune" else None)
+    loaders = pipeline.EvalLoaders(splits, cfg, device, input_plan)  # its workers start once, for every split
+    fwd = costs.forward_flops(model, cfg, device)
+    result = Result(
+        *run.key,
+        status="ok",
+        resolution=cfg["input_size"][-1],
+        recipe=recipe,
+        val_holdout=run.task.val_holdout if "val" in splits else None,
+        n_test=len(splits["test"]),
+        limit_per_split=run.limit,
+        split_manifest=splits["test"].manifest(),
+        skipped_images=len(skipped),
+        skipped_files=skipped[:100],
+        device=devices.device_name(device),
+        world_size=distributed.world_size(),
+        precision=devices.precision(device),
+        input_pipeline=input_plan.describe(),
+        compiled=options.compile and stage == "finetune",
+        started=started,
+        fwd_gflops_per_image=fwd / 1e9,
+        fwd_gmacs_per_image=fwd / 2e9,
+        params_total=costs.count(model),
+        **provenance.fields(command),
+    )
+    result.params_trainable = result.params_per_task = costs.count(model, trainable)
+    resume = checkpoints_for(run, options.checkpoint_every) if stage == "finetune" else None
+    if resume is not None and resume.claim():
+        log.info("transfer-eval: resuming %s from its training checkpoints in %s", run.label(), resume.folder)
+    # Model selection never sees test: the split raises if read before every choice has been made.
+    splits["test"].seal("model selection (lr, L2 strength) must use val, never test")
+    try:
+        with devices.PeakMemory(device) as mem:
+            trained = stages.STAGES[stage](
+                stages.Stage(run, model, cfg, splits, device, input_plan, fwd / 1e9, resume, options.compile, loaders)
+            )
+            top5, test_seconds = trained.test_top5, trained.test_seconds
+            if top5 is None:  # the test split is read once, here, after every model choice has been made on val
+                splits["test"].unseal()
+                bs = inference.eval_batch_size(recipe)
+                top5, test_seconds = inference.predict(
+                    model, splits["test"], cfg, device, bs, input_plan, desc="test", loader=loaders.get("test", bs)
+                )
+    except finetune.Diverged as e:
+        return _failed(store, result, f"diverged: {e}")
+    except torch.OutOfMemoryError as e:
+        return _failed(store, result, f"out of memory: {str(e).splitlines()[0]}")
+    except UnreadableImage as e:
+        # from a DataLoader worker the message starts with torch's "Caught ... in DataLoader worker": keep ours
+        lines = [ln.split("UnreadableImage: ", 1)[-1] for ln in str(e).splitlines() if "unreadable image" in ln]
+        return _failed(store, result, (lines[-1] if lines else str(e)).strip())
+    _record(result, trained, mem.mb)
+    if trained.delta is None:
+        state = model.state_dict()
+        trained.delta = {n: state[n] for n in sorted(trainable)}
+    meta = deltas.metadata(run, cfg)
+    if options.save_delta is not None and distributed.is_main():
+        result.bytes_per_task = deltas.save(trained.delta, Path(options.save_delta) / deltas.file_name(run), meta)
+    else:
+        result.bytes_per_task = deltas.size(trained.delta, meta)
+    result.eval_images_per_second = len(splits["test"]) / test_seconds if test_seconds else None
+    labels = splits["test"].labels
+    for k, v in inference.scores(labels, top5).items():
+        setattr(result, k, v)
+    if device.type == "cuda" and result.train_seconds:
+        result.gpu_hours = result.train_seconds * result.world_size / 3600
+    result.finished = provenance.now()
+    if distributed.is_main():  # one writer; under torchrun every process holds the same result
+        store.put(result, labels, top5)
+        # the same model, scored on the test splits of the tasks that train as this one does
+        companions.score(run, result, model, cfg, ctx, device, store, options, known_tasks)
+    if resume is not None:
+        resume.remove()  # the result is stored: nothing left to resume
+    return result
+
+
+def _record(result: Result, t: stages.Trained, peak_mb: float | None) -> None:
+    result.val_top1, result.selection = t.val_top1, t.selection
+    result.train_seconds, result.train_images_per_second = t.train_seconds, t.train_images_per_second
+    result.train_gflops_per_image = t.train_gflops_per_image
+    result.train_pflops_total = t.train_gflops_per_image * t.train_images / 1e6
+    result.peak_memory_mb = peak_mb
+    for k, v in t.fields.items():
+        setattr(result, k, v)
+
+
+def _failed(store: Store, result: Result, reason: str) -> Result:
+    result.status = "failed"
+    result.error = reason
+    result.finished = provenance.now()
+    if distributed.is_main():
+        store.put(result)
+    log.warning("transfer-eval: run failed: %s", reason)
+    return result
+
+
+def checkpoints_for(run: Run, every_steps: int = 0):
+    """The training checkpoints of a run: one folder per run key, so the same command finds them again."""
+    from transfer_eval import paths
+    from transfer_eval.methods.resume import RunCheckpoints
+
+    digest = hashlib.sha256(json.dumps(list(run.key)).encode()).hexdigest()[:24]
+    identity = {"key": list(run.key), "recipe": run.recipe, "suite": __version__}
+    return RunCheckpoints(paths.cache_dir() / "resume" / digest, every_steps=every_steps, identity=identity)

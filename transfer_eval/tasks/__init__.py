@@ -1,0 +1,30 @@
+"""The tasks wing: what a task is and where tasks come from.
+
+- `task.py`: the `Task` type (splits, class names, recipes per mode, val hold-out) and `holdout` / `spread`;
+- `splits.py`: `ImageSplit` (images, labels, stable ids; sealing, signatures, the unreadable-image scan) and
+  `LoadContext`, what a loader is given;
+- `plugins.py`: plugin discovery (the built-in `tasks/` folder, entry points, `--tasks-dir`, `add_task`);
+- `names.py`: a task name as users give it (registered, `folder:PATH`, `hf:PATH_OR_NAME`), read by `folder.py`
+  (torchvision's ImageFolder layout) and `hf.py` (a Hugging Face dataset);
+- `groups.py`: task groups (paper6, vtab1k and its parts): the leaderboard's means and names on the command line.
+
+Plugins import from here: `from transfer_eval.tasks import ImageSplit, LoadContext, Task`. This wing imports only
+the shared pieces at the package's root (errors, io, paths).
+"""
+
+from transfer_eval.tasks.plugins import ADDED, ENTRY_POINT_GROUP, discover, resolve
+from transfer_eval.tasks.splits import (
+    SPLITS,
+    ImageSplit,
+    LoadContext,
+    SealedSplitRead,
+    UnreadableImage,
+    load_image,
+    to_rgb,
+)
+from transfer_eval.tasks.task import Task, holdout
+
+__all__ = [
+    "ADDED", "ENTRY_POINT_GROUP", "SPLITS", "ImageSplit", "LoadContext", "SealedSplitRead", "Task", "UnreadableImage",
+    "discover", "holdout", "load_image", "resolve", "spread", "to_rgb",
+]  # fmt: skip
