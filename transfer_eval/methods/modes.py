@@ -162,6 +162,12 @@ class Mode:
     seeds: tuple[int, ...] = (0,)  # the seeds run when a user names none
     splits: tuple[str, ...] = ()  # the splits a run reads; () takes the stage's
     prepare: Callable[[nn.Module, dict], nn.Module] | None = None  # structural change before training (LoRA)
+    # folds the method's own parameters into the backbone's weights, in place, once training is done (SSF, LoRA):
+    # evaluation, inference and the deployed task's cost then run the backbone's arithmetic; returns the model
+    merge: Callable[[nn.Module], nn.Module] | None = None
+    # checks the resolved recipe's own fields when runs are planned (a prompt length of 0, an unknown target):
+    # raises UserError, one line, before anything runs
+    check: Callable[[dict], None] | None = None
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -297,6 +303,11 @@ def prepare(mode: Mode, model: nn.Module, recipe: dict | None = None) -> nn.Modu
     """Change the model's structure where the mode needs it (LoRA's adapters), with the mode's defaults under
     the recipe's fields."""
     return model if mode.prepare is None else mode.prepare(model, {**mode.defaults, **(recipe or {})})
+
+
+def merge(mode: Mode, model: nn.Module) -> nn.Module:
+    """The model with the mode's parameters folded into its weights where the mode merges (else as it is)."""
+    return model if mode.merge is None else mode.merge(model)
 
 
 def apply(mode: Mode, model: nn.Module) -> set[str]:

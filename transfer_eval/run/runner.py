@@ -157,6 +157,8 @@ def plan(
             for mode in mode_list:
                 mine = {k: v for k, v in overrides.items() if k in recipe_fields(mode)}  # each mode its own fields
                 recipe = resolve_recipe(task, mode, mine, resolution, preset)
+                if mode.check is not None:
+                    mode.check(recipe)
                 recipes = [{**recipe, "shots": k} for k in recipe["shots"]] if mode.stage == "fewshot" else [recipe]
                 for r in recipes:
                     for seed in seeds or mode.seeds:
