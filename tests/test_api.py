@@ -53,9 +53,10 @@ def test_leaderboard_and_compare_return_the_objects_the_cli_renders(store):
 
 
 def test_a_checkpoint_and_a_task_added_from_python_run_by_name(tmp_path, monkeypatch):
-    from transfer_eval import checkpoints, tasks
+    from transfer_eval import checkpoints
+    from transfer_eval.tasks import plugins
 
-    monkeypatch.setattr(tasks, "ADDED", {})  # this test's additions stay in this test
+    monkeypatch.setattr(plugins, "ADDED", {})  # this test's additions stay in this test
     monkeypatch.setattr(checkpoints, "ADDED", {})
     colours = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
     rng = np.random.default_rng(0)

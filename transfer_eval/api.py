@@ -23,7 +23,7 @@ from transfer_eval import tasks as _tasks
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.store.results import Result, Store
-from transfer_eval.tasks import Task
+from transfer_eval.tasks import Task, plugins
 
 
 def evaluate(
@@ -216,5 +216,5 @@ def add_task(task: Task) -> Task:
     if not isinstance(task, Task):
         raise UserError(f"add_task takes a transfer_eval.tasks.Task, got {type(task).__name__}")
     added = dataclasses.replace(task, source=task.source or "added from Python")
-    _tasks.ADDED[added.name] = added
+    plugins.ADDED[added.name] = added
     return added

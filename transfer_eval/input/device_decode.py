@@ -5,9 +5,9 @@ The DataLoader workers read each file's bytes and its JPEG header (the size, not
 and flip exactly as timm's CPU transforms draw them (the same per-sample seeds), and compute Pillow's coefficients
 for them (resample.py). The device decodes the batch (torchvision.io.decode_jpeg: nvJPEG on CUDA, libjpeg-turbo on
 a CPU) and applies the coefficients: the resize and crop are PIL's to the bit. On a CPU the decode is too (libjpeg-
-turbo, as Pillow's), so the whole plan gives the CPU path's pixels (tests/test_device_decode.py); nvJPEG's decode may
-differ from libjpeg-turbo's by a level here and there, so the plan is named in the record (`input_pipeline`), its
-features are cached apart, and the GPU check measures its accuracy against the CPU path's.
+turbo, as Pillow's), so the whole plan gives the CPU path's pixels (tests/input/test_device_decode.py); nvJPEG's
+decode may differ from libjpeg-turbo's by a level here and there, so the plan is named in the record
+(`input_pipeline`), its features are cached apart, and the GPU check measures its accuracy against the CPU path's.
 
 A file that is not a baseline or progressive JPEG in RGB or grayscale (a PNG behind a .jpg name, a CMYK JPEG) is
 decoded and transformed in the worker as on the CPU path, with the same draws. The plan is for a GPU: on a CPU the

@@ -12,7 +12,7 @@ Plugins import from here: `from transfer_eval.tasks import ImageSplit, LoadConte
 the shared pieces at the package's root (errors, io, paths).
 """
 
-from transfer_eval.tasks.plugins import ADDED, ENTRY_POINT_GROUP, discover, resolve
+from transfer_eval.tasks.plugins import ENTRY_POINT_GROUP, discover, resolve
 from transfer_eval.tasks.splits import (
     SPLITS,
     ImageSplit,
@@ -25,6 +25,6 @@ from transfer_eval.tasks.splits import (
 from transfer_eval.tasks.task import Task, holdout
 
 __all__ = [
-    "ADDED", "ENTRY_POINT_GROUP", "SPLITS", "ImageSplit", "LoadContext", "SealedSplitRead", "Task", "UnreadableImage",
+    "ENTRY_POINT_GROUP", "SPLITS", "ImageSplit", "LoadContext", "SealedSplitRead", "Task", "UnreadableImage",
     "discover", "holdout", "load_image", "resolve", "spread", "to_rgb",
 ]  # fmt: skip
