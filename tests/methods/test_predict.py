@@ -138,6 +138,11 @@ def test_bad_input_is_one_line(saved, test_split, tmp_path):
     assert_one_line_error(
         cli("predict", "-c", CHECKPOINT, "--delta", tmp_path / "older.safetensors", image), "--save-delta"
     )
+    save_file(tensors, str(tmp_path / "later.safetensors"), metadata={**meta, "mode_version": "99"})
+    assert_one_line_error(
+        cli("predict", "-c", CHECKPOINT, "--delta", tmp_path / "later.safetensors", image), "version 99"
+    )
+    assert_one_line_error(cli("predict", "-c", CHECKPOINT, "--delta", tmp_path, image), "is a folder")
     (tmp_path / "broken.png").write_bytes(b"not a png")
     assert_one_line_error(
         cli("predict", "-c", CHECKPOINT, "--delta", path, image, tmp_path / "broken.png"), "broken.png"

@@ -127,6 +127,8 @@ def read(path: str | Path, described: bool = True) -> tuple[dict[str, str], dict
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"delta {path} is a folder; give one of the .safetensors files `run --save-delta` wrote in it")
     if not path.is_file():
         raise UserError(f"delta {path} does not exist (deltas are written by `run --save-delta FOLDER`)")
     try:
