@@ -7,11 +7,12 @@ The Python API (transfer_eval.api), importable from here:
     leaderboard(store=None, ...) -> report.Leaderboard                 what `leaderboard` renders (.to_frame())
     compare(checkpoints, store=None, ...) -> report.Comparison         what `compare` renders (.to_frame())
     add_checkpoint(name, model, weights=..., ...), add_task(task)     without writing a file
+    predict(checkpoint, delta, images, top_k=5) -> list[Prediction]   what `predict` prints: a task from its delta
 """
 
 from transfer_eval.version import __version__
 
-_API = ("evaluate", "load_results", "leaderboard", "compare", "add_checkpoint", "add_task")
+_API = ("evaluate", "load_results", "leaderboard", "compare", "add_checkpoint", "add_task", "predict")
 __all__ = ["__version__", *_API]
 
 

@@ -122,6 +122,16 @@ def _reading(store) -> tuple[Store, bool]:
     return Store.existing(store, first="transfer_eval.evaluate(...) or `transfer-eval run`"), True
 
 
+def predict(checkpoint, delta, images, *, top_k: int = 5, device: str = "auto", registries=()) -> list:
+    """What `transfer-eval predict` prints: one task served from its delta (`save_delta=` of `evaluate`, or
+    `run --save-delta`) on `checkpoint` (a name or a Checkpoint). `images`: an image file or folder, or a list of
+    them (folders walked recursively, in sorted order). Returns one `Prediction` per image (path, labels, names,
+    scores: its top-k, best first; `.to_dict()`)."""
+    from transfer_eval.run import serve
+
+    return serve.predict(checkpoint, delta, images, top_k, device, registries)
+
+
 def load_results(
     store=None,
     *,

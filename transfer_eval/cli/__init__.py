@@ -2,8 +2,9 @@
 pre-empted (SIGTERM or SIGUSR1; the same command resumes).
 
 The commands live by theme: run.py (run, sweep), browse.py (list, show), report.py (leaderboard, compare,
-report), measure.py (cost, bench), storage.py (cache, data, features), paper.py (paper list, plan, run, report);
-group.py is the `transfer-eval` group they attach to, options.py what they share.
+report), measure.py (cost, bench), storage.py (cache, data, features), paper.py (paper list, plan, run, report),
+predict.py (predict: a task served from its delta); group.py is the `transfer-eval` group they attach to,
+options.py what they share.
 """
 
 from __future__ import annotations
@@ -12,14 +13,22 @@ import sys
 
 import click
 
-from transfer_eval.cli import browse, measure, paper, report, run, storage  # each registers its commands on `cli`
+from transfer_eval.cli import (
+    browse,
+    measure,
+    paper,
+    predict,
+    report,
+    run,
+    storage,
+)  # each registers its commands on `cli`
 from transfer_eval.cli.group import cli
 from transfer_eval.cli.options import show_log
 from transfer_eval.errors import UserError
 from transfer_eval.io import is_full
 from transfer_eval.methods.resume import EXIT_PREEMPTED, Preempted
 
-__all__ = ["cli", "main", "browse", "measure", "paper", "report", "run", "storage"]
+__all__ = ["cli", "main", "browse", "measure", "paper", "predict", "report", "run", "storage"]
 
 
 def main():

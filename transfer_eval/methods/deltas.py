@@ -2,8 +2,11 @@
 
 `size` is what a result records as bytes_per_task (the size the file has: computed from safetensors' format, no file
 written, so a k-NN memory of millions of features costs no temporary disk); `save` keeps the file (atomically);
-`metadata` says which run it belongs to; `apply` loads it into a model built from the shared checkpoint, which
-then gives back that run's model and its test predictions exactly.
+`metadata` says which run it belongs to and what serving it needs (the mode and its version, the resolved recipe,
+the class names, the data config, the weights digest: JSON strings), so that `transfer-eval predict` serves the task
+from the file alone; `read` opens a file with each way it can be wrong as one line, and `served` parses what a
+delta describes; `apply` loads it into a model built from the shared checkpoint, which then gives back that run's
+model and its test predictions exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ import torch
 from transfer_eval import io
 from transfer_eval.errors import UserError
 
-FORMAT = "transfer-eval delta v1: load with transfer_eval.checkpoints.apply_delta"  # = deltas.apply
+# v2: the file describes its task (recipe, classes, data config: SERVED); v1 files carry only the run's names
+FORMAT = (
+    "transfer-eval delta v2: serve with `transfer-eval predict`, or load with transfer_eval.checkpoints.apply_delta"
+)
+SERVED = ("mode_version", "stage", "recipe", "classes", "data_config", "chosen", "precision")  # JSON strings, v2
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -83,7 +90,14 @@ def file_name(run) -> str:
     return f"{run.checkpoint.name}__{run.task.name}__{run.mode.name}__seed{run.seed}__{run.protocol_hash}.safetensors"
 
 
-def metadata(run, data_config: dict) -> dict[str, str]:
+def _json(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def metadata(run, data_config: dict, chosen: dict | None = None) -> dict[str, str]:
+    """The delta file's metadata: which run it belongs to and what serving its task needs (`served` reads it).
+    `data_config` is the one the run read its images with (the checkpoint's, the task's input settings over it, at
+    the run's resolution); `chosen` what the stage chose on val (the k-NN's k)."""
     return {
         "checkpoint": run.checkpoint.name,
         "weights_sha256": run.weights_sha256,
@@ -97,31 +111,86 @@ def metadata(run, data_config: dict) -> dict[str, str]:
         "format": FORMAT,
         # a mode that changes the model's structure records the fields that shape it (LoRA's rank, alpha)
         **({k: str(run.recipe[k]) for k in run.mode.defaults} if run.mode.prepare else {}),
+        "mode_version": str(run.mode.version),
+        "stage": run.mode.stage,
+        "recipe": _json(run.recipe),
+        "classes": _json(list(run.task.classes) if run.task.classes else None),
+        "data_config": _json(dict(data_config)),
+        "chosen": _json(chosen or {}),
+        "precision": run.precision,
     }
+
+
+def read(path: str | Path, described: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a delta file; a missing file, or one that is not a safetensors file (of this suite,
+    unless `described` is False: `apply` loads any tensors that fit), is one line."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"delta {path} is a folder; give one of the .safetensors files `run --save-delta` wrote in it")
+    if not path.is_file():
+        raise UserError(f"delta {path} does not exist (deltas are written by `run --save-delta FOLDER`)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path} is not a transfer-eval delta (not a safetensors file: {text[:120]})") from None
+    if described and (not meta.get("format", "").startswith("transfer-eval delta") or "mode" not in meta):
+        raise UserError(f"{path} is not a transfer-eval delta (a safetensors file without a delta's metadata)")
+    return meta, tensors
+
+
+def served(meta: dict[str, str], path: str | Path) -> dict:
+    """What a delta describes, parsed: mode, mode_version, stage, recipe, classes (names, or None), num_classes,
+    data_config (tuples where timm gives tuples), chosen, precision, with the names and digest as written. A delta
+    written before deltas described their task is one line saying to run again."""
+    missing = [k for k in SERVED if k not in meta]
+    if missing:
+        raise UserError(
+            f"delta {path} was written by an older transfer-eval and does not describe its task "
+            f"(no {', '.join(missing)}); rerun its run with --force --save-delta FOLDER to write one predict can serve"
+        )
+    try:
+        out = {k: json.loads(meta[k]) for k in ("recipe", "classes", "data_config", "chosen")}
+        out["mode_version"], out["num_classes"] = int(meta["mode_version"]), int(meta["num_classes"])
+    except ValueError as e:
+        raise UserError(f"delta {path}: damaged metadata ({e})") from None
+    out["data_config"] = {k: tuple(v) if isinstance(v, list) else v for k, v in out["data_config"].items()}
+    for k in ("checkpoint", "weights_sha256", "task", "mode", "stage", "precision", "seed"):
+        out[k] = meta.get(k, "")
+    return out
 
 
 def apply(model, path: str | Path) -> dict:
     """Load a per-task delta (as written by `run --save-delta`) into a model built from the shared checkpoint;
     returns the delta's metadata. Every tensor must exist in the model with the same shape. A delta of a mode that
-    changes the model's structure (LoRA) first gets that change, with the fields it records (rank and alpha)."""
-    from safetensors import safe_open
-
+    changes the model's structure (LoRA) first gets that change, with the recipe it records (rank and alpha)."""
     from transfer_eval.methods import modes
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta, tensors = read(path, described=False)
     mode = modes.MODES.get(meta.get("mode", ""))
+    if mode is not None and mode.prepare is not None and any(k not in model.state_dict() for k in tensors):
+        if "recipe" in meta:
+            recipe = served(meta, path)["recipe"]
+        else:  # a v1 file: the fields that shape the model, as strings
+            fields = {k: meta.get(k) for k in mode.defaults}
+            if any(v is None for v in fields.values()):
+                raise UserError(
+                    f"delta {path} holds {mode.name} tensors but not its {', '.join(sorted(fields))}; "
+                    f"rebuild it with `run --save-delta`"
+                )
+            recipe = {k: type(mode.defaults[k])(v) for k, v in fields.items()}
+        modes.prepare(mode, model, recipe)
+    load_into(model, tensors, path)
+    return meta
+
+
+def load_into(model, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Copy a delta's tensors into the model's own; each must exist there with the same shape."""
     own = model.state_dict()
-    if mode is not None and mode.prepare is not None and any(k not in own for k in tensors):
-        fields = {k: meta.get(k) for k in mode.defaults}
-        if any(v is None for v in fields.values()):
-            raise UserError(
-                f"delta {path} holds {mode.name} tensors but not its {', '.join(sorted(fields))}; "
-                f"rebuild it with `run --save-delta`"
-            )
-        modes.prepare(mode, model, {k: type(mode.defaults[k])(v) for k, v in fields.items()})
-        own = model.state_dict()
     bad = [k for k, v in tensors.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
     if bad:
         raise UserError(
@@ -131,4 +200,3 @@ def apply(model, path: str | Path) -> dict:
     with torch.no_grad():
         for k, v in tensors.items():
             own[k].copy_(v)
-    return meta

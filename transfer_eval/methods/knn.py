@@ -70,17 +70,31 @@ def neighbours(
     return best_s, best_i
 
 
-def vote(
-    sims: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int, temperature: float = TEMPERATURE, top: int = 5
+def class_scores(
+    sims: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int, temperature: float = TEMPERATURE
 ) -> torch.Tensor:
-    """The top classes (M x min(top, classes), -1 padded to `top`) of the weighted vote of each query's first k
-    neighbours (`sims`, `labels`: M x >=k, best first; label -1 and similarity -inf mark no neighbour)."""
+    """Each class's summed vote (M x classes, float64) from each query's first k neighbours (`sims`, `labels`:
+    M x >=k, best first; label -1 and similarity -inf mark no neighbour)."""
     s, y = sims[:, :k], labels[:, :k]
     present = y >= 0
     w = torch.exp((s - s[:, :1]).double() / temperature) * present  # float64: small T does not underflow
     scores = torch.zeros(len(s), num_classes, dtype=w.dtype, device=s.device)
-    scores.scatter_add_(1, y.clamp(min=0), w)
-    return topk(scores, top)
+    return scores.scatter_add_(1, y.clamp(min=0), w)
+
+
+def vote(
+    sims: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int, temperature: float = TEMPERATURE, top: int = 5
+) -> torch.Tensor:
+    """The top classes (M x min(top, classes), -1 padded to `top`) of the weighted vote of each query's first k
+    neighbours (as `class_scores`)."""
+    return topk(class_scores(sims, labels, k, num_classes, temperature), top)
+
+
+def _search(memory, queries, kmax: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, labels) of every query's kmax nearest memory items (label -1 where there is none)."""
+    sims, idx = neighbours([f for f, _ in memory], queries, kmax, device)
+    all_labels = torch.as_tensor(np.concatenate([np.asarray(y) for _, y in memory]), dtype=torch.int64, device=device)
+    return sims, torch.where(idx >= 0, all_labels[idx.clamp(min=0)], torch.full_like(idx, -1))
 
 
 def classify(
@@ -94,11 +108,23 @@ def classify(
     """Every k's top-5 classes of the queries (M x 5 int64, -1 padded), with `memory` a list of (features, labels)
     parts. One search for the largest k serves every k (as DINOv2). A k above the memory's size uses it all."""
     device = torch.device(device)
-    kmax = max(ks)
-    sims, idx = neighbours([f for f, _ in memory], queries, kmax, device)
-    all_labels = torch.as_tensor(np.concatenate([np.asarray(y) for _, y in memory]), dtype=torch.int64, device=device)
-    labels = torch.where(idx >= 0, all_labels[idx.clamp(min=0)], torch.full_like(idx, -1))
+    sims, labels = _search(memory, queries, max(ks), device)
     return {k: vote(sims, labels, k, num_classes, temperature).cpu().numpy() for k in ks}
+
+
+def scores(
+    memory: Sequence[tuple[np.ndarray, np.ndarray]],
+    queries: np.ndarray,
+    k: int,
+    num_classes: int,
+    temperature: float = TEMPERATURE,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The class scores of one k's vote (M x classes, float64, on the device): `classify`'s top-5 for that k is
+    their `inference.topk` (what `transfer-eval predict` serves a k-NN task's delta with)."""
+    device = torch.device(device)
+    sims, labels = _search(memory, queries, k, device)
+    return class_scores(sims, labels, k, num_classes, temperature)
 
 
 def choose(val_top1: dict[int, float]) -> int:

@@ -404,7 +404,7 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
     if trained.delta is None:
         state = model.state_dict()
         trained.delta = {n: state[n] for n in sorted(trainable)}
-    meta = deltas.metadata(run, cfg)
+    meta = deltas.metadata(run, cfg, (trained.selection or {}).get("chosen"))
     if options.save_delta is not None and distributed.is_main():
         result.bytes_per_task = deltas.save(trained.delta, Path(options.save_delta) / deltas.file_name(run), meta)
     else:
