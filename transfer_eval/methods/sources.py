@@ -268,4 +268,6 @@ def summary(probe: dict) -> str:
             fields = {**FIELDS, **probe[mode]}
             how = f" ({fields['normalise']})" if fields["normalise"] != "none" else ""
             parts.append(f"{mode} {'|'.join(parse(fields['features']))}{how}")
+    if probe.get("projection"):
+        parts.append(f"proj {probe['projection']}-d")
     return ", ".join(parts)
