@@ -33,7 +33,7 @@ def cache_group():
 @cache_group.command("list", context_settings=CONTEXT)
 @json_option
 def cache_list(as_json):
-    """Cached feature files (checkpoint, task, split, images, size), then cached decoded images."""
+    """Cached feature files (checkpoint, task, split, feature source, images, size), then cached decoded images."""
     from tabulate import tabulate
 
     from transfer_eval.store import cache
@@ -52,13 +52,14 @@ def cache_list(as_json):
                     r.get("checkpoint", "?"),
                     r.get("task", "?"),
                     r.get("split", "?"),
+                    r.get("source", "pooled"),  # the feature source (methods/sources.py)
                     r.get("images", "?"),
                     f"{r['bytes'] / 2**20:.1f}",
                     r["modified"],
                 ]
                 for r in rows
             ],
-            headers=["key", "checkpoint", "task", "split", "images", "MiB", "modified"],
+            headers=["key", "checkpoint", "task", "split", "source", "images", "MiB", "modified"],
         )
     )
     click.echo(f"{len(rows)} feature entries in {cache.features.folder()}")
