@@ -97,6 +97,8 @@ def metadata(run, data_config: dict) -> dict[str, str]:
         "format": FORMAT,
         # a mode that changes the model's structure records the fields that shape it (LoRA's rank, alpha)
         **({k: str(run.recipe[k]) for k in run.mode.defaults} if run.mode.prepare else {}),
+        # a probe's feature source and normalisation where set (methods/sources.py): what its classifier reads
+        **{k: str(run.recipe[k]) for k in run.mode.optional if k in run.recipe},
     }
 
 
