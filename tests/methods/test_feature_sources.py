@@ -281,3 +281,19 @@ def test_cli_grid_of_sources_stores_the_choice_extracting_once_per_split(tmp_pat
     assert "linear features=pooled|cls+avg|last4+avg" in board and "knn features=pooled|cls+avg|last4+avg" in board
     for r in results:
         assert f"features {r.selection['chosen']['features']} chosen on val" in board
+
+
+def test_list_checkpoints_shows_the_paper_probe_and_features_exports_a_source(tmp_path):
+    listed = cli("list", "checkpoints").stdout
+    assert "paper probe" in listed.splitlines()[0]
+    row = next(line for line in listed.splitlines() if line.startswith("dinov2_s14_reg4_lvd142m "))
+    assert row.rstrip().endswith("linear cls|last4|cls+avg|last4+avg, knn cls")
+    out = tmp_path / "f.npz"
+    env = {"TRANSFER_EVAL_CACHE": tmp_path / "cache"}
+    proc = cli("features", "-c", "vit_demo", "-t", "digits", "--split", "val", "--features", "last2+avg",
+               "--output", out, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(out)["features"].shape == (250, 3 * 128)  # two class tokens and the patch mean, width 128
+    proc = cli("features", "-c", "vit_demo", "-t", "digits", "--split", "val", "--features", "proj",
+               "--output", out, env=env)  # fmt: skip
+    assert proc.returncode == 2 and "has no projection" in proc.stderr
