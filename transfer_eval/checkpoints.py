@@ -178,15 +178,6 @@ def from_entry(name: str, entry, where: str, source: str) -> Checkpoint:
     return ck
 
 
-def projection(ck: Checkpoint, resolution: int | None = None):
-    """The pretrained head where it projects to an embedding space (registry `probe.projection`; CLIP's): `proj`."""
-    width = ck.probe.get("projection")
-    if not width:
-        raise UserError(f"checkpoint {ck.name!r} has no projection (the registry's probe.projection)")
-    model, _ = build_model(ck, int(width), resolution, keep_head=True)
-    return model.get_classifier().eval()
-
-
 # Checkpoints added in this process (transfer_eval.add_checkpoint: a notebook's, without a file); they come last in
 # every registry, so they win over files of the same name.
 ADDED: dict[str, Checkpoint] = {}

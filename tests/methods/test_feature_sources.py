@@ -99,7 +99,7 @@ def test_proj_is_the_pretrained_head_applied_to_pooled():
     model.reset_classifier(3)  # a task's model: the same backbone, the task's head in place of the projection
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        got = sources.forward(model.eval(), ["proj", "pooled"], checkpoints.projection(ck))(x)
+        got = sources.forward(model.eval(), ["proj", "pooled"], stages.projection(ck))(x)
         assert torch.allclose(got["proj"], whole.eval()(x), atol=1e-5)
         assert got["proj"].shape == (2, 8) and got["pooled"].shape == (2, 32)
 

@@ -260,6 +260,7 @@ def features(
 
     from transfer_eval import checkpoints, devices, tasks
     from transfer_eval.methods import probe, sources
+    from transfer_eval.run import stages
     from transfer_eval.tasks import names
 
     picked = sources.parse(source)
@@ -274,7 +275,7 @@ def features(
     model, cfg = checkpoints.build_model(ck, task.num_classes, resolution)
     cfg = task.input_config(cfg)
     sources.check(model, [source], ck.name, ck.probe.get("projection"))
-    proj = checkpoints.projection(ck, resolution).to(dev) if source == "proj" else None
+    proj = stages.projection(ck, resolution).to(dev) if source == "proj" else None
     key_parts = {"weights_sha256": checkpoints.weights_digest(ck), "checkpoint": ck, "task": task, "split_name": split}
     feats, labels, _ = probe.cached_sources(
         model, ds, cfg, dev, batch_size, key_parts, [source], f"features {split}", projection=proj

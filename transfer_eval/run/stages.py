@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from transfer_eval import checkpoints, devices
+from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
 from transfer_eval.methods import costs, fewshot, finetune, inference, knn, probe, sources
 
@@ -98,8 +99,18 @@ class Stage:
     def _projection(self):
         """The checkpoint's projection (its pretrained head: CLIP's image projection), built once."""
         if getattr(self, "_proj", None) is None:
-            self._proj = checkpoints.projection(self.run.checkpoint, self.run.recipe.get("resolution")).to(self.device)
+            self._proj = projection(self.run.checkpoint, self.run.recipe.get("resolution")).to(self.device)
         return self._proj
+
+
+def projection(ck, resolution: int | None = None) -> torch.nn.Module:
+    """The pretrained head where it projects to an embedding space (the registry's `probe.projection`, its width:
+    CLIP's image projection), as a module: the `proj` feature source applies it to `pooled`."""
+    width = ck.probe.get("projection")
+    if not width:
+        raise UserError(f"checkpoint {ck.name!r} has no projection (the registry's probe.projection)")
+    model, _ = checkpoints.build_model(ck, int(width), resolution, keep_head=True)
+    return model.get_classifier().eval()
 
 
 def _default(recipe: dict) -> bool:
