@@ -36,6 +36,7 @@ _FIELDS = {
     "seed",
     "model_args",
     "data_config",
+    "probe",
 }
 _REQUIRED = ("model", "pretraining")
 _DATA_CONFIG_KEYS = {"mean", "std", "interpolation", "crop_pct", "crop_mode", "input_size"}
@@ -55,6 +56,7 @@ class Checkpoint:
     seed: int = 0  # the initialisation seed when weights is none
     model_args: dict = field(default_factory=dict)  # extra keyword arguments for timm.create_model
     data_config: dict = field(default_factory=dict)  # overrides of timm's pretrained data config
+    probe: dict = field(default_factory=dict)  # what its paper probed (`--recipe paper`; methods/sources.py)
     source: str = BUILTIN  # the registry file that defined it, BUILTIN, or "timm" for a bare name
 
     @property
@@ -141,6 +143,9 @@ def from_entry(name: str, entry, where: str, source: str) -> Checkpoint:
             f"{where}: entry {name!r}: unknown data_config key(s) {', '.join(bad)}; "
             f"allowed: {', '.join(sorted(_DATA_CONFIG_KEYS))}"
         )
+    from transfer_eval.methods import sources  # (the registry's probe field)
+
+    probe = sources.registry_probe(entry.get("probe"), f"{where}: entry {name!r}")
     sha = entry.get("sha256")
     if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
         raise UserError(f"{where}: entry {name!r}: sha256 must be 64 hex digits in quotes, got {sha!r}")
@@ -160,6 +165,7 @@ def from_entry(name: str, entry, where: str, source: str) -> Checkpoint:
         seed=seed,
         model_args=dict(entry.get("model_args") or {}),
         data_config=dict(entry.get("data_config") or {}),
+        probe=probe,
         source=source,
     )
     if ck.weights_kind == "url" and not ck.sha256:

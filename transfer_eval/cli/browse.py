@@ -22,10 +22,12 @@ def list_():
 @registry_option
 @json_option
 def list_checkpoints(registries, as_json):
-    """Registered checkpoints (`offline` where the weights need no network)."""
+    """Registered checkpoints (`offline` where the weights need no network; `paper probe`: the features its paper
+    probed, which `run --recipe paper` uses)."""
     from tabulate import tabulate
 
     from transfer_eval import checkpoints
+    from transfer_eval.methods import sources
 
     registry = checkpoints.load_registry(registries)
     if as_json:
@@ -40,10 +42,12 @@ def list_checkpoints(registries, as_json):
             "yes" if ck.offline else "",
             ck.pretraining,
             ck.paper or "",
+            sources.summary(ck.probe),
         ]
         for ck in registry.values()
     ]
-    click.echo(tabulate(rows, headers=["name", "timm model", "weights", "offline", "pretraining", "paper"]))
+    headers = ["name", "timm model", "weights", "offline", "pretraining", "paper", "paper probe"]
+    click.echo(tabulate(rows, headers=headers))
 
 
 @list_.command("tasks", context_settings=CONTEXT)

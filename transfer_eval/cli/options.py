@@ -150,11 +150,13 @@ SHARED = [
     (
         ("--recipe", "preset"),
         dict(
-            type=click.Choice(["vit", "deit", "vtab"]),
+            type=click.Choice(["vit", "deit", "vtab", "paper"]),
             default=None,
             help="Fine-tuning preset: vit (the ViT paper: SGD, lr grid on val, retrain; the default), deit "
             "(DeiT III: AdamW, RandAugment, mixup/cutmix, label smoothing) or vtab (the PEFT papers' VTAB-1k: "
-            "AdamW, batch 64, no augmentation; the default of the vtab1k tasks). The task's schedule applies.",
+            "AdamW, batch 64, no augmentation; the default of the vtab1k tasks). The task's schedule applies. "
+            "paper: the probes (linear, knn, fewshot) read the features the checkpoint's paper probed "
+            "(`list checkpoints`, paper probe); fine-tuning keeps the task's preset.",
         ),
     ),
     (

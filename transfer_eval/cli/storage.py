@@ -33,7 +33,7 @@ def cache_group():
 @cache_group.command("list", context_settings=CONTEXT)
 @json_option
 def cache_list(as_json):
-    """Cached feature files (checkpoint, task, split, images, size), then cached decoded images."""
+    """Cached feature files (checkpoint, task, split, feature source, images, size), then cached decoded images."""
     from tabulate import tabulate
 
     from transfer_eval.store import cache
@@ -52,13 +52,14 @@ def cache_list(as_json):
                     r.get("checkpoint", "?"),
                     r.get("task", "?"),
                     r.get("split", "?"),
+                    r.get("source", "pooled"),  # the feature source (methods/sources.py)
                     r.get("images", "?"),
                     f"{r['bytes'] / 2**20:.1f}",
                     r["modified"],
                 ]
                 for r in rows
             ],
-            headers=["key", "checkpoint", "task", "split", "images", "MiB", "modified"],
+            headers=["key", "checkpoint", "task", "split", "source", "images", "MiB", "modified"],
         )
     )
     click.echo(f"{len(rows)} feature entries in {cache.features.folder()}")
@@ -224,6 +225,14 @@ def data_check(task_names, data_dir, tasks_dirs, skip_verify, download, mode_nam
 @click.option("--output", type=click.Path(dir_okay=False), required=True, help="The .npz file to write.")
 @click.option("--resolution", type=click.IntRange(min=16), default=None)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option(
+    "--features",
+    "source",
+    default="pooled",
+    show_default=True,
+    help="The feature source: pooled, cls, avg, cls+avg, lastN, lastN+avg or proj (README: which features a probe "
+    "reads).",
+)
 @data_dir_option
 @registry_option
 @tasks_dir_option
@@ -236,6 +245,7 @@ def features(
     output,
     resolution,
     batch_size,
+    source,
     data_dir,
     registries,
     tasks_dirs,
@@ -249,9 +259,14 @@ def features(
     import numpy as np
 
     from transfer_eval import checkpoints, devices, tasks
-    from transfer_eval.methods import probe
+    from transfer_eval.methods import probe, sources
+    from transfer_eval.run import stages
     from transfer_eval.tasks import names
 
+    picked = sources.parse(source)
+    if len(picked) != 1:
+        raise UserError(f"--features {source!r}: name one source (a file holds one)")
+    source = picked[0]
     ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
     task = names.resolve(task_name, tasks.discover(tasks_dirs))
     ctx = load_context(data_dir, skip_verify)
@@ -259,8 +274,13 @@ def features(
     ds = task.dataset(split, ctx)
     model, cfg = checkpoints.build_model(ck, task.num_classes, resolution)
     cfg = task.input_config(cfg)
+    sources.check(model, [source], ck.name, ck.probe.get("projection"))
+    proj = stages.projection(ck, resolution).to(dev) if source == "proj" else None
     key_parts = {"weights_sha256": checkpoints.weights_digest(ck), "checkpoint": ck, "task": task, "split_name": split}
-    feats, labels, _ = probe.cached_features(model, ds, cfg, dev, batch_size, key_parts, desc=f"features {split}")
+    feats, labels, _ = probe.cached_sources(
+        model, ds, cfg, dev, batch_size, key_parts, [source], f"features {split}", projection=proj
+    )
+    feats = feats[source]
     from transfer_eval import io
 
     out = Path(output)

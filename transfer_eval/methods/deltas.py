@@ -118,6 +118,8 @@ def metadata(run, data_config: dict, chosen: dict | None = None) -> dict[str, st
         "data_config": _json(dict(data_config)),
         "chosen": _json(chosen or {}),
         "precision": run.precision,
+        # a probe's feature source and normalisation where set (methods/sources.py): what its classifier reads
+        **{k: str(run.recipe[k]) for k in run.mode.optional if k in run.recipe},
     }
 
 

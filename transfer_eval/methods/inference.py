@@ -102,16 +102,21 @@ def features(
     plan: pipeline.InputPlan | None = None,
     desc: str = "features",
     loader=None,
+    forward: Callable | None = None,
 ) -> None:
     """Pre-logits features (float32 rows, in the split's order) handed to `write` batch by batch. `loader`: an
-    eval_loader pair (or pipeline.EvalLoaders.get's) to read through."""
+    eval_loader pair (or pipeline.EvalLoaders.get's) to read through. `forward`: x -> {source: rows} (one pass for
+    several feature sources, methods/sources.py); `write` then receives {source: float32 rows}."""
     model.to(device).eval()
 
-    def forward(x):
+    def pooled(x):
         return model.forward_head(model.forward_features(x), pre_logits=True)
 
-    for f in outputs(forward, split, data_config, device, batch_size, plan, desc, loader, phase="features"):
-        write(f.float().cpu().numpy())
+    for f in outputs(forward or pooled, split, data_config, device, batch_size, plan, desc, loader, phase="features"):
+        if isinstance(f, dict):
+            write({k: v.float().cpu().numpy() for k, v in f.items()})
+        else:
+            write(f.float().cpu().numpy())
 
 
 def feature_array(

@@ -17,7 +17,7 @@ from typing import Callable
 import torch.nn as nn
 
 from transfer_eval.errors import UserError, unknown_name
-from transfer_eval.methods import fewshot, knn, logistic, probe
+from transfer_eval.methods import fewshot, knn, logistic, probe, sources
 
 # --------------------------------------------------------------------------------------------------- selectors
 
@@ -168,6 +168,9 @@ class Mode:
     # checks the resolved recipe's own fields when runs are planned (a prompt length of 0, an unknown target):
     # raises UserError, one line, before anything runs
     check: Callable[[dict], None] | None = None
+    # recipe fields a run may set beyond `defaults` (the probes' feature source and normalisation), with their
+    # defaults: a field at its default stays out of the resolved recipe, so runs from before it keep their keys
+    optional: dict = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -206,6 +209,7 @@ MODES = {
             "the head",
             version=2,
             defaults=_PROBE,
+            optional=sources.FIELDS,
         ),
         Mode(
             "attention",
@@ -222,6 +226,7 @@ MODES = {
             "k in 1, 5, 10, 25, three sampling seeds",
             "the regression weights",
             defaults=_FEWSHOT,
+            optional=sources.FIELDS,
             seeds=(0, 1, 2),
         ),  # big_vision's three sampling seeds
         Mode(
@@ -233,6 +238,7 @@ MODES = {
             "best on val)",
             "the k-NN memory: train+val features and labels",
             defaults=_KNN,
+            optional=sources.FIELDS,
         ),
         Mode("full", "finetune", ("all",), "fine-tune every parameter", "every parameter"),
         Mode(

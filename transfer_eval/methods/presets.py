@@ -77,6 +77,9 @@ PRESETS = {
         },
     },
 }
+# `--recipe paper`: the probes (linear, knn, fewshot) read the features and normalisation the checkpoint's own paper
+# probed (the registry's `probe` field; runner.plan); fine-tuning keeps the task's preset.
+PAPER = "paper"
 SCHEDULE_FIELDS = {
     "steps",
     "warmup_steps",

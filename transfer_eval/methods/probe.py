@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
@@ -115,15 +116,36 @@ def cached_features(
     plan: pipeline.InputPlan | None = None,
     loader=None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Features (memory-mapped from the cache) and labels, and whether they were there already (True) or were
-    extracted into the cache now (False). Features of another precision (bf16) or from other pixels (`--decode
-    device`) are keyed apart; the device resize and the decoded-image cache give the CPU transforms' exact
-    pixels, so they share their entries."""
-    from transfer_eval.methods import inference
+    """The pooled pre-logits features (memory-mapped from the cache) and labels, and whether they were there
+    already (True) or were extracted into the cache now (False): `cached_sources` of `pooled`."""
+    args = (model, split, data_config, device, batch_size, key_parts, ["pooled"], desc, plan, loader)
+    feats, labels, hit = cached_sources(*args)
+    return feats["pooled"], labels, hit
+
+
+def cached_sources(
+    model,
+    split,
+    data_config: dict,
+    device,
+    batch_size: int,
+    key_parts: dict,
+    names=("pooled",),
+    desc: str = "features",
+    plan: pipeline.InputPlan | None = None,
+    loader=None,
+    projection: torch.nn.Module | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, bool]:
+    """Each feature source of `names` (methods/sources.py; memory-mapped from the cache) and the labels, and
+    whether every source was there already (True) or some were extracted now (False): the missing ones all in one
+    pass over the split, each into its own cache entry. Features of another precision (bf16) or from other pixels
+    (`--decode device`) are keyed apart; the device resize and the decoded-image cache give the CPU transforms'
+    exact pixels, so they share their entries."""
+    from transfer_eval.methods import inference, sources
     from transfer_eval.store.cache import features as cache
 
     precision = devices.current(torch.device(device)).features
-    key = cache.key(
+    common = dict(
         manifest=split.manifest(),
         data_config=data_config,
         files=split.files_signature(),
@@ -131,19 +153,33 @@ def cached_features(
         pixels=plan.pixels if plan is not None else None,
         **key_parts,
     )
-    hit = cache.load(key)
-    if hit is not None:
-        return hit[0], hit[1], True
-    about = {
-        "checkpoint": key_parts["checkpoint"].name,
-        "task": key_parts["task"].name,
-        "split": key_parts["split_name"],
-        "images": len(split),
-    }
-    with cache.FeatureWriter(key, len(split)) as writer:
-        inference.features(model, split, data_config, device, writer.write, batch_size, plan, desc, loader)
-        writer.commit(split.labels, about)
-    loaded = cache.load(key, warn=False)
-    if loaded is None:
-        raise OSError(f"the feature cache entry {cache.folder() / key} cannot be read back after writing it")
-    return loaded[0], loaded[1], False
+    keys = {n: cache.key(**common, source=n) for n in names}
+    found = {n: cache.load(k) for n, k in keys.items()}
+    missing = [n for n, hit in found.items() if hit is None]
+    if missing:
+        about = {
+            "checkpoint": key_parts["checkpoint"].name,
+            "task": key_parts["task"].name,
+            "split": key_parts["split_name"],
+            "images": len(split),
+        }
+        # today's extraction where only `pooled` is missing; else one pass that gives every missing source
+        forward = None if missing == ["pooled"] else sources.forward(model, missing, projection)
+        with contextlib.ExitStack() as stack:
+            writers = {n: stack.enter_context(cache.FeatureWriter(keys[n], len(split))) for n in missing}
+
+            def write(rows):
+                for n, part in rows.items() if isinstance(rows, dict) else [("pooled", rows)]:
+                    writers[n].write(part)
+
+            inference.features(model, split, data_config, device, write, batch_size, plan, desc, loader, forward)
+            for n, writer in writers.items():
+                writer.commit(split.labels, {**about, **({"source": n} if n != "pooled" else {})})
+        for n in missing:
+            found[n] = cache.load(keys[n], warn=False)
+            if found[n] is None:
+                raise OSError(
+                    f"the feature cache entry {cache.folder() / keys[n]} cannot be read back after writing it"
+                )
+    labels = found[names[0]][1]
+    return {n: found[n][0] for n in names}, labels, not missing

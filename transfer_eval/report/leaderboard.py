@@ -155,7 +155,9 @@ class Row:
     def notes(self) -> list[str]:
         """The superseded-setup notes of the row's cells, each once (a note belongs to a checkpoint, mode and task,
         whose variants are rows of their own)."""
-        return list(dict.fromkeys(_setup_note(c) for c in self.cells.values() if c and c.n_setups > 1))
+        setups = [_setup_note(c) for c in self.cells.values() if c and c.n_setups > 1]
+        chosen = [variants.chosen_note(c) for c in self.cells.values() if c and variants.chosen_note(c)]
+        return list(dict.fromkeys(setups + chosen))
 
     @property
     def group_cells(self) -> list[Cell]:

@@ -20,9 +20,10 @@ import json
 from transfer_eval.protocol import identify
 
 # fields shown first, in this order, and how; any other differing field shows as name=value
-_FIRST = ("shots", "resolution", "preset", "lora_rank", "k", "temperature", "precision")
+_FIRST = ("shots", "resolution", "preset", "features", "normalise", "lora_rank", "k", "temperature", "precision")
 _FORMS = {"shots": "{}-shot", "resolution": "@{}", "preset": "{}", "lora_rank": "r={}", "precision": "{}"}
 ALWAYS = {"fewshot": ("shots",)}  # modes whose variants are always named by these fields
+NAMED_WHEN_SET = ("features", "normalise")  # fields that name a mode's variants wherever a shown run sets them
 
 
 def mode_label(mode: str, variant: str) -> str:
@@ -75,6 +76,7 @@ def fields(groups: dict[tuple, list[list]]) -> dict[str, tuple[str, ...]]:
     for (_, mode, _), variants in groups.items():
         found = differ.setdefault(mode, set(ALWAYS.get(mode, ())))
         values = [choices(v[0]) for v in variants]
+        found.update(f for f in NAMED_WHEN_SET if any(f in v for v in values))  # the probe's features are said
         for name in set().union(*values) if values else ():
             if len({_key(v.get(name)) for v in values}) > 1:
                 found.add(name)
@@ -92,11 +94,22 @@ def label(r, names: tuple[str, ...]) -> str:
     for name in names:
         v = values.get(name)
         if isinstance(v, list):
-            v = ",".join(map(str, v))
+            v = ("|" if name == "features" else ",").join(map(str, v))
+        elif v is None and name in NAMED_WHEN_SET:
+            v = {"features": "pooled", "normalise": "none"}[name]  # the default, which a recipe leaves out
         elif isinstance(v, float):
             v = f"{v:g}"
         parts.append(_FORMS.get(name, f"{name}={{}}").format(v))
     return " ".join(parts)
+
+
+def chosen_note(cell) -> str | None:
+    """`ck / mode variant / task: features last4+avg chosen on val` where the cell's newest run chose its feature
+    source from a list (a probe's grid), else None."""
+    picked = ((cell.newest.selection or {}).get("chosen") or {}).get("features")
+    if picked is None or not isinstance((cell.newest.recipe or {}).get("features"), list):
+        return None
+    return f"{cell.checkpoint} / {mode_label(cell.mode, cell.variant)} / {cell.task}: features {picked} chosen on val"
 
 
 def sort_key(r, names: tuple[str, ...]) -> tuple:

@@ -11,6 +11,7 @@ from transfer_eval import checkpoints
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
+from transfer_eval.methods import sources
 from transfer_eval.tasks import LoadContext, Task
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def preflight(
             checkpoints.build_model(
                 ck, first.task.num_classes, first.recipe.get("resolution"), keep_head=first.mode.stage == "eval"
             )
+    check_sources(runs)
     for task, split_names in splits_read(runs).values():
         if download:
             task.fetch(ctx)
@@ -63,6 +65,22 @@ def check_inputs(run: Run, ctx: LoadContext, device: torch.device, inputs: pipel
     pipeline.plan_input(
         inputs, run.task.dataset(shown, ctx), cfg, device, run.recipe if run.mode.stage == "finetune" else None
     )
+
+
+def check_sources(runs: list[Run]) -> None:
+    """Raise UserError now where a checkpoint cannot give a feature source its probe runs ask for (a projection it
+    does not have, more blocks than it has): the architecture is built on the meta device, no weights."""
+    wanted: dict[tuple, tuple[Run, set]] = {}
+    for r in runs:
+        names = sources.of(r.recipe) if r.mode.optional else [sources.DEFAULT]
+        if names != [sources.DEFAULT]:
+            wanted.setdefault((r.checkpoint.name, r.recipe.get("resolution")), (r, set()))[1].update(names)
+    for r, names in wanted.values():
+        with torch.device("meta"):
+            model, _ = checkpoints.build_model(
+                r.checkpoint, r.task.num_classes, r.recipe.get("resolution"), load_weights=False
+            )
+        sources.check(model, sorted(names), r.checkpoint.name, r.checkpoint.probe.get("projection"))
 
 
 def check_own_head(ck: Checkpoint, task: Task) -> None:

@@ -20,7 +20,7 @@ from transfer_eval import checkpoints, devices, distributed, protocol, provenanc
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
-from transfer_eval.methods import companions, costs, deltas, finetune, inference, knn, modes, presets
+from transfer_eval.methods import companions, costs, deltas, finetune, inference, knn, modes, presets, sources
 from transfer_eval.methods.modes import Mode
 from transfer_eval.methods.resume import Preempted, requested, stop_on_signal
 from transfer_eval.run import checks, stages, trackers
@@ -64,6 +64,7 @@ class Run:
             shots = f" / k {','.join(str(k) for k in self.recipe['k'])}"
         limit = f" / limit {self.limit}" if self.limit is not None else ""
         prec = f" / {self.precision}" if self.precision != "auto" else ""
+        shots += f" / {sources.describe(self.recipe)}" if self.mode.optional and sources.describe(self.recipe) else ""
         return f"{self.checkpoint.name} / {self.task.name} / {self.mode.name}{shots} / seed {self.seed}{limit}{prec}"
 
 
@@ -86,11 +87,14 @@ def resolve_recipe(
         overrides["resolution"] = resolution
     if mode.stage != "finetune":
         merged = {**mode.defaults, **task.recipes.get(mode.name, {}), **overrides}
-        unknown = sorted(set(merged) - set(mode.defaults))
+        unknown = sorted(set(merged) - recipe_fields(mode))
         if unknown:
             raise UserError(
-                f"unknown {mode.name} recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(mode.defaults))}"
+                f"unknown {mode.name} recipe field(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(recipe_fields(mode)))}"
             )
+        if mode.optional:  # features, normalise: at their defaults left out, so that earlier runs keep their keys
+            merged = sources.canonical(merged)
         if "c_grid" in merged:
             merged["c_grid"] = [float(c) for c in merged["c_grid"]]
         if "shots" in merged:
@@ -120,7 +124,7 @@ def resolve_recipe(
 def recipe_fields(mode: Mode) -> set[str]:
     """The recipe fields a mode has (what --set may change for it)."""
     if mode.stage != "finetune":
-        return set(mode.defaults)
+        return set(mode.defaults) | set(mode.optional)
     return {f.name for f in dataclasses.fields(finetune.Recipe)} - _finetune_only(mode)
 
 
@@ -156,14 +160,25 @@ def plan(
         for task in tasks:
             for mode in mode_list:
                 mine = {k: v for k, v in overrides.items() if k in recipe_fields(mode)}  # each mode its own fields
-                recipe = resolve_recipe(task, mode, mine, resolution, preset)
+                own = preset
+                if preset == presets.PAPER:  # the probe the checkpoint's paper made (registry); --set still wins
+                    mine, own = {**paper_probe(ck, mode), **mine}, None
+                recipe = resolve_recipe(task, mode, mine, resolution, own)
                 if mode.check is not None:
                     mode.check(recipe)
                 recipes = [{**recipe, "shots": k} for k in recipe["shots"]] if mode.stage == "fewshot" else [recipe]
+                if mode.stage == "fewshot" and isinstance(recipe.get("features"), list):
+                    # no val to choose a source on: each source is a run (and a leaderboard row) of its own
+                    recipes = [sources.canonical({**r, "features": f}) for r in recipes for f in recipe["features"]]
                 for r in recipes:
                     for seed in seeds or mode.seeds:
                         runs.append(Run(ck, task, mode, seed, r, digests[ck.name], limit, precision))
     return runs
+
+
+def paper_probe(ck: Checkpoint, mode: Mode) -> dict:
+    """The recipe fields of `mode` that the checkpoint's paper probed with (the registry's `probe`), or none."""
+    return dict(ck.probe.get(mode.name) or {}) if mode.optional else {}
 
 
 def names(value) -> list:

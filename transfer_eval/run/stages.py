@@ -1,6 +1,7 @@
 """What a mode's stage does between "model adapted" and "test scored", each returning a `Trained`:
 
-- probe: the linear probe on cached features (C chosen on val, refit on train+val);
+- probe: the linear probe on cached features (C, and the feature source where the recipe lists several, chosen on
+  val; refit on train+val);
 - fewshot: big_vision's closed-form few-shot regression (scores test itself: nothing is chosen);
 - knn: DINO's weighted k-NN on cached features (k chosen on val; scores test itself);
 - finetune: the training loop (lr chosen on val, optional retrain);
@@ -18,8 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from transfer_eval import checkpoints, devices
+from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
-from transfer_eval.methods import costs, fewshot, finetune, knn, probe
+from transfer_eval.methods import costs, fewshot, finetune, inference, knn, probe, sources
 
 if TYPE_CHECKING:
     from transfer_eval.run.runner import Run
@@ -61,7 +64,15 @@ class Stage:
         return self.loaders.get(name, batch_size) if self.loaders is not None else None
 
     def features(self, name: str):
-        """(features, labels, extraction seconds or 0.0 on a cache hit) of one split, through the feature cache."""
+        """(features, labels, extraction seconds or 0.0 on a cache hit) of one split, through the feature cache:
+        the run's one feature source (fewshot's)."""
+        feats, labels, seconds = self.sources(name)
+        return feats[sources.of(self.run.recipe)[0]], labels, seconds
+
+    def sources(self, name: str, names: list[str] | None = None):
+        """({source: features}, labels, extraction seconds or 0.0 on a cache hit) of one split, through the feature
+        cache: every feature source the run asks for (or `names`), the missing ones from one pass over the split."""
+        names = names or sources.of(self.run.recipe)
         start = time.perf_counter()
         key_parts = {
             "weights_sha256": self.run.weights_sha256,
@@ -69,55 +80,132 @@ class Stage:
             "task": self.run.task,
             "split_name": name,
         }
-        feats, labels, hit = probe.cached_features(
+        bs = int(self.run.recipe["batch_size"])
+        feats, labels, hit = probe.cached_sources(
             self.model,
             self.splits[name],
             self.cfg,
             self.device,
-            int(self.run.recipe["batch_size"]),
+            bs,
             key_parts,
+            names,
             desc=f"features {name}",
             plan=self.plan,
-            loader=self.loader(name, int(self.run.recipe["batch_size"])),
+            loader=self.loader(name, bs),
+            projection=self._projection() if "proj" in names else None,
         )
         return feats, labels, 0.0 if hit else time.perf_counter() - start
+
+    def _projection(self):
+        """The checkpoint's projection (its pretrained head: CLIP's image projection), built once."""
+        if getattr(self, "_proj", None) is None:
+            self._proj = projection(self.run.checkpoint, self.run.recipe.get("resolution")).to(self.device)
+        return self._proj
+
+
+def projection(ck, resolution: int | None = None) -> torch.nn.Module:
+    """The pretrained head where it projects to an embedding space (the registry's `probe.projection`, its width:
+    CLIP's image projection), as a module: the `proj` feature source applies it to `pooled`."""
+    width = ck.probe.get("projection")
+    if not width:
+        raise UserError(f"checkpoint {ck.name!r} has no projection (the registry's probe.projection)")
+    model, _ = checkpoints.build_model(ck, int(width), resolution, keep_head=True)
+    return model.get_classifier().eval()
+
+
+def _default(recipe: dict) -> bool:
+    """A probe run that reads the pooled features as they come: the protocol of every run before feature sources."""
+    return sources.of(recipe) == [sources.DEFAULT] and recipe.get("normalise", "none") == "none"
+
+
+def _source_record(names: list[str], how: str, grid: dict[str, float], chosen: str) -> dict:
+    """What a probe's selection says of its feature sources (nothing at the defaults, as before sources)."""
+    out = {"features": chosen, "normalise": how}
+    if len(names) > 1:
+        out["features_grid"] = {n: round(a, 6) for n, a in grid.items()}
+        out["features_searched"] = "feature source, on val, with the probe's own choices (ties: the first listed)"
+    return out
+
+
+def _first_best(grid: dict[str, float]) -> str:
+    """The source with the best val accuracy; equal accuracies go to the one listed first (DINOv2's strict >)."""
+    top = max(grid.values())
+    return next(n for n, a in grid.items() if a == top)
 
 
 def probe_stage(s: Stage) -> Trained:
     """The linear probe: features of train and val (cached), C chosen on val, refit on train+val; the classifier
-    becomes the model's head, so the stored delta is a usable model part."""
-    (xtr, ytr, t_tr), (xva, yva, t_va) = s.features("train"), s.features("val")
+    becomes the model's head, so the stored delta is a usable model part. With several feature sources, each gets
+    its C search and the best on val wins (test is never read for it); a source other than `pooled`, or a
+    normalisation, is scored on test through its features (the head then reads them, not the model's output)."""
+    names, how = sources.of(s.run.recipe), s.run.recipe.get("normalise", "none")
+    (ftr, ytr, t_tr), (fva, yva, t_va) = s.sources("train"), s.sources("val")
     t1 = time.perf_counter()
-    out = probe.linear_probe(
-        (xtr, ytr),
-        (xva, yva),
-        s.run.task.num_classes,
-        s.run.recipe["c_grid"],
-        s.device,
-        s.run.recipe["tol"],
-        s.run.recipe["max_iter"],
-    )
+    fits = {}
+    for name in names:
+        norm = sources.Normaliser(how, ftr[name])
+        out = probe.linear_probe(
+            (norm(ftr[name]), ytr),
+            (norm(fva[name]), yva),
+            s.run.task.num_classes,
+            s.run.recipe["c_grid"],
+            s.device,
+            s.run.recipe["tol"],
+            s.run.recipe["max_iter"],
+        )
+        fits[name] = (out, norm)
+    chosen = _first_best({n: f[0]["val_top1"] for n, f in fits.items()})
+    out, norm = fits[chosen]
     fit_seconds = time.perf_counter() - t1
-    head = s.model.get_classifier()
-    with torch.no_grad():
-        head.weight.copy_(torch.from_numpy(out["head_weight"]))
-        head.bias.copy_(torch.from_numpy(out["head_bias"]))
     n, extract = len(ytr) + len(yva), t_tr + t_va
+    selection = {**out["selection"], "features_cached": extract == 0.0}
+    fields, delta, top5, test_seconds = {}, None, None, None
+    if _default(s.run.recipe):
+        head = s.model.get_classifier()
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(out["head_weight"]))
+            head.bias.copy_(torch.from_numpy(out["head_bias"]))
+    else:
+        selection.update(_source_record(names, how, {k: f[0]["val_top1"] for k, f in fits.items()}, chosen))
+        selection["chosen"] = {"features": chosen, **selection["chosen"]}
+        s.splits["test"].unseal()  # every choice is made
+        weight, bias = torch.from_numpy(out["head_weight"]), torch.from_numpy(out["head_bias"])
+        fte, _, test_seconds = s.sources("test")  # every source in the one pass: the next probe finds them
+        start = time.perf_counter()
+        top5 = _linear_top5(norm(fte[chosen]), weight, bias, s.device)
+        test_seconds += time.perf_counter() - start
+        delta = {"probe.weight": weight, "probe.bias": bias, **norm.tensors()}
+        fields = {"params_trainable": weight.numel() + bias.numel(), "params_per_task": weight.numel() + bias.numel()}
     # A probe's training compute is the feature extraction over train+val (the classifier's is negligible).
     return Trained(
         out["val_top1"],
-        {**out["selection"], "features_cached": extract == 0.0},
+        selection,
         extract + fit_seconds,
         n,
         s.fwd_gflops,
         n / extract if extract > 0 else None,
+        delta=delta,
+        test_top5=top5,
+        test_seconds=test_seconds,
+        fields=fields,
     )
+
+
+def _linear_top5(x: np.ndarray, weight: torch.Tensor, bias: torch.Tensor, device: torch.device) -> np.ndarray:
+    """The top-5 classes of x @ weight.T + bias, chunk by chunk on the device, in fp32."""
+    w, b, out = weight.to(device), bias.to(device), []
+    with devices.strict_fp32():
+        for a in range(0, len(x), sources.ROWS):
+            rows = torch.as_tensor(np.asarray(x[a : a + sources.ROWS], dtype=np.float32), device=device)
+            out.append(inference.topk(rows @ w.T + b).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, inference.TOP_K), np.int64)
 
 
 def fewshot_stage(s: Stage) -> Trained:
     """big_vision's few-shot evaluator for one (shots, seed): features of train and test (cached), k examples
     per class sampled by the run's seed, closed-form ridge regression, test top-1. Nothing is chosen (lambda is
-    fixed), so test is open to it."""
+    fixed), so test is open to it. A run reads one feature source (runner.plan makes a run per source: without
+    val there is nothing to choose one on), normalised with its k-shot sample's statistics."""
     s.splits["test"].unseal()
     xtr, ytr, extract = s.features("train")
     xte, _, test_seconds = s.features("test")
@@ -126,8 +214,10 @@ def fewshot_stage(s: Stage) -> Trained:
     short = int(((counts > 0) & (counts < shots)).sum())  # classes with fewer than k examples give all they have
     idx = np.sort(fewshot.indices(ytr, shots, s.run.seed))  # in file order: one pass over memory-mapped features
     start = time.perf_counter()
-    mean, std, w = fewshot.solve(xtr[idx], ytr[idx], s.run.task.num_classes, recipe["l2"], s.device)
-    top5 = fewshot.predict(xte, mean, std, w, s.device)
+    sample = xtr[idx]
+    norm = sources.Normaliser(recipe.get("normalise", "none"), sample)
+    mean, std, w = fewshot.solve(norm(sample), ytr[idx], s.run.task.num_classes, recipe["l2"], s.device)
+    top5 = fewshot.predict(norm(xte), mean, std, w, s.device)
     solve_seconds = time.perf_counter() - start
     selection = {
         "searched": "none (l2 fixed)",
@@ -136,10 +226,13 @@ def fewshot_stage(s: Stage) -> Trained:
         "classes_short_of_k": short,
         "features_cached": extract == 0.0,
     }
+    if not _default(recipe):
+        selection.update(_source_record(sources.of(recipe), norm.how, {}, sources.of(recipe)[0]))
     delta = {
         "fewshot.weight": torch.from_numpy(w.astype(np.float32)),
         "fewshot.mean": torch.from_numpy(mean.astype(np.float32)),
         "fewshot.std": torch.from_numpy(std.astype(np.float32)),
+        **norm.tensors(),
     }
     # training compute: the forward passes of the few-shot examples the solve needs
     return Trained(
@@ -159,20 +252,29 @@ def fewshot_stage(s: Stage) -> Trained:
 def knn_stage(s: Stage) -> Trained:
     """DINO's weighted k-NN on cached features: train is the memory and val the queries for every k of the recipe
     (the best on val is chosen), then train+val is the memory and test the queries, with the chosen k. Nothing
-    trains: what one more task keeps is that memory (its L2-normalised features and labels), the stored delta."""
+    trains: what one more task keeps is that memory (its L2-normalised features and labels), the stored delta.
+    With several feature sources, every (source, k) is scored on val and the best wins (ties: the source listed
+    first, then the smaller k)."""
     recipe, classes = s.run.recipe, s.run.task.num_classes
     ks, temperature = recipe["k"], recipe["temperature"]  # as runner.resolve_recipe checked them
-    (xtr, ytr, t_tr), (xva, yva, t_va) = s.features("train"), s.features("val")
+    names, how = sources.of(recipe), recipe.get("normalise", "none")
+    (ftr, ytr, t_tr), (fva, yva, t_va) = s.sources("train"), s.sources("val")
     start = time.perf_counter()
-    val = knn.classify([(xtr, ytr)], xva, ks, classes, temperature, s.device)
-    grid = {k: float((top5[:, 0] == yva).mean()) for k, top5 in val.items()}
+    grids, norms = {}, {}
+    for name in names:
+        norms[name] = sources.Normaliser(how, ftr[name])
+        val = knn.classify([(norms[name](ftr[name]), ytr)], norms[name](fva[name]), ks, classes, temperature, s.device)
+        grids[name] = {k: float((top5[:, 0] == yva).mean()) for k, top5 in val.items()}
+    source = _first_best({n: max(g.values()) for n, g in grids.items()})
+    grid, norm = grids[source], norms[source]
     chosen = knn.choose(grid)
     search_seconds = time.perf_counter() - start
     s.splits["test"].unseal()  # every choice is made
-    xte, _, test_seconds = s.features("test")
+    fte, _, test_seconds = s.sources("test")  # every source in the one pass: the next probe finds them
+    xtr, xva = norm(ftr[source]), norm(fva[source])
     start = time.perf_counter()
     memory = [(xtr, ytr), (xva, yva)]
-    top5 = knn.classify(memory, xte, [chosen], classes, temperature, s.device)[chosen]
+    top5 = knn.classify(memory, norm(fte[source]), [chosen], classes, temperature, s.device)[chosen]
     test_seconds += time.perf_counter() - start
     n, extract = len(ytr) + len(yva), t_tr + t_va
     # the memory as stored: one N x D copy, L2-normalised in place (as F.normalize computes it), not two
@@ -188,6 +290,9 @@ def knn_stage(s: Stage) -> Trained:
         "memory_images": n,
         "features_cached": extract == 0.0,
     }
+    if not _default(recipe):
+        selection.update(_source_record(names, how, {k: max(g.values()) for k, g in grids.items()}, source))
+        selection["chosen"] = {"features": source, "k": chosen}
     delta = {"knn.features": features, "knn.labels": torch.from_numpy(np.concatenate([ytr, yva]).astype(np.int64))}
     return Trained(
         grid[chosen],

@@ -3,7 +3,8 @@
 The key covers the weights digest, the architecture and its arguments, the task, its version, the split's
 manifest (sample ids and labels) and its image files' sizes and modification times, the transform (the full
 data config), the precision of the forward pass (devices.py: "fp32" or "bf16"), pixels other than the CPU
-transforms' (`--decode device`), the suite version and torch's version. Images resized on the device are PIL's
+transforms' (`--decode device`), the feature source other than `pooled` (methods/sources.py: `cls+avg`, `last4`,
+...), the suite version and torch's version. Images resized on the device are PIL's
 very pixels (device_resize.py), so they share the CPU's entries.
 A second probe on the same checkpoint and task then does no forward pass; a changed transform or split misses.
 
@@ -46,10 +47,13 @@ def key(
     files: str | None = None,
     precision: str = "fp32",
     pixels: str | None = None,
+    source: str = "pooled",
 ) -> str:
     import torch
 
     other = {"pixels": pixels} if pixels is not None else {}  # not the CPU transforms' pixels (--decode device)
+    if source != "pooled":  # another feature source (methods/sources.py); pooled keeps the key it always had
+        other["source"] = source
     return digest(
         {
             **other,
