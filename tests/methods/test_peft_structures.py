@@ -351,3 +351,24 @@ def test_bad_fields_and_other_architectures_are_one_line_and_nothing_runs(tmp_pa
     proc = cli("run", "-c", checkpoint, "-t", "digits", "-m", f"linear,{mode}", *args, "--results", db)
     assert_one_line_error(proc, *fragments)
     assert _stored(db) == 0  # refused before the first run (the linear probe before it included)
+
+
+@pytest.mark.parametrize(
+    "mode, recipe, fragment",
+    [
+        ("vpt_deep", {"prompt_tokens": 0}, "prompt_tokens"),
+        ("adapter", {"adapter_bottleneck": 33}, "width 32"),  # the tiny ViT is 32 wide
+        ("adaptformer", {"adaptformer_bottleneck": -1}, "adaptformer_bottleneck"),
+    ],
+)
+def test_prepare_itself_refuses_what_does_not_fit(mode, recipe, fragment):
+    from transfer_eval.errors import UserError
+
+    with pytest.raises(UserError, match=fragment):
+        modes.prepare(MODES[mode], _tiny(), recipe)
+    with torch.device("meta"):
+        eva = timm.create_model("eva02_tiny_patch14_224", pretrained=False)
+    with pytest.raises(UserError, match=f"mode {mode} .* architecture is Eva"):
+        modes.prepare(MODES[mode], eva, {})
+    with pytest.raises(UserError, match="already"):
+        modes.prepare(MODES[mode], modes.prepare(MODES[mode], _tiny(), {}), {})

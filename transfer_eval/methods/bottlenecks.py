@@ -104,14 +104,19 @@ class AdaptFormerBlock(Block):
 
 def _insert(model: nn.Module, mode: str, hidden, cls: type, attr: str, make) -> nn.Module:
     vit = vit_blocks.vision_transformer(model, mode)
+    _whole(hidden, f"{attr}_bottleneck")  # again here: prepare is also called from Python without a planned run
+    if any(isinstance(b, (AdapterBlock, AdaptFormerBlock)) for b in vit.blocks):
+        raise UserError(f"mode {mode}: this model already has bottleneck adapters ({type(vit.blocks[0]).__name__})")
     if any(type(b) is not Block for b in vit.blocks):
         kinds = ", ".join(sorted({type(b).__name__ for b in vit.blocks if type(b) is not Block}))
         raise UserError(f"mode {mode} adapts timm's own Block; this model's blocks are {kinds}")
     width = vit.embed_dim
-    if not 1 <= int(hidden) <= width:  # a bottleneck no wider than the model: checked here, where the width is known
-        raise UserError(f"mode {mode}: a bottleneck of {hidden} does not fit this model's width {width} (1 to {width})")
+    if hidden > width:  # a bottleneck no wider than the model: checked here, where the width is known
+        raise UserError(
+            f"mode {mode}: {attr}_bottleneck {hidden} is wider than the model (width {width}); use 1 to {width}"
+        )
     with vit_blocks.fixed_init(), torch.device("cpu"):
-        made = [make(width, int(hidden)) for _ in vit.blocks]
+        made = [make(width, hidden) for _ in vit.blocks]
     for block, module in zip(vit.blocks, made):
         like = next(block.parameters())  # the bottleneck lives where, and in the precision, the block does
         module = module.to(device=like.device, dtype=like.dtype)

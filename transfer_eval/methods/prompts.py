@@ -85,7 +85,8 @@ class PromptedBlocks(nn.Sequential):
 
 def _insert(model: nn.Module, recipe: dict, deep: bool, mode: str) -> nn.Module:
     vit = vit_blocks.vision_transformer(model, mode)
-    tokens = int(recipe["prompt_tokens"])
+    check(recipe)  # again here: prepare is also called from Python (cost, deltas) without a planned run
+    tokens = recipe["prompt_tokens"]
     if isinstance(vit.blocks, PromptedBlocks):
         raise UserError(f"mode {mode}: this model already has VPT prompts")
     if getattr(vit, "grad_checkpointing", False):
