@@ -7,14 +7,17 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
 from conftest import assert_one_line_error, cli, json_lines
 
-from transfer_eval import checkpoints
-from transfer_eval.methods import bottlenecks, modes, prompts
+from transfer_eval import checkpoints, tasks
+from transfer_eval.methods import bottlenecks, inference, modes, prompts
 from transfer_eval.methods.modes import MODES
+from transfer_eval.store.results import Store
+from transfer_eval.tasks import LoadContext
 
 PEFT = ("vpt_shallow", "vpt_deep", "adapter", "adaptformer")
 
@@ -293,14 +296,21 @@ def test_each_mode_runs_end_to_end_on_the_demo_task_stored_and_in_the_leaderboar
     board = cli("leaderboard", "--results", db, "--format", "json")
     assert board.returncode == 0, board.stderr
     assert {r["mode"] for r in json_lines(board.stdout)} == set(PEFT)
-    # a delta rebuilds the structure it was trained with (prompt_tokens=3, not the default) on the shared checkpoint
+    # a delta rebuilds the structure it was trained with (prompt_tokens=3, not the default) on the shared checkpoint,
+    # and gives the stored test predictions exactly
     ck = checkpoints.resolve("vit_demo_shapes", checkpoints.load_registry())
+    test = tasks.discover()["digits"].dataset("test", LoadContext(tmp_path))
     for mode in PEFT:
         (path,) = deltas.glob(f"*__{mode}__*.safetensors")
-        model, _ = checkpoints.build_model(ck, 10)
+        model, cfg = checkpoints.build_model(ck, 10)
         checkpoints.apply_delta(model, path)
         names = modes.trainable_names(MODES[mode], model)
         assert sum(p.numel() for n, p in model.named_parameters() if n in names) == expected[mode] + head
+        model.eval()
+        logits = torch.cat(list(inference.outputs(model, test, cfg, torch.device("cpu"), batch_size=256))).numpy()
+        labels, top5 = Store(db).predictions(rows[mode]["run_id"])
+        assert np.array_equal(labels, test.labels)
+        assert np.array_equal(np.argsort(-logits, axis=1, kind="stable")[:, :5], top5), mode
 
 
 def test_each_mode_runs_on_the_vtab_miniature(tmp_path):
@@ -372,3 +382,18 @@ def test_prepare_itself_refuses_what_does_not_fit(mode, recipe, fragment):
         modes.prepare(MODES[mode], eva, {})
     with pytest.raises(UserError, match="already"):
         modes.prepare(MODES[mode], modes.prepare(MODES[mode], _tiny(), {}), {})
+
+
+def test_the_new_fields_stay_out_of_other_modes_recipes():
+    """Other fine-tuning modes' recipes, and so their stored protocol hashes, are what they were before these modes
+    (tests/store/test_store_before_wings.py runs bitfit from a store written then)."""
+    from transfer_eval.methods import finetune
+    from transfer_eval.run import runner
+
+    digits = tasks.discover()["digits"]
+    for name in ("full", "bitfit", "lora", "attention"):
+        assert not set(runner.resolve_recipe(digits, MODES[name])) & set(finetune.OMITTED_UNSET), name
+    assert runner.resolve_recipe(digits, MODES["vpt_deep"])["prompt_tokens"] == 10
+    adaptformer = runner.resolve_recipe(digits, MODES["adaptformer"], {"adaptformer_scale": 1.0})
+    assert (adaptformer["adaptformer_bottleneck"], adaptformer["adaptformer_scale"]) == (8, 1.0)
+    assert "prompt_tokens" not in adaptformer and "adapter_bottleneck" not in adaptformer
