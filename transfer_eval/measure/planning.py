@@ -76,7 +76,8 @@ class FlopCounts:
         from transfer_eval.methods import costs, modes
 
         res = run.recipe.get("resolution")
-        key = (run.checkpoint.name, res, num_classes, run.mode.name, run.recipe.get("lora_rank"))
+        own = tuple(str(run.recipe.get(k)) for k in sorted(run.mode.defaults))  # rank, prompt length, bottleneck
+        key = (run.checkpoint.name, res, num_classes, run.mode.name, run.recipe.get("lora_rank"), own)
         if key in self._counts:
             return self._counts[key]
         base = (run.checkpoint.name, res)

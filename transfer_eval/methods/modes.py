@@ -17,7 +17,7 @@ from typing import Callable
 import torch.nn as nn
 
 from transfer_eval.errors import UserError, unknown_name
-from transfer_eval.methods import fewshot, knn, logistic, probe, sources
+from transfer_eval.methods import bottlenecks, fewshot, knn, logistic, probe, prompts, sources
 
 # --------------------------------------------------------------------------------------------------- selectors
 
@@ -105,6 +105,24 @@ SELECTORS = {
         ),
         Selector("bias", "every parameter named *bias", lambda m: {n for n in _names(m) if n.endswith("bias")}),
         Selector(
+            "prompts",
+            "VPT's prompt tokens (blocks.prompts: one set, or one per block when deep)",
+            prompts.prompt_names,
+            "call modes.prepare first: {model} has no VPT prompts",
+        ),
+        Selector(
+            "adapter",
+            "NOAH's serial bottleneck adapters after each block's MLP (blocks.N.adapter)",
+            bottlenecks.adapter_names,
+            "call modes.prepare first: {model} has no adapters",
+        ),
+        Selector(
+            "adaptformer",
+            "AdaptFormer's parallel bottlenecks beside each block's MLP (blocks.N.adaptformer)",
+            bottlenecks.adaptformer_names,
+            "call modes.prepare first: {model} has no AdaptFormer bottlenecks",
+        ),
+        Selector(
             "lora",
             "peft's LoRA adapters (lora_A, lora_B)",
             lambda m: {n for n in _names(m) if ".lora_" in n},
@@ -124,6 +142,11 @@ STAGE_SPLITS = {
     "eval": ("test",),
 }
 LORA_DEFAULTS = {"lora_rank": 8, "lora_alpha": 16.0}  # mode lora's recipe fields, unless a run sets them
+# VPT's prompt length is chosen per task (a preset may set it per task): KMnP/vpt's config default is 5, its demo
+# runs 5, 10, 50 and 100 (SUN397 5, DMLab and EuroSAT 100). 10 sits among the small values: a useful number of
+# tokens that adds only ~5% to ViT-B/16's 197 tokens (the extra inference cost a deployed task pays for every
+# image), 7,680 parameters shallow and 92,160 deep on ViT-B.
+VPT_DEFAULTS = {"prompt_tokens": 10}
 
 
 def _inject_lora(model: nn.Module, recipe: dict) -> nn.Module:
@@ -250,6 +273,54 @@ MODES = {
         ),
         Mode(
             "bitfit", "finetune", ("bias", "head"), "fine-tune only the biases and the head (BitFit)", "biases + head"
+        ),
+        # VPT, Adapter, AdaptFormer (methods/prompts.py, methods/bottlenecks.py): the field checks (a whole number,
+        # 1 or more) run when runs are planned (`check`); a bottleneck wider than the model, and an architecture
+        # that is not a timm VisionTransformer, are refused by `prepare`, which the runner's preflight calls on the
+        # meta device before the first run.
+        Mode(
+            "vpt_shallow",
+            "finetune",
+            ("prompts", "head"),
+            "VPT-shallow: prompt_tokens learnable tokens after the class (and register) tokens at the input, no "
+            "position embedding, dropout 0.1; the backbone frozen; the head reads what it reads without prompts",
+            "the prompts + head",
+            defaults=VPT_DEFAULTS,
+            prepare=prompts.shallow,
+            check=prompts.check,
+        ),
+        Mode(
+            "vpt_deep",
+            "finetune",
+            ("prompts", "head"),
+            "VPT-deep: as vpt_shallow, and before every later block the prompt outputs replaced by that block's own "
+            "prompt_tokens tokens (one set per block)",
+            "one prompt set per block + head",
+            defaults=VPT_DEFAULTS,
+            prepare=prompts.deep,
+            check=prompts.check,
+        ),
+        Mode(
+            "adapter",
+            "finetune",
+            ("adapter", "head"),
+            "NOAH's Adapter: a serial bottleneck (adapter_bottleneck, QuickGELU, Xavier init) on each block's MLP "
+            "output before the residual add; the backbone frozen",
+            "the adapters + head",
+            defaults={"adapter_bottleneck": 8},  # NOAH's VTAB setting (experiments/Adapter/ViT-B_prompt_adapter_8)
+            prepare=bottlenecks.adapter,
+            check=bottlenecks.check_adapter,
+        ),
+        Mode(
+            "adaptformer",
+            "finetune",
+            ("adaptformer", "head"),
+            "AdaptFormer: a parallel bottleneck (adaptformer_bottleneck, ReLU) beside each block's MLP, scaled by "
+            "adaptformer_scale, its up projection zero-initialised (step 0 is the backbone); the backbone frozen",
+            "the bottlenecks + head",
+            defaults={"adaptformer_bottleneck": 8, "adaptformer_scale": 0.1},  # the VTAB tables' h; the paper's s
+            prepare=bottlenecks.adaptformer,
+            check=bottlenecks.check_adaptformer,
         ),
         Mode(
             "lora",

@@ -11,7 +11,7 @@ from transfer_eval import checkpoints
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
-from transfer_eval.methods import sources
+from transfer_eval.methods import modes, sources
 from transfer_eval.tasks import LoadContext, Task
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ def preflight(
                 ck, first.task.num_classes, first.recipe.get("resolution"), keep_head=first.mode.stage == "eval"
             )
     check_sources(runs)
+    check_structures(runs)
     for task, split_names in splits_read(runs).values():
         if download:
             task.fetch(ctx)
@@ -51,6 +52,25 @@ def preflight(
     if inputs.device_resize == "on" or inputs.decode == "device":  # refused now, not when the run comes
         for r in {(r.checkpoint.name, r.task.name, r.mode.stage, r.recipe.get("resolution")): r for r in runs}.values():
             check_inputs(r, ctx, device, inputs)
+
+
+def check_structures(runs: list[Run]) -> None:
+    """Each mode that changes the model's structure (`Mode.prepare`: VPT, adapters, LoRA) applied once per
+    checkpoint and recipe to the architecture built on the meta device (no weights, no compute): an architecture
+    the mode does not adapt, or a field that does not fit the model (a bottleneck wider than it), stops the command
+    here, before the first run, rather than when that run comes."""
+    done = set()
+    for r in runs:
+        own = tuple(str(r.recipe.get(k)) for k in sorted(r.mode.defaults))
+        key = (r.checkpoint.name, r.mode.name, r.recipe.get("resolution"), own)
+        if r.mode.prepare is None or key in done:
+            continue
+        done.add(key)
+        with torch.device("meta"):
+            model, _ = checkpoints.build_model(
+                r.checkpoint, r.task.num_classes, r.recipe.get("resolution"), load_weights=False
+            )
+            modes.prepare(r.mode, model, r.recipe)
 
 
 def check_inputs(run: Run, ctx: LoadContext, device: torch.device, inputs: pipeline.InputOptions) -> None:

@@ -118,7 +118,8 @@ def resolve_recipe(
         owners = sorted(m.name for m in modes.MODES.values() if set(foreign) & set(m.defaults))
         raise UserError(f"{' and '.join(foreign)} apply to mode {', '.join(owners)} only, not {mode.name}")
     fields = presets.scale_lr(preset, fields, overrides)
-    return _jsonable(dataclasses.asdict(finetune.make_recipe(fields)))
+    recipe = _jsonable(dataclasses.asdict(finetune.make_recipe(fields)))
+    return {k: v for k, v in recipe.items() if v is not None or k not in finetune.OMITTED_UNSET}
 
 
 def recipe_fields(mode: Mode) -> set[str]:
