@@ -83,6 +83,28 @@ def test_predict_gives_the_stored_test_predictions_exactly(name, saved, test_spl
         assert r["scores"] == sorted(r["scores"], reverse=True)
 
 
+SOURCES = {  # probes reading another feature source, normalised: served from the chosen source, as the run read it
+    "linear": ["--set", "c_grid=[0.1,10]", "--set", "features=[pooled,cls+avg]", "--set", "normalise=standard"],
+    "knn": ["--set", "features=last2", "--set", "normalise=standard"],
+    "fewshot": ["--set", "shots=5", "--set", "features=avg", "--set", "normalise=l2"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_predict_serves_a_probe_of_another_feature_source(name, tmp_path, test_split):
+    folder, split = test_split
+    db, out = tmp_path / "r.sqlite", tmp_path / "delta"
+    args = ["-c", CHECKPOINT, "-t", "digits", "-m", name, "--seed", "0", "--limit", LIMIT, *SOURCES[name]]
+    proc = cli("run", *args, "--results", db, "--save-delta", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json_lines(proc.stdout)
+    assert row["recipe"]["normalise"] != "none"  # not the default path
+    (path,) = out.glob("*.safetensors")
+    rows = json_lines(cli("predict", "-c", CHECKPOINT, "--delta", path, folder, "--json").stdout)
+    _, top5 = Store(db).predictions(row["run_id"])
+    assert np.array_equal(np.array([r["labels"] for r in rows]), top5)
+
+
 def test_the_delta_describes_its_task(saved):
     from transfer_eval.methods import deltas
 

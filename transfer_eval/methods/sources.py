@@ -214,7 +214,9 @@ class Normaliser:
     def tensors(self, prefix: str = "features") -> dict[str, torch.Tensor]:
         if self.stats is None:
             return {}
-        mean, std = (torch.from_numpy(a.astype(np.float32)) for a in self.stats)
+        mean, std = (
+            torch.from_numpy(np.asarray(a, np.float64)) for a in self.stats
+        )  # float64: as the run applied them
         return {f"{prefix}.mean": mean, f"{prefix}.std": std}
 
 

@@ -32,7 +32,8 @@ from transfer_eval import checkpoints, devices
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
-from transfer_eval.methods import deltas, fewshot, inference, knn, modes
+from transfer_eval.methods import deltas, fewshot, inference, knn, modes, sources
+from transfer_eval.run import stages
 from transfer_eval.tasks.splits import ImageSplit
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,26 @@ def predict(
     return out
 
 
+def source_features(served: Served, model, split: ImageSplit, device: torch.device, plan) -> np.ndarray:
+    """The feature a probe read, as its run read it: the source chosen on val (methods/sources.py) from one pass,
+    normalised as the run normalised it (`standard` with the train statistics the delta keeps)."""
+    recipe, info, t = served.info["recipe"], served.info, served.tensors
+    chosen = (info.get("chosen") or {}).get("features") or sources.of(recipe)[0]
+    proj = stages.projection(served.checkpoint, recipe.get("resolution")).to(device) if chosen == "proj" else None
+    forward = sources.forward(model.to(device).eval(), [chosen], proj)
+    cfg, bs = info["data_config"], int(recipe["batch_size"])
+    rows = [
+        o[chosen].float().cpu().numpy()
+        for o in inference.outputs(forward, split, cfg, device, bs, plan, phase="features")
+    ]
+    x = np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+    how = recipe.get("normalise", "none")
+    if how == "standard" and "features.mean" not in t:
+        raise UserError(f"{served.path}: a standard-normalised probe's delta without its train statistics; rerun it")
+    stats = (t["features.mean"].double().numpy(), t["features.std"].double().numpy()) if how == "standard" else None
+    return sources.normalise(how, x, stats)
+
+
 def class_scores(served: Served, split: ImageSplit, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(the scores the run ranked classes by, the scores shown), each N x classes on the CPU."""
     info, mode, recipe = served.info, served.mode, served.info["recipe"]
@@ -180,9 +201,17 @@ def class_scores(served: Served, split: ImageSplit, device: torch.device) -> tup
     )
     model = modes.prepare(mode, model, recipe)
     plan = pipeline.plan_input(pipeline.InputOptions(), split, cfg, device, None)
-    if mode.stage in SCORES:  # the probes that keep no model part: features against the stored memory / regression
+    t = served.tensors
+    if mode.optional and not stages.reads_pooled(recipe):  # a feature source or normalisation the probe chose
+        feats = source_features(served, model, split, device, plan)
+        if mode.stage == "probe":
+            with devices.strict_fp32():
+                w, b = t["probe.weight"].to(device), t["probe.bias"].to(device)
+                logits = (torch.from_numpy(np.ascontiguousarray(feats, np.float32)).to(device) @ w.T + b).cpu()
+            return logits, logits.softmax(1)
+    elif mode.stage in SCORES:
         feats = inference.feature_array(model, split, cfg, device, int(recipe["batch_size"]), plan, desc="features")
-        t = served.tensors
+    if mode.stage in SCORES:  # the probes that keep no model part: features against the stored memory / regression
         if mode.stage == "knn":
             memory = [(t["knn.features"].numpy(), t["knn.labels"].numpy())]
             k, temperature = int(info["chosen"]["k"]), float(recipe["temperature"])

@@ -113,7 +113,7 @@ def projection(ck, resolution: int | None = None) -> torch.nn.Module:
     return model.get_classifier().eval()
 
 
-def _default(recipe: dict) -> bool:
+def reads_pooled(recipe: dict) -> bool:
     """A probe run that reads the pooled features as they come: the protocol of every run before feature sources."""
     return sources.of(recipe) == [sources.DEFAULT] and recipe.get("normalise", "none") == "none"
 
@@ -160,7 +160,7 @@ def probe_stage(s: Stage) -> Trained:
     n, extract = len(ytr) + len(yva), t_tr + t_va
     selection = {**out["selection"], "features_cached": extract == 0.0}
     fields, delta, top5, test_seconds = {}, None, None, None
-    if _default(s.run.recipe):
+    if reads_pooled(s.run.recipe):
         head = s.model.get_classifier()
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(out["head_weight"]))
@@ -226,7 +226,7 @@ def fewshot_stage(s: Stage) -> Trained:
         "classes_short_of_k": short,
         "features_cached": extract == 0.0,
     }
-    if not _default(recipe):
+    if not reads_pooled(recipe):
         selection.update(_source_record(sources.of(recipe), norm.how, {}, sources.of(recipe)[0]))
     delta = {
         "fewshot.weight": torch.from_numpy(w.astype(np.float32)),
@@ -290,10 +290,11 @@ def knn_stage(s: Stage) -> Trained:
         "memory_images": n,
         "features_cached": extract == 0.0,
     }
-    if not _default(recipe):
+    if not reads_pooled(recipe):
         selection.update(_source_record(names, how, {k: max(g.values()) for k, g in grids.items()}, source))
         selection["chosen"] = {"features": source, "k": chosen}
-    delta = {"knn.features": features, "knn.labels": torch.from_numpy(np.concatenate([ytr, yva]).astype(np.int64))}
+    labels = torch.from_numpy(np.concatenate([ytr, yva]).astype(np.int64))
+    delta = {"knn.features": features, "knn.labels": labels, **norm.tensors()}  # with `standard`'s train statistics
     return Trained(
         grid[chosen],
         selection,
