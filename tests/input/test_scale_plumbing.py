@@ -97,8 +97,7 @@ def _jpegs(folder, n):
 def test_signature_and_unreadable_scan_are_computed_once(tmp_path, monkeypatch):
     import os
 
-    from transfer_eval import tasks
-    from transfer_eval.tasks import ImageSplit
+    from transfer_eval.tasks import ImageSplit, splits
 
     monkeypatch.setenv("TRANSFER_EVAL_CACHE", str(tmp_path / "cache"))
     files = _jpegs(tmp_path, 6)
@@ -106,7 +105,7 @@ def test_signature_and_unreadable_scan_are_computed_once(tmp_path, monkeypatch):
     split = ImageSplit.from_files(files, np.zeros(6, np.int64))
     stats = []
     real_stat = os.stat
-    monkeypatch.setattr(tasks.os, "stat", lambda p, *a, **k: (stats.append(p), real_stat(p, *a, **k))[1])
+    monkeypatch.setattr(splits.os, "stat", lambda p, *a, **k: (stats.append(p), real_stat(p, *a, **k))[1])
     first = split.files_signature()
     assert split.files_signature() == first and len(stats) == 6  # one pass, then memoised
 

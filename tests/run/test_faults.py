@@ -322,7 +322,7 @@ def _with_mounts(tmp_path: Path, *args, cwd=None) -> subprocess.CompletedProcess
     (tmp_path / "nfs").mkdir(exist_ok=True)
     (tmp_path / "mounts").write_text(TABLE.format(nfs=tmp_path / "nfs", lustre=tmp_path / "lustre"))
     code = (
-        "import sys; from pathlib import Path; from transfer_eval import filesystems; "
+        "import sys; from pathlib import Path; from transfer_eval.store import filesystems; "
         f"filesystems.MOUNTS = Path({str(tmp_path / 'mounts')!r}); "
         "from transfer_eval.cli import main; sys.argv = ['transfer-eval', *sys.argv[1:]]; main()"
     )

@@ -2,6 +2,7 @@
 
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,7 +128,7 @@ def test_holdout_is_stratified_and_deterministic():
 
 def test_digits_splits_are_disjoint_and_fixed():
     t = tasks.discover()["digits"]
-    ctx = LoadContext(tasks.Path("."))
+    ctx = LoadContext(Path("."))
     splits = {s: t.dataset(s, ctx) for s in ("train", "val", "test")}
     ids = [set(s.ids) for s in splits.values()]
     assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])

@@ -8,7 +8,10 @@
   (torchvision's ImageFolder layout) and `hf.py` (a Hugging Face dataset);
 - `groups.py`: task groups (paper6, vtab1k and its parts): the leaderboard's means and names on the command line.
 
-Plugins import from here: `from transfer_eval.tasks import ImageSplit, LoadContext, Task`. This wing imports only
+A task plugin is a Python file defining `Task` objects at module level (or a `TASKS` list), found in the built-in
+`tasks/` folder, in installed packages' `transfer_eval.tasks` entry points and in folders given with `--tasks-dir`
+(later ones override earlier ones of the same name; plugins.py). Plugins import from here:
+`from transfer_eval.tasks import ImageSplit, LoadContext, Task`. This wing imports only
 the shared pieces at the package's root (errors, io, paths).
 """
 
