@@ -289,6 +289,12 @@ def test_check_classes_reads_only_the_splits_given():
         task.check_classes({"train": split([0, 1]), "val": split([2, 0])})
     with pytest.raises(UserError, match=r"train split has images of 0 classes \(none\)"):
         task.check_classes({"train": split([])})
+    from dataclasses import replace
+
+    sparse = replace(task, train_covers_classes=False)  # VTAB-1k: train800 need not show every class
+    sparse.check_classes({"train": split([0, 1]), "val": split([2, 0])})
+    with pytest.raises(UserError, match="at least two classes"):
+        sparse.check_classes({"train": split([1, 1])})
 
 
 MANY_CLASSES_PLUGIN = """
