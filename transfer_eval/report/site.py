@@ -134,7 +134,7 @@ def html_report(
         sections.append('<p class="note">Only one checkpoint is stored: nothing to compare.</p>')
     else:
         try:
-            cmp = _compare_available(store, ref, others, resamples, lb.tasks, mode_names)
+            cmp = _compare_available(store, ref, others, resamples, task_names, mode_names)
         except UserError as e:
             sections.append(f'<p class="note">{html.escape(str(e))}</p>')
         else:
