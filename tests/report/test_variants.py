@@ -149,8 +149,12 @@ def test_plot_labels_stay_inside_and_apart():
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     box = ax.get_window_extent(renderer)
-    texts = [t for t in ax.texts if t.get_text() in {p[2] for p in pts}]
+    texts = list(ax.texts)  # each point's label, or its number where the label found no clear place
     assert len(texts) == len(pts)
+    footnote = " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+    for label, mode in [(p[2], p[3]) for p in pts]:
+        numbers = [t.get_text() for t in texts if t.get_text().isdigit()]
+        assert label in {t.get_text() for t in texts} or any(f"{n} {label} ({mode})" in footnote for n in numbers)
     extents = [t.get_window_extent(renderer) for t in texts]
     for t, e in zip(texts, extents):
         assert box.x0 <= e.x0 and e.x1 <= box.x1 and box.y0 <= e.y0 and e.y1 <= box.y1, t.get_text()

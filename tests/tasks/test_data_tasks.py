@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, cli, json_lines
+from conftest import assert_one_line_error, cli, json_lines, stored_rows
 from PIL import Image
 
 from transfer_eval.errors import UserError
@@ -228,3 +228,107 @@ def test_hf_task_runs_linear_knn_and_attention_end_to_end(tmp_path):
         assert r["task"] == f"hf:{(tmp_path / 'beans').resolve()}" and r["n_test"] == 100
         assert r["top1"] > 0.6, (r["mode"], r["top1"])
     assert json.loads(json.dumps(rows["linear"]["val_holdout"])) == {"fraction": 0.1, "seed": 0}
+
+
+# ------------------------------------------------------------------------------ classes a task must have (issue 34)
+
+ONE_CLASS_PLUGIN = """
+from PIL import Image
+from transfer_eval.tasks import ImageSplit, Task
+
+
+def load(split, ctx):
+    return ImageSplit(lambda i: Image.new("RGB", (16, 16), (i, 0, 0)), [0] * 8, [f"{split}/{i}" for i in range(8)])
+
+
+lonely = Task(name="lonely", num_classes=2, load=load, classes=("cat", "dog"), description="one class has images")
+"""
+
+
+def test_a_task_without_two_trained_classes_is_refused_for_every_source(tmp_path):
+    """A one-class task would score 100%: refused before any run, one line, exit 2, nothing stored, whatever the
+    task's source; as is a test class that train never shows (folder tasks cannot have one: their splits must
+    hold the same class folders)."""
+    one = _folder(tmp_path / "one", ("train", "test"), (6, 3))
+    for d in list((one / "train").iterdir()) + list((one / "test").iterdir()):
+        if d.name != "zero":
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()
+    lacking = [(i, y) for i, y in _digits("train", 4) if y != 3]  # train lacks "three", test has it
+    _hf({"train": lacking, "test": _digits("test", 2)}).save_to_disk(str(tmp_path / "lacking"))
+    _hf({"train": [(i, 1) for i, _ in _digits("train", 2)], "test": _digits("test", 1)}).save_to_disk(
+        str(tmp_path / "hf_one")
+    )
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "lonely.py").write_text(ONE_CLASS_PLUGIN)
+    cases = [
+        (f"folder:{one}", "its train split has images of 1 class ('zero'); a task needs at least two classes"),
+        (f"hf:{tmp_path / 'hf_one'}", "its train split has images of 1 class ('one')"),
+        (f"hf:{tmp_path / 'lacking'}", "its test split has images of 1 class with no training images ('three')"),
+        ("lonely", "its train split has images of 1 class ('cat')"),
+    ]
+    for task, message in cases:
+        db = tmp_path / f"{abs(hash(task))}.sqlite"
+        ran = cli("run", "-c", "vit_demo", "-t", task, "-m", "knn", "--tasks-dir", plugins, "--results", db)
+        assert_one_line_error(ran, message)
+        assert stored_rows(db) == 0
+
+
+def test_check_classes_reads_only_the_splits_given():
+    from transfer_eval.tasks import ImageSplit, Task
+
+    def split(labels):
+        return ImageSplit(lambda i: None, labels)
+
+    task = Task(name="t", num_classes=3, load=lambda s, c: split([0, 1]), classes=("a", "b", "c"))
+    task.check_classes({"test": split([0])})  # a run that reads only test (the pretrained mode): no train to check
+    task.check_classes({"train": split([0, 1, 1]), "test": split([1, 0])})
+    with pytest.raises(UserError, match=r"val split has images of 1 class with no training images \('c'\)"):
+        task.check_classes({"train": split([0, 1]), "val": split([2, 0])})
+    with pytest.raises(UserError, match=r"train split has images of 0 classes \(none\)"):
+        task.check_classes({"train": split([])})
+    from dataclasses import replace
+
+    sparse = replace(task, train_covers_classes=False)  # VTAB-1k: train800 need not show every class
+    sparse.check_classes({"train": split([0, 1]), "val": split([2, 0])})
+    with pytest.raises(UserError, match="at least two classes"):
+        sparse.check_classes({"train": split([1, 1])})
+
+
+MANY_CLASSES_PLUGIN = """
+from transfer_eval.tasks import Task
+
+many = Task(name="many", num_classes=40, load=None, classes=tuple(f"c{i:02d}" for i in range(40)))
+unnamed = Task(name="unnamed", num_classes=7, load=None)
+"""
+
+
+def test_list_tasks_shows_the_class_order_for_every_source(tmp_path):
+    """The index in predictions and deltas is the label order: shown in text (compactly where there are many) and
+    given whole in JSON, for folder, Hugging Face and plugin tasks alike."""
+    img = Image.new("RGB", (4, 4))
+    for cls in ("cat", "10", "Dog", "2"):
+        for split in ("train", "test"):
+            (tmp_path / "f" / split / cls).mkdir(parents=True)
+            img.save(tmp_path / "f" / split / cls / "x.png")
+    rows = {"train": _digits("train", 2), "test": _digits("test", 1)}
+    _hf(rows, classes=["b", "a", "10", "9", "c"]).save_to_disk(str(tmp_path / "h"))
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "many.py").write_text(MANY_CLASSES_PLUGIN)
+    given = ["list", "tasks", "-t", f"folder:{tmp_path / 'f'}", "-t", f"hf:{tmp_path / 'h'}"]
+    given += ["--tasks-dir", tmp_path / "plugins"]
+    listed = cli(*given, "--json")
+    assert listed.returncode == 0, listed.stderr
+    found = {r["name"]: r["classes"] for r in json_lines(listed.stdout)}
+    assert found[f"folder:{(tmp_path / 'f').resolve()}"] == ["10", "2", "Dog", "cat"]  # torchvision's order
+    assert found[f"hf:{(tmp_path / 'h').resolve()}"] == ["b", "a", "10", "9", "c"]  # the ClassLabel's own order
+    assert found["many"] == [f"c{i:02d}" for i in range(40)] and found["unnamed"] is None
+    text = cli(*given)
+    assert text.returncode == 0, text.stderr
+    lines = {line.split()[0]: line for line in text.stdout.split("Class order", 1)[1].splitlines()[1:]}
+    assert lines[f"folder:{(tmp_path / 'f').resolve()}"].endswith("0: '10', 1: '2', 2: 'Dog', 3: 'cat'")
+    assert lines[f"hf:{(tmp_path / 'h').resolve()}"].endswith("0: 'b', 1: 'a', 2: '10', 3: '9', 4: 'c'")
+    assert lines["many"].endswith("0: 'c00', 1: 'c01', 2: 'c02', ..., 38: 'c38', 39: 'c39' (40 classes)")
+    assert lines["unnamed"].endswith("not named by the task (labels 0..6)")

@@ -572,7 +572,10 @@ def test_cli_linear_without_in1k_train_names_the_path(v2_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_linear_with_in1k_train(full_root, tmp_path):
+def test_cli_linear_with_in1k_train(tmp_path):
+    full_root = tmp_path / "data"  # the matched-frequency fixture, and train images of each of its classes
+    F.write_v2(full_root)  # (a test class without training images is refused: Task.check_classes)
+    F.write_in1k_train(full_root, {**F.IN1K_COUNTS, **{c: 2 for c in F.V2_IMAGES if c not in F.IN1K_COUNTS}})
     out = cli(
         "run",
         "-c",

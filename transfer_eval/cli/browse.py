@@ -92,16 +92,30 @@ def list_tasks(tasks_dirs, task_names, as_json):
                         "source": t.source,
                         "val_holdout": t.val_holdout,
                         "data_help": t.data_help,
+                        "classes": list(t.classes) if t.classes else None,  # in label order: index i is class i
                     }
                 )
             )
         return
     rows = [[t.name, t.num_classes, t.version, t.description, _short(t.source)] for t in found.values()]
     click.echo(tabulate(rows, headers=["name", "classes", "version", "description", "source"]))
+    click.echo("\nClass order (label: name), as predictions and deltas index the classes:")
+    click.echo(tabulate([[f"  {t.name}", class_order(t)] for t in found.values()], tablefmt="plain"))
     if not task_names:
         click.echo("\nAny data is a task too (-t NAME, and `list tasks -t NAME` to see it):")
         for prefix, what in names.SOURCES.items():
             click.echo(f"  {prefix}...  {what}")
+
+
+def class_order(task, first: int = 3, last: int = 2, width: int = 28) -> str:
+    """A task's classes in label order, compactly: all of a dozen or fewer, else the first and last few and the
+    count; a long name is cut to `width` characters (JSON gives every name whole)."""
+    if not task.classes:
+        return f"not named by the task (labels 0..{task.num_classes - 1})"
+    named = [f"{i}: {c!r}" if len(c) <= width else f"{i}: {c[: width - 3]!r}..." for i, c in enumerate(task.classes)]
+    if len(named) <= 12:
+        return ", ".join(named)
+    return f"{', '.join(named[:first])}, ..., {', '.join(named[-last:])} ({len(named):,} classes)"
 
 
 def _short(source: str) -> str:

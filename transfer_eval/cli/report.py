@@ -25,6 +25,14 @@ include_limited_option = click.option(
 )
 
 
+def _task_columns(value: str | None) -> list[str]:
+    """-t as leaderboard and report take it: folder:PATH and hf:PATH as typed (relative, with ~) name the task
+    stored under the absolute path."""
+    from transfer_eval.tasks import names
+
+    return [names.stored_name(n) for n in csv(value)]
+
+
 @cli.command(context_settings=CONTEXT)
 @click.option("-c", "--checkpoint", "checkpoint_names", default=None, help="Only these checkpoints (comma-separated).")
 @click.option(
@@ -90,7 +98,14 @@ def leaderboard(
         report.check_plot_path(plot)
     store = open_store(results)
     lb = report.leaderboard(
-        store, csv(checkpoint_names), csv(task_names), csv(mode_names), group, sort, include_limited, mean_rule
+        store,
+        csv(checkpoint_names),
+        _task_columns(task_names),
+        csv(mode_names),
+        group,
+        sort,
+        include_limited,
+        mean_rule,
     )
     text = report.render(lb, fmt)
     if output:
@@ -175,18 +190,24 @@ def compare(checkpoint_names, task_names, mode_names, resamples, plot, include_l
 )
 @click.option("--group", default=None, help="The task group of the leaderboard's mean (see leaderboard --group).")
 @click.option("--resamples", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("-c", "--checkpoint", "checkpoint_names", default=None, help="Only these checkpoints (comma-separated).")
+@click.option("-t", "--task", "task_names", default=None, help="The task columns (comma-separated), as leaderboard's.")
+@click.option("-m", "--mode", "mode_names", default=None, help="Only these modes (comma-separated).")
 @registry_option
 @tasks_dir_option
 @papers_dir_option
 @results_option
-def report(html_dir, group, resamples, registries, tasks_dirs, papers_dirs, results):
+def report(
+    html_dir, group, resamples, checkpoint_names, task_names, mode_names, registries, tasks_dirs, papers_dirs, results
+):
     """A static html report: the sortable leaderboard, the comparisons against the top checkpoint and the plots.
 
     Open DIR/index.html in a browser; no server is needed.
 
     \b
-    Example:
+    Examples:
       transfer-eval report --html site && xdg-open site/index.html
+      transfer-eval report --html site -t folder:~/data/birds -m linear,knn
     """
     from transfer_eval import report as report_
     from transfer_eval.checkpoints import load_registry
@@ -194,6 +215,19 @@ def report(html_dir, group, resamples, registries, tasks_dirs, papers_dirs, resu
 
     registry, tasks = load_registry(registries), discover(tasks_dirs)
     store = open_store(results)
-    index = report_.html_report(store, html_dir, group, resamples, registry, tasks, papers_dirs, registries, tasks_dirs)
+    index = report_.html_report(
+        store,
+        html_dir,
+        group,
+        resamples,
+        registry,
+        tasks,
+        papers_dirs,
+        registries,
+        tasks_dirs,
+        csv(checkpoint_names),
+        _task_columns(task_names),
+        csv(mode_names),
+    )
     store.close()
     click.echo(f"wrote {index}")

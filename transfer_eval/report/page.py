@@ -13,6 +13,8 @@ h3{font-size:1.02rem;margin:1rem 0 .3rem}
 .scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.85rem;font-variant-numeric:tabular-nums}
 th,td{padding:.3rem .45rem;border-bottom:1px solid #e3e3e3;text-align:right;white-space:nowrap}
 th{white-space:normal;vertical-align:bottom;min-width:3.5em}
+td.missing,td:nth-child(2){white-space:normal}
+td:nth-child(2){min-width:9em}table.about td{white-space:normal;text-align:left;min-width:6em}
 th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){text-align:left}
 thead th{background:#f4f5f7;position:sticky;top:0}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th:hover{background:#e8eaee}
@@ -46,6 +48,15 @@ if(m&&tables.length){var t=tables[0],ths=t.tHead.rows[0].cells;for(var i=0;i<ths
 document.body.setAttribute('data-js','ready');
 })();
 """
+
+
+def breakable(text: str) -> str:
+    """`text` escaped, with a line-break opportunity after each / : _ = (a long task name or path in a column
+    header wraps there, not at the page's edge)."""
+    out = html.escape(text)
+    for c in "/:_=":
+        out = out.replace(c, c + "<wbr>")
+    return out
 
 
 def html_page(title: str, body: str) -> str:

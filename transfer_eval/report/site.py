@@ -10,7 +10,7 @@ from pathlib import Path
 from transfer_eval.errors import UserError
 from transfer_eval.report.compare import Comparison, compare
 from transfer_eval.report.leaderboard import Leaderboard, leaderboard
-from transfer_eval.report.page import html_page
+from transfer_eval.report.page import breakable, html_page
 from transfer_eval.report.plots import plot_compare, plot_curves, plot_leaderboard
 from transfer_eval.report.render import (
     MISSING,
@@ -24,6 +24,7 @@ from transfer_eval.report.render import (
     write_text,
 )
 from transfer_eval.store.results import Store
+from transfer_eval.tasks import names
 
 # ------------------------------------------------------------------------------------------------------- html
 
@@ -42,7 +43,7 @@ def leaderboard_html(lb: Leaderboard) -> str:
     cols = lb.columns
     th = "".join(
         f'<th data-key="{html.escape(k)}" data-dir="{"desc" if lb.best_first(k) else "asc"}"'
-        f' scope="col" tabindex="0">{html.escape(h)}</th>'
+        f' scope="col" tabindex="0">{breakable(h)}</th>'
         for k, h in zip(cols, headers)
     )
     body = []
@@ -98,18 +99,22 @@ def html_report(
     papers_dirs=(),
     registries=(),
     tasks_dirs=(),
+    checkpoint_names=(),
+    task_names=(),
+    mode_names=(),
 ) -> Path:
     """A static site in `out_dir`: index.html (sortable leaderboard, comparisons, plots, what each checkpoint and
     task is) and the plot images.
 
     The comparisons take the leaderboard's top checkpoint as the reference and compare every other stored
     checkpoint against it. `registry` (name -> Checkpoint) and `tasks` (name -> Task) describe the stored names;
-    by default the built-in registry and task plugins."""
+    by default the built-in registry and task plugins. `checkpoint_names`, `task_names` and `mode_names` filter the
+    leaderboard, the comparisons and the plots as `leaderboard -c/-t/-m` do (the paper pages show their presets)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--html {out} is a file; name a folder")
+    lb = leaderboard(store, checkpoint_names, task_names, mode_names, group=group)  # bad names: before any file
     out.mkdir(parents=True, exist_ok=True)
-    lb = leaderboard(store, group=group)
     plot_leaderboard(lb, out / "accuracy_vs_cost.png")
     ref = lb.rows[0].checkpoint
     others = [c for c in dict.fromkeys(r.checkpoint for r in lb.rows) if c != ref]
@@ -129,7 +134,7 @@ def html_report(
         sections.append('<p class="note">Only one checkpoint is stored: nothing to compare.</p>')
     else:
         try:
-            cmp = _compare_available(store, ref, others, resamples)
+            cmp = _compare_available(store, ref, others, resamples, task_names, mode_names)
         except UserError as e:
             sections.append(f'<p class="note">{html.escape(str(e))}</p>')
         else:
@@ -206,9 +211,12 @@ def _about_section(lb: Leaderboard, registry: dict | None, tasks: dict | None) -
     task_rows = []
     for name in lb.tasks:
         t = tasks.get(name)
+        source = names.describe(name)  # folder:PATH, hf:...: what the name points at, from the name
         task_rows.append(
             [name, t.num_classes, t.version, t.description, t.source]
             if t is not None
+            else [name, "", "", source, name.split(":", 1)[0] + ":"]
+            if source is not None
             else [name, "", "", "not among the task plugins given (--tasks-dir)", ""]
         )
     return [
@@ -228,7 +236,8 @@ def _papers_section(store: Store, out: Path, papers_dirs, registries, tasks_dirs
         outs = papers.outcomes(preset, store)
         page = f"paper-{preset.name}.html"
         title = f"{preset.name}: {preset.paper}, {preset.table}"
-        write_text(out / page, html_page(title, paper_html(preset, outs)))
+        back = '<p class="note"><a href="index.html">&larr; the report</a></p>'  # the index beside it
+        write_text(out / page, html_page(title, back + paper_html(preset, outs)))
         n = counts(outs)
         items.append(
             f'<li><a href="{html.escape(page, quote=True)}">{html.escape(preset.name)}</a>: '
@@ -238,12 +247,14 @@ def _papers_section(store: Store, out: Path, papers_dirs, registries, tasks_dirs
     return ['<h2 id="papers">Paper tables</h2>', f'<ul class="papers">{"".join(items)}</ul>']
 
 
-def _compare_available(store: Store, ref: str, others: list[str], resamples: int) -> Comparison:
-    """Compare against `ref` only the checkpoints that share a task and mode with it."""
+def _compare_available(store: Store, ref: str, others: list[str], resamples: int, tasks=(), modes=()) -> Comparison:
+    """Compare against `ref` only the checkpoints that share a task and mode with it (of `tasks` and `modes`
+    where given)."""
     keys = {}
     for r in store.query(checkpoints=[ref, *others]):
-        keys.setdefault(r.checkpoint, set()).add((r.task, r.mode))
+        if (not tasks or r.task in tasks) and (not modes or r.mode in modes):
+            keys.setdefault(r.checkpoint, set()).add((r.task, r.mode))
     usable = [o for o in others if keys.get(o, set()) & keys.get(ref, set())]
     if not usable:
         raise UserError(f"no other checkpoint shares a task and mode with {ref}: nothing to compare")
-    return compare(store, [ref, *usable], resamples=resamples)
+    return compare(store, [ref, *usable], list(tasks), list(modes or ()), resamples=resamples)

@@ -32,7 +32,9 @@ def preflight(
     """Check everything the runs need before the first one starts, so that a missing dataset for the last task
     does not surface hours later: each task's splits (downloaded first with `download`), the own head of an
     evaluation, weights from files and URLs (loaded once: unsafe or ill-fitting files stop here) and the input
-    pipeline asked for. Raises UserError; writes nothing."""
+    pipeline asked for. Each task's classes are checked on the splits read here (`Task.check_classes`: two or more
+    classes in train, none in val/test without training images), for every task source alike. Raises UserError;
+    writes nothing."""
     for r in runs:
         if r.mode.stage == "eval":
             check_own_head(r.checkpoint, r.task)
@@ -47,8 +49,7 @@ def preflight(
     for task, split_names in splits_read(runs).values():
         if download:
             task.fetch(ctx)
-        for split in sorted(split_names):
-            task.dataset(split, ctx)
+        task.check_classes({split: task.dataset(split, ctx) for split in sorted(split_names)})
     if inputs.device_resize == "on" or inputs.decode == "device":  # refused now, not when the run comes
         for r in {(r.checkpoint.name, r.task.name, r.mode.stage, r.recipe.get("resolution")): r for r in runs}.values():
             check_inputs(r, ctx, device, inputs)

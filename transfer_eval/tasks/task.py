@@ -43,6 +43,10 @@ class Task:
     # input settings every mode on this task uses, over the checkpoint's data config (VTAB-1k's square resize
     # without crop: {"crop_pct": 1.0, "crop_mode": "squash"}); they key the feature cache like any other
     data_config: dict = field(default_factory=dict)
+    # every class of val and test has training images (checked before runs start); False for a benchmark whose
+    # small train split leaves some classes out by design (VTAB-1k: 800 images over SUN397's 397 classes), whose
+    # test images of those classes then count as errors, as the benchmark scores them
+    train_covers_classes: bool = True
 
     def input_config(self, cfg: dict) -> dict:
         """The checkpoint's data config with this task's input settings over it."""
@@ -67,6 +71,38 @@ class Task:
         if ctx.bad_images == "skip" and data.paths is not None:
             data = data.without_unreadable()
         return data
+
+    def check_classes(self, splits: dict[str, ImageSplit]) -> None:
+        """Refuse a task that cannot be learnt and scored: its train split must hold images of at least two classes
+        and every class in val and test must have training images (a one-class task would score 100%), unless
+        the task declares that its train split need not cover them (`train_covers_classes`). `splits` are splits
+        already loaded (only their labels are read), so the check loads nothing; without "train" among them (a run
+        that reads only test) there is nothing to check."""
+        if "train" not in splits:
+            return
+        trained = np.unique(splits["train"].labels)
+        if len(trained) < 2:
+            raise UserError(
+                f"task {self.name!r}: its train split has images of {len(trained)} class"
+                f"{'' if len(trained) == 1 else 'es'} ({self._class_names(trained) or 'none'}); a task needs at "
+                f"least two classes with training images"
+            )
+        for split in ("val", "test") if self.train_covers_classes else ():
+            if split in splits:
+                lacking = np.setdiff1d(np.unique(splits[split].labels), trained)
+                if len(lacking):
+                    raise UserError(
+                        f"task {self.name!r}: its {split} split has images of {len(lacking)} class"
+                        f"{'' if len(lacking) == 1 else 'es'} with no training images ({self._class_names(lacking)}); "
+                        f"every class in {split} needs images in train"
+                    )
+
+    def _class_names(self, labels: np.ndarray, shown: int = 5) -> str:
+        """The first few of these labels by class name (by index where the task names no classes)."""
+        named = [
+            repr(self.classes[i]) if self.classes and 0 <= i < len(self.classes) else str(i) for i in labels.tolist()
+        ]
+        return ", ".join(named[:shown]) + (f", ... ({len(named)} in all)" if len(named) > shown else "")
 
     def fetch(self, ctx: LoadContext) -> None:
         """Download the data, only where the task's source allows it."""
