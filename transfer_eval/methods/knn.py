@@ -42,9 +42,11 @@ def neighbours(
     memory: Sequence[np.ndarray], queries: np.ndarray, k: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k most similar memory items of every query: (similarities, memory indices), each M x k on the device,
-    best first; equal similarities keep file order. `memory` is a list of N_i x D arrays (memory-mapped, say), read
-    as one of sum(N_i) rows, once. Where the memory holds fewer than k items the rows are padded with -inf and -1."""
+        best first; equal similarities keep file order. `memory` is a list of N_i x D arrays (memory-mapped, say), read
+        as one of sum(N_i) rows, once. Where the memory holds fewer than k items, every item is a neighbour: the result
+    is as wide as the memory (never k), so a huge k builds nothing beyond it."""
     device = torch.device(device)
+    k = max(1, min(k, sum(len(part) for part in memory)))  # no tensor wider than the memory
     with devices.strict_fp32():
         q = _unit(queries, device)
         m = len(q)
@@ -74,7 +76,7 @@ def vote(
     sims: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int, temperature: float = TEMPERATURE, top: int = 5
 ) -> torch.Tensor:
     """The top classes (M x min(top, classes), -1 padded to `top`) of the weighted vote of each query's first k
-    neighbours (`sims`, `labels`: M x >=k, best first; label -1 and similarity -inf mark no neighbour)."""
+    neighbours (`sims`, `labels`: M x any width, best first; label -1 and similarity -inf mark no neighbour)."""
     s, y = sims[:, :k], labels[:, :k]
     present = y >= 0
     w = torch.exp((s - s[:, :1]).double() / temperature) * present  # float64: small T does not underflow

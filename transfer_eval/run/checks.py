@@ -3,6 +3,8 @@ does not fit stops the command at once rather than hours later; and the checks a
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,6 +17,8 @@ from transfer_eval.tasks import LoadContext, Task
 
 if TYPE_CHECKING:
     from transfer_eval.run.runner import Run
+
+log = logging.getLogger(__name__)
 
 
 def splits_read(runs: list[Run]) -> dict[str, tuple[Task, list[str]]]:
@@ -49,6 +53,44 @@ def preflight(
     if inputs.device_resize == "on" or inputs.decode == "device":  # refused now, not when the run comes
         for r in {(r.checkpoint.name, r.task.name, r.mode.stage, r.recipe.get("resolution")): r for r in runs}.values():
             check_inputs(r, ctx, device, inputs)
+
+
+def fit_knn(runs: list[Run], ctx: LoadContext) -> list[Run]:
+    """k-NN runs whose k is above the size of their memory (the train split, which the val queries search; test's
+    memory, train+val, is larger) with each such k clamped to that size, saying so: a larger k cannot mean what it
+    says (every image of the memory votes, as k = its size does). The clamped recipe is the run's, so its key,
+    its stored recipe and its leaderboard variant name the k that was used. A run whose train split cannot be read
+    now is left as it is (preflight names what is missing where the run is still to do)."""
+    sizes: dict[tuple, int | None] = {}
+    out = []
+    for r in runs:
+        if r.mode.stage != "knn":
+            out.append(r)
+            continue
+        where = (r.task.name, r.limit)
+        if where not in sizes:
+            try:
+                train = r.task.dataset("train", ctx)
+                sizes[where] = len(train if r.limit is None else train.limited(r.limit))
+            except UserError:
+                sizes[where] = None
+        n, ks = sizes[where], list(r.recipe["k"])
+        if n is None or max(ks) <= n:
+            out.append(r)
+            continue
+        used = sorted({min(k, n) for k in ks})
+        log.warning(
+            "transfer-eval: knn k=%s is above the %s images of %s's k-NN memory (its train split%s): clamped to "
+            "k=%s, which every image of the memory votes in; stored as k=%s",
+            ",".join(str(k) for k in ks if k > n),
+            f"{n:,}",
+            r.task.name,
+            f", --limit {r.limit}" if r.limit is not None else "",
+            n,
+            ",".join(map(str, used)),
+        )
+        out.append(dataclasses.replace(r, recipe={**r.recipe, "k": used}))
+    return out
 
 
 def check_inputs(run: Run, ctx: LoadContext, device: torch.device, inputs: pipeline.InputOptions) -> None:

@@ -244,6 +244,7 @@ def run_all(
     one skipped (its stored result returned) unless `options.force`. Under torchrun every process calls this;
     fine-tuning trains across all of them, the rest runs on rank 0, and only rank 0 writes results or returns
     stored ones."""
+    runs = checks.fit_knn(runs, ctx)  # a k above the k-NN memory's size is clamped to it, saying so
     todo_runs = pending(runs, store, options.force)
     trackers.check(options.log)
     checks.preflight(todo_runs, ctx, device, options.inputs, options.download)
