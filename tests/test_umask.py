@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli
+from conftest import cli, digits_results
 from PIL import Image
 
 from transfer_eval import io
-from transfer_eval.store.results import Result, Store
 from transfer_eval.tasks import ImageSplit
 
 
@@ -76,20 +75,7 @@ def test_features_output_the_feature_cache_and_the_image_cache_follow_the_umask(
 
 
 def test_report_html_and_leaderboard_files_follow_the_umask(tmp_path, umask):
-    db = tmp_path / "results.sqlite"
-    store = Store(db)
-    for ck, right in (("vit_demo", 80), ("vit_demo_shapes", 90)):
-        labels = (np.arange(100) % 10).astype(np.int32)
-        top5 = (labels[:, None] + np.arange(1, 6)[None, :]) % 10
-        top5[:right, 0] = labels[:right]
-        result = Result(
-            checkpoint=ck, weights_sha256="w" * 64, task="digits", task_version=1, mode="linear",
-            protocol_hash="p" * 16, seed=0, top1=right / 100, n_test=100, split_manifest="m", params_total=1000,
-            params_trainable=110, params_per_task=110, bytes_per_task=536, train_pflops_total=1.0,
-            fwd_gflops_per_image=0.5,
-        )  # fmt: skip
-        store.put(result, labels, top5.astype(np.int32))
-    store.close()
+    db = digits_results(tmp_path / "results.sqlite", {"vit_demo": 80, "vit_demo_shapes": 90})
     site = tmp_path / "site"
     proc = cli("report", "--html", site, "--resamples", "100", "--results", db)
     assert proc.returncode == 0, proc.stderr

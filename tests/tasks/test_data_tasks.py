@@ -228,3 +228,17 @@ def test_hf_task_runs_linear_knn_and_attention_end_to_end(tmp_path):
         assert r["task"] == f"hf:{(tmp_path / 'beans').resolve()}" and r["n_test"] == 100
         assert r["top1"] > 0.6, (r["mode"], r["top1"])
     assert json.loads(json.dumps(rows["linear"]["val_holdout"])) == {"fraction": 0.1, "seed": 0}
+
+
+def test_hf_default_column_named_is_the_same_task(tmp_path):
+    _hf({"train": _digits("train", 2), "test": _digits("test", 1)}).save_to_disk(str(tmp_path / "beans"))
+    plain, named = hf.task(str(tmp_path / "beans")), hf.task(f"{tmp_path / 'beans'}:label=label")
+    assert named.name == plain.name == f"hf:{(tmp_path / 'beans').resolve()}"  # the default column, named
+    assert hf.task(f"{tmp_path / 'beans'}:image=image:label=label").name == plain.name
+
+
+def test_hf_missing_local_path_says_so_and_suggests_no_download(tmp_path):
+    for missing in (tmp_path / "nope", "~/no-such-folder-here/beans", "./beans"):
+        proc = cli("data", "check", f"hf:{missing}")
+        assert_one_line_error(proc, f"{Path(missing).expanduser()} does not exist")
+        assert "--download" not in proc.stderr
