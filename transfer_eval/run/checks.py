@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from transfer_eval import checkpoints
+from transfer_eval import checkpoints, distributed, provenance
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
-from transfer_eval.tasks import LoadContext, Task
+from transfer_eval.store.results import Result, Store
+from transfer_eval.tasks import ImageSplit, LoadContext, Task
 
 if TYPE_CHECKING:
     from transfer_eval.run.runner import Run
@@ -91,6 +92,52 @@ def fit_knn(runs: list[Run], ctx: LoadContext) -> list[Run]:
         )
         out.append(dataclasses.replace(r, recipe={**r.recipe, "k": used}))
     return out
+
+
+SHOWN_UNREADABLE = 5  # files named in the one line; the record keeps up to 100 per split
+
+
+def unreadable_images(task: str, splits: dict[str, ImageSplit], first: str) -> tuple[str, dict[str, list[str]]]:
+    """Under --bad-images stop, once a run has met an unreadable image (`first`, its error): every image of the
+    run's splits is decoded once (kept in the cache under the files' signature, as --bad-images skip keeps it) and
+    the one line names the unreadable files (the first few, and how many in all) with the first one's reason.
+    Returns the line and, per split, the unreadable files (the first 100)."""
+    found = {}
+    for name, split in splits.items():
+        bad = split.unreadable()
+        if bad:
+            found[name] = [split.paths[i] if split.paths is not None else f"{name} {split.ids[i]}" for i in bad]
+    files = [f for names in found.values() for f in names]
+    if not files:  # not a file that fails to decode here (a decoder of the device, say): the error as it came
+        return first, {}
+    reason = first.split("; fix or remove", 1)[0]
+    reason = reason.split(": ", 1)[1] if reason.startswith("unreadable image ") and ": " in reason else reason
+    total = sum(len(s) for s in splits.values())
+    more = f" and {len(files) - SHOWN_UNREADABLE:,} more" if len(files) > SHOWN_UNREADABLE else ""
+    line = (
+        f"unreadable images in {task}: {len(files):,} of the {total:,} images of its {', '.join(found)} "
+        f"split{'s' if len(found) > 1 else ''}: {', '.join(files[:SHOWN_UNREADABLE])}{more} (the first: {reason}); "
+        f"fix or remove them, or rerun with --bad-images skip to leave unreadable images out"
+    )
+    return line, {name: names[:100] for name, names in found.items()}
+
+
+def not_run(store: Store, r: Run, found: dict, command: str, prefix: str) -> Result:
+    """A run that would read the unreadable images an earlier run of this command found (--bad-images stop): not
+    run, stored as failed with the same reason (the next run of the command retries it), said in a short line."""
+    result = Result(*r.key, recipe=r.recipe, started=provenance.now(), **provenance.fields(command))
+    result.status, result.error, result.finished = "failed", found["error"], provenance.now()
+    result.selection = {"unreadable": {s: v for s, v in found.items() if s != "error"}}
+    if distributed.is_main():
+        store.put(result)
+        log.warning(
+            "%s: not run: it reads the unreadable images of %s named above; stored as failed as run %s, the next "
+            "run of this command retries it",
+            prefix,
+            r.task.name,
+            result.run_id,
+        )
+    return result
 
 
 def check_inputs(run: Run, ctx: LoadContext, device: torch.device, inputs: pipeline.InputOptions) -> None:
