@@ -315,3 +315,17 @@ def digits_results(db: Path, right: dict, mode: str = "linear", n: int = 100) ->
         store.put(result, labels, top5.astype(np.int32))
     store.close()
     return db
+
+
+DEMO_COMMAND = ("run", "-c", "vit_demo_shapes", "-t", "digits", "-m", "linear,attention,full")  # README's set-up
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README's demo (DEMO_COMMAND, with --json), run once per session into its own store: the tests of the
+    demo read it, and the README's test starts from a copy of it (its first commands find the demo stored).
+    Read it, or copy it (sqlite3's backup); never write to it."""
+    db = tmp_path_factory.mktemp("demo") / "results.sqlite"
+    proc = cli(*DEMO_COMMAND, "--results", db, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return db, proc
