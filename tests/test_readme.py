@@ -37,6 +37,7 @@ NOT_RUN = [
     (r"\sbench\s", "times ViT-B training steps and JPEG pipelines: minutes on a 2-core CPU"),
     (r"--registry my_checkpoints\.yaml", "uses the template registry above (the user's own weights file)"),
     (r"--tasks-dir my_tasks", "uses the template task plugin above (the user's own data)"),
+    (r"leaderboard --group vtab1k", "ranks the VTAB-1k runs of the command before it, which reads VTAB-1k's data"),
     (r"\s(run|sweep|features|list tasks|data check)\s.*~/data", "reads a dataset (or the user's own folder) that the "
      "test machine lacks, and that would be downloaded"),
 ]  # fmt: skip
