@@ -81,7 +81,7 @@ def cache_list(as_json):
                 maxcolwidths=[None, 50, None, None, 50, None, None],
             )
         )
-    click.echo(f"{len(images)} decoded-image entries in {cache.images.folder()}")
+    click.echo(f"{len(images)} decoded-image entries in {cache.image_cache.folder()}")
 
 
 @cache_group.command("clear", context_settings=CONTEXT)
