@@ -291,3 +291,41 @@ def store_target(request, tmp_path):
     if request.param == "sqlite":
         return tmp_path / "results.sqlite"
     return request.getfixturevalue("postgres_url")
+
+
+def digits_results(db: Path, right: dict, mode: str = "linear", n: int = 100) -> Path:
+    """A store holding one `mode` result on digits for each checkpoint of `right` (name -> how many of `n` test
+    examples it gets right, the first ones), with per-sample predictions: for report, compare and leaderboard
+    tests that need no run."""
+    import numpy as np
+
+    from transfer_eval.store.results import Result, Store
+
+    store = Store(db)
+    labels = (np.arange(n) % 10).astype(np.int32)
+    for checkpoint, k in right.items():
+        top5 = (labels[:, None] + np.arange(1, 6)[None, :]) % 10
+        top5[:k, 0] = labels[:k]
+        result = Result(
+            checkpoint=checkpoint, weights_sha256="w" * 64, task="digits", task_version=1, mode=mode,
+            protocol_hash="p" * 16, seed=0, top1=k / n, n_test=n, split_manifest="m", params_total=1000,
+            params_trainable=110, params_per_task=110, bytes_per_task=536, train_pflops_total=1.0,
+            fwd_gflops_per_image=0.5,
+        )  # fmt: skip
+        store.put(result, labels, top5.astype(np.int32))
+    store.close()
+    return db
+
+
+DEMO_COMMAND = ("run", "-c", "vit_demo_shapes", "-t", "digits", "-m", "linear,attention,full")  # README's set-up
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The README's demo (DEMO_COMMAND, with --json), run once per session into its own store: the tests of the
+    demo read it, and the README's test starts from a copy of it (its first commands find the demo stored).
+    Read it, or copy it (sqlite3's backup); never write to it."""
+    db = tmp_path_factory.mktemp("demo") / "results.sqlite"
+    proc = cli(*DEMO_COMMAND, "--results", db, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return db, proc

@@ -251,3 +251,15 @@ def test_the_html_report_shows_each_finetuning_cells_curves(tmp_path):
     assert f'src="{png.name}"' in page and "ck&lt;b&gt; / attention / digits" in page  # escaped, one per cell
     assert page.count('src="curves_run') == 1  # the probe has no curves
     store.close()
+
+
+def test_compare_of_a_registered_checkpoint_without_results_says_so(tmp_path):
+    from conftest import digits_results
+
+    db = digits_results(tmp_path / "runs.sqlite", {"vit_demo": 80})
+    with pytest.raises(UserError) as e:
+        te.compare(["vit_demo", "vit_demo_shapes"], db)  # registered, no results in this store
+    assert str(e.value).startswith(f"no results for checkpoint vit_demo_shapes in {db} (it has: vit_demo)")
+    assert "unknown" not in str(e.value)
+    with pytest.raises(UserError, match="unknown checkpoint 'vit_demo_shapez'; did you mean 'vit_demo'"):
+        te.compare(["vit_demo", "vit_demo_shapez"], db)  # not a checkpoint at all

@@ -14,10 +14,9 @@ CHECKPOINT = "vit_demo_shapes"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    db = tmp_path_factory.mktemp("demo") / "results.sqlite"
-    proc = cli("run", "-c", CHECKPOINT, "-t", "digits", "-m", ",".join(MODES), "--results", db, "--json")
-    assert proc.returncode == 0, proc.stderr
+def demo(demo_run):
+    db, proc = demo_run  # conftest.DEMO_COMMAND, run once per session (the README's test starts from it too)
+    assert proc.args[1:8] == ["run", "-c", CHECKPOINT, "-t", "digits", "-m", ",".join(MODES)]
     rows = {r["mode"]: r for r in json_lines(proc.stdout)}
     return db, rows, proc
 

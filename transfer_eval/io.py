@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -54,12 +55,38 @@ def room_for(what: str, folder: str | Path, hint: str = "") -> Iterator[None]:
         raise
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the kernel says it (Linux's /proc/self/status, since
+    4.7); elsewhere set and restored at once, under a lock, so no other thread of ours creates a file meanwhile."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def as_open_makes(path: str | Path) -> None:
+    """Give a file made by `tempfile.mkstemp` (mode 0600) the mode `open()` would have given it: 0666 less the
+    user's umask, so a report copied to a web server or a cache shared by a team is readable as the user meant."""
+    os.chmod(path, 0o666 & ~umask())
+
+
 @contextlib.contextmanager
 def replacing(path: str | Path, suffix: str = "", what: str | None = None, hint: str = "") -> Iterator[Path]:
     """A temporary path beside `path` to write to (the same folder, so the rename is atomic; `suffix` for
-    writers that pick the format from the name). When the block ends, the file is renamed onto `path`; when the
-    block raises, it is removed: readers, and a crash, never see half a file under the name. A full disk is
-    `full_error` naming `what` (default: the file) with `hint`."""
+        writers that pick the format from the name). When the block ends, the file is renamed onto `path`; when the
+        block raises, it is removed: readers, and a crash, never see half a file under the name. The file gets the
+    mode `open()` would give it (the user's umask), not the temporary file's 0600. A full disk is
+        `full_error` naming `what` (default: the file) with `hint`."""
     path = Path(path)
     what = what or str(path)
     with room_for(what, path.parent, hint):
@@ -69,6 +96,7 @@ def replacing(path: str | Path, suffix: str = "", what: str | None = None, hint:
     tmp = Path(name)
     try:
         yield tmp
+        as_open_makes(tmp)
         os.replace(tmp, path)
     except UserError:
         raise

@@ -119,3 +119,32 @@ def test_knn_recipe_errors_are_one_line(tmp_path):
     common = ("run", "-c", "vit_demo", "-t", "digits", "-m", "knn", "--results", tmp_path / "r.sqlite")
     assert_one_line_error(cli(*common, "--set", "k=0"), "knn k must be a positive integer")
     assert_one_line_error(cli(*common, "--set", "temperature=0"), "temperature must be positive")
+
+
+def test_a_k_above_the_memory_builds_nothing_wider_than_the_memory():
+    rng = np.random.default_rng(0)
+    memory, labels, queries = rng.normal(size=(30, 8)), np.arange(30) % 3, rng.normal(size=(4, 8))
+    sims, idx = knn.neighbours([memory[:10], memory[10:]], queries, 100_000)
+    assert sims.shape == idx.shape == (4, 30)  # as wide as the memory, not 100,000
+    assert sorted(idx[0].tolist()) == list(range(30))  # every item of the memory is a neighbour
+    top = knn.classify([(memory, labels)], queries, [30, 100_000], 3)
+    assert np.array_equal(top[30], top[100_000])
+    assert np.array_equal(top[30], reference(memory, labels, queries, 30, 3))
+
+
+def test_a_k_above_the_memory_is_clamped_saying_so_and_stored_as_used(tmp_path):
+    db = tmp_path / "r.sqlite"
+    common = ("run", "-c", "vit_demo", "-t", "digits", "-m", "knn", "--results", db, "--json")
+    proc = cli(*common, "--set", "k=[10,100000]")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json_lines(proc.stdout)
+    from transfer_eval.tasks import LoadContext, discover
+
+    n = len(discover()["digits"].dataset("train", LoadContext(tmp_path)))  # the memory the val queries search
+    assert n < row["selection"]["memory_images"] < 100_000  # test's memory is train+val
+    assert row["recipe"]["k"] == [10, n] and set(row["selection"]["grid"]) == {"10", str(n)}
+    assert f"knn k=100000 is above the {n:,} images of digits's k-NN memory" in proc.stderr
+    assert f"clamped to k={n}" in proc.stderr
+    again = cli(*common, "--set", f"k=[10,{n}]")  # what was used is what is stored: the same run
+    assert again.returncode == 0, again.stderr
+    assert json_lines(again.stdout)[0]["run_id"] == row["run_id"] and "skipped" in again.stderr

@@ -332,3 +332,17 @@ def test_list_tasks_shows_the_class_order_for_every_source(tmp_path):
     assert lines[f"hf:{(tmp_path / 'h').resolve()}"].endswith("0: 'b', 1: 'a', 2: '10', 3: '9', 4: 'c'")
     assert lines["many"].endswith("0: 'c00', 1: 'c01', 2: 'c02', ..., 38: 'c38', 39: 'c39' (40 classes)")
     assert lines["unnamed"].endswith("not named by the task (labels 0..6)")
+
+
+def test_hf_default_column_named_is_the_same_task(tmp_path):
+    _hf({"train": _digits("train", 2), "test": _digits("test", 1)}).save_to_disk(str(tmp_path / "beans"))
+    plain, named = hf.task(str(tmp_path / "beans")), hf.task(f"{tmp_path / 'beans'}:label=label")
+    assert named.name == plain.name == f"hf:{(tmp_path / 'beans').resolve()}"  # the default column, named
+    assert hf.task(f"{tmp_path / 'beans'}:image=image:label=label").name == plain.name
+
+
+def test_hf_missing_local_path_says_so_and_suggests_no_download(tmp_path):
+    for missing in (tmp_path / "nope", "~/no-such-folder-here/beans", "./beans"):
+        proc = cli("data", "check", f"hf:{missing}")
+        assert_one_line_error(proc, f"{Path(missing).expanduser()} does not exist")
+        assert "--download" not in proc.stderr

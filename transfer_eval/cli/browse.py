@@ -32,12 +32,12 @@ def list_checkpoints(registries, as_json):
     registry = checkpoints.load_registry(registries)
     if as_json:
         for ck in registry.values():
-            click.echo(json.dumps(ck.to_dict()))
+            click.echo(json.dumps({**ck.to_dict(), "architecture": _architecture(ck)}))
         return
     rows = [
         [
             ck.name,
-            ck.model,
+            _architecture(ck),
             ck.weights if len(ck.weights) < 40 else "..." + ck.weights[-37:],
             "yes" if ck.offline else "",
             ck.pretraining,
@@ -46,8 +46,34 @@ def list_checkpoints(registries, as_json):
         ]
         for ck in registry.values()
     ]
-    headers = ["name", "timm model", "weights", "offline", "pretraining", "paper", "paper probe"]
-    click.echo(tabulate(rows, headers=headers))
+    click.echo(
+        tabulate(rows, headers=["name", "architecture", "weights", "offline", "pretraining", "paper", "paper probe"])
+    )
+
+
+_ARGS = {
+    "img_size": "{} px",
+    "patch_size": "patch {}",
+    "embed_dim": "width {}",
+    "depth": "depth {}",
+    "num_heads": "{} heads",
+}
+
+
+def _architecture(ck) -> str:
+    """The timm model, and where the registry resizes it (`model_args`: the demo's 16 px ViTs are not the
+    vit_small_patch16_224 they are built from) what it is made into and its backbone's parameter count, counted on
+    the meta device (nothing allocated or downloaded)."""
+    if not ck.model_args:
+        return ck.model
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        backbone = timm.create_model(ck.architecture, pretrained=False, num_classes=0, **ck.model_args)
+    params = sum(p.numel() for p in backbone.parameters())
+    args = [_ARGS[k].format(v) if k in _ARGS else f"{k} {v}" for k, v in ck.model_args.items()]
+    return f"{ck.architecture} as {', '.join(args)}: {params / 1e6:.1f}M params"
 
 
 @list_.command("tasks", context_settings=CONTEXT)

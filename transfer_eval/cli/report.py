@@ -120,7 +120,15 @@ def leaderboard(
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("checkpoint_names", nargs=-1, metavar="CHECKPOINT CHECKPOINT [CHECKPOINT ...]")
+@click.argument("checkpoint_names", nargs=-1, metavar="[CHECKPOINT CHECKPOINT ...]")
+@click.option(
+    "-c",
+    "--checkpoint",
+    "checkpoint_option",
+    default=None,
+    help="The checkpoints, comma-separated, as every other command takes them (or give them as arguments); "
+    "the first is the reference A.",
+)
 @click.option("-t", "--task", "task_names", default=None, help="Only these tasks (comma-separated).")
 @click.option("-m", "--mode", "mode_names", default=None, help="Only these modes (comma-separated).")
 @click.option(
@@ -139,7 +147,9 @@ def leaderboard(
 @include_limited_option
 @results_option
 @json_option
-def compare(checkpoint_names, task_names, mode_names, resamples, plot, include_limited, results, as_json):
+def compare(
+    checkpoint_names, checkpoint_option, task_names, mode_names, resamples, plot, include_limited, results, as_json
+):
     """Paired comparison of checkpoints on every task and mode both were run on.
 
     delta = B - A (A: the first checkpoint; with more than two, each is compared against the first), with a
@@ -149,10 +159,12 @@ def compare(checkpoint_names, task_names, mode_names, resamples, plot, include_l
     \b
     Examples:
       transfer-eval compare deit3_s16_in1k augreg_s16_in21k_ft_in1k
-      transfer-eval compare vit_demo vit_demo_b -m linear --json
+      transfer-eval compare vit_demo vit_demo_shapes -m linear --json
+      transfer-eval compare -c vit_demo,vit_demo_shapes -t digits
     """
     from transfer_eval import report
 
+    checkpoint_names = [*checkpoint_names, *csv(checkpoint_option)]
     if len(checkpoint_names) < 2:
         raise UserError("compare needs two or more checkpoints, e.g. `transfer-eval compare CHECKPOINT_A CHECKPOINT_B`")
     if plot:
@@ -189,7 +201,13 @@ def compare(checkpoint_names, task_names, mode_names, resamples, plot, include_l
     help="The folder to write the site to (index.html and the plots).",
 )
 @click.option("--group", default=None, help="The task group of the leaderboard's mean (see leaderboard --group).")
-@click.option("--resamples", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option(
+    "--resamples",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Bootstrap resamples for the confidence intervals of the comparisons.",
+)
 @click.option("-c", "--checkpoint", "checkpoint_names", default=None, help="Only these checkpoints (comma-separated).")
 @click.option("-t", "--task", "task_names", default=None, help="The task columns (comma-separated), as leaderboard's.")
 @click.option("-m", "--mode", "mode_names", default=None, help="Only these modes (comma-separated).")

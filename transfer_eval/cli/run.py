@@ -23,6 +23,7 @@ from transfer_eval.cli.options import (
     shared_argv,
     shared_options,
 )
+from transfer_eval.methods.modes import MODES
 from transfer_eval.store import filesystems
 from transfer_eval.store.databases import is_url
 
@@ -44,11 +45,7 @@ from transfer_eval.store.databases import is_url
     "hf:PATH_OR_NAME.",
 )
 @click.option(
-    "-m",
-    "--mode",
-    "mode_names",
-    required=True,
-    help="Modes, comma-separated: linear, attention, full (see `list modes`).",
+    "-m", "--mode", "mode_names", required=True, help=f"Modes, comma-separated: {', '.join(MODES)} (see `list modes`)."
 )
 @click.option(
     "--seed",

@@ -42,9 +42,11 @@ def neighbours(
     memory: Sequence[np.ndarray], queries: np.ndarray, k: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k most similar memory items of every query: (similarities, memory indices), each M x k on the device,
-    best first; equal similarities keep file order. `memory` is a list of N_i x D arrays (memory-mapped, say), read
-    as one of sum(N_i) rows, once. Where the memory holds fewer than k items the rows are padded with -inf and -1."""
+        best first; equal similarities keep file order. `memory` is a list of N_i x D arrays (memory-mapped, say), read
+        as one of sum(N_i) rows, once. Where the memory holds fewer than k items, every item is a neighbour: the result
+    is as wide as the memory (never k), so a huge k builds nothing beyond it."""
     device = torch.device(device)
+    k = max(1, min(k, sum(len(part) for part in memory)))  # no tensor wider than the memory
     with devices.strict_fp32():
         q = _unit(queries, device)
         m = len(q)

@@ -183,7 +183,7 @@ def compare(
         raise UserError(f"no stored results in {store.path}; run `transfer-eval run ... --results {store.path}` first")
     for c in checkpoints:
         if c not in stored:
-            raise unknown_name("checkpoint", c, stored, f"(no results stored for it in {store.path})")
+            raise _not_stored(c, stored, store)
     found = store.query(checkpoints=checkpoints, tasks=list(tasks), modes=list(modes))
     cells = build_cells(found, include_limited)
     ref, others = checkpoints[0], checkpoints[1:]
@@ -206,6 +206,21 @@ def compare(
         raise UserError(f"nothing to compare: {rows[0].reason} for every shared task and mode")
     notes = list(dict.fromkeys(notes))
     return Comparison(ref, others, rows, resamples, notes + limited_note(found, include_limited))
+
+
+def _not_stored(name: str, stored: set[str], store: Store) -> UserError:
+    """A checkpoint with no results in the store: one the registry (or timm) knows has none there yet; any other
+    name is unknown, with the stored names closest to it."""
+    from transfer_eval import checkpoints
+
+    try:
+        checkpoints.resolve(name, checkpoints.load_registry())
+    except UserError:
+        return unknown_name("checkpoint", name, stored, f"(no results stored for it in {store.path})")
+    return UserError(
+        f"no results for checkpoint {name} in {store.path} (it has: {', '.join(sorted(stored))}); run it first, "
+        f"e.g. `transfer-eval run -c {name} -t TASK -m MODE --results {store.path}`"
+    )
 
 
 def _compare_cells(store: Store, ca: Cell, cb: Cell, resamples: int, seed: int) -> Paired:

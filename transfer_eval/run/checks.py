@@ -3,19 +3,24 @@ does not fit stops the command at once rather than hours later; and the checks a
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import TYPE_CHECKING
 
 import torch
 
-from transfer_eval import checkpoints
+from transfer_eval import checkpoints, distributed, provenance
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
 from transfer_eval.methods import modes, sources
-from transfer_eval.tasks import LoadContext, Task
+from transfer_eval.store.results import Result, Store
+from transfer_eval.tasks import ImageSplit, LoadContext, Task
 
 if TYPE_CHECKING:
     from transfer_eval.run.runner import Run
+
+log = logging.getLogger(__name__)
 
 
 def splits_read(runs: list[Run]) -> dict[str, tuple[Task, list[str]]]:
@@ -72,6 +77,90 @@ def check_structures(runs: list[Run]) -> None:
                 r.checkpoint, r.task.num_classes, r.recipe.get("resolution"), load_weights=False
             )
             modes.prepare(r.mode, model, r.recipe)
+
+
+def fit_knn(runs: list[Run], ctx: LoadContext) -> list[Run]:
+    """k-NN runs whose k is above the size of their memory (the train split, which the val queries search; test's
+    memory, train+val, is larger) with each such k clamped to that size, saying so: a larger k cannot mean what it
+    says (every image of the memory votes, as k = its size does). The clamped recipe is the run's, so its key,
+    its stored recipe and its leaderboard variant name the k that was used. A run whose train split cannot be read
+    now is left as it is (preflight names what is missing where the run is still to do)."""
+    sizes: dict[tuple, int | None] = {}
+    out = []
+    for r in runs:
+        if r.mode.stage != "knn":
+            out.append(r)
+            continue
+        where = (r.task.name, r.limit)
+        if where not in sizes:
+            try:
+                train = r.task.dataset("train", ctx)
+                sizes[where] = len(train if r.limit is None else train.limited(r.limit))
+            except UserError:
+                sizes[where] = None
+        n, ks = sizes[where], list(r.recipe["k"])
+        if n is None or max(ks) <= n:
+            out.append(r)
+            continue
+        used = sorted({min(k, n) for k in ks})
+        log.warning(
+            "transfer-eval: knn k=%s is above the %s images of %s's k-NN memory (its train split%s): clamped to "
+            "k=%s, which every image of the memory votes in; stored as k=%s",
+            ",".join(str(k) for k in ks if k > n),
+            f"{n:,}",
+            r.task.name,
+            f", --limit {r.limit}" if r.limit is not None else "",
+            n,
+            ",".join(map(str, used)),
+        )
+        out.append(dataclasses.replace(r, recipe={**r.recipe, "k": used}))
+    return out
+
+
+SHOWN_UNREADABLE = 5  # files named in the one line; the record keeps up to 100 per split
+
+
+def unreadable_images(task: str, splits: dict[str, ImageSplit], first: str) -> tuple[str, dict[str, list[str]]]:
+    """Under --bad-images stop, once a run has met an unreadable image (`first`, its error): every image of the
+    run's splits is decoded once (kept in the cache under the files' signature, as --bad-images skip keeps it) and
+    the one line names the unreadable files (the first few, and how many in all) with the first one's reason.
+    Returns the line and, per split, the unreadable files (the first 100)."""
+    found = {}
+    for name, split in splits.items():
+        bad = split.unreadable()
+        if bad:
+            found[name] = [split.paths[i] if split.paths is not None else f"{name} {split.ids[i]}" for i in bad]
+    files = [f for names in found.values() for f in names]
+    if not files:  # not a file that fails to decode here (a decoder of the device, say): the error as it came
+        return first, {}
+    reason = first.split("; fix or remove", 1)[0]
+    reason = reason.split(": ", 1)[1] if reason.startswith("unreadable image ") and ": " in reason else reason
+    total = sum(len(s) for s in splits.values())
+    more = f" and {len(files) - SHOWN_UNREADABLE:,} more" if len(files) > SHOWN_UNREADABLE else ""
+    line = (
+        f"unreadable images in {task}: {len(files):,} of the {total:,} images of its {', '.join(found)} "
+        f"split{'s' if len(found) > 1 else ''}: {', '.join(files[:SHOWN_UNREADABLE])}{more} (the first: {reason}); "
+        f"fix or remove them, or rerun with --bad-images skip to leave unreadable images out"
+    )
+    return line, {name: names[:100] for name, names in found.items()}
+
+
+def not_run(store: Store, r: Run, found: dict, command: str, prefix: str) -> Result:
+    """A run that would read the unreadable images an earlier run of this command found (--bad-images stop): not
+    run, stored as failed with the same reason (the next run of the command retries it), said in a short line."""
+    result = Result(*r.key, recipe=r.recipe, started=provenance.now(), **provenance.fields(command))
+    result.status, result.error, result.finished = "failed", found["error"], provenance.now()
+    result.selection = {"unreadable": {s: v for s, v in found.items() if s != "error"}}
+    if distributed.is_main():
+        store.put(result)
+        log.warning(
+            "%s: not run: it reads the unreadable images of %s named above; stored as failed as run %s, the next "
+            "run of this command retries it",
+            prefix,
+            r.task.name,
+            result.run_id,
+        )
+    return result
 
 
 def check_inputs(run: Run, ctx: LoadContext, device: torch.device, inputs: pipeline.InputOptions) -> None:

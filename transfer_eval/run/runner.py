@@ -260,6 +260,7 @@ def run_all(
     one skipped (its stored result returned) unless `options.force`. Under torchrun every process calls this;
     fine-tuning trains across all of them, the rest runs on rank 0, and only rank 0 writes results or returns
     stored ones."""
+    runs = checks.fit_knn(runs, ctx)  # a k above the k-NN memory's size is clamped to it, saying so
     todo_runs = pending(runs, store, options.force)
     trackers.check(options.log)
     checks.preflight(todo_runs, ctx, device, options.inputs, options.download)
@@ -269,6 +270,7 @@ def run_all(
     main = distributed.is_main()
     distributed.barrier()
     out = []
+    unreadable: dict[tuple, dict] = {}  # (task, limit) -> the unreadable files a failed run found, per split
     with stop_on_signal():  # SIGTERM / SIGUSR1 (pre-emption): fine-tuning checkpoints and stops; no run fails
         for i, r in enumerate(runs, 1):
             prefix = f"[{i}/{len(runs)}] {r.label()}"
@@ -295,11 +297,16 @@ def run_all(
                 raise Preempted(
                     f"{requested()} before {r.label()}: the runs before it are stored; the same command runs the rest"
                 )
+            if unreadable.get((r.task.name, r.limit), {}).keys() & set(r.mode.splits):  # met by an earlier run
+                out.append(checks.not_run(store, r, unreadable[(r.task.name, r.limit)], command, prefix))
+                continue
             where = f"{device}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
             if main:
                 log.info("%s: running on %s", prefix, where)
             result = execute(r, ctx, device, store, command, options, known)
             out.append(result)
+            if result.status == "failed" and (result.selection or {}).get("unreadable"):
+                unreadable[(r.task.name, r.limit)] = {**result.selection["unreadable"], "error": result.error}
             if main:
                 log.info("%s: %s", prefix, summary(result))
                 trackers.publish(options.log, result, options.log_dir)
@@ -316,9 +323,10 @@ def summary(r: Result) -> str:
         return "-" if x is None else f"{100 * x:.2f}%"
 
     peak = f", peak {r.peak_memory_mb:.0f} MB" if r.peak_memory_mb is not None else ""
+    left_out = f", {r.skipped_images:,} unreadable images left out (--bad-images skip)" if r.skipped_images else ""
     return (
         f"top-1 {pct(r.top1)} (val {pct(r.val_top1)}), {r.params_per_task:,} params/task, "
-        f"train {r.train_seconds or 0:.1f} s{peak}; stored as run {r.run_id}"
+        f"train {r.train_seconds or 0:.1f} s{peak}{left_out}; stored as run {r.run_id}"
     )
 
 
@@ -415,7 +423,9 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
     except UnreadableImage as e:
         # from a DataLoader worker the message starts with torch's "Caught ... in DataLoader worker": keep ours
         lines = [ln.split("UnreadableImage: ", 1)[-1] for ln in str(e).splitlines() if "unreadable image" in ln]
-        return _failed(store, result, (lines[-1] if lines else str(e)).strip())
+        line, found = checks.unreadable_images(run.task.name, splits, (lines[-1] if lines else str(e)).strip())
+        result.selection = {"unreadable": found} if found else {}
+        return _failed(store, result, line)
     _record(result, trained, mem.mb)
     if trained.delta is None:
         state = model.state_dict()

@@ -30,6 +30,7 @@ from transfer_eval.tasks import ImageSplit, LoadContext, Task, UnreadableImage, 
 PREFIX = "hf:"
 VERSION = 1  # bump when the way a dataset is read changes what a run sees
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "valid"), "test": ("test",)}
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # NAME or ORG/NAME; anything else is a path
 OPTIONS = re.compile(r"^(.*?)((?::(?:image|label)=[^,:=]+)+)$")  # PATH:image=COLUMN:label=COLUMN
 HELP = (
     "give hf:PATH (a save_to_disk folder or Parquet files with train and test splits) or hf:NAME (a Hub dataset, "
@@ -51,6 +52,11 @@ def task(spec: str, download: bool = False) -> Task:
     path = Path(source).expanduser()
     where = str(path.resolve()) if path.exists() else source
     name = PREFIX + where + "".join(f":{k}={v}" for k, v in sorted(columns.items()))
+    if not path.exists() and not HUB_NAME.match(source):  # a path, not a Hub name: nothing to download
+        raise UserError(
+            f"task {name}: {path} does not exist; give the path of a save_to_disk folder or of Parquet files with "
+            f"train and test splits"
+        )
     splits = _open(path if path.exists() else None, source, download, name)
     found = {ours: next((s for s in theirs if s in splits), None) for ours, theirs in SPLIT_NAMES.items()}
     missing = [s for s in ("train", "test") if found[s] is None]
@@ -59,6 +65,10 @@ def task(spec: str, download: bool = False) -> Task:
     train = splits[found["train"]]
     image_col = _column(name, train, columns.get("image"), "image", "Image")
     label_col = _column(name, train, columns.get("label"), "label", "ClassLabel")
+    # a column named as the one found without naming it is the same task: named in the task's name only where
+    # naming it changes what is read (hf:PATH:label=label is hf:PATH where `label` is the one label column)
+    named = {k: v for k, v in columns.items() if v != _found(train, k)}
+    name = PREFIX + where + "".join(f":{k}={v}" for k, v in sorted(named.items()))
     feature = train.features[label_col]
     classes = tuple(feature.names) if hasattr(feature, "names") else None
     labels = {s: list(splits[their][label_col]) for s, their in found.items() if their is not None}
@@ -106,7 +116,12 @@ def _open(path: Path | None, source: str, download: bool, name: str) -> dict:
         raise
     except Exception as e:  # datasets' own errors: missing files, not cached, a bad Parquet file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = "" if path is not None or download else "; it is not in the local Hugging Face cache: add --download"
+        hint = (
+            ""
+            if path is not None or download
+            else f"; there is no folder {source} here, and it is not in the local Hugging Face cache: add "
+            "--download to fetch it from the Hub"
+        )
         raise UserError(f"task {name}: cannot read it ({type(e).__name__}: {first}){hint}; {HELP}") from None
     return dict(out.items()) if hasattr(out, "items") else {}
 
@@ -132,6 +147,14 @@ def _offline(datasets, on: bool):
         yield
     finally:
         datasets.config.HF_HUB_OFFLINE = saved
+
+
+def _found(ds, role: str) -> str | None:
+    """The column of `role` (image, label) found without naming one; None where it would be ambiguous."""
+    try:
+        return _column("", ds, None, role, "Image" if role == "image" else "ClassLabel")
+    except UserError:
+        return None
 
 
 def _column(name: str, ds, chosen: str | None, role: str, kind: str) -> str:

@@ -1,0 +1,61 @@
+"""The small things a new user met on the command line (issue 34, item 10): compare takes -c as every command
+does, help texts that name real things (every mode, real checkpoints) and explain every option, and `list
+checkpoints` saying what the 16 px demo models are."""
+
+import json
+import re
+
+from conftest import cli, digits_results, json_lines
+
+from transfer_eval.checkpoints import load_registry
+from transfer_eval.methods.modes import MODES
+
+
+def test_compare_takes_checkpoints_with_c_as_well_as_positionally(tmp_path):
+    db = digits_results(tmp_path / "r.sqlite", {"vit_demo": 60, "vit_demo_shapes": 90})
+    common = ("-m", "linear", "--resamples", "200", "--json", "--results", db)
+    positional = cli("compare", "vit_demo", "vit_demo_shapes", *common)
+    with_c = cli("compare", "-c", "vit_demo,vit_demo_shapes", *common)
+    mixed = cli("compare", "vit_demo", "-c", "vit_demo_shapes", *common)
+    for proc in (positional, with_c, mixed):
+        assert proc.returncode == 0, proc.stderr
+    (row,) = json_lines(with_c.stdout)
+    assert json_lines(positional.stdout) == json_lines(mixed.stdout) == [row]
+    assert round(row["delta"], 6) == 0.3  # B (vit_demo_shapes) - A (vit_demo): the order given is kept
+
+
+def test_compare_help_names_registered_checkpoints():
+    proc = cli("compare", "--help")
+    assert proc.returncode == 0, proc.stderr
+    examples = re.findall(r"transfer-eval compare (.*)", proc.stdout)
+    named = {w for line in examples for w in re.split(r"[ ,]", line) if w and not w.startswith("-") and "_" in w}
+    assert len(examples) >= 2 and {"vit_demo", "vit_demo_shapes"} <= named
+    assert named <= set(load_registry()), named - set(load_registry())
+
+
+def test_run_help_lists_every_mode():
+    proc = cli("run", "--help")
+    assert proc.returncode == 0, proc.stderr
+    listed = re.search(r"Modes, comma-separated: (.*?) \(see", " ".join(proc.stdout.split()))
+    assert listed and [m.strip() for m in listed.group(1).split(",")] == list(MODES)
+
+
+def test_report_resamples_has_help():
+    for command in ("report", "compare"):
+        proc = cli(command, "--help")
+        assert proc.returncode == 0, proc.stderr
+        entry = " ".join(proc.stdout.split("--resamples", 1)[1].split("\n  -", 1)[0].split())
+        text = re.sub(r"INTEGER RANGE|\[default: 10000; x>=1\]", "", entry).strip()
+        assert text.startswith("Bootstrap resamples for the confidence intervals"), (command, entry)
+
+
+def test_list_checkpoints_says_what_the_demo_models_are():
+    proc = cli("list", "checkpoints")
+    assert proc.returncode == 0, proc.stderr
+    (demo,) = [line for line in proc.stdout.splitlines() if line.split()[:1] == ["vit_demo"]]
+    assert "16 px" in demo and "patch 4" in demo and "0.8M params" in demo
+    plain = [line for line in proc.stdout.splitlines() if line.split()[:1] == ["vit_b16_in21k"]]
+    assert plain and "vit_base_patch16_224.orig_in21k" in plain[0] and "params" not in plain[0]
+    rows = {r["name"]: r for r in map(json.loads, cli("list", "checkpoints", "--json").stdout.splitlines())}
+    assert rows["vit_demo_shapes"]["architecture"].endswith("0.8M params")
+    assert rows["vit_b16_in21k"]["architecture"] == "vit_base_patch16_224.orig_in21k"
