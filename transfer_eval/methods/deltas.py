@@ -103,7 +103,8 @@ def metadata(run, data_config: dict) -> dict[str, str]:
 def apply(model, path: str | Path) -> dict:
     """Load a per-task delta (as written by `run --save-delta`) into a model built from the shared checkpoint;
     returns the delta's metadata. Every tensor must exist in the model with the same shape. A delta of a mode that
-    changes the model's structure (LoRA) first gets that change, with the fields it records (rank and alpha)."""
+    changes the model's structure (LoRA, SSF) first gets that change, with the fields it records (rank, alpha,
+    targets, dropout); a mode that merges is then merged, as its run's test was scored."""
     from safetensors import safe_open
 
     from transfer_eval.methods import modes
@@ -131,4 +132,6 @@ def apply(model, path: str | Path) -> dict:
     with torch.no_grad():
         for k, v in tensors.items():
             own[k].copy_(v)
+    if mode is not None:
+        modes.merge(mode, model)  # a mode that merges (SSF, LoRA) was scored merged: so is the model it gives back
     return meta

@@ -32,7 +32,7 @@ NEEDS = {"qkv": "peft", "attention": "peft"}  # the optional library each target
 
 def check(recipe: dict, width: int | None = None) -> None:
     """The recipe's LoRA fields, one line each: an unknown target, a rank <= 0 (or above the width, where known),
-    an alpha <= 0, a dropout outside [0, 1)."""
+    an alpha <= 0, a dropout outside [0, 1), a target that needs peft where peft is not installed."""
     target, rank = recipe.get("lora_targets"), recipe.get("lora_rank")
     if target not in TARGETS:
         raise UserError(f"lora_targets {target!r} is not one of {', '.join(TARGETS)}")
@@ -46,6 +46,8 @@ def check(recipe: dict, width: int | None = None) -> None:
     dropout = recipe.get("lora_dropout")
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         raise UserError(f"lora_dropout must be in [0, 1), got {dropout!r}")
+    if target in NEEDS:
+        _peft()  # said where it is used: before anything runs, and only for the targets that need it
 
 
 def _peft():
