@@ -9,7 +9,7 @@ import sys
 import pytest
 import timm
 import torch
-from conftest import assert_one_line_error, cli, json_lines, leaderboard_of
+from conftest import assert_one_line_error, cli, json_lines, leaderboard_of, stored_rows
 
 from transfer_eval.errors import UserError
 from transfer_eval.methods import costs, lora, modes, ssf
@@ -180,13 +180,17 @@ def test_bad_lora_fields_are_one_line_exit_2_in_cost(setting, fragment):
 
 @pytest.mark.parametrize(
     "setting, fragment",
-    [("lora_rank=0", "lora_rank must be a positive integer"), ("lora_targets=q", "lora_targets 'q' is not one")],
+    [
+        ("lora_rank=0", "lora_rank must be a positive integer"),
+        ("lora_targets=q", "lora_targets 'q' is not one"),
+        ("lora_rank=129", "above the model's width 128"),  # known once the architecture is: the preflight's check
+    ],
 )
 def test_bad_lora_fields_stop_a_run_before_anything_runs(tmp_path, setting, fragment):
     db = tmp_path / "r.sqlite"
     proc = cli("run", "-c", "vit_demo", "-t", "digits", "-m", "linear,lora", "--results", db, "--set", setting)
     assert_one_line_error(proc, fragment)
-    assert not db.exists() or not leaderboard_of(db).rows  # planned first: not even the linear probe ran
+    assert stored_rows(db) == 0  # checked first: not even the linear probe ran
 
 
 def test_ssf_and_lora_end_to_end_stored_with_their_cost_and_in_the_leaderboard(tmp_path):
@@ -283,3 +287,27 @@ def test_a_target_that_needs_peft_says_so_without_it(no_peft, tmp_path):
         "run", "-c", "vit_demo", "-t", "digits", "-m", "lora", "--set", "lora_targets=attention", "--results", db
     )
     assert_one_line_error(proc, "needs the peft library")
+
+
+def test_a_lora_1_delta_still_loads(tmp_path):
+    """A delta written by lora 1 (peft's adapters on qkv and proj, alpha 16) records rank and alpha only: it loads
+    with that version's targets and dropout, merged, and gives its model's logits."""
+    pytest.importorskip("peft")
+    from transfer_eval.methods import deltas
+
+    backbone = _tiny()
+    old = modes.prepare(MODES["lora"], copy.deepcopy(backbone), {**lora.VERSION_1, "lora_rank": 4, "lora_alpha": 16.0})
+    names = modes.apply(MODES["lora"], old)
+    with torch.no_grad():
+        for n, p in old.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    state = old.state_dict()
+    path = tmp_path / "old.safetensors"
+    deltas.save({n: state[n] for n in names}, path, {"mode": "lora", "lora_rank": "4", "lora_alpha": "16.0"})
+    fresh = copy.deepcopy(backbone)
+    deltas.apply(fresh, path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), old.eval()(x), atol=1e-5, rtol=1e-5)
+    assert not any("lora_" in n for n in fresh.state_dict())

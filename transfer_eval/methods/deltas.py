@@ -107,7 +107,7 @@ def apply(model, path: str | Path) -> dict:
     targets, dropout); a mode that merges is then merged, as its run's test was scored."""
     from safetensors import safe_open
 
-    from transfer_eval.methods import modes
+    from transfer_eval.methods import lora, modes
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -115,7 +115,8 @@ def apply(model, path: str | Path) -> dict:
     mode = modes.MODES.get(meta.get("mode", ""))
     own = model.state_dict()
     if mode is not None and mode.prepare is not None and any(k not in own for k in tensors):
-        fields = {k: meta.get(k) for k in mode.defaults}
+        older = lora.VERSION_1 if mode.name == "lora" else {}  # what a lora delta of version 1 did not record
+        fields = {k: meta.get(k, older.get(k)) for k in mode.defaults}
         if any(v is None for v in fields.values()):
             raise UserError(
                 f"delta {path} holds {mode.name} tensors but not its {', '.join(sorted(fields))}; "

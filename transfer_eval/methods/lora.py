@@ -28,6 +28,7 @@ from transfer_eval.methods import blocks
 TARGETS = ("qv", "qkv", "attention")
 DEFAULTS = {"lora_rank": 8, "lora_alpha": 8.0, "lora_targets": "qv", "lora_dropout": 0.0}
 NEEDS = {"qkv": "peft", "attention": "peft"}  # the optional library each target needs
+VERSION_1 = {"lora_targets": "attention", "lora_dropout": 0.0}  # lora 1's setting, which its deltas do not record
 
 
 def check(recipe: dict, width: int | None = None) -> None:

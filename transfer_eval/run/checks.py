@@ -30,8 +30,8 @@ def preflight(
 ) -> None:
     """Check everything the runs need before the first one starts, so that a missing dataset for the last task
     does not surface hours later: each task's splits (downloaded first with `download`), the own head of an
-    evaluation, weights from files and URLs (loaded once: unsafe or ill-fitting files stop here) and the input
-    pipeline asked for. Raises UserError; writes nothing."""
+    evaluation, weights from files and URLs (loaded once: unsafe or ill-fitting files stop here), the structure
+    of the modes that change it and the input pipeline asked for. Raises UserError; writes nothing."""
     for r in runs:
         if r.mode.stage == "eval":
             check_own_head(r.checkpoint, r.task)
@@ -46,9 +46,35 @@ def preflight(
             task.fetch(ctx)
         for split in sorted(split_names):
             task.dataset(split, ctx)
+    check_structure(runs)
     if inputs.device_resize == "on" or inputs.decode == "device":  # refused now, not when the run comes
         for r in {(r.checkpoint.name, r.task.name, r.mode.stage, r.recipe.get("resolution")): r for r in runs}.values():
             check_inputs(r, ctx, device, inputs)
+
+
+def check_structure(runs: list[Run]) -> None:
+    """Each mode that changes the model's structure (LoRA, SSF, ...) applied to its checkpoint's architecture on the
+    meta device (no weights, no memory), once per checkpoint, mode and shaping fields: an architecture the mode
+    refuses, or a field the architecture cannot take (a LoRA rank above the width), stops here in one line."""
+    import copy
+
+    from transfer_eval.methods import modes
+
+    built: dict = {}
+    seen = set()
+    for r in runs:
+        if r.mode.prepare is None:
+            continue
+        shape = tuple(sorted((k, str(r.recipe.get(k))) for k in r.mode.defaults))
+        key = (r.checkpoint.name, r.recipe.get("resolution"), r.mode.name, shape)
+        if key in seen:
+            continue
+        seen.add(key)
+        with torch.device("meta"):
+            base = key[:2]
+            if base not in built:
+                built[base] = checkpoints.build_model(r.checkpoint, 2, key[1], load_weights=False)[0]
+            modes.prepare(r.mode, copy.deepcopy(built[base]), r.recipe)
 
 
 def check_inputs(run: Run, ctx: LoadContext, device: torch.device, inputs: pipeline.InputOptions) -> None:
