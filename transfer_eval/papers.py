@@ -25,6 +25,10 @@ where the paper printed a typo P and V is the corrected number, which is compare
         published:
           ViT-S full: {iNat-18: 68.0, CIFAR-10: [98.9, 0.1]}
 
+A row may also give `params` (the paper's published Params (M) column: `paper plan` and `paper report` show each
+row's trainable parameters outside the head beside it) and `per_column: {COLUMN: {FIELD: VALUE}}` (recipe fields of
+that row's cell in one column only, applied last: VPT's prompt length on one task).
+
 A row or column given `unrunnable: REASON` (no public weights, no such task) is listed with its published numbers
 and the reason, and never planned. A cell is the row's settings, then the column's, over the part's and the
 preset's; it must name a checkpoint, a task and a mode. Every cell resolves through the same code as `run`, so
