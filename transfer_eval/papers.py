@@ -25,6 +25,10 @@ where the paper printed a typo P and V is the corrected number, which is compare
         published:
           ViT-S full: {iNat-18: 68.0, CIFAR-10: [98.9, 0.1]}
 
+A row may also give `params` (the paper's published Params (M) column: `paper plan` and `paper report` show each
+row's trainable parameters outside the head beside it) and `per_column: {COLUMN: {FIELD: VALUE}}` (recipe fields of
+that row's cell in one column only, applied last: VPT's prompt length on one task).
+
 A row or column given `unrunnable: REASON` (no public weights, no such task) is listed with its published numbers
 and the reason, and never planned. A cell is the row's settings, then the column's, over the part's and the
 preset's; it must name a checkpoint, a task and a mode. Every cell resolves through the same code as `run`, so
@@ -46,7 +50,7 @@ SETTINGS = ("checkpoint", "task", "mode", "resolution", "recipe", "set", "seeds"
 TOP_KEYS = {"name", "paper", "arxiv", "table", "caption", "tolerance", "std", "choices", "parts", "rows", "columns"}
 TOP_KEYS |= {"published", "metric", *SETTINGS}
 PART_KEYS = {"title", "rows", "columns", "published", *SETTINGS}
-LINE_KEYS = {"label", "unrunnable", "note", *SETTINGS}
+LINE_KEYS = {"label", "unrunnable", "note", "params", "per_column", *SETTINGS}
 METRICS = {"top1": "top-1 accuracy (%) on each task's test split"}
 
 
@@ -83,6 +87,7 @@ class Part:
     title: str
     rows: list[str]
     columns: list[str]
+    params: dict = field(default_factory=dict)  # row label -> the paper's published Params (M) column, if it has one
 
 
 @dataclass
@@ -99,6 +104,8 @@ class Preset:
     cells: list[Cell]
     source: str
     metric: str = "top1"
+    # (part, row) -> trainable backbone parameters (head excluded) of the row's runs, as count_params counts them
+    backbone_params: dict = field(default_factory=dict)
 
     def cell(self, part: str, row: str, column: str) -> Cell | None:
         for c in self.cells:
@@ -265,7 +272,17 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
             for col in by_col:
                 if col not in col_labels:
                     raise UserError(f"{pw}, row {r!r}: published number for column {col!r}, which is not a column")
-        parts.append(Part(title, row_labels, col_labels))
+        for row in rows:
+            if row.get("params") is not None and not isinstance(row["params"], (int, float)):
+                raise UserError(f"{pw}, row {row['label']!r}: `params` is the published Params (M), a number")
+            per = row.get("per_column") or {}
+            bad = [c for c in per if c not in col_labels or not isinstance(per[c], dict)]
+            if not isinstance(per, dict) or bad:
+                raise UserError(
+                    f"{pw}, row {row['label']!r}: `per_column` maps column labels to recipe fields (--set); "
+                    f"not columns or not mappings: {', '.join(map(str, bad))}"
+                )
+        parts.append(Part(title, row_labels, col_labels, {r["label"]: r.get("params") for r in rows}))
         part_layer = {k: raw[k] for k in SETTINGS if k in raw}
         for row in rows:
             for col in columns:
@@ -273,7 +290,9 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
                 value = (published.get(row["label"]) or {}).get(col["label"])
                 number, nstd, printed = _number(value, cw) if value is not None else (None, None, None)
                 try:
-                    s = _merge(base, part_layer, row, col)
+                    # a row's settings for one column (VPT's prompt length on one task) come last
+                    per = {"set": (row.get("per_column") or {}).get(col["label"], {})}
+                    s = _merge(base, part_layer, row, col, per)
                 except UserError as e:
                     raise UserError(f"{cw}: {e}") from None
                 cell = Cell(
@@ -345,6 +364,34 @@ def resolve(preset: Preset, registries=(), tasks_dirs=()) -> None:
             )
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
+
+
+def count_params(preset: Preset) -> dict:
+    """Fill and return preset.backbone_params: for each row, the trainable parameters of its first runnable cell's
+    model outside the head (what the PEFT tables' Params column counts), built on the meta device (no weights,
+    no memory) and adapted as its runs are (their recipe's structural fields: rank, targets, prompt length)."""
+    import copy
+
+    import torch
+
+    from transfer_eval import checkpoints
+    from transfer_eval.methods import costs, modes
+
+    built: dict = {}
+    for part in preset.parts:
+        for row in part.rows:
+            cell = next((c for c in preset.cells if (c.part, c.row) == (part.title, row) and c.runs), None)
+            if cell is None:
+                continue
+            run = cell.runs[0]
+            with torch.device("meta"):
+                key = (run.checkpoint.name, run.recipe.get("resolution"))
+                if key not in built:
+                    built[key] = checkpoints.build_model(run.checkpoint, 10, key[1], load_weights=False)[0]
+                model = modes.prepare(run.mode, copy.deepcopy(built[key]), run.recipe)
+            names = modes.trainable_names(run.mode, model)
+            preset.backbone_params[(part.title, row)] = costs.count(model, names - modes.head_names(model))
+    return preset.backbone_params
 
 
 def with_seeds(preset: Preset, seeds: list[int], registries=(), tasks_dirs=()) -> Preset:

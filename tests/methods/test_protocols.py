@@ -275,7 +275,7 @@ def test_ffn_bitfit_lora_train_what_they_say():
     bitfit = modes.trainable_names(MODES["bitfit"], model)
     assert bitfit == {n for n, _ in model.named_parameters() if n.endswith("bias")} | {"head.weight"}
     pytest.importorskip("peft")
-    lora_model = modes.prepare(MODES["lora"], model, {"lora_rank": 4, "lora_alpha": 8})
+    lora_model = modes.prepare(MODES["lora"], model, {"lora_rank": 4, "lora_alpha": 8, "lora_targets": "attention"})
     names = modes.apply(MODES["lora"], lora_model)
     counted = sum(p.numel() for n, p in lora_model.named_parameters() if n in names)
     # rank 4 on qkv (32 -> 96) and proj (32 -> 32) of 2 blocks, plus the head

@@ -191,6 +191,7 @@ def list_modes(checkpoint_name, num_classes, registries, as_json):
                 "protocol_version": m.version,
                 "description": m.description,
                 "stores_per_task": m.stores,
+                "needs": m.needs or None,
             }
             if m.name in found:
                 row["matches"] = {k: sorted(v) for k, v in found[m.name].items()}
@@ -205,7 +206,10 @@ def list_modes(checkpoint_name, num_classes, registries, as_json):
 
     click.echo(
         tabulate(
-            [[m.name, m.stage, trains(m), m.description, m.stores] for m in modes.MODES.values()],
+            [
+                [m.name, m.stage, trains(m), m.description + (f" [needs {m.needs}]" if m.needs else ""), m.stores]
+                for m in modes.MODES.values()
+            ],
             headers=[
                 "name",
                 "stage",
@@ -233,11 +237,11 @@ def _matches(checkpoint_name, num_classes, registries) -> dict[str, dict[str, di
         model, _ = checkpoints.build_model(ck, num_classes, load_weights=False)
         out = {}
         for m in modes.MODES.values():
-            adapted = modes.prepare(m, copy.deepcopy(model))
-            sizes = {n: p.numel() for n, p in adapted.named_parameters()}
-            try:
+            try:  # a mode that does not apply to this architecture (no attention, not a ViT) is left out
+                adapted = modes.prepare(m, copy.deepcopy(model))
+                sizes = {n: p.numel() for n, p in adapted.named_parameters()}
                 out[m.name] = {k: {n: sizes[n] for n in v} for k, v in modes.matches(m, adapted).items()}
-            except ValueError:
+            except (ValueError, UserError):
                 continue
     return out
 

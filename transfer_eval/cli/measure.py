@@ -7,7 +7,7 @@ import json
 import click
 
 from transfer_eval.cli.group import cli
-from transfer_eval.cli.options import CONTEXT, csv, device_option, json_option, registry_option
+from transfer_eval.cli.options import CONTEXT, csv, device_option, json_option, overrides, registry_option
 from transfer_eval.errors import UserError
 
 
@@ -22,14 +22,23 @@ from transfer_eval.errors import UserError
 @click.option("-m", "--mode", "mode_names", required=True, help="Modes, comma-separated.")
 @click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--resolution", type=click.IntRange(min=16), default=None, help="Input size in pixels.")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A mode's own field, as `run --set` takes it (e.g. --set lora_rank=4 --set lora_targets=qkv); repeatable.",
+)
 @registry_option
 @json_option
-def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_json):
+def cost(checkpoint_name, mode_names, num_classes, resolution, settings, registries, as_json):
     """Compute and parameter-sharing cost of a checkpoint in a mode, without data or weights.
 
     FLOPs are counted by torch.utils.flop_counter on a real forward pass and a real training step of the mode
     (1 multiply-add = 2 FLOPs; GMACs are multiply-adds). The bytes per task are those of the mode's delta
-    written as a safetensors file.
+    written as a safetensors file. Trainable parameters are shown for the backbone and the head apart (the
+    published PEFT columns exclude the head); "deployed" is the forward pass of the task as served, after
+    merging where the mode merges (SSF, LoRA: the backbone's FLOPs).
 
     \b
     Example:
@@ -42,16 +51,26 @@ def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_js
 
     ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
     mode_list = [modes.resolve(n) for n in csv(mode_names)]
+    fields = overrides(settings)
+    known = {k for m in mode_list for k in m.defaults if m.prepare is not None}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise UserError(
+            f"cost --set: {', '.join(unknown)} shape none of {', '.join(m.name for m in mode_list)}; "
+            f"fields that change a mode's structure: {', '.join(sorted(known)) or 'none'}"
+        )
     model, cfg = checkpoints.build_model(ck, num_classes, resolution, load_weights=False)
     rows = []
     for mode in mode_list:  # cost_card adapts a copy of the one model for each mode
+        mine = {k: v for k, v in fields.items() if k in mode.defaults}
         rows.append(
             {
                 "checkpoint": ck.name,
                 "model": ck.model,
                 "mode": mode.name,
                 "num_classes": num_classes,
-                **costs.cost_card(model, cfg, mode),
+                **({"set": mine} if mine else {}),
+                **costs.cost_card(model, cfg, mode, recipe=mine),
             }
         )
     if as_json:
@@ -63,9 +82,12 @@ def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_js
             r["mode"],
             r["resolution"],
             f"{r['fwd_gflops_per_image']:.2f} / {r['fwd_gmacs_per_image']:.2f}",
+            f"{r['deployed_gflops_per_image']:.2f}",
             f"{r['train_gflops_per_image']:.2f}",
             f"{r['params_total']:,}",
             f"{r['params_per_task']:,}",
+            f"{r['params_backbone']:,}",
+            f"{r['params_head']:,}",
             "-" if r["bytes_per_task"] is None else f"{r['bytes_per_task'] / 2**20:.2f}",
             "-" if r["storage_saved_per_extra_task"] is None else f"{100 * r['storage_saved_per_extra_task']:.1f}%",
             r["stored_per_task"],
@@ -80,9 +102,12 @@ def cost(checkpoint_name, mode_names, num_classes, resolution, registries, as_js
                 "mode",
                 "px",
                 "forward GFLOPs / GMACs per image",
+                "deployed GFLOPs/img",
                 "train-step GFLOPs/img",
                 "params",
                 "params/task",
+                "backbone params/task",
+                "head params",
                 "MiB/task",
                 "saved per extra task",
                 "stored per task",
@@ -244,7 +269,10 @@ def bench(
     ck = checkpoints.resolve(checkpoint_name, checkpoints.load_registry(registries))
     mode_list = [modes.resolve(n) for n in csv(mode_names)]
     if not any(m.stage == "finetune" for m in mode_list):
-        raise UserError("bench times fine-tuning modes: give at least one of attention, full, ffn, bitfit, lora")
+        raise UserError(
+            "bench times fine-tuning modes: give at least one of "
+            + ", ".join(m.name for m in modes.MODES.values() if m.stage == "finetune")
+        )
     report = benchmark.run(
         ck, mode_list, batch_size, steps, devices.pick_device(device), resolution, workers, compile_model, images
     )

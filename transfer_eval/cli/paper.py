@@ -148,11 +148,15 @@ def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, ski
     rate = tflops or planning.DEFAULT_TFLOPS
     # the splits each task's cells read, checked once per task
     ready = {t: planning.data_status(task, splits, ctx) for t, (task, splits) in checks.splits_read(all_runs).items()}
+    params = papers.count_params(preset)  # each row's trainable backbone parameters (head excluded)
+    published_params = {(p.title, r): v for p in preset.parts for r, v in p.params.items()}
     rows = []
     for o in outs:
         c = o.cell
         row = {
             **c.describe(),
+            "published_params_m": published_params.get((c.part, c.row)),
+            "backbone_params": params.get((c.part, c.row)),
             "planned": o.planned,
             "stored": o.n,
             "failed": o.failed,
@@ -246,6 +250,15 @@ def _print_plan(preset, rows, ready, rate, no_store) -> None:
         f"about {hours:,.1f} GPU-hours ({'; '.join(bases) or f'stated {rate:g} TFLOP/s per GPU'})"
         + (f"; {len(unknown)} cells of unknown size not counted" if unknown else "")
     )
+    from transfer_eval.report import paper as paper_report_
+
+    if preset.backbone_params or any(v is not None for p in preset.parts for v in p.params.values()):
+        click.echo("\nParams (M), trainable outside the head (the published column's count):")
+        for part in preset.parts:
+            for row in part.rows:
+                paper_p, ours_p = paper_report_.params_texts(preset, part, row) or ("", "")
+                where = f"{part.title} / {row}" if part.title else row
+                click.echo(f"  {where}: paper {paper_p or '-'}, ours {ours_p or '-'}")
     for choice in preset.choices:
         click.echo(f"Choice: {choice}")
 
@@ -319,6 +332,7 @@ def paper_report(name, papers_dirs, registries, tasks_dirs, results, seeds, fmt,
     if store is None:
         click.echo(f"no results store at {results or paths.default_results()}: every cell is missing", err=True)
     outs = papers.outcomes(preset, store)
+    papers.count_params(preset)  # each row's trainable backbone parameters, beside the published Params column
     text = paper_report_.render(preset, outs, fmt)
     if store is not None:
         store.close()

@@ -76,8 +76,8 @@ class FlopCounts:
         from transfer_eval.methods import costs, modes
 
         res = run.recipe.get("resolution")
-        own = tuple(str(run.recipe.get(k)) for k in sorted(run.mode.defaults))  # rank, prompt length, bottleneck
-        key = (run.checkpoint.name, res, num_classes, run.mode.name, run.recipe.get("lora_rank"), own)
+        shape = tuple(sorted((k, str(run.recipe.get(k))) for k in run.mode.defaults)) if run.mode.prepare else ()
+        key = (run.checkpoint.name, res, num_classes, run.mode.name, shape)  # the fields that shape the model
         if key in self._counts:
             return self._counts[key]
         base = (run.checkpoint.name, res)

@@ -65,15 +65,19 @@ def count(model, names=None) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if names is None or n in names)
 
 
-def cost_card(model, data_config: dict, mode, device=torch.device("cpu")) -> dict:
+def cost_card(model, data_config: dict, mode, device=torch.device("cpu"), recipe: dict | None = None) -> dict:
     """Compute and sharing figures of a mode on a built model, without data: what `transfer-eval cost` prints.
-    The model is adapted as a run adapts it (LoRA adapters injected with the mode's default rank) on a copy, so
-    one built model serves every mode."""
+    The model is adapted as a run adapts it (the mode's structural fields: its defaults under `recipe`) on a copy,
+    so one built model serves every mode. Trainable parameters are counted for the backbone and the head apart;
+    the deployed task's forward FLOPs are counted after merging, where the mode merges (SSF, LoRA)."""
     import copy
 
     from transfer_eval.methods import deltas, modes
 
-    model = modes.prepare(mode, copy.deepcopy(model))
+    fields = {**mode.defaults, **(recipe or {})}
+    if mode.check is not None:
+        mode.check(fields)
+    model = modes.prepare(mode, copy.deepcopy(model), fields)
     names = modes.apply(mode, model)
     fwd = forward_flops(model, data_config, device)
     # Probes' training compute is forward passes only (features; few-shot solves in closed form), as the runner
@@ -82,17 +86,22 @@ def cost_card(model, data_config: dict, mode, device=torch.device("cpu")) -> dic
     state = model.state_dict()
     total = count(model)
     per_task = count(model, names)
+    head = count(model, names & modes.head_names(model))
     full_bytes = deltas.size(state)
     task_bytes = deltas.size({n: state[n] for n in names})
+    deployed = fwd if mode.merge is None else forward_flops(modes.merge(mode, model), data_config, device)
     card = {
         "resolution": data_config["input_size"][-1],
         "fwd_gflops_per_image": fwd / 1e9,
         "fwd_gmacs_per_image": fwd / 2e9,
+        "deployed_gflops_per_image": deployed / 1e9,  # the task as served: merged where the mode merges
         "train_gflops_per_image": train / 1e9,  # probes: one forward pass for feature extraction
         "train_gmacs_per_image": train / 2e9,
         "params_total": total,
         "params_trainable": per_task,
         "params_per_task": per_task,
+        "params_backbone": per_task - head,  # the published PEFT columns' count (head excluded)
+        "params_head": head,
         "params_shared": total - per_task,
         "bytes_per_task": task_bytes,
         "bytes_full_copy": full_bytes,

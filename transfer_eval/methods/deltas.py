@@ -169,8 +169,10 @@ def served(meta: dict[str, str], path: str | Path) -> dict:
 def apply(model, path: str | Path) -> dict:
     """Load a per-task delta (as written by `run --save-delta`) into a model built from the shared checkpoint;
     returns the delta's metadata. Every tensor must exist in the model with the same shape. A delta of a mode that
-    changes the model's structure (LoRA) first gets that change, with the recipe it records (rank and alpha)."""
-    from transfer_eval.methods import modes
+    changes the model's structure (LoRA, SSF, VPT, adapters) first gets that change, with the recipe it records (a
+    format-1 file: the fields it records; lora's version 1 recorded rank and alpha, not targets and dropout); a
+    mode that merges is then merged, as its run's test was scored."""
+    from transfer_eval.methods import lora, modes
 
     meta, tensors = read(path, described=False)
     mode = modes.MODES.get(meta.get("mode", ""))
@@ -178,7 +180,8 @@ def apply(model, path: str | Path) -> dict:
         if "recipe" in meta:
             recipe = served(meta, path)["recipe"]
         else:  # a v1 file: the fields that shape the model, as strings
-            fields = {k: meta.get(k) for k in mode.defaults}
+            older = lora.VERSION_1 if mode.name == "lora" else {}  # what a lora delta of version 1 did not record
+            fields = {k: meta.get(k, older.get(k)) for k in mode.defaults}
             if any(v is None for v in fields.values()):
                 raise UserError(
                     f"delta {path} holds {mode.name} tensors but not its {', '.join(sorted(fields))}; "
@@ -187,6 +190,8 @@ def apply(model, path: str | Path) -> dict:
             recipe = {k: type(mode.defaults[k])(v) for k, v in fields.items()}
         modes.prepare(mode, model, recipe)
     load_into(model, tensors, path)
+    if mode is not None:
+        modes.merge(mode, model)  # a mode that merges (SSF, LoRA) was scored merged: so is the model it gives back
     return meta
 
 

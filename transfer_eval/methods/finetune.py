@@ -52,21 +52,11 @@ class Recipe:
     drop_path: float = 0.0  # stochastic depth rate of the model during training
     lora_rank: int | None = None  # mode lora only
     lora_alpha: float | None = None
-    # modes vpt_shallow / vpt_deep, adapter, adaptformer only (methods/prompts.py, bottlenecks.py); see OMITTED_UNSET
-    prompt_tokens: int | None = None
-    adapter_bottleneck: int | None = None
-    adaptformer_bottleneck: int | None = None
-    adaptformer_scale: float | None = None
     eval_batch_size: int = 256
     resolution: int | None = None  # None: the checkpoint's own input size
 
     def lrs(self) -> list[float]:
         return [float(x) for x in (self.lr_grid or (self.lr,))]
-
-
-# Mode-specific fields added after results were stored: a resolved recipe leaves them out where they are unset (the
-# modes that do not own them), so every protocol hash stored before they existed still matches.
-OMITTED_UNSET = ("prompt_tokens", "adapter_bottleneck", "adaptformer_bottleneck", "adaptformer_scale")
 
 
 def make_recipe(fields: dict) -> Recipe:

@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch.nn as nn
 
-from transfer_eval.errors import UserError, unknown_name
-from transfer_eval.methods import bottlenecks, fewshot, knn, logistic, probe, prompts, sources
+from transfer_eval.errors import unknown_name
+from transfer_eval.methods import bottlenecks, fewshot, knn, logistic, lora, probe, prompts, sources, ssf
 
 # --------------------------------------------------------------------------------------------------- selectors
 
@@ -124,9 +124,15 @@ SELECTORS = {
         ),
         Selector(
             "lora",
-            "peft's LoRA adapters (lora_A, lora_B)",
+            "LoRA's adapters (lora_A, lora_B of peft; lora_q_A ... of the q and v slices)",
             lambda m: {n for n in _names(m) if ".lora_" in n},
             "call modes.prepare first: {model} has no LoRA adapters",
+        ),
+        Selector(
+            "ssf",
+            "SSF's scales and shifts (ssf_scale, ssf_shift)",
+            ssf.names,
+            "call modes.prepare first: {model} has no SSF scales and shifts",
         ),
     )
 }
@@ -141,29 +147,11 @@ STAGE_SPLITS = {
     "finetune": ("train", "val", "test"),
     "eval": ("test",),
 }
-LORA_DEFAULTS = {"lora_rank": 8, "lora_alpha": 16.0}  # mode lora's recipe fields, unless a run sets them
 # VPT's prompt length is chosen per task (a preset may set it per task): KMnP/vpt's config default is 5, its demo
 # runs 5, 10, 50 and 100 (SUN397 5, DMLab and EuroSAT 100). 10 sits among the small values: a useful number of
 # tokens that adds only ~5% to ViT-B/16's 197 tokens (the extra inference cost a deployed task pays for every
 # image), 7,680 parameters shallow and 92,160 deep on ViT-B.
 VPT_DEFAULTS = {"prompt_tokens": 10}
-
-
-def _inject_lora(model: nn.Module, recipe: dict) -> nn.Module:
-    """LoRA adapters on every Linear inside an attention module, injected in place (peft), so the model stays a
-    timm model (forward_head, get_classifier) and only gains lora_A / lora_B parameters."""
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError:
-        raise UserError("mode lora needs the peft library: pip install peft") from None
-    config = LoraConfig(
-        r=int(recipe["lora_rank"]),
-        lora_alpha=float(recipe["lora_alpha"]),
-        lora_dropout=0.0,
-        target_modules=attention_linears(model),
-        bias="none",
-    )
-    return inject_adapter_in_model(config, model)
 
 
 @dataclass(frozen=True)
@@ -194,6 +182,7 @@ class Mode:
     # recipe fields a run may set beyond `defaults` (the probes' feature source and normalisation), with their
     # defaults: a field at its default stays out of the resolved recipe, so runs from before it keep their keys
     optional: dict = field(default_factory=dict, hash=False, compare=False)
+    needs: str = ""  # an optional library the mode (or some of its settings) needs, as `list modes` shows it
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -322,15 +311,30 @@ MODES = {
             prepare=bottlenecks.adaptformer,
             check=bottlenecks.check_adaptformer,
         ),
+        # lora 2: the LoRA paper's and the VTAB papers' LoRA by default (q and v slices, scale 1), merged for test
         Mode(
             "lora",
             "finetune",
             ("lora", "head"),
-            "low-rank adapters (peft's LoRA) on every attention qkv and proj, and the head; rank from the recipe "
-            "(lora_rank)",
+            "LoRA: rank-8 updates of the q and v slices of each fused qkv, scale 1 (lora_targets qv; qkv: one pair "
+            "on the fused qkv as NOAH; attention: qkv and proj), and the head; merged into the weights for test",
             "the adapters + head",
-            defaults=LORA_DEFAULTS,
-            prepare=_inject_lora,
+            version=2,
+            defaults=lora.DEFAULTS,
+            prepare=lora.prepare,
+            merge=lora.merge,
+            check=lora.check,
+            needs="peft (lora_targets qkv, attention)",
+        ),
+        Mode(
+            "ssf",
+            "finetune",
+            ("ssf", "head"),
+            "SSF: a scale and a shift after every norm, qkv, proj, fc1, fc2, the patch embedding and the final norm, "
+            "and the head; merged into the weights for test",
+            "the scales and shifts + head",
+            prepare=ssf.prepare,
+            merge=ssf.merge,
         ),
         Mode(
             "pretrained",
@@ -365,15 +369,6 @@ def trainable_names(mode: Mode, model: nn.Module) -> set[str]:
     """Parameter names that train in `mode`: the union over its selectors (for a probe, the head that the
     classifier stands for)."""
     return set().union(*matches(mode, model).values())
-
-
-def attention_linears(model: nn.Module) -> list[str]:
-    """Module names of the Linear layers inside attention modules (qkv, proj, or q/k/v projections)."""
-    out = []
-    for mod_name, module in model.named_modules():
-        if _is_attention(module):
-            out += [f"{mod_name}.{n}" for n, sub in module.named_modules() if isinstance(sub, nn.Linear)]
-    return out
 
 
 def prepare(mode: Mode, model: nn.Module, recipe: dict | None = None) -> nn.Module:

@@ -93,6 +93,9 @@ class Cell:
             "params_total": new.params_total,
             "train_pflops_total": self.cost("train_pflops_total"),
             "fwd_gflops_per_image": new.fwd_gflops_per_image,
+            "params_backbone": new.params_backbone,  # trainable outside the head (the PEFT tables' Params column)
+            "params_head": new.params_head,
+            "deployed_gflops_per_image": new.deployed_gflops_per_image,  # after merging, where the mode merges
         }
 
 
@@ -205,6 +208,16 @@ class Row:
         vals = [c.newest.params_per_task for c in self.group_cells if c.newest.params_per_task is not None]
         return float(np.mean(vals)) if vals else None
 
+    def mean_of(self, name: str) -> float | None:
+        vals = [getattr(c.newest, name) for c in self.group_cells if getattr(c.newest, name) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    @property
+    def params_backbone(self) -> float | None:
+        """The mean over the group's tasks of the trainable parameters outside the head (None: stored before the
+        record kept them apart)."""
+        return self.mean_of("params_backbone")
+
     def _storage(self):
         if not self.complete:
             return None
@@ -306,6 +319,9 @@ class Leaderboard:
             "tasks_present": row.present,
             "tasks_total": len(self.group.tasks),
             "params_per_task": row.params_per_task,
+            "params_backbone": row.params_backbone,
+            "params_head": row.mean_of("params_head"),
+            "deployed_gflops_per_image": row.mean_of("deployed_gflops_per_image"),
             "suite_bytes": row.suite_bytes,
             "full_copies_bytes": row.full_copies_bytes,
             "storage_ratio": row.storage_ratio,

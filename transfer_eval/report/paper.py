@@ -51,20 +51,37 @@ def _by_cell(outs: list[Outcome]) -> dict:
     return {(o.cell.part, o.cell.row, o.cell.column): o for o in outs}
 
 
+def _millions(n) -> str:
+    return "" if n is None else f"{n / 1e6:.2f}" if n >= 1e4 or n == 0 else f"{n / 1e6:.4f}"
+
+
+def params_texts(preset: Preset, part, row: str) -> tuple[str, str] | None:
+    """(the paper's Params (M), ours: the row's trainable backbone parameters in M, head excluded), or None where
+    the part shows no Params column (neither published nor counted: `papers.count_params`)."""
+    if not any(v is not None for v in part.params.values()) and not preset.backbone_params:
+        return None
+    published = part.params.get(row)
+    return ("" if published is None else f"{published:g}", _millions(preset.backbone_params.get((part.title, row))))
+
+
 def grid(preset: Preset, outs: list[Outcome]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """For each part: its title, the header and the rows (paper, ours, difference for each of the paper's rows)."""
+    """For each part: its title, the header and the rows (paper, ours, difference for each of the paper's rows);
+    a last column "Params (M)" beside them where the part has one (the published column, and our backbone count)."""
     found = _by_cell(outs)
     parts = []
     for part in preset.parts:
         rows = []
+        shown = params_texts(preset, part, part.rows[0]) is not None
         for r in part.rows:
             cells = [found[(part.title, r, c)] for c in part.columns]
-            if any(o.cell.published is not None for o in cells):
-                rows.append([f"{r}: paper", *(published_text(o.cell) for o in cells)])
+            paper_p, ours_p = params_texts(preset, part, r) or ("", "")
+            extra = (lambda x: [x]) if shown else (lambda x: [])
+            if any(o.cell.published is not None for o in cells) or paper_p:
+                rows.append([f"{r}: paper", *(published_text(o.cell) for o in cells), *extra(paper_p)])
             if any(o.verdict != "cannot be run" for o in cells):
-                rows.append([f"{r}: ours", *(ours_text(o) for o in cells)])
-                rows.append([f"{r}: difference", *(difference_text(o) for o in cells)])
-        parts.append((part.title, ["", *part.columns], rows))
+                rows.append([f"{r}: ours", *(ours_text(o) for o in cells), *extra(ours_p)])
+                rows.append([f"{r}: difference", *(difference_text(o) for o in cells), *extra("")])
+        parts.append((part.title, ["", *part.columns, *(["Params (M)"] if shown else [])], rows))
     return parts
 
 
@@ -121,6 +138,8 @@ def _records(preset: Preset, outs: list[Outcome]) -> list[dict]:
                 "verdict": o.verdict,
                 "unrunnable": c.unrunnable,
                 "run_ids": o.run_ids,
+                "published_params_m": next((p.params.get(c.row) for p in preset.parts if p.title == c.part), None),
+                "backbone_params": preset.backbone_params.get((c.part, c.row)),
             }
         )
     return out

@@ -36,10 +36,10 @@ def preflight(
 ) -> None:
     """Check everything the runs need before the first one starts, so that a missing dataset for the last task
     does not surface hours later: each task's splits (downloaded first with `download`), the own head of an
-    evaluation, weights from files and URLs (loaded once: unsafe or ill-fitting files stop here) and the input
-    pipeline asked for. Each task's classes are checked on the splits read here (`Task.check_classes`: two or more
-    classes in train, none in val/test without training images), for every task source alike. Raises UserError;
-    writes nothing."""
+    evaluation, weights from files and URLs (loaded once: unsafe or ill-fitting files stop here), the structure
+    of the modes that change it and the input pipeline asked for. Each task's classes are checked on the splits read
+    here (`Task.check_classes`: two or more classes in train, none in val/test without training images), for every
+    task source alike. Raises UserError; writes nothing."""
     for r in runs:
         if r.mode.stage == "eval":
             check_own_head(r.checkpoint, r.task)
@@ -50,33 +50,37 @@ def preflight(
                 ck, first.task.num_classes, first.recipe.get("resolution"), keep_head=first.mode.stage == "eval"
             )
     check_sources(runs)
-    check_structures(runs)
     for task, split_names in splits_read(runs).values():
         if download:
             task.fetch(ctx)
         task.check_classes({split: task.dataset(split, ctx) for split in sorted(split_names)})
+    check_structure(runs)
     if inputs.device_resize == "on" or inputs.decode == "device":  # refused now, not when the run comes
         for r in {(r.checkpoint.name, r.task.name, r.mode.stage, r.recipe.get("resolution")): r for r in runs}.values():
             check_inputs(r, ctx, device, inputs)
 
 
-def check_structures(runs: list[Run]) -> None:
-    """Each mode that changes the model's structure (`Mode.prepare`: VPT, adapters, LoRA) applied once per
-    checkpoint and recipe to the architecture built on the meta device (no weights, no compute): an architecture
-    the mode does not adapt, or a field that does not fit the model (a bottleneck wider than it), stops the command
-    here, before the first run, rather than when that run comes."""
-    done = set()
+def check_structure(runs: list[Run]) -> None:
+    """Each mode that changes the model's structure (LoRA, SSF, ...) applied to its checkpoint's architecture on the
+    meta device (no weights, no memory), once per checkpoint, mode and shaping fields: an architecture the mode
+    refuses, or a field the architecture cannot take (a LoRA rank above the width), stops here in one line."""
+    import copy
+
+    built: dict = {}
+    seen = set()
     for r in runs:
-        own = tuple(str(r.recipe.get(k)) for k in sorted(r.mode.defaults))
-        key = (r.checkpoint.name, r.mode.name, r.recipe.get("resolution"), own)
-        if r.mode.prepare is None or key in done:
+        if r.mode.prepare is None:
             continue
-        done.add(key)
+        shape = tuple(sorted((k, str(r.recipe.get(k))) for k in r.mode.defaults))
+        key = (r.checkpoint.name, r.recipe.get("resolution"), r.mode.name, shape)
+        if key in seen:
+            continue
+        seen.add(key)
         with torch.device("meta"):
-            model, _ = checkpoints.build_model(
-                r.checkpoint, r.task.num_classes, r.recipe.get("resolution"), load_weights=False
-            )
-            modes.prepare(r.mode, model, r.recipe)
+            base = key[:2]
+            if base not in built:
+                built[base] = checkpoints.build_model(r.checkpoint, 2, key[1], load_weights=False)[0]
+            modes.prepare(r.mode, copy.deepcopy(built[base]), r.recipe)
 
 
 def fit_knn(runs: list[Run], ctx: LoadContext) -> list[Run]:

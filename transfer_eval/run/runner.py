@@ -118,15 +118,17 @@ def resolve_recipe(
         owners = sorted(m.name for m in modes.MODES.values() if set(foreign) & set(m.defaults))
         raise UserError(f"{' and '.join(foreign)} apply to mode {', '.join(owners)} only, not {mode.name}")
     fields = presets.scale_lr(preset, fields, overrides)
-    recipe = _jsonable(dataclasses.asdict(finetune.make_recipe(fields)))
-    return {k: v for k, v in recipe.items() if v is not None or k not in finetune.OMITTED_UNSET}
+    # the mode's own fields beyond finetune.Recipe's (lora_targets, ...) stay beside it, in this mode's recipe only,
+    # so the recipes (and protocol hashes) of the other fine-tuning modes do not change when a mode gains one
+    own = {k: fields.pop(k) for k in list(fields) if k in mode.defaults and k not in stages.RECIPE_FIELDS}
+    return _jsonable({**dataclasses.asdict(finetune.make_recipe(fields)), **own})
 
 
 def recipe_fields(mode: Mode) -> set[str]:
     """The recipe fields a mode has (what --set may change for it)."""
     if mode.stage != "finetune":
         return set(mode.defaults) | set(mode.optional)
-    return {f.name for f in dataclasses.fields(finetune.Recipe)} - _finetune_only(mode)
+    return ({f.name for f in dataclasses.fields(finetune.Recipe)} | set(mode.defaults)) - _finetune_only(mode)
 
 
 def _jsonable(d: dict) -> dict:
@@ -399,6 +401,8 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
         **provenance.fields(command),
     )
     result.params_trainable = result.params_per_task = costs.count(model, trainable)
+    result.params_head = costs.count(model, trainable & modes.head_names(model))
+    result.params_backbone = result.params_trainable - result.params_head
     resume = checkpoints_for(run, options.checkpoint_every) if stage == "finetune" else None
     if resume is not None and resume.claim():
         log.info("transfer-eval: resuming %s from its training checkpoints in %s", run.label(), resume.folder)
@@ -409,6 +413,7 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
             trained = stages.STAGES[stage](
                 stages.Stage(run, model, cfg, splits, device, input_plan, fwd / 1e9, resume, options.compile, loaders)
             )
+            model = _deploy(run, model, trainable, trained, result, cfg, device)
             top5, test_seconds = trained.test_top5, trained.test_seconds
             if top5 is None:  # the test split is read once, here, after every model choice has been made on val
                 splits["test"].unseal()
@@ -449,6 +454,21 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
     if resume is not None:
         resume.remove()  # the result is stored: nothing left to resume
     return result
+
+
+def _deploy(run: Run, model, trainable: set[str], trained: stages.Trained, result: Result, cfg, device):
+    """The model a deployed task runs: a mode that merges (SSF, LoRA) folds its parameters into the weights here,
+    after training and before test is scored, once its own small tensors are kept as the delta (they, not the
+    merged weights, are what one more task stores). The deployed model's forward FLOPs are recorded."""
+    if run.mode.merge is not None:
+        if trained.delta is None:
+            state = model.state_dict()
+            trained.delta = {n: state[n].detach().clone() for n in sorted(trainable)}
+        model = modes.merge(run.mode, model)
+        result.deployed_gflops_per_image = costs.forward_flops(model, cfg, device) / 1e9
+    else:
+        result.deployed_gflops_per_image = result.fwd_gflops_per_image
+    return model
 
 
 def _record(result: Result, t: stages.Trained, peak_mb: float | None) -> None:

@@ -12,6 +12,7 @@ A stage knows nothing of results, stores or the stages after it; the runner turn
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -308,8 +309,16 @@ def knn_stage(s: Stage) -> Trained:
     )
 
 
+RECIPE_FIELDS = {f.name for f in dataclasses.fields(finetune.Recipe)}
+
+
+def training_recipe(recipe: dict) -> finetune.Recipe:
+    """The finetune.Recipe of a resolved fine-tuning recipe, the mode's own fields (lora_targets, ...) left out."""
+    return finetune.make_recipe({k: v for k, v in recipe.items() if k in RECIPE_FIELDS})
+
+
 def finetune_stage(s: Stage) -> Trained:
-    recipe = finetune.make_recipe(s.run.recipe)
+    recipe = training_recipe(s.run.recipe)
     gflops = costs.train_step_flops(s.model, s.cfg, s.device) / 1e9
     out = finetune.finetune(
         s.model,

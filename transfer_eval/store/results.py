@@ -20,8 +20,9 @@ from transfer_eval.store import databases
 
 KEY = ("checkpoint", "weights_sha256", "task", "task_version", "mode", "protocol_hash", "seed")
 # The store's schema version (SQLite's user_version). 1: the record of suite 0.1 (stores written before the version
-# was kept read as 0, and are migrated as 1); 2: `curves` and `limit_per_split`.
-SCHEMA_VERSION = 2
+# was kept read as 0, and are migrated as 1); 2: `curves` and `limit_per_split`; 3: the cost that tells the
+# parameter-efficient methods apart (`params_backbone`, `params_head`, `deployed_gflops_per_image`).
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -78,6 +79,12 @@ class Result:
     params_trainable: int | None = None
     params_per_task: int | None = None
     bytes_per_task: int | None = None
+    # the trainable parameters of the backbone and of the head apart (the published PEFT columns exclude the head),
+    # and the forward FLOPs of the deployed task: after merging (SSF, LoRA: the backbone's), with the method's
+    # modules where it keeps them (adapters, prompts). None: a result stored before schema 3.
+    params_backbone: int | None = None
+    params_head: int | None = None
+    deployed_gflops_per_image: float | None = None
     # provenance
     suite_version: str | None = None
     git_commit: str | None = None
