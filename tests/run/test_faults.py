@@ -235,14 +235,14 @@ def test_training_checkpoints_of_another_version_or_recipe_are_ignored_saying_so
     """Checkpoints in the run's folder that another suite version or recipe wrote, or whose about.json is gone,
     are not resumed from (they are removed, saying so); a damaged one of this run trains again, saying so. All
     give the same result, that of a run from the start."""
-    from transfer_eval.run import runner
+    from transfer_eval.run import execution, runner
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("TRANSFER_EVAL_CACHE", str(cache))
     args = (*ATTENTION, *QUICK, "--results", tmp_path / "results.sqlite", "--json", "--force")
     top1 = set()  # each case trains from the start: one result for all
     (run,) = runner.plan_named(["vit_demo"], ["digits"], ["attention"], overrides={"steps": 6}, limit=200)
-    folder, identity = runner.checkpoints_for(run).folder, runner.checkpoints_for(run).identity
+    folder, identity = execution.checkpoints_for(run).folder, execution.checkpoints_for(run).identity
     cases = [
         ({**identity, "suite": "0.0.1"}, "of transfer-eval 0.0.1, not of this"),
         ({**identity, "recipe": {**identity["recipe"], "lr": 0.5}}, "of another recipe (lr 0.5, this run's 0.002)"),
