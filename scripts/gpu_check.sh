@@ -22,6 +22,8 @@
 #                   pipelines (CPU workers, --decode device) against the step, with the device decode's pixel
 #                   difference from the CPU path; each part's figures are logged as soon as they exist
 #   probe_imagenet  the linear probe on ImageNet-size synthetic features (1,281,167 x 768 x 1000)
+#   bench_peft      the training step of every parameter-efficient mode (bitfit, lora, ssf, vpt_shallow, vpt_deep,
+#                   adapter, adaptformer) beside full and attention on ViT-B/16, batch 64: step time, peak memory
 #
 # Every step prints a line as it starts and as it ends, and a failed step does not stop the others. OUT_DIR gets
 # three files only (what a borrowed machine hands back): summary.md, summary.json, and logs.tar.gz (each step's
@@ -101,8 +103,12 @@ if [ "$cuda" = 1 ]; then
     --images 3072 --device cuda --json
   step probe_imagenet 90 "${te[@]}" bench --scale --n 1281167 --dim 768 --classes 1000 --c-grid 0.1,1 \
     --no-sklearn --extract-sizes 0 --device cuda --json
+  step bench_peft 100 "${te[@]}" bench -c vit_base_patch16_224 \
+    -m full,attention,bitfit,lora,ssf,vpt_shallow,vpt_deep,adapter,adaptformer --batch-size 64 --steps 5 \
+    --images 128 --device cuda --json
 else
-  skip demo_cpu demo_cuda demo_cuda_full precision_fp32 flowers_data flowers_run flowers_decode bench probe_imagenet
+  skip demo_cpu demo_cuda demo_cuda_full precision_fp32 flowers_data flowers_run flowers_decode bench probe_imagenet \
+    bench_peft
 fi
 
 "$py" scripts/gpu_check_summary.py "$logs" "$out"

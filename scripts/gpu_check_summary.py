@@ -186,7 +186,27 @@ def markdown(summary: dict) -> str:
             f"{s['seconds']:.0f} s, {s['total_iterations']} iterations, chosen C {s['chosen_c']:.4g}, "
             f"not converged: {s['not_converged'] or 'none'}",
         ]
+    md += _peft(steps.get("bench_peft", {}).get("json"))
     return "\n".join(md) + "\n"
+
+
+def _peft(b: dict | None) -> list[str]:
+    """Every parameter-efficient mode's training step beside full's: time, peak memory, trainable parameters."""
+    if not isinstance(b, dict) or "full" not in b.get("modes", {}):
+        return []
+    full = b["modes"]["full"]
+    md = ["", f"## the PEFT modes' training step: {b['checkpoint']}, batch {b['batch_size']}", ""]
+    md += [
+        "| mode | trainable | suite ms/step | vs full | peak MB | vs full | bare ms/step |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m, r in b["modes"].items():
+        md.append(
+            f"| {m} | {r['params_trainable']:,} | {1000 * r['suite_step_s']:.1f} | "
+            f"{r['suite_step_s'] / full['suite_step_s']:.2f} | {r['suite_peak_mb']:.0f} | "
+            f"{r['suite_peak_mb'] / full['suite_peak_mb']:.2f} | {1000 * r['ref_step_s']:.1f} |"
+        )
+    return md
 
 
 def _input_pipelines(p: dict | None) -> list[str]:

@@ -27,6 +27,7 @@ GPU_STEPS = [
     "flowers_decode",
     "bench",
     "probe_imagenet",
+    "bench_peft",
 ]
 
 
@@ -176,3 +177,27 @@ def test_the_summary_puts_the_device_decode_beside_the_cpu_decode():
     assert "linear with --decode device: extraction 6100 img/s (CPU decode: 2100)" in text
     assert "top-1 49.88% (CPU decode: 50.12%)" in text
     assert "attention with --decode device: training 4300 img/s (CPU decode: 2400), test 5000 img/s" in text
+
+
+def test_the_summary_puts_each_peft_modes_step_beside_full():
+    def loop(step_s, peak, trainable):
+        return {
+            "suite_step_s": step_s,
+            "ref_step_s": step_s * 0.98,
+            "suite_peak_mb": peak,
+            "params_trainable": trainable,
+        }
+
+    modes = {"full": loop(0.2, 20000.0, 85_875_556), "ssf": loop(0.15, 23000.0, 282_724)}
+    summary = {
+        "environment": {"device": "GPU", "date": "d", "torch": "t", "timm": "m", "torchvision": "v",
+                        "cuda_version": "c", "cpus": 16},
+        "steps": {"bench_peft": {"status": "ok", "seconds": 90, "json": {
+            "checkpoint": "vit_base_patch16_224", "batch_size": 64, "modes": modes}}},
+        "demo_cuda_vs_cpu": [],
+        "fp32_vs_auto": [],
+    }  # fmt: skip
+    text = gpu_check_summary.markdown(summary)
+    assert "## the PEFT modes' training step: vit_base_patch16_224, batch 64" in text
+    assert "| full | 85,875,556 | 200.0 | 1.00 | 20000 | 1.00 | 196.0 |" in text
+    assert "| ssf | 282,724 | 150.0 | 0.75 | 23000 | 1.15 | 147.0 |" in text
