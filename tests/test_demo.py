@@ -58,7 +58,29 @@ def test_json_lines_carry_the_record_fields(demo):
     # model choices on val, recorded
     assert f"{rows['linear']['selection']['chosen']['C']:.4g}" in rows["linear"]["selection"]["grid"]
     assert rows["linear"]["selection"]["not_converged"] == []  # every C's fit reached the gradient tolerance
+    # the digits recipe trains one lr (no search): recorded as such; the search itself is the next test's
+    assert set(rows["full"]["selection"]["grid"]) == {"0.0015"}
+    assert rows["full"]["selection"]["searched"] == "none (one lr)"
     assert rows["full"]["selection"]["chosen"]["lr"] == 1.5e-3
+
+
+def test_the_lr_is_chosen_on_val(tmp_path):
+    """Two lrs far apart, the worse one first: 0.1 wrecks the pretrained attention layers in a few Adam steps, 2e-3
+    (the recipe's) learns. The better on val is chosen, the grid scores each lr as training it alone does, and the
+    chosen lr's model is the one scored on test."""
+    common = ("run", "-c", CHECKPOINT, "-t", "digits", "-m", "attention", "--limit", "60", "--json")
+    short = ("--set", "steps=10", "--set", "warmup_steps=2", "--set", "retrain=false")
+    runs = {}
+    for name, grid in (("both", "[0.1,2e-3]"), ("alone", "[2e-3]")):
+        proc = cli(*common, *short, "--set", f"lr_grid={grid}", "--results", tmp_path / f"{name}.sqlite")
+        assert proc.returncode == 0, proc.stderr
+        (runs[name],) = json_lines(proc.stdout)
+    sel = runs["both"]["selection"]
+    assert sel["searched"] == "lr" and set(sel["grid"]) == {"0.1", "0.002"}
+    assert sel["grid"]["0.002"] == runs["alone"]["val_top1"]  # what 2e-3 alone scores on val
+    assert sel["grid"]["0.1"] < sel["grid"]["0.002"]
+    assert sel["chosen"]["lr"] == 2e-3 and runs["both"]["val_top1"] == runs["alone"]["val_top1"]
+    assert (runs["both"]["top1"], runs["both"]["top5"]) == (runs["alone"]["top1"], runs["alone"]["top5"])
 
 
 def test_stored_predictions_reproduce_the_accuracy(demo):
