@@ -11,6 +11,7 @@ from transfer_eval.store.results import Result, Store
 
 MODES = ("linear", "attention", "full")
 CHECKPOINT = "vit_demo_shapes"
+ATTENTION_FLOOR, FULL_FLOOR = 0.9333, 0.9498  # 94.81 - 2 x 0.74 and 96.10 - 2 x 0.56 (see below)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,15 @@ def test_every_mode_is_well_above_chance(demo):
     assert set(rows) == set(MODES)
     for mode, r in rows.items():
         assert r["status"] == "ok"
-        assert r["top1"] > 0.6, (mode, r["top1"])  # chance is 0.1
         assert r["top5"] >= r["top1"]
+    # The probe is deterministic on a CPU: pinned (507 of the 539 test images, 94.06%: this command on the 2-core VM
+    # on 2026-12-05, the same in README.md's measurement of 2026-12-02). Fine-tuning is bounded below by its
+    # measured spread at seed 0: attention 94.81% (here, 2026-12-05) and 95.55% (README.md), spread 0.74; full
+    # 96.29% (here), 96.47% (README.md), 96.10% and 96.66% (fp32 and bf16, the precision tests), spread 0.56. Each
+    # floor is the lowest less twice its spread; the old floor of 60% let a 30-point regression pass
+    assert round(rows["linear"]["top1"] * 539) == 507
+    assert rows["attention"]["top1"] >= ATTENTION_FLOOR, rows["attention"]["top1"]
+    assert rows["full"]["top1"] >= FULL_FLOOR, rows["full"]["top1"]
 
 
 def test_full_finetuning_beats_the_linear_probe(demo):
