@@ -11,7 +11,7 @@ from transfer_eval.store.results import Result, Store
 
 MODES = ("linear", "attention", "full")
 CHECKPOINT = "vit_demo_shapes"
-ATTENTION_FLOOR, FULL_FLOOR = 0.9333, 0.9498  # 94.81 - 2 x 0.74 and 96.10 - 2 x 0.56 (see below)
+ATTENTION_FLOOR, FULL_FLOOR = 0.935, 0.948  # 94.81 - 1.29 and 95.73 - 0.93 (see below)
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +30,11 @@ def test_every_mode_is_well_above_chance(demo):
         assert r["status"] == "ok"
         assert r["top5"] >= r["top1"]
     # The probe is deterministic on a CPU: pinned (507 of the 539 test images, 94.06%: this command on the 2-core VM
-    # on 2026-12-05, the same in README.md's measurement of 2026-12-02). Fine-tuning is bounded below by its
-    # measured spread at seed 0: attention 94.81% (here, 2026-12-05) and 95.55% (README.md), spread 0.74; full
-    # 96.29% (here), 96.47% (README.md), 96.10% and 96.66% (fp32 and bf16, the precision tests), spread 0.56. Each
-    # floor is the lowest less twice its spread; the old floor of 60% let a 30-point regression pass
+    # on 2026-12-05, twice, and README.md's measurement of 2026-12-02). Fine-tuning is bounded below by its measured
+    # spread (2026-12-05, the 2-core VM: seed 0 with 2 threads, twice, seed 0 with 1 thread, seed 1 with 2 threads):
+    # attention 94.81 / 94.81 / 94.99 / 96.10%, spread 1.29 points; full 96.29 / 96.29 / 95.73 / 95.73% (and 96.10,
+    # 96.47, 96.66% in README.md and the precision tests), spread 0.93. Each floor is the lowest less that spread;
+    # the old floor of 60% let a 30-point regression pass
     assert round(rows["linear"]["top1"] * 539) == 507
     assert rows["attention"]["top1"] >= ATTENTION_FLOOR, rows["attention"]["top1"]
     assert rows["full"]["top1"] >= FULL_FLOOR, rows["full"]["top1"]
