@@ -53,12 +53,25 @@ def test_every_mode_trains_its_selectors_and_only_them(name):
 
 
 @pytest.mark.parametrize("name", sorted(MODES))
-def test_every_mode_has_a_cost_card(name):
+def test_every_mode_has_a_cost_card(name, tmp_path):
+    from safetensors.torch import save_file
+
     mode = MODES[name]
     card = costs.cost_card(_tiny_vit(), CFG, mode)
     model = modes.prepare(mode, _tiny_vit())
-    assert card["params_per_task"] == costs.count(model, modes.trainable_names(mode, model))
-    assert card["params_total"] == costs.count(model)
+    modes.apply(mode, model)
+    # counted apart from costs.count and trainable_names: what the optimiser is given (requires_grad), every
+    # parameter, and the bytes of the trainable tensors as safetensors itself writes them
+    trainable = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    assert card["params_per_task"] == sum(p.numel() for p in trainable.values())
+    assert card["params_total"] == sum(p.numel() for p in model.parameters())
+    if mode.stage in ("probe", "fewshot"):  # the head alone: 32 features x 5 classes, and 5 biases
+        assert card["params_per_task"] == 32 * 5 + 5
+    if name == "full":
+        assert card["params_per_task"] == card["params_total"]
+    if trainable and mode.stage != "knn":
+        save_file(trainable, str(tmp_path / "delta.safetensors"))
+        assert card["bytes_per_task"] == (tmp_path / "delta.safetensors").stat().st_size
     assert card["train_gflops_per_image"] >= (card["fwd_gflops_per_image"] if mode.trains else 0.0)
     if mode.stage == "knn":  # the memory: its size per training image, features and a label
         dim = _tiny_vit().num_features

@@ -3,17 +3,20 @@
 On CUDA, `--precision auto` trains in bf16 autocast and extracts features and scores in strict fp32; small images
 are resized on the device and read by DataLoader workers. Each of those runs here on the CPU: the policy of CUDA
 (devices.precision_policy for a cuda device; bf16 autocast on the CPU reproduces bf16 arithmetic), `--device-resize
-on` and `--workers 2`. The probe must choose the same C and score within 0.5 point; fine-tuning within 1 point.
+on` and `--workers 2`. The probe must score val alike for every C and predict every test image alike; fine-tuning
+within 1 point.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import cli, json_lines
 
 from transfer_eval import devices
 from transfer_eval.errors import UserError
+from transfer_eval.store.results import Store
 
 CUDA_PATH = ("--device", "cpu", "--device-resize", "on", "--workers", "2")
 
@@ -46,8 +49,17 @@ def test_the_probe_on_the_gpus_numeric_path_equals_the_cpus(tmp_path, checkpoint
     (gpu,) = _run(tmp_path, "gpu", *common, *CUDA_PATH)
     assert gpu["precision"] == "features fp32, train bf16-autocast, eval fp32" and cpu["precision"] == "fp32"
     assert gpu["input_pipeline"] == "device-resize from 8x8" and cpu["input_pipeline"] == "cpu"
+    # features fp32 on both paths and pixels resized to the bit: the same val scores for every C, the same C,
+    # the same prediction for every test image
+    assert gpu["selection"]["grid"] == cpu["selection"]["grid"]
     assert gpu["selection"]["chosen"]["C"] == cpu["selection"]["chosen"]["C"]
-    assert abs(gpu["top1"] - cpu["top1"]) <= 0.005, (gpu["top1"], cpu["top1"])
+    assert (gpu["top1"], gpu["top5"]) == (cpu["top1"], cpu["top5"])
+    stored = {}
+    for name, row in (("cpu", cpu), ("gpu", gpu)):
+        store = Store(tmp_path / f"{name}.sqlite")
+        stored[name] = store.predictions(row["run_id"])
+        store.close()
+    assert np.array_equal(stored["gpu"][0], stored["cpu"][0]) and np.array_equal(stored["gpu"][1], stored["cpu"][1])
 
 
 def test_fine_tuning_on_the_gpus_numeric_path_stays_within_a_point(tmp_path, gpu_numerics):

@@ -3,7 +3,11 @@ delta, a training checkpoint or the store is written (a real, tiny tmpfs, mounte
 stores, cache entries and training checkpoints; a results path that cannot be written; SQLite on a network
 filesystem. Each asserts the message, the exit status and that nothing is left half-written."""
 
+import builtins
+import errno
+import io as stdio
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
+import torch
 from conftest import cli, hermetic_env, json_lines, stored_rows
 
 LINEAR = ("run", "-c", "vit_demo", "-t", "digits", "-m", "linear")
@@ -81,30 +87,112 @@ def on_tiny_disk(disk: Path, size: str, body: str, env=None, cwd=None):
     return in_namespace(disk, f'mount -t tmpfs -o size={size} none "$DISK"', body, env, cwd)
 
 
-def test_the_disk_filling_up_while_a_feature_cache_entry_is_written(namespaces, tmp_path):
+class _FillingFile:
+    """A file opened for writing on the emulated disk: its writes take room, and fail with ENOSPC past it."""
+
+    def __init__(self, file, disk):
+        self._file, self._disk = file, disk
+
+    def write(self, data):
+        n = len(memoryview(data).cast("B")) if not isinstance(data, str) else len(data.encode())
+        if n > self._disk["room"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._file.name)
+        self._disk["room"] -= n
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def __iter__(self):
+        return iter(self._file)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+def on_filling_disk(disk: Path, size: int, args, env=None):
+    """Where no tmpfs can be mounted: the real program in this process (conftest.cli), every write into `disk`
+    failing with ENOSPC, as the kernel's would, once `size` bytes are written there. Python's own opens are
+    wrapped; torch.save and safetensors' save_file (native writers) serialise to bytes and write those through
+    the same wrapped open. Returns the process and the files left under `disk`."""
+    disk.mkdir(parents=True, exist_ok=True)
+    room = {"room": size}
+    real_open, real_save, real_save_file = builtins.open, torch.save, safetensors.torch.save_file
+
+    def on_disk(file) -> bool:
+        return isinstance(file, (str, os.PathLike)) and Path(os.path.abspath(file)).is_relative_to(disk)
+
+    def opening(file, mode="r", *a, **kw):
+        f = real_open(file, mode, *a, **kw)
+        return _FillingFile(f, room) if on_disk(file) and any(c in mode for c in "wax+") else f
+
+    def saving(obj, f, *a, **kw):
+        if not on_disk(f):
+            return real_save(obj, f, *a, **kw)
+        buf = stdio.BytesIO()
+        real_save(obj, buf, *a, **kw)
+        with opening(f, "wb") as out:
+            out.write(buf.getvalue())
+
+    def saving_file(tensors, filename, metadata=None):
+        if not on_disk(filename):
+            return real_save_file(tensors, filename, metadata=metadata)
+        with opening(filename, "wb") as out:
+            out.write(safetensors.torch.save(tensors, metadata=metadata))
+
+    with pytest.MonkeyPatch.context() as patch:
+        for target, name, fake in (
+            (builtins, "open", opening),
+            (stdio, "open", opening),  # pathlib's open
+            (torch, "save", saving),
+            (safetensors.torch, "save_file", saving_file),
+        ):
+            patch.setattr(target, name, fake)
+        proc = cli(*args, env=env)
+    return proc, sorted(str(p.relative_to(disk)) for p in disk.rglob("*") if p.is_file())
+
+
+@pytest.fixture(params=["tmpfs", "enospc"])
+def full_disk(request):
+    """How a test fills a disk: `tmpfs`, the real program on a tiny tmpfs in a user namespace (skipped where
+    unshare is refused); `enospc`, writes made to fail with ENOSPC in this process, which runs everywhere.
+    Returns fill(disk, size_bytes, args, env) -> (process, files left under disk)."""
+    if request.param == "tmpfs":
+        request.getfixturevalue("namespaces")
+
+        def fill(disk, size, args, env=None):
+            return on_tiny_disk(disk, f"{size // 1024}k", "te " + " ".join(f'"{a}"' for a in args), env)
+
+        return fill
+    return on_filling_disk
+
+
+def test_the_disk_filling_up_while_a_feature_cache_entry_is_written(full_disk, tmp_path):
     db = tmp_path / "results.sqlite"
     cache = tmp_path / "cache"
-    proc, files = on_tiny_disk(cache, "64k", f'te {" ".join(LINEAR)} --results "{db}"', {"TRANSFER_EVAL_CACHE": cache})
+    proc, files = full_disk(cache, 64 * 1024, [*LINEAR, "--results", db], {"TRANSFER_EVAL_CACHE": cache})
     assert_fails_cleanly(proc, "no space left on the disk of", "a feature cache entry", "TRANSFER_EVAL_CACHE")
     assert files == []  # no partial entry, no temporary folder
     assert stored_rows(db) == 0
 
 
-def test_the_disk_filling_up_while_a_delta_is_written(namespaces, tmp_path):
+def test_the_disk_filling_up_while_a_delta_is_written(full_disk, tmp_path):
     db = tmp_path / "results.sqlite"
-    proc, files = on_tiny_disk(
-        tmp_path / "deltas", "4k", f'te {" ".join(LINEAR)} --save-delta "$DISK" --results "{db}"'
-    )
+    deltas = tmp_path / "deltas"
+    proc, files = full_disk(deltas, 4 * 1024, [*LINEAR, *QUICK, "--save-delta", deltas, "--results", db])
     assert_fails_cleanly(proc, "no space left on the disk of", "a per-task delta", "--save-delta")
     assert files == []
     assert stored_rows(db) == 0  # the run failed: no result that looks like a success
 
 
-def test_the_disk_filling_up_while_a_training_checkpoint_is_written(namespaces, tmp_path):
+def test_the_disk_filling_up_while_a_training_checkpoint_is_written(full_disk, tmp_path):
     db = tmp_path / "results.sqlite"
     cache = tmp_path / "cache"
-    proc, files = on_tiny_disk(
-        cache, "64k", f'te {" ".join(ATTENTION)} --checkpoint-every 3 --results "{db}"', {"TRANSFER_EVAL_CACHE": cache}
+    proc, files = full_disk(
+        cache, 64 * 1024, [*ATTENTION, "--checkpoint-every", 3, "--results", db], {"TRANSFER_EVAL_CACHE": cache}
     )
     assert_fails_cleanly(proc, "no space left on the disk of", "a training checkpoint", "TRANSFER_EVAL_CACHE")
     assert not [f for f in files if ".part" in f or f.endswith(".pt")], files  # only whole files remain

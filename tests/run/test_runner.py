@@ -21,7 +21,10 @@ def test_run_all_runs_then_skips_and_logs_instead_of_printing(tmp_path, caplog, 
     with caplog.at_level(logging.INFO, logger="transfer_eval"):
         (first,) = runner.run_all(runs, LoadContext(tmp_path), torch.device("cpu"), store)
         (again,) = runner.run_all(runs, LoadContext(tmp_path), torch.device("cpu"), store)
-    assert first.status == "ok" and first.top1 > 0.1 and first.run_id is not None
+    assert first.status == "ok" and first.run_id is not None
+    # pinned: one-shot regression on random-init features is deterministic on a CPU (measured 2026-12-05 on the
+    # 2-core VM, run twice: 126 of the 539 test images right; chance is about 54)
+    assert round(first.top1 * 539) == 126
     assert again.run_id == first.run_id and again.top1 == first.top1  # stored: skipped, the stored result returned
     assert any("running on cpu" in m for m in caplog.messages)
     assert any(f"stored as run {first.run_id}, skipped" in m for m in caplog.messages)

@@ -15,6 +15,14 @@ from transfer_eval.errors import UserError
 from transfer_eval.tasks import LoadContext, folder, hf, names
 
 NAMES = ["zero", "one", "two", "three", "four"]  # five digit classes: quick, and above chance is clear
+# Lower bounds for the 30-step attention fine-tuning of the end-to-end tests: the lowest test top-1 measured on the
+# 2-core VM (2026-12-05; seed 0 with 2 threads, seed 0 with 1 thread, seed 1 with 1 thread) less that spread once
+# more. Folder: 0.81, 0.81, 0.74, so 0.74 - 0.07. Hugging Face: 0.90, 0.90, 0.85, so 0.85 - 0.05.
+FOLDER_ATTENTION = 0.67
+HF_ATTENTION = 0.80
+# The probes' figures, deterministic on a CPU (2026-12-05, the 2-core VM: folder 98 and 93 with seeds 0 and 1 and
+# 2 and 1 threads alike; Hugging Face 97 and 93, this test's own run twice): test images right of the 100
+FOLDER_LINEAR, FOLDER_KNN, HF_LINEAR, HF_KNN = 98, 93, 97, 93
 
 
 def _digits(split: str, per_class: int):
@@ -152,7 +160,10 @@ def test_folder_task_runs_linear_knn_and_attention_end_to_end(tmp_path):
     rows = _three_modes(f"folder:{root}", db)
     for r in rows.values():
         assert r["task"] == f"folder:{root}" and r["status"] == "ok" and r["n_test"] == 100
-        assert r["top1"] > 0.6, (r["mode"], r["top1"])  # five digit classes: chance is 0.2
+    # five digit classes, chance 0.2. The probes are deterministic on a CPU: pinned to what this command gave on
+    # the 2-core VM (2026-12-05). Fine-tuning is bounded below by its measured spread (see FOLDER_ATTENTION)
+    assert {m: round(100 * rows[m]["top1"]) for m in ("linear", "knn")} == {"linear": FOLDER_LINEAR, "knn": FOLDER_KNN}
+    assert rows["attention"]["top1"] >= FOLDER_ATTENTION, rows["attention"]["top1"]
     assert rows["knn"]["selection"]["features_cached"] is True  # linear's features
     board = cli("leaderboard", "--results", db)
     assert board.returncode == 0 and "folder:" in board.stdout, board.stderr
@@ -226,7 +237,9 @@ def test_hf_task_runs_linear_knn_and_attention_end_to_end(tmp_path):
     rows = _three_modes(f"hf:{tmp_path / 'beans'}", db)
     for r in rows.values():
         assert r["task"] == f"hf:{(tmp_path / 'beans').resolve()}" and r["n_test"] == 100
-        assert r["top1"] > 0.6, (r["mode"], r["top1"])
+    # as the folder test: the probes pinned, fine-tuning bounded by its measured spread
+    assert {m: round(100 * rows[m]["top1"]) for m in ("linear", "knn")} == {"linear": HF_LINEAR, "knn": HF_KNN}
+    assert rows["attention"]["top1"] >= HF_ATTENTION, rows["attention"]["top1"]
     assert json.loads(json.dumps(rows["linear"]["val_holdout"])) == {"fraction": 0.1, "seed": 0}
 
 

@@ -50,9 +50,16 @@ def test_labels_images_and_ids(task, root):
 def test_val_is_ten_percent_of_trainval_per_class_and_test_is_the_official_list(task, root):
     train, val, test = (split(task, root, s) for s in ("train", "val", "test"))
     full = [c for c, n in sorted(pets.TRAINVAL.items()) for _ in range(n)]
+    # trainval.txt as the fixture wrote it, in its order: the images' ids (which image, not only which label)
+    full_ids = [
+        f"images/{pets.raw_name(task.classes[c])}_{100 + k}.jpg"
+        for c, n in sorted(pets.TRAINVAL.items())
+        for k in range(n)
+    ]
     assert len(train) + len(val) == len(full)
     held = conftest.expected_holdout(full, 0.1, 0)
-    assert sorted(val.labels.tolist()) == sorted(full[i] for i in held)
+    assert val.ids == [full_ids[i] for i in held] and val.labels.tolist() == [full[i] for i in held]
+    assert train.ids == [full_ids[i] for i in range(len(full)) if i not in set(held)]
     assert val.labels.tolist().count(5) == 2 and val.labels.tolist().count(30) == 1  # round(0.1 n)
     assert not set(val.ids) & set(train.ids) and not set(test.ids) & (set(train.ids) | set(val.ids))
     assert [decode_class(val.image(i)) for i in range(len(val))] == val.labels.tolist()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, cli, cli_process, json_lines, stored_rows
+from conftest import assert_one_line_error, cli, cli_process, expected_holdout, json_lines, stored_rows
 
 from transfer_eval import tasks
 from transfer_eval.tasks import LoadContext, holdout
@@ -135,6 +135,22 @@ def test_digits_splits_are_disjoint_and_fixed():
     assert sum(len(s) for s in splits.values()) == 1797
     assert len(splits["test"]) == pytest.approx(0.3 * 1797, abs=10)
     assert splits["test"].manifest() == t.dataset("test", ctx).manifest()
+    # the documented rule (tasks/digits.py): stratified, seed 0, 30% of all images test, then 20% of the rest val;
+    # recomputed from scikit-learn's own labels with the hold-out written out in conftest, and checked by id
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target.tolist()
+    test = expected_holdout(labels, 0.3, 0)
+    rest = [i for i in range(len(labels)) if i not in set(test)]
+    val_pos = set(expected_holdout([labels[i] for i in rest], 0.2, 0))
+    expected = {
+        "train": [rest[j] for j in range(len(rest)) if j not in val_pos],
+        "val": [rest[j] for j in sorted(val_pos)],
+        "test": test,
+    }
+    for name, split in splits.items():
+        assert split.ids == [f"digit_{i}" for i in expected[name]], name
+        assert split.labels.tolist() == [labels[i] for i in expected[name]], name
     img = splits["train"].image(0)
     assert img.mode == "RGB" and img.size == (8, 8)
 
