@@ -227,7 +227,7 @@ def _run_python(block: Block, work: Path, monkeypatch, env: dict) -> None:
     """A Python block as a user's script would run it (in this process, from the folder), leaving nothing it
     registered (add_checkpoint, add_task) behind for other tests."""
     from transfer_eval import checkpoints
-    from transfer_eval import tasks as tasks_
+    from transfer_eval.tasks import plugins as tasks_
 
     added = (dict(checkpoints.ADDED), dict(tasks_.ADDED))
     monkeypatch.chdir(work)

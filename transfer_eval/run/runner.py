@@ -245,10 +245,12 @@ def run_all(
     one skipped (its stored result returned) unless `options.force`. Under torchrun every process calls this;
     fine-tuning trains across all of them, the rest runs on rank 0, and only rank 0 writes results or returns
     stored ones."""
-    runs = checks.fit_knn(runs, ctx)  # a k above the k-NN memory's size is clamped to it, saying so
-    todo_runs = pending(runs, store, options.force)
     trackers.check(options.log)
-    checks.preflight(todo_runs, ctx, device, options.inputs, options.download)
+    # data, classes, weights and inputs first (a k-NN's k does not change what it reads), then a k above the k-NN
+    # memory's size is clamped to it, saying so (the run's key names the k used)
+    checks.preflight(pending(runs, store, options.force), ctx, device, options.inputs, options.download)
+    runs = checks.fit_knn(runs, ctx)
+    todo_runs = pending(runs, store, options.force)
     todo = {r.key for r in todo_runs}  # decided once, before anything is written: every process runs one list
     known = companions.known(runs) if any(r.task.companions for r in runs) else None
     with_others = companions.covered(runs, todo, found=known)  # stored by an earlier run's model (companions)
