@@ -38,6 +38,13 @@ NOT_RUN = [
     (r"--registry my_checkpoints\.yaml", "uses the template registry above (the user's own weights file)"),
     (r"--tasks-dir my_tasks", "uses the template task plugin above (the user's own data)"),
     (r"leaderboard --group vtab1k", "ranks the VTAB-1k runs of the command before it, which reads VTAB-1k's data"),
+    (r"-t cifar100 ", "reads CIFAR-100 from disk and downloads DINOv2's or CLIP's weights"),
+    (r"cost -c vit_base_patch16_224", "counts ViT-B/16's FLOPs, a minute on a 2-core CPU; tests/methods/test_costs.py "
+     "and test_peft_costs.py check those counts"),
+    (r"--device-resize on", "the device resize emulated on a CPU: minutes here; tests/input/ run it on small data"),
+    (r"features=\[pooled,cls\+avg,last4\+avg\]", "a C search per feature source: minutes on a 2-core CPU; "
+     "tests/methods/test_feature_sources.py runs this command with --limit"),
+    (r"--precision bf16", "bf16 emulated on a CPU is slow; tests/methods/test_precision.py runs that numeric path"),
     (r"\s(run|sweep|features|list tasks|data check)\s.*~/data", "reads a dataset (or the user's own folder) that the "
      "test machine lacks, and that would be downloaded"),
 ]  # fmt: skip
@@ -92,8 +99,8 @@ def commands(block: Block) -> list[tuple[int, str]]:
 
 
 def _plain(command: str) -> bool:
-    """A single program call: no pipes, lists or redirections (after the comment)."""
-    return not re.search(r"[|;&<>]", _strip_comment(command))
+    """A single program call: no pipes, lists, redirections or file-name patterns (after the comment)."""
+    return not re.search(r"[|;&<>*?]", _strip_comment(command))
 
 
 def _strip_comment(command: str) -> str:
