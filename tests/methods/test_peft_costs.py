@@ -226,6 +226,13 @@ def test_ssf_and_lora_end_to_end_stored_with_their_cost_and_in_the_leaderboard(t
     proc = cli("leaderboard", "--results", db, "--format", "json")
     assert proc.returncode == 0, proc.stderr
     assert {r["mode"]: r["params_backbone"] for r in json_lines(proc.stdout)} == {"ssf": 11_776, "lora": 16_384}
+    md = cli("leaderboard", "--results", db, "--format", "markdown")  # the text table shows them as columns too
+    assert md.returncode == 0, md.stderr
+    lines = [[c.strip() for c in line.strip("|").split("|")] for line in md.stdout.splitlines() if line.startswith("|")]
+    table = {r[lines[0].index("mode")]: dict(zip(lines[0], r)) for r in lines[2:]}
+    assert table["ssf"]["backbone params"] == "11.8k" and table["lora"]["backbone params"] == "16.4k"
+    deployed = f"{rows['lora']['deployed_gflops_per_image']:.3g}"
+    assert table["lora"]["deployed GFLOPs"] == table["ssf"]["deployed GFLOPs"] == deployed
 
 
 def test_a_delta_loads_back_merged_with_the_stored_predictions(tmp_path):

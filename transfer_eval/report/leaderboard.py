@@ -218,6 +218,11 @@ class Row:
         record kept them apart)."""
         return self.mean_of("params_backbone")
 
+    @property
+    def deployed_gflops_per_image(self) -> float | None:
+        """The mean over the group's tasks of a deployed task's forward GFLOPs per image (after merging)."""
+        return self.mean_of("deployed_gflops_per_image")
+
     def _storage(self):
         if not self.complete:
             return None
@@ -269,7 +274,10 @@ class Row:
         return None if c is None else c.top1
 
 
-NUMERIC_COLUMNS = ("mean", "params_per_task", "suite_bytes", "storage_ratio", "train_pflops")
+NUMERIC_COLUMNS = (
+    "mean", "params_per_task", "params_backbone", "deployed_gflops_per_image", "suite_bytes", "storage_ratio",
+    "train_pflops",
+)  # fmt: skip
 # a group of parts (VTAB-1k) has two means in use: over its tasks (SSF, V-PETL Bench) or over its parts' means (NOAH)
 MEAN_RULES = ("tasks", "groups", "both")
 # Accuracy sorts best first; cost columns cheapest first; names alphabetically.

@@ -78,6 +78,8 @@ def display_headers(lb: Leaderboard) -> list[str]:
         *[t.removeprefix(prefix) for t in lb.tasks],
         *[_mean_header(lb, c) for c in lb.mean_columns],
         "params/task",
+        "backbone params",  # trainable outside the head: the PEFT tables' Params column
+        "deployed GFLOPs",  # per image, after merging where the mode merges (SSF, LoRA: the backbone's)
         "suite storage",
         "vs copies",
         "train PFLOPs",
@@ -98,16 +100,19 @@ def _mean_text(row: Row, column: str) -> str:
 def display_row(row: Row, tasks: list[str], mean_columns: list[str] = ("mean",)) -> list[str]:
     accs = [acc_text(row.cells.get(t)) for t in tasks]
     means = [_mean_text(row, c) for c in mean_columns]
+    deployed = row.deployed_gflops_per_image
+    costs = [human_count(row.params_per_task), human_count(row.params_backbone)]
+    costs.append(MISSING if deployed is None else f"{deployed:.3g}")
     if row.complete:
         extra = [
-            human_count(row.params_per_task),
+            *costs,
             human_bytes(row.suite_bytes),
             MISSING if row.storage_ratio is None else f"{row.storage_ratio:.3f}x",
             MISSING if row.train_pflops is None else f"{row.train_pflops:.3g}",
         ]
     else:
         inc = "incomplete" if row.group.tasks else MISSING
-        extra = [human_count(row.params_per_task), inc, inc, inc]
+        extra = [*costs, inc, inc, inc]
     return [row.checkpoint, row.label, *accs, *means, *extra]
 
 
