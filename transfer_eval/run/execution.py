@@ -120,7 +120,10 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
             trained = stages.STAGES[stage](
                 stages.Stage(run, model, cfg, splits, device, input_plan, fwd / 1e9, resume, options.compile, loaders)
             )
-            model = _deploy(run, model, trainable, trained, result, cfg, device)
+            if trained.delta is None:  # the trained tensors, taken before a merge folds them into the weights
+                state = model.state_dict()
+                trained.delta = {n: _kept(state[n], run.mode) for n in sorted(trainable)}
+            model = _deploy(run, model, result, cfg, device)
             top5, test_seconds = trained.test_top5, trained.test_seconds
             if top5 is None:  # the test split is read once, here, after every model choice has been made on val
                 splits["test"].unseal()
@@ -139,9 +142,6 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
         result.selection = {"unreadable": found} if found else {}
         return _failed(store, result, line)
     _record(result, trained, mem.mb)
-    if trained.delta is None:
-        state = model.state_dict()
-        trained.delta = {n: state[n] for n in sorted(trainable)}
     meta = deltas.metadata(run, cfg, (trained.selection or {}).get("chosen"))
     if options.save_delta is not None and distributed.is_main():
         result.bytes_per_task = deltas.save(trained.delta, Path(options.save_delta) / deltas.file_name(run), meta)
@@ -163,14 +163,16 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
     return result
 
 
-def _deploy(run: Run, model, trainable: set[str], trained: stages.Trained, result: Result, cfg, device):
+def _kept(tensor, mode) -> "torch.Tensor":
+    """A delta tensor: a copy where the mode merges (the merge changes the weights in place), else the tensor."""
+    return tensor.detach().clone() if mode.merge is not None else tensor
+
+
+def _deploy(run: Run, model, result: Result, cfg, device):
     """The model a deployed task runs: a mode that merges (SSF, LoRA) folds its parameters into the weights here,
-    after training and before test is scored, once its own small tensors are kept as the delta (they, not the
-    merged weights, are what one more task stores). The deployed model's forward FLOPs are recorded."""
+    after training and before test is scored (its own small tensors, not the merged weights, are the delta, kept
+    before). The deployed model's forward FLOPs are recorded."""
     if run.mode.merge is not None:
-        if trained.delta is None:
-            state = model.state_dict()
-            trained.delta = {n: state[n].detach().clone() for n in sorted(trainable)}
         model = modes.merge(run.mode, model)
         result.deployed_gflops_per_image = costs.forward_flops(model, cfg, device) / 1e9
     else:
