@@ -33,13 +33,15 @@ def splits_read(runs: list[Run]) -> dict[str, tuple[Task, list[str]]]:
 
 def preflight(
     runs: list[Run], ctx: LoadContext, device: torch.device, inputs: pipeline.InputOptions, download: bool = False
-) -> None:
+) -> dict[str, int]:
     """Check everything the runs need before the first one starts, so that a missing dataset for the last task
     does not surface hours later: each task's splits (downloaded first with `download`), the own head of an
     evaluation, weights from files and URLs (loaded once: unsafe or ill-fitting files stop here), the structure
     of the modes that change it and the input pipeline asked for. Each task's classes are checked on the splits read
     here (`Task.check_classes`: two or more classes in train, none in val/test without training images), for every
-    task source alike. Raises UserError; writes nothing."""
+    task source alike. Raises UserError; writes nothing. Returns the size of each train split it read (task name ->
+    images), which `fit_knn` uses rather than reading those splits again."""
+    train_sizes: dict[str, int] = {}
     for r in runs:
         if r.mode.stage == "eval":
             check_own_head(r.checkpoint, r.task)
@@ -53,11 +55,15 @@ def preflight(
     for task, split_names in splits_read(runs).values():
         if download:
             task.fetch(ctx)
-        task.check_classes({split: task.dataset(split, ctx) for split in sorted(split_names)})
+        read = {split: task.dataset(split, ctx) for split in sorted(split_names)}
+        task.check_classes(read)
+        if "train" in read:
+            train_sizes[task.name] = len(read["train"])
     check_structure(runs)
     if inputs.device_resize == "on" or inputs.decode == "device":  # refused now, not when the run comes
         for r in {(r.checkpoint.name, r.task.name, r.mode.stage, r.recipe.get("resolution")): r for r in runs}.values():
             check_inputs(r, ctx, device, inputs)
+    return train_sizes
 
 
 def check_structure(runs: list[Run]) -> None:
@@ -83,7 +89,7 @@ def check_structure(runs: list[Run]) -> None:
             modes.prepare(r.mode, copy.deepcopy(built[base]), r.recipe)
 
 
-def fit_knn(runs: list[Run], ctx: LoadContext) -> list[Run]:
+def fit_knn(runs: list[Run], ctx: LoadContext, train_sizes: dict[str, int] | None = None) -> list[Run]:
     """k-NN runs whose k is above the size of their memory (the train split, which the val queries search; test's
     memory, train+val, is larger) with each such k clamped to that size, saying so: a larger k cannot mean what it
     says (every image of the memory votes, as k = its size does). The clamped recipe is the run's, so its key,
@@ -96,6 +102,9 @@ def fit_knn(runs: list[Run], ctx: LoadContext) -> list[Run]:
             out.append(r)
             continue
         where = (r.task.name, r.limit)
+        known = (train_sizes or {}).get(r.task.name)
+        if where not in sizes and known is not None:  # read by the preflight: --limit keeps min(limit, size)
+            sizes[where] = known if r.limit is None else min(known, r.limit)
         if where not in sizes:
             try:
                 train = r.task.dataset("train", ctx)

@@ -248,8 +248,8 @@ def run_all(
     trackers.check(options.log)
     # data, classes, weights and inputs first (a k-NN's k does not change what it reads), then a k above the k-NN
     # memory's size is clamped to it, saying so (the run's key names the k used)
-    checks.preflight(pending(runs, store, options.force), ctx, device, options.inputs, options.download)
-    runs = checks.fit_knn(runs, ctx)
+    train_sizes = checks.preflight(pending(runs, store, options.force), ctx, device, options.inputs, options.download)
+    runs = checks.fit_knn(runs, ctx, train_sizes)
     todo_runs = pending(runs, store, options.force)
     todo = {r.key for r in todo_runs}  # decided once, before anything is written: every process runs one list
     known = companions.known(runs) if any(r.task.companions for r in runs) else None
