@@ -101,8 +101,10 @@ def score(run, result, model, cfg, ctx, device, store, options, found: dict | No
             test = test.limited(comp.limit)
         plan = pipeline.plan_input(options.inputs, test, cfg, device, None)
         bs = inference.eval_batch_size(run.recipe)
-        top5, seconds = inference.predict(model, test, cfg, device, bs, plan, desc=f"test {comp.task.name}")
-        labels = test.labels
+        top5, seconds = inference.predict(
+            model, test, cfg, device, bs, plan, desc=f"test {comp.task.name}", classes=comp.task.scored_classes
+        )
+        labels = inference.truth(test)
         r = dataclasses.replace(
             result,
             task=comp.task.name,

@@ -68,6 +68,18 @@ def topk(scores: torch.Tensor, k: int = TOP_K) -> torch.Tensor:
     return idx
 
 
+def restrict(scores: torch.Tensor, classes) -> torch.Tensor:
+    """`scores` (N x K) with every class outside `classes` (a task's `scored_classes`; None: all) set to -inf, so
+    that top-k picks only among them: ImageNet-A and -R score a 1,000-class model over their 200 classes, as their
+    authors and timm's `validate.py --valid-labels` do."""
+    if classes is None:
+        return scores
+    keep = torch.as_tensor(classes, dtype=torch.long, device=scores.device)
+    out = torch.full_like(scores, float("-inf"))
+    out[:, keep] = scores[:, keep]
+    return out
+
+
 def predict(
     model,
     split,
@@ -78,14 +90,16 @@ def predict(
     desc: str = "eval",
     loader=None,
     k: int = TOP_K,
+    classes=None,
 ) -> tuple[np.ndarray, float]:
     """The model's top-k classes of every image (N x k int64, in the split's order) and the seconds it took.
-    k = 1 gives the argmax only (what learning-rate selection on val needs)."""
+    k = 1 gives the argmax only (what learning-rate selection on val needs). `classes`: the task's
+    `scored_classes`, the only classes predicted (`restrict`)."""
     model.to(device).eval()
     out = []
     start = time.perf_counter()
     for logits in outputs(model, split, data_config, device, batch_size, plan, desc, loader):
-        out.append(topk(logits, k).cpu())
+        out.append(topk(restrict(logits, classes), k).cpu())
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -143,18 +157,35 @@ def feature_array(
     return out[0] if out else np.zeros((0, 0), np.float32)
 
 
+def truth(split) -> np.ndarray:
+    """What a split's predictions are scored against and stored beside them: each image's label (N), or where its
+    images have several right answers (ImageNet ReaL, ObjectNet) their label sets (N x M, padded with -1)."""
+    return split.labels if getattr(split, "label_sets", None) is None else split.label_sets
+
+
+def hits(truth: np.ndarray, top: np.ndarray, k: int = 1) -> np.ndarray:
+    """Whether each image's first `k` predictions hold a right answer (N bools): its label, or any class of its
+    label set (`truth`); -1 (padding on either side) never counts."""
+    top = np.asarray(top)[:, :k]
+    truth = np.asarray(truth)
+    if truth.ndim == 1:
+        return (top == truth[:, None]).any(1)
+    return ((top[:, :, None] == truth[:, None, :]) & (truth[:, None, :] >= 0)).any((1, 2))
+
+
 def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Mean per-class recall over the classes present in `labels`."""
     classes = np.unique(labels)
     return float(np.mean([(predictions[labels == c] == c).mean() for c in classes]))
 
 
-def scores(labels: np.ndarray, top5: np.ndarray) -> dict:
-    """A result's accuracy fields from its test labels and top-5 predictions."""
+def scores(truth: np.ndarray, top5: np.ndarray) -> dict:
+    """A result's accuracy fields from its test truth (`truth`: labels, or label sets) and top-5 predictions.
+    Balanced top-1 (mean per-class recall) needs one class per image: None for label sets."""
     return {
-        "top1": float((top5[:, 0] == labels).mean()),
-        "top5": float((top5 == labels[:, None]).any(1).mean()),
-        "balanced_top1": balanced_accuracy(labels, top5[:, 0]),
+        "top1": float(hits(truth, top5, 1).mean()),
+        "top5": float(hits(truth, top5, 5).mean()),
+        "balanced_top1": balanced_accuracy(truth, top5[:, 0]) if np.ndim(truth) == 1 else None,
     }
 
 

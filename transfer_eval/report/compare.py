@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from transfer_eval.errors import UserError, unknown_name
+from transfer_eval.methods import inference
 from transfer_eval.report import variants
 from transfer_eval.report.leaderboard import Cell, _setup_note, build_cells, limited_note
 from transfer_eval.store.results import Result, Store
@@ -254,7 +255,7 @@ def _compare_cells(store: Store, ca: Cell, cb: Cell, resamples: int, seed: int) 
     if la.shape != lb.shape or not np.array_equal(la, lb):
         row.reason = "measured on different test examples (labels differ)"
         return row
-    s = paired_stats(ta[:, 0] == la, tb[:, 0] == lb, resamples, seed)
+    s = paired_stats(inference.hits(la, ta), inference.hits(lb, tb), resamples, seed)
     for k in ("n", "acc_a", "acc_b", "delta", "ci_low", "ci_high", "p_value", "b", "c"):
         setattr(row, k, s[k])
     row.verdict = verdict(s["delta"], s["p_value"])

@@ -129,7 +129,15 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
                 splits["test"].unseal()
                 bs = inference.eval_batch_size(recipe)
                 top5, test_seconds = inference.predict(
-                    model, splits["test"], cfg, device, bs, input_plan, desc="test", loader=loaders.get("test", bs)
+                    model,
+                    splits["test"],
+                    cfg,
+                    device,
+                    bs,
+                    input_plan,
+                    desc="test",
+                    loader=loaders.get("test", bs),
+                    classes=run.task.scored_classes,
                 )
     except finetune.Diverged as e:
         return _failed(store, result, f"diverged: {e}")
@@ -148,7 +156,7 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
     else:
         result.bytes_per_task = deltas.size(trained.delta, meta)
     result.eval_images_per_second = len(splits["test"]) / test_seconds if test_seconds else None
-    labels = splits["test"].labels
+    labels = inference.truth(splits["test"])
     for k, v in inference.scores(labels, top5).items():
         setattr(result, k, v)
     if device.type == "cuda" and result.train_seconds:

@@ -135,8 +135,8 @@ class SQLite:
     def insert(self, sql: str, args) -> int:
         return self.execute(sql, args).lastrowid
 
-    def columns(self) -> set[str]:
-        return {row[1] for row in self.execute("PRAGMA table_info(results)")}
+    def columns(self, table: str = "results") -> set[str]:
+        return {row[1] for row in self.execute(f"PRAGMA table_info({table})")}
 
     def version(self) -> int:
         return self.execute("PRAGMA user_version").fetchone()[0]
@@ -200,10 +200,11 @@ class Postgres:
     def insert(self, sql: str, args) -> int:
         return self.execute(sql + " RETURNING run_id", args).fetchone()[0]
 
-    def columns(self) -> set[str]:
+    def columns(self, table: str = "results") -> set[str]:
         rows = self.db.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'results' "
-            "AND table_schema = current_schema()"
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+            "AND table_schema = current_schema()",
+            (table,),
         )
         return {r[0] for r in rows}
 

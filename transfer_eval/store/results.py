@@ -21,8 +21,10 @@ from transfer_eval.store import databases
 KEY = ("checkpoint", "weights_sha256", "task", "task_version", "mode", "protocol_hash", "seed")
 # The store's schema version (SQLite's user_version). 1: the record of suite 0.1 (stores written before the version
 # was kept read as 0, and are migrated as 1); 2: `curves` and `limit_per_split`; 3: the cost that tells the
-# parameter-efficient methods apart (`params_backbone`, `params_head`, `deployed_gflops_per_image`).
-SCHEMA_VERSION = 3
+# parameter-efficient methods apart (`params_backbone`, `params_head`, `deployed_gflops_per_image`); 4: calibration
+# (`ece`, `nll`, `temperature`, `ece_scaled`, `nll_scaled`) and each test image's probabilities beside its top-5
+# (`predictions.probs`); labels may be label sets (N x M, padded with -1: ImageNet ReaL, ObjectNet).
+SCHEMA_VERSION = 4
 
 
 @dataclass
@@ -85,6 +87,15 @@ class Result:
     params_backbone: int | None = None
     params_head: int | None = None
     deployed_gflops_per_image: float | None = None
+    # calibration of the test probabilities (None: a mode without probabilities, few-shot ridge, or a result stored
+    # before schema 4): expected calibration error over 15 equal-width bins of top-1 confidence and the mean
+    # negative log-likelihood of the true class (Guo et al. 2017); both again after temperature scaling with one
+    # scalar `temperature` fitted on val by minimising its NLL (never on test)
+    ece: float | None = None
+    nll: float | None = None
+    temperature: float | None = None
+    ece_scaled: float | None = None
+    nll_scaled: float | None = None
     # provenance
     suite_version: str | None = None
     git_commit: str | None = None
@@ -129,9 +140,20 @@ def _schema(db) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS predictions (
     run_id {t["int"]} PRIMARY KEY REFERENCES results(run_id) ON DELETE CASCADE,
     labels {t["blob"]} NOT NULL,
-    top5 {t["blob"]} NOT NULL
+    top5 {t["blob"]} NOT NULL,
+    probs {t["blob"]}
 )""",
     ]
+
+
+PROBS = ("top1", "top2", "top3", "top4", "top5", "true")  # the columns of a run's stored probabilities
+
+
+def _checked_probs(probs, n: int) -> np.ndarray:
+    probs = np.asarray(probs, np.float16)
+    if probs.shape != (n, len(PROBS)):
+        raise ValueError(f"probabilities must be N x {len(PROBS)} ({', '.join(PROBS)}), got {probs.shape}")
+    return probs
 
 
 def _pack(a: np.ndarray) -> bytes:
@@ -204,6 +226,8 @@ class Store:
             for f in fields(Result):
                 if f.name not in have:
                     db.execute(f"ALTER TABLE results ADD COLUMN {f.name} {_sql_type(f, db.types)}")
+            if "probs" not in db.columns("predictions"):
+                db.execute(f"ALTER TABLE predictions ADD COLUMN probs {db.types['blob']}")
             db.set_version(SCHEMA_VERSION)
 
     def close(self):
@@ -214,8 +238,17 @@ class Store:
         row = self.database.execute(f"SELECT status FROM results WHERE {where}", key).fetchone()
         return row is not None and row[0] == "ok"
 
-    def put(self, result: Result, labels: np.ndarray | None = None, top5: np.ndarray | None = None) -> int:
-        """Insert or replace the row of `result.key`, with its per-sample predictions, atomically."""
+    def put(
+        self,
+        result: Result,
+        labels: np.ndarray | None = None,
+        top5: np.ndarray | None = None,
+        probs: np.ndarray | None = None,
+    ) -> int:
+        """Insert or replace the row of `result.key`, with its per-sample predictions, atomically. `labels`: N, or
+        N x M label sets padded with -1 (inference.truth); `top5`: N x 5 class indices, best first; `probs`: where
+        the mode gives probabilities, N x 6 (PROBS): the top-5 classes' probabilities, then the true class's (NaN
+        where the truth is a set), stored as float16."""
         values = [_value(result, c) for c in _COLUMNS]
         where = " AND ".join(f"{k} = ?" for k in KEY)
         db = self.database
@@ -227,8 +260,13 @@ class Store:
             )
             if labels is not None and top5 is not None:
                 db.execute(
-                    "INSERT INTO predictions (run_id, labels, top5) VALUES (?, ?, ?)",
-                    (run_id, _pack(np.asarray(labels, np.int32)), _pack(np.asarray(top5, np.int32))),
+                    "INSERT INTO predictions (run_id, labels, top5, probs) VALUES (?, ?, ?, ?)",
+                    (
+                        run_id,
+                        _pack(np.asarray(labels, np.int32)),
+                        _pack(np.asarray(top5, np.int32)),
+                        None if probs is None else _pack(_checked_probs(probs, len(top5))),
+                    ),
                 )
         result.run_id = run_id
         return run_id
@@ -260,6 +298,13 @@ class Store:
         row = self.database.execute("SELECT labels, top5 FROM predictions WHERE run_id = ?", (run_id,)).fetchone()
         return (_unpack(row[0]), _unpack(row[1])) if row else None
 
+    def probabilities(self, run_id: int) -> np.ndarray | None:
+        """N x 6 float16 (PROBS) of a run's test split: the probabilities of its top-5 classes, best first, then of
+        the true class (NaN where the truth is a label set); None where the mode gives none (few-shot ridge) or the
+        result was stored before schema 4."""
+        row = self.database.execute("SELECT probs FROM predictions WHERE run_id = ?", (run_id,)).fetchone()
+        return _unpack(row[0]) if row and row[0] is not None else None
+
     def query(self, checkpoints=(), tasks=(), modes=(), status: str | None = "ok") -> list[Result]:
         clauses, args = [], []
         for col, vals in (("checkpoint", checkpoints), ("task", tasks), ("mode", modes)):
@@ -282,8 +327,8 @@ class Store:
             if there is not None and (there.finished, there.status) == (r.finished, r.status):
                 continue  # this very result is there already
             new += there is None
-            preds = self.predictions(r.run_id)
+            preds, probs = self.predictions(r.run_id), self.probabilities(r.run_id)
             r.run_id = None
-            other.put(r, *(preds if preds is not None else (None, None)))
+            other.put(r, *(preds if preds is not None else (None, None)), probs)
             copied += 1
         return copied, new

@@ -97,6 +97,10 @@ class ImageSplit:
     """One split of a task: `image(i)` gives a PIL RGB image, `labels[i]` its class, `ids[i]` a stable name.
 
     Splits over image files (`ImageSplit.from_files`) also keep `paths`, so unreadable files can be found.
+    A test split whose images each have a set of right answers (ImageNet ReaL's label sets; ObjectNet, whose class
+    maps to several ImageNet classes) keeps them as `label_sets` (N x M, padded with -1): a prediction is right
+    when it is in its image's set (methods/inference.py `truth`, `hits`). `labels` then stays one class per image
+    (the one the split is stratified by).
     """
 
     def __init__(
@@ -105,9 +109,13 @@ class ImageSplit:
         labels: Sequence[int],
         ids: Sequence[str] | None = None,
         paths: Sequence[str] | None = None,
+        label_sets: np.ndarray | None = None,
     ):
         self._image = image
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.label_sets = None if label_sets is None else np.asarray(label_sets, dtype=np.int64)
+        if self.label_sets is not None and (self.label_sets.ndim != 2 or len(self.label_sets) != len(self.labels)):
+            raise ValueError("label_sets must be N x M (padded with -1), one row per label")
         self.ids = list(ids) if ids is not None else [str(i) for i in range(len(self.labels))]
         self.paths = list(paths) if paths is not None else None
         self.skipped: list[str] = []  # unreadable files left out under --bad-images skip
@@ -122,9 +130,11 @@ class ImageSplit:
             raise ValueError("ids, paths and labels differ in length")
 
     @classmethod
-    def from_files(cls, paths: Sequence, labels: Sequence[int], ids: Sequence[str] | None = None) -> "ImageSplit":
+    def from_files(
+        cls, paths: Sequence, labels: Sequence[int], ids: Sequence[str] | None = None, label_sets=None
+    ) -> "ImageSplit":
         paths = [str(p) for p in paths]
-        return cls(lambda i: load_image(paths[i]), labels, ids if ids is not None else paths, paths)
+        return cls(lambda i: load_image(paths[i]), labels, ids if ids is not None else paths, paths, label_sets)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -153,6 +163,7 @@ class ImageSplit:
             self.labels[idx],
             [self.ids[i] for i in idx],
             [self.paths[i] for i in idx] if self.paths is not None else None,
+            None if self.label_sets is None else self.label_sets[idx],
         )
         out.skipped = list(self.skipped)
         out.signature = self.signature
@@ -167,6 +178,7 @@ class ImageSplit:
             np.concatenate([a.labels, b.labels]),
             a.ids + b.ids,
             paths,
+            _concat_sets(a.label_sets, b.label_sets) if a.label_sets is not None and b.label_sets is not None else None,
         )
         out.skipped = a.skipped + b.skipped
         if a.signature is not None and b.signature is not None:
@@ -250,8 +262,18 @@ class ImageSplit:
         return h.hexdigest()
 
     def manifest(self) -> str:
-        """A digest of the sample ids and labels: two results compare only when measured on the same examples."""
+        """A digest of the sample ids and labels (and label sets, where the split has them): two results compare
+        only when measured on the same examples."""
         h = hashlib.sha256()
         for sid, lab in zip(self.ids, self.labels.tolist()):
             h.update(f"{sid}\t{lab}\n".encode())
+        if self.label_sets is not None:
+            h.update(b"label sets\n" + np.ascontiguousarray(self.label_sets, np.int64).tobytes())
         return h.hexdigest()
+
+
+def _concat_sets(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two N x M label-set arrays stacked, the narrower padded with -1."""
+    width = max(a.shape[1], b.shape[1])
+    pad = [np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=-1) for x in (a, b)]
+    return np.concatenate(pad)

@@ -35,6 +35,10 @@ class Task:
     # tasks that train exactly as this one (the same train, val, hold-out and recipes) and differ in their test
     # split: a model fine-tuned for this task is scored on their test splits too (transfer_eval.methods.companions)
     companions: tuple[str, ...] = ()
+    # the classes test is scored over, where a test set covers a subset of the model's classes (ImageNet-A and -R:
+    # 200 of ImageNet-1k's; ObjectNet: the ImageNet classes that map to one of its own): every mode masks its
+    # scores to these before top-k (methods/inference.py `restrict`); None: all of them
+    scored_classes: tuple[int, ...] | None = None
     # {"fraction": 0.1, "seed": 0}: val is held out of the official train split (the loader gives that whole as
     # "train"; `dataset` splits it); None: the loader gives its own val (an official one, say)
     val_holdout: dict | None = None
