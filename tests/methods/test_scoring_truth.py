@@ -57,3 +57,32 @@ def test_probabilities_are_stored_beside_the_predictions(tmp_path):
     assert np.array_equal(other.probabilities(other.query()[0].run_id), got)
     r2 = Result("c", "w", "t", 1, "fewshot", "p", 0, top1=0.5)  # a mode without probabilities
     assert store.probabilities(store.put(r2, np.array([0]), np.array([[0, 1, 2, 3, 4]]))) is None
+
+
+def test_ece_by_hand():
+    from transfer_eval.methods import calibration
+
+    # bins of width 1/15: 0.05 -> bin 0, 0.5 -> bin 7 ((7/15, 8/15]), 0.9 -> 13, 0.95 and 1.0 -> 14
+    conf = np.array([0.05, 0.5, 0.5, 0.9, 0.95, 1.0])
+    right = np.array([0, 1, 0, 1, 1, 1])
+    by_hand = (1 * abs(0 - 0.05) + 2 * abs(0.5 - 0.5) + 1 * abs(1 - 0.9) + 2 * abs(1 - 0.975)) / 6
+    assert abs(calibration.ece(conf, right) - by_hand) < 1e-12
+    r = calibration.reliability(conf, right)
+    assert r["count"].tolist() == [1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1, 2]
+    assert calibration.bin_index(np.array([0.0, 1 / 15, 1 / 15 + 1e-9])).tolist() == [0, 0, 1]
+
+
+def test_temperature_lowers_val_nll():
+    from transfer_eval.methods import calibration
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (400,), generator=g)
+    logits = torch.randn(400, 10, generator=g)
+    logits[torch.arange(400), labels] += 2.0
+    sharp = logits * 5  # over-confident: the fitted T softens it
+    t = calibration.fit_temperature(sharp, labels)
+    before = calibration.nll(torch.softmax(sharp, 1)[torch.arange(400), labels].numpy())
+    after = calibration.nll(torch.softmax(sharp / t, 1)[torch.arange(400), labels].numpy())
+    assert t > 2 and after < before
+    grid = [calibration._nll_at(sharp, labels, x) for x in (t * 0.9, t, t * 1.1)]
+    assert grid[1] <= min(grid[0], grid[2])
