@@ -205,3 +205,25 @@ def test_a_jpeg_the_device_refuses_is_decoded_on_the_host(tmp_path, monkeypatch)
     monkeypatch.setattr(torchvision.io, "decode_jpeg", device_refuses)
     assert torch.equal(_batch(split, CFG, True), cpu)
     assert calls.count(False) == 1  # the refused file, on the host; the others on the device
+
+
+def test_a_split_whose_images_are_not_its_files_pixels_is_read_through_its_images(tmp_path):
+    """A split whose loader edits each decoded file (ImageSplit.edit: ObjectNet's cropped border) is refused by
+    --decode device's plan; and where a plan made on another split reaches it, its images are still the edited
+    ones (image(i)), never the files' own pixels."""
+    from transfer_eval.input import device_decode
+    from transfer_eval.tasks import load_image
+
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(2)]
+    synthetic.write_jpegs([Path(p) for p in paths], size=(96, 72))
+    cfg = {**CFG, "input_size": (3, 32, 32)}
+
+    def cropped(i):
+        img = load_image(paths[i])
+        return img.crop((2, 2, img.width - 2, img.height - 2))
+
+    edited = ImageSplit(cropped, [0, 1], paths=paths, edit="2 px border cropped off")
+    plain = ImageSplit.from_files(paths, [0, 1])
+    assert "2 px border" in device_decode.unsuitable(edited, cfg) and device_decode.unsuitable(plain, cfg) is None
+    assert torch.equal(_batch(edited, cfg, True), _batch(edited, cfg, False))
+    assert not torch.equal(_batch(edited, cfg, True), _batch(plain, cfg, True))

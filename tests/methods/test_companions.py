@@ -48,13 +48,15 @@ def plugins(tmp_path_factory):
 def test_imagenet_tasks_are_each_others_compatible_companions():
     found = tasks.discover()
     names = ["imagenet1k", "imagenetv2_matched_frequency", "imagenetv2_threshold07", "imagenetv2_top_images"]
+    names += ["imagenet_real", "imagenet_sketch", "imagenet_a", "imagenet_r", "imagenet_a_clean", "imagenet_r_clean"]
+    names += ["objectnet"]  # ImageNet's other test sets (tasks/imagenet_shift.py, tasks/objectnet.py)
     for name in names:
         assert sorted(found[name].companions) == sorted(n for n in names if n != name)
         assert all(companions.compatible(found[name], found[c]) for c in found[name].companions)
     runs = runner.plan_named(["vit_demo"], names, ["attention", "linear"])
     keys = {r.key for r in runs}
     covered = companions.covered(runs, keys)
-    # the first fine-tuning run (imagenet1k) scores the three others; probes are never companions
+    # the first fine-tuning run (imagenet1k) scores the others; probes are never companions
     assert {(r.task.name, r.mode.name) for r in runs if r.key in covered} == {(n, "attention") for n in names[1:]}
     first_pending = {r.key for r in runs if r.task.name != "imagenet1k"}
     assert {r.task.name for r in runs if r.key in companions.covered(runs, first_pending)} == set(names[2:])

@@ -65,10 +65,6 @@ def load(found, split: str, root: Path, name: str = MF):
     return found[name].dataset(split, LoadContext(Path(root), verify=True))
 
 
-def module_globals(found) -> dict:
-    return found[MF].load.__globals__  # the plugin module's namespace
-
-
 def expected_holdout(labels: list[int], fraction: float = 0.01, seed: int = 0) -> list[int]:
     return conftest.expected_holdout(labels, fraction, seed)
 
@@ -303,12 +299,13 @@ def test_missing_in1k_train_is_a_user_error_test_still_loads(found, v2_root):
 
 
 def test_listing_is_cached_and_refreshed_when_a_folder_changes(found, full_root, v2_root, tmp_path, monkeypatch):
-    g = module_globals(found)
+    from transfer_eval.tasks import imagenet_shared as g  # the listing every ImageNet plugin shares
+
     listed = []
-    real = g["_images_in"]
-    monkeypatch.setitem(g, "_images_in", lambda folder: listed.append(folder) or real(folder))
-    g["_walk"].cache_clear()
-    g["_split_in1k"].cache_clear()
+    real = g.images_in
+    monkeypatch.setattr(g, "images_in", lambda folder: listed.append(folder) or real(folder))
+    g.walk.cache_clear()
+    g._split_in1k.cache_clear()
     for split in ("train", "val", "train", "val"):
         load(found, split, full_root)
     assert len(listed) == 1000  # each class folder listed once, for both splits and repeated loads

@@ -9,8 +9,9 @@ turbo, as Pillow's), so the whole plan gives the CPU path's pixels (tests/input/
 decode may differ from libjpeg-turbo's by a level here and there, so the plan is named in the record
 (`input_pipeline`), its features are cached apart, and the GPU check measures its accuracy against the CPU path's.
 
-A file that is not a baseline or progressive JPEG in RGB or grayscale (a PNG behind a .jpg name, a CMYK JPEG) is
-decoded and transformed in the worker as on the CPU path, with the same draws. The plan is for a GPU: on a CPU the
+A file that is not a baseline or progressive JPEG in RGB or grayscale (a PNG behind a .jpg name, a CMYK JPEG), and
+every image of a split whose images are not its files' pixels (`ImageSplit.edit`: ObjectNet's, a border cropped off),
+is decoded and transformed in the worker as on the CPU path, with the same draws. The plan is for a GPU: on a CPU the
 batched integer passes are slower than Pillow's SIMD resize (BENCHMARKS.md), so --decode cpu stays the default.
 """
 
@@ -34,6 +35,8 @@ def unsuitable(split: ImageSplit, data_config: dict) -> str | None:
     ones include JPEGs, and a transform the device reproduces (bilinear or bicubic resize, centre crop or squash)."""
     if split.paths is None:
         return "the task's images are not files (--decode device reads JPEG files)"
+    if split.edit:
+        return f"the task's images are not its files' pixels ({split.edit}; --decode device decodes the files)"
     why = resample.cpu_only(data_config)
     if why:
         return why
@@ -69,8 +72,9 @@ class Files(device_resize.NativeSplit):
             head = Image.open(io.BytesIO(raw))  # the header only: size, mode, format
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             head = None
-        if head is None or head.format != "JPEG" or head.mode not in DEVICE_MODES:
-            # the CPU path's decode (and its error, naming the file) and transform, with the same draws
+        if head is None or head.format != "JPEG" or head.mode not in DEVICE_MODES or self.split.edit:
+            # the CPU path's decode (and its error, naming the file) and transform, with the same draws; and a
+            # split whose images are not its files' pixels (ImageSplit.edit: ObjectNet's cropped border) as it is
             return (*self.on_cpu(self.split.image(i), draw), label, i, False)
         with seeded(draw):
             geometry, flip = self.geometry(head)

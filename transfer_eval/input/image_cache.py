@@ -14,7 +14,8 @@ index of offsets, byte sizes and shapes:
 The size is estimated from a sample before anything is written, and a build that would not fit on the disk is
 refused in one line. Images are decoded in bounded chunks, so memory does not grow with the split.
 
-The key covers the image files (paths, sizes, modification times), the sample ids and labels, the resize (size,
+The key covers the image files (paths, sizes, modification times, and what the task does to their pixels:
+`ImageSplit.edit`), the sample ids and labels, the resize (size,
 interpolation, crop mode) and the versions of the suite and Pillow; `transfer-eval cache list|clear` shows and
 removes entries.
 """
@@ -107,7 +108,7 @@ def cached(split: ImageSplit, data_config: dict, threads: int | None = None, kin
         with Image.open(io.BytesIO(pixels[o : o + n].tobytes())) as img:
             return img.convert("RGB")
 
-    out = ImageSplit(image, split.labels, split.ids, split.paths)
+    out = ImageSplit(image, split.labels, split.ids, split.paths, split.label_sets, split.edit)
     out.skipped = list(split.skipped)
     return out
 

@@ -101,6 +101,11 @@ class ImageSplit:
     maps to several ImageNet classes) keeps them as `label_sets` (N x M, padded with -1): a prediction is right
     when it is in its image's set (methods/inference.py `truth`, `hits`). `labels` then stays one class per image
     (the one the split is stratified by).
+
+    A split whose images are not its files' pixels as they decode (ObjectNet's, whose loader crops a border off
+    each) names what is done to them in `edit`: it is part of `files_signature`, so the caches keyed on that (the
+    decoded images, the features, the unreadable-image scan) keep the edited images apart, and `--decode device`,
+    which decodes the files themselves, leaves such a split's images to `image(i)`.
     """
 
     def __init__(
@@ -110,8 +115,10 @@ class ImageSplit:
         ids: Sequence[str] | None = None,
         paths: Sequence[str] | None = None,
         label_sets: np.ndarray | None = None,
+        edit: str | None = None,
     ):
         self._image = image
+        self.edit = edit
         self.labels = np.asarray(labels, dtype=np.int64)
         self.label_sets = None if label_sets is None else np.asarray(label_sets, dtype=np.int64)
         if self.label_sets is not None and (self.label_sets.ndim != 2 or len(self.label_sets) != len(self.labels)):
@@ -164,6 +171,7 @@ class ImageSplit:
             [self.ids[i] for i in idx],
             [self.paths[i] for i in idx] if self.paths is not None else None,
             None if self.label_sets is None else self.label_sets[idx],
+            self.edit,
         )
         out.skipped = list(self.skipped)
         out.signature = self.signature
@@ -179,6 +187,7 @@ class ImageSplit:
             a.ids + b.ids,
             paths,
             _concat_sets(a.label_sets, b.label_sets) if a.label_sets is not None and b.label_sets is not None else None,
+            " + ".join(dict.fromkeys(e for e in (a.edit, b.edit) if e)) or None,
         )
         out.skipped = a.skipped + b.skipped
         if a.signature is not None and b.signature is not None:
@@ -252,7 +261,7 @@ class ImageSplit:
     def _stat_signature(self) -> str:
         if self.parts is not None and all(p.paths is not None for p in self.parts):  # from the parts' own
             return hashlib.sha256("+".join(p.files_signature() for p in self.parts).encode()).hexdigest()
-        h = hashlib.sha256()
+        h = hashlib.sha256(f"edit\t{self.edit}\n".encode() if self.edit else b"")
         for p in self.paths:
             try:
                 st = os.stat(p)
