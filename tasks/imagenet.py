@@ -47,6 +47,9 @@ Table 5 of "Three things everyone should know about Vision Transformers" (attent
 
 No automatic download: ImageNet-1k needs an account at image-net.org, and there is no published checksum of the
 ImageNet-V2 tarballs to verify a download against.
+
+ImageNet's other test sets (ReaL, Sketch, A, R and their -clean sets; ObjectNet) are companions of these, in
+tasks/imagenet_shift.py and tasks/objectnet.py; what they share with them is transfer_eval/tasks/imagenet_shared.py.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def _real_test(task: str, ctx: LoadContext) -> ImageSplit:
         number = int(m.group(1)) if m else 0
         if not 1 <= number <= len(sets):
             raise UserError(
-                f"task {task}: {paths[i]} is not a val image ReaL labels (its file name is not "
+                f"task {task}: {paths[i]} is not a val image ReaL has labels for (its file name is not "
                 f"ILSVRC2012_val_00000001.JPEG .. ILSVRC2012_val_{len(sets):08d}.JPEG); keep only the official val "
                 f"images in DATA/imagenet/val"
             )

@@ -62,8 +62,9 @@ def companions_of(name: str) -> tuple[str, ...]:
     return tuple(t for t in COMPANIONS if t != name)
 
 
+@lru_cache(maxsize=64)
 def note_size(task: str, where: Path, n: int, official: int) -> None:
-    """Say (once per listing) that a folder holds other than the official number of images."""
+    """Say (once per process) that a folder holds other than the official number of images."""
     if n != official:
         log.warning(
             "transfer-eval: task %s: %s holds %d images, not the official %d: its test accuracy does not compare "
