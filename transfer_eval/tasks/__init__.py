@@ -6,7 +6,9 @@
 - `plugins.py`: plugin discovery (the built-in `tasks/` folder, entry points, `--tasks-dir`, `add_task`);
 - `names.py`: a task name as users give it (registered, `folder:PATH`, `hf:PATH_OR_NAME`), read by `folder.py`
   (torchvision's ImageFolder layout) and `hf.py` (a Hugging Face dataset);
-- `groups.py`: task groups (paper6, vtab1k and its parts): the leaderboard's means and names on the command line.
+- `groups.py`: task groups (paper6, vtab1k and its parts): the leaderboard's means and names on the command line;
+- `imagenet_shared.py`: what the ImageNet plugins share (the listings of ImageNet-1k train and val, timm's wnid lists
+  and ReaL label sets, the recipe and companions of every task trained on ImageNet-1k).
 
 A task plugin is a Python file defining `Task` objects at module level (or a `TASKS` list), found in the built-in
 `tasks/` folder, in installed packages' `transfer_eval.tasks` entry points and in folders given with `--tasks-dir`
