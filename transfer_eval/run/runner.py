@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 
 import torch
 
-from transfer_eval import checkpoints, devices, distributed, protocol
+from transfer_eval import checkpoints, devices, distributed
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.methods import companions, finetune, knn, modes, presets, sources
@@ -22,47 +21,11 @@ from transfer_eval.methods.modes import Mode
 from transfer_eval.methods.resume import Preempted, requested, stop_on_signal
 from transfer_eval.run import checks, stages, trackers
 from transfer_eval.run.execution import Options, execute
+from transfer_eval.run.runs import Run
 from transfer_eval.store.results import Result, Store
 from transfer_eval.tasks import LoadContext, Task, groups
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Run:
-    checkpoint: Checkpoint
-    task: Task
-    mode: Mode
-    seed: int
-    recipe: dict  # fully resolved: the mode's defaults, then the task's, then the user's overrides
-    weights_sha256: str
-    limit: int | None = None  # at most this many examples per split (--limit): a quick look, with a key of its own
-    precision: str = "auto"  # --precision (devices.py): auto keeps results equal across devices; fp32, bf16 chosen
-
-    @property
-    def protocol_hash(self) -> str:
-        return protocol.protocol_hash(self.mode.name, self.mode.version, self.recipe, self.limit, self.precision)
-
-    @property
-    def key(self) -> tuple:
-        return (
-            self.checkpoint.name,
-            self.weights_sha256,
-            self.task.name,
-            self.task.version,
-            self.mode.name,
-            self.protocol_hash,
-            self.seed,
-        )
-
-    def label(self) -> str:
-        shots = f" / {self.recipe['shots']}-shot" if self.mode.stage == "fewshot" else ""
-        if self.mode.stage == "knn":
-            shots = f" / k {','.join(str(k) for k in self.recipe['k'])}"
-        limit = f" / limit {self.limit}" if self.limit is not None else ""
-        prec = f" / {self.precision}" if self.precision != "auto" else ""
-        shots += f" / {sources.describe(self.recipe)}" if self.mode.optional and sources.describe(self.recipe) else ""
-        return f"{self.checkpoint.name} / {self.task.name} / {self.mode.name}{shots} / seed {self.seed}{limit}{prec}"
 
 
 # ------------------------------------------------------------------------------------------------------ recipes
