@@ -218,7 +218,7 @@ def test_defaults_keep_the_recipe_and_its_hash():
         assert other["features"] == "cls+avg"
         hashes = {protocol.protocol_hash(name, mode.version, r) for r in (plain, other)}
         assert len(hashes) == 2
-    with pytest.raises(UserError, match="unknown feature source"):
+    with pytest.raises(UserError, match="features must be pooled, cls, .* or proj, or a list of them; got 'cls.mean'"):
         runner.resolve_recipe(digits, modes.MODES["linear"], {"features": "cls+mean"})
 
 

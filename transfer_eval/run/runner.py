@@ -17,6 +17,7 @@ from transfer_eval import checkpoints, devices, distributed
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.methods import companions, finetune, knn, modes, presets, sources
+from transfer_eval.methods.fields import checked_fields
 from transfer_eval.methods.modes import Mode
 from transfer_eval.methods.resume import Preempted, requested, stop_on_signal
 from transfer_eval.run import checks, stages, trackers
@@ -53,21 +54,17 @@ def resolve_recipe(
                 f"unknown {mode.name} recipe field(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(recipe_fields(mode)))}"
             )
+        merged = checked_fields(merged)  # type, range, a list only where the field takes one (methods/fields.py)
         if mode.optional:  # features, normalise: at their defaults left out, so that earlier runs keep their keys
             merged = sources.canonical(merged)
         if "c_grid" in merged:
             merged["c_grid"] = [float(c) for c in merged["c_grid"]]
         if "shots" in merged:
-            shots = merged["shots"] if isinstance(merged["shots"], list) else [merged["shots"]]
-            if not shots or not all(isinstance(k, int) and k > 0 for k in shots):
-                raise UserError(f"fewshot shots must be positive integers, got {merged['shots']!r}")
-            merged["shots"] = shots
+            merged["shots"] = merged["shots"] if isinstance(merged["shots"], list) else [merged["shots"]]
             merged["l2"] = float(merged["l2"])
         if "k" in merged:  # k-NN: one k, or a grid chosen on val
             merged["k"] = knn.ks_of(merged["k"])
             merged["temperature"] = float(merged["temperature"])
-            if not merged["temperature"] > 0:
-                raise UserError(f"knn temperature must be positive, got {merged['temperature']!r}")
         return merged
     # a mode the task gives no recipe for (ffn, bitfit) takes its generic fine-tuning one, else full's
     task_fields = task.recipes.get(mode.name) or task.recipes.get("finetune") or task.recipes.get("full", {})
@@ -77,6 +74,13 @@ def resolve_recipe(
     if foreign:
         owners = sorted(m.name for m in modes.MODES.values() if set(foreign) & set(m.defaults))
         raise UserError(f"{' and '.join(foreign)} apply to mode {', '.join(owners)} only, not {mode.name}")
+    unknown = sorted(set(fields) - recipe_fields(mode) - _finetune_only(mode))
+    if unknown:
+        raise UserError(
+            f"unknown {mode.name} recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(recipe_fields(mode)))}"
+        )
+    # checked before anything reads them (scale_lr reads batch_size); another mode's fields, unset, stay as they are
+    fields = {**fields, **checked_fields({k: v for k, v in fields.items() if k not in _finetune_only(mode)})}
     fields = presets.scale_lr(preset, fields, overrides)
     # the mode's own fields beyond finetune.Recipe's (lora_targets, ...) stay beside it, in this mode's recipe only,
     # so the recipes (and protocol hashes) of the other fine-tuning modes do not change when a mode gains one
