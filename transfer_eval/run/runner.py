@@ -122,24 +122,39 @@ def plan(
             f"unknown recipe field(s) {', '.join(unknown)} for mode(s) "
             f"{', '.join(m.name for m in mode_list)}; known: {', '.join(sorted(known))}"
         )
-    digests = {ck.name: checkpoints.weights_digest(ck) for ck in ckpts}
+    planned, unprobed = [], {}  # (checkpoint, task, mode, recipes); checkpoint -> {mode without a paper probe: recipe}
     for ck in ckpts:
         for task in tasks:
             for mode in mode_list:
                 mine = {k: v for k, v in overrides.items() if k in recipe_fields(mode)}  # each mode its own fields
                 own = preset
                 if preset == presets.PAPER:  # the probe the checkpoint's paper made (registry); --set still wins
-                    mine, own = {**paper_probe(ck, mode), **mine}, None
+                    probe = paper_probe(ck, mode)
+                    mine, own = {**probe, **mine}, None
                 recipe = resolve_recipe(task, mode, mine, resolution, own)
                 if mode.check is not None:
                     mode.check(recipe)
+                if preset == presets.PAPER and mode.optional and not probe:  # said below, once per checkpoint
+                    unprobed.setdefault(ck.name, {})[mode.name] = recipe
                 recipes = [{**recipe, "shots": k} for k in recipe["shots"]] if mode.stage == "fewshot" else [recipe]
                 if mode.stage == "fewshot" and isinstance(recipe.get("features"), list):
                     # no val to choose a source on: each source is a run (and a leaderboard row) of its own
                     recipes = [sources.canonical({**r, "features": f}) for r in recipes for f in recipe["features"]]
-                for r in recipes:
-                    for seed in seeds or mode.seeds:
-                        runs.append(Run(ck, task, mode, seed, r, digests[ck.name], limit, precision))
+                planned.append((ck, task, mode, recipes))
+    for name, missed in unprobed.items():
+        used = sources.describe(next(iter(missed.values())))  # (--set gives each probe mode the same source)
+        log.info(
+            "--recipe paper: %s has no paper probe for %s (the registry's `probe`, `list checkpoints`), so %s",
+            name,
+            ", ".join(missed),
+            f"{'it reads' if len(missed) == 1 else 'they read'} "
+            + (f"{used}, as the recipe says" if used else "the default features: pooled, not normalised"),
+        )
+    digests = {ck.name: checkpoints.weights_digest(ck) for ck in ckpts}  # after every recipe is checked
+    for ck, task, mode, recipes in planned:
+        for r in recipes:
+            for seed in seeds or mode.seeds:
+                runs.append(Run(ck, task, mode, seed, r, digests[ck.name], limit, precision))
     return runs
 
 
