@@ -83,13 +83,13 @@ def _architecture(ck) -> str:
     "--task",
     "task_names",
     multiple=True,
-    help="Also these tasks named by where their data is: folder:PATH (an image folder), hf:PATH_OR_NAME (a Hugging "
-    "Face dataset); repeat for several.",
+    help="Only these tasks: registered or group names, or named by where their data is: folder:PATH (an image "
+    "folder), hf:PATH_OR_NAME (a Hugging Face dataset); repeat for several.",
 )
 @json_option
 def list_tasks(tasks_dirs, task_names, as_json):
     """Tasks from the built-in plugins, installed packages and --tasks-dir folders; any image folder or Hugging
-    Face dataset is a task too, named folder:PATH or hf:PATH_OR_NAME (shown with -t).
+    Face dataset is a task too, named folder:PATH or hf:PATH_OR_NAME (-t shows only the tasks named).
 
     \b
     Examples:
@@ -99,12 +99,13 @@ def list_tasks(tasks_dirs, task_names, as_json):
     from tabulate import tabulate
 
     from transfer_eval import tasks
+    from transfer_eval.tasks import groups
     from transfer_eval.tasks import names as names
 
     found = tasks.discover(tasks_dirs)
-    for name in task_names:
-        task = names.resolve(name, found)
-        found[task.name] = task
+    if task_names:  # only the tasks named, in the order named (a group's name stands for its tasks)
+        named = [names.resolve(n, found) for n in groups.expand(list(task_names), found)]
+        found = {t.name: t for t in named}
     if as_json:
         for t in found.values():
             click.echo(
