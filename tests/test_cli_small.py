@@ -59,3 +59,28 @@ def test_list_checkpoints_says_what_the_demo_models_are():
     rows = {r["name"]: r for r in map(json.loads, cli("list", "checkpoints", "--json").stdout.splitlines())}
     assert rows["vit_demo_shapes"]["architecture"].endswith("0.8M params")
     assert rows["vit_b16_in21k"]["architecture"] == "vit_base_patch16_224.orig_in21k"
+
+
+def test_show_writes_a_runs_predictions_as_csv_or_json_lines(tmp_path):
+    """`show RUN --predictions FILE` (issue 42): one row per test sample in the split's order, the same as the store
+    holds; CSV, or JSON Lines where the name ends in .jsonl; a run that is not stored is one line, exit 2."""
+    import csv
+
+    from transfer_eval.store.results import Store
+
+    db = digits_results(tmp_path / "r.sqlite", {"vit_demo": 60}, n=20)
+    store = Store(db)
+    labels, top5 = store.predictions(1)
+    store.close()
+    as_csv, as_jsonl = tmp_path / "p.csv", tmp_path / "p.jsonl"
+    for path in (as_csv, as_jsonl):
+        proc = cli("show", "1", "--results", db, "--predictions", path)
+        assert proc.returncode == 0 and "wrote 20 test predictions" in proc.stderr, proc.stderr
+    rows = list(csv.DictReader(as_csv.open()))
+    assert list(rows[0]) == ["id", "label", "top5_1", "top5_2", "top5_3", "top5_4", "top5_5"]
+    assert [[int(v) for v in r.values()] for r in rows] == [[i, labels[i], *top5[i]] for i in range(20)]
+    assert json_lines(as_jsonl.read_text()) == [
+        {"id": i, "label": int(labels[i]), "top5": top5[i].tolist()} for i in range(20)
+    ]
+    missing = cli("show", "2", "--results", db, "--predictions", tmp_path / "q.csv")
+    assert missing.returncode == 2 and "no run 2" in missing.stderr and not (tmp_path / "q.csv").exists()

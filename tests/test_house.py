@@ -18,20 +18,12 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path, known: set[str]) -> set[str]:
-    """Every transfer_eval module `path` imports, at the top or inside a function (not those for type checkers
-    only, under `if TYPE_CHECKING:`, which never run)."""
-    tree = ast.parse(path.read_text())
-    typing_only = {
-        id(n)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
-        for n in ast.walk(block)
-    }
+    """Every transfer_eval module `path` imports: at the top, inside a function, or for type checkers only (under
+    `if TYPE_CHECKING:`). A type-only import never runs, but it is a dependency all the same: a circle through one
+    is a circle (the answer is a module of its own below both, as `run/runs.py` is for `Run`)."""
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("transfer_eval"):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("transfer_eval"):
             for alias in node.names:
                 sub = f"{node.module}.{alias.name}"
                 found.add(sub if sub in known else node.module)
@@ -70,6 +62,19 @@ def test_no_module_imports_one_that_imports_it_back():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_a_type_only_import_counts_for_the_cycle_check(tmp_path):
+    """A circle closed by an import under `if TYPE_CHECKING:` is found (the one runner.Run made until issue 42)."""
+    mods = {"transfer_eval.run.runner", "transfer_eval.run.stages"}
+    runner, stages = tmp_path / "runner.py", tmp_path / "stages.py"
+    runner.write_text("from transfer_eval.run import stages\n")
+    stages.write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from transfer_eval.run.runner import Run\n"
+    )
+    graph = {"transfer_eval.run.runner": _imports(runner, mods), "transfer_eval.run.stages": _imports(stages, mods)}
+    assert graph["transfer_eval.run.stages"] == {"transfer_eval.run.runner"}
+    assert _cycle(graph) == ["transfer_eval.run.runner", "transfer_eval.run.stages", "transfer_eval.run.runner"]
 
 
 # The wings from the top of the way through to its bottom (docs/ARCHITECTURE.md): a module may import its own wing

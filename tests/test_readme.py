@@ -162,6 +162,51 @@ def test_every_reason_not_to_run_is_used(readme):
     assert not unused, f"NOT_RUN patterns that match no README command (remove them): {unused}"
 
 
+NOT_A_MODE = re.compile(r"\b(?:is|are) not (?:a )?modes?\b")
+
+
+def modes_named(text: str) -> dict[str, list[str]]:
+    """The modes the README's text names, where: the mode table's rows, prose (`x` mode, mode `x`, modes `x`, `y`
+    and `z`), every `-m` of a command (not Python's own: `python -m pytest`); and the names a sentence says are not
+    modes (the words before "is not a mode" / "are not modes", back to the clause's start)."""
+    header = text.index("\n| mode |")
+    table = text[header + 1 :].split("\n\n", 1)[0]
+    prose = re.findall(r"`(\w+)` modes?\b", text)
+    for listed in re.finditer(r"\bmodes?:?\s+((?:`\w+`(?:,\s*|\s+and\s+|\s+or\s+)?)+)", text):
+        prose += re.findall(r"`(\w+)`", listed.group(1))
+    commands = re.sub(r"\b(?:python3?|torchrun)\b(?:\s+--?[\w-]+(?:[= ][^\s-]\S*)?)*\s+-m\s+\S+", " ", text)
+    flags = [m for v in re.findall(r"(?<![\w-])-m\s+`?([\w,]+)", commands) for m in v.split(",")]
+    denied = [c.split(m.group(0))[0] for c in re.split(r"[.;:()]", text) if (m := NOT_A_MODE.search(c))]
+    return {
+        "table": re.findall(r"^\| `(\w+)` \|", table, re.M),
+        "prose": prose,
+        "-m": flags,
+        "said not to be modes": [w.lower() for d in denied for w in re.findall(r"[A-Za-z_0-9]+", d)],
+    }
+
+
+def test_every_mode_the_readme_names_is_a_mode():
+    """A sentence that names a mode that is gone, or says a mode is not one, fails here (issue 42: the VTAB-1k
+    section said VPT, Adapter, NOAH and SSF were not modes long after three of them were)."""
+    from transfer_eval.methods.modes import MODES
+
+    named = modes_named(README.read_text(encoding="utf-8"))
+    assert sorted(named["table"]) == sorted(MODES), "the README's mode table lists exactly the modes of MODES"
+    for where in ("prose", "-m"):
+        assert named[where] and not set(named[where]) - set(MODES), (where, sorted(set(named[where]) - set(MODES)))
+    assert not set(named["said not to be modes"]) & set(MODES), sorted(set(named["said not to be modes"]) & set(MODES))
+    stale = modes_named(
+        "\n| mode |\n|---|\n| `linear` | x |\n\nmode `vpt` and the `noah` mode; Adapter, SSF are not modes.\n"
+        "python -m pytest; torchrun --nproc-per-node 4 -m transfer_eval run -m full,prompt"
+    )
+    assert stale == {
+        "table": ["linear"],
+        "prose": ["noah", "vpt"],
+        "-m": ["full", "prompt"],
+        "said not to be modes": ["adapter", "ssf"],
+    }
+
+
 @pytest.mark.slow
 def test_readme_examples_run_as_written(readme, demo_run, tmp_path, monkeypatch):
     """Every Python block (not a template) and every shell command not in NOT_RUN, in README order, in one

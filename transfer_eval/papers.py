@@ -70,7 +70,7 @@ class Cell:
     recipe: str = "vit"
     settings: dict = field(default_factory=dict)  # recipe fields (--set)
     seeds: list | None = None  # None: the mode's default seeds
-    runs: list = field(default_factory=list)  # runner.Run, once resolved
+    runs: list = field(default_factory=list)  # runs.Run, once resolved
 
     @property
     def label(self) -> str:

@@ -3,6 +3,7 @@ small timm ViT with registers, one forward pass for every source, the cache keye
 on val only, the registry's paper probe, and a source a checkpoint cannot give refused in one line."""
 
 import copy
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -218,11 +219,11 @@ def test_defaults_keep_the_recipe_and_its_hash():
         assert other["features"] == "cls+avg"
         hashes = {protocol.protocol_hash(name, mode.version, r) for r in (plain, other)}
         assert len(hashes) == 2
-    with pytest.raises(UserError, match="unknown feature source"):
+    with pytest.raises(UserError, match="features must be pooled, cls, .* or proj, or a list of them; got 'cls.mean'"):
         runner.resolve_recipe(digits, modes.MODES["linear"], {"features": "cls+mean"})
 
 
-def test_fewshot_runs_each_source_apart_and_recipe_paper_reads_the_registry(tmp_path):
+def test_fewshot_runs_each_source_apart_and_recipe_paper_reads_the_registry(tmp_path, caplog):
     reg = tmp_path / "reg.yaml"
     reg.write_text(
         "paper_demo:\n  model: vit_small_patch16_224\n  weights: none\n  pretraining: none\n"
@@ -232,7 +233,14 @@ def test_fewshot_runs_each_source_apart_and_recipe_paper_reads_the_registry(tmp_
     runs = runner.plan_named(["vit_demo"], ["digits"], ["fewshot"], seeds=[0], overrides={"features": ["pooled", "avg"],
                              "shots": [5]})  # fmt: skip
     assert [r.recipe.get("features", "-") for r in runs] == ["-", "avg"]  # pooled: the default recipe, its own key
-    runs = runner.plan_named(["paper_demo"], ["digits"], ["linear", "knn", "full"], preset="paper", registries=[reg])
+    with caplog.at_level(logging.INFO, logger="transfer_eval"):
+        runs = runner.plan_named(
+            ["paper_demo"], ["digits"], ["linear", "knn", "full"], preset="paper", registries=[reg]
+        )
+        assert not [r for r in caplog.records if "paper probe" in r.getMessage()]  # its paper's, said nowhere
+        runner.plan_named(["vit_demo"], ["digits"], ["linear", "knn", "full"], preset="paper")  # no paper probe
+    (said,) = [r.getMessage() for r in caplog.records if "paper probe" in r.getMessage()]  # one line, saying so
+    assert said.startswith("--recipe paper: vit_demo has no paper probe for linear, knn") and "pooled" in said
     by = {r.mode.name: r.recipe for r in runs}
     assert by["linear"]["features"] == ["cls", "cls+avg"]
     assert by["knn"]["features"] == "avg" and by["knn"]["normalise"] == "l2"

@@ -130,8 +130,8 @@ def test_knn_on_the_demo_reuses_the_probes_features(tmp_path):
 
 def test_knn_recipe_errors_are_one_line(tmp_path):
     common = ("run", "-c", "vit_demo", "-t", "digits", "-m", "knn", "--results", tmp_path / "r.sqlite")
-    assert_one_line_error(cli(*common, "--set", "k=0"), "knn k must be a positive integer")
-    assert_one_line_error(cli(*common, "--set", "temperature=0"), "temperature must be positive")
+    assert_one_line_error(cli(*common, "--set", "k=0"), "k must be a positive integer", "got 0")
+    assert_one_line_error(cli(*common, "--set", "temperature=0"), "temperature must be a positive number", "got 0")
 
 
 def test_a_k_above_the_memory_builds_nothing_wider_than_the_memory():

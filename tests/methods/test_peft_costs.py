@@ -168,8 +168,8 @@ def test_cost_takes_set_as_run_does():
     [
         ("lora_rank=0", "lora_rank must be a positive integer"),
         ("lora_rank=129", "above the model's width 128"),
-        ("lora_targets=mlp", "lora_targets 'mlp' is not one of qv, qkv, attention"),
-        ("lora_dropout=1.5", "lora_dropout must be in [0, 1)"),
+        ("lora_targets=mlp", "lora_targets must be one of qv, qkv, attention; got 'mlp'"),
+        ("lora_dropout=1.5", "lora_dropout must be a number in [0, 1); got 1.5"),
         ("prompt_length=3", "shape none of lora"),
     ],
 )
@@ -182,7 +182,7 @@ def test_bad_lora_fields_are_one_line_exit_2_in_cost(setting, fragment):
     "setting, fragment",
     [
         ("lora_rank=0", "lora_rank must be a positive integer"),
-        ("lora_targets=q", "lora_targets 'q' is not one"),
+        ("lora_targets=q", "lora_targets must be one of qv, qkv, attention; got 'q'"),
         ("lora_rank=129", "above the model's width 128"),  # known once the architecture is: the preflight's check
     ],
 )

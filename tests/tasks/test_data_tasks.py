@@ -330,11 +330,12 @@ def test_list_tasks_shows_the_class_order_for_every_source(tmp_path):
     _hf(rows, classes=["b", "a", "10", "9", "c"]).save_to_disk(str(tmp_path / "h"))
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "many.py").write_text(MANY_CLASSES_PLUGIN)
-    given = ["list", "tasks", "-t", f"folder:{tmp_path / 'f'}", "-t", f"hf:{tmp_path / 'h'}"]
-    given += ["--tasks-dir", tmp_path / "plugins"]
+    given = ["list", "tasks", "-t", f"folder:{tmp_path / 'f'}", "-t", f"hf:{tmp_path / 'h'}", "-t", "many"]
+    given += ["-t", "unnamed", "--tasks-dir", tmp_path / "plugins"]
     listed = cli(*given, "--json")
     assert listed.returncode == 0, listed.stderr
     found = {r["name"]: r["classes"] for r in json_lines(listed.stdout)}
+    assert len(found) == 4  # only the tasks named (issue 42: -t listed every registered task as well)
     assert found[f"folder:{(tmp_path / 'f').resolve()}"] == ["10", "2", "Dog", "cat"]  # torchvision's order
     assert found[f"hf:{(tmp_path / 'h').resolve()}"] == ["b", "a", "10", "9", "c"]  # the ClassLabel's own order
     assert found["many"] == [f"c{i:02d}" for i in range(40)] and found["unnamed"] is None

@@ -83,13 +83,13 @@ def _architecture(ck) -> str:
     "--task",
     "task_names",
     multiple=True,
-    help="Also these tasks named by where their data is: folder:PATH (an image folder), hf:PATH_OR_NAME (a Hugging "
-    "Face dataset); repeat for several.",
+    help="Only these tasks: registered or group names, or named by where their data is: folder:PATH (an image "
+    "folder), hf:PATH_OR_NAME (a Hugging Face dataset); repeat for several.",
 )
 @json_option
 def list_tasks(tasks_dirs, task_names, as_json):
     """Tasks from the built-in plugins, installed packages and --tasks-dir folders; any image folder or Hugging
-    Face dataset is a task too, named folder:PATH or hf:PATH_OR_NAME (shown with -t).
+    Face dataset is a task too, named folder:PATH or hf:PATH_OR_NAME (-t shows only the tasks named).
 
     \b
     Examples:
@@ -99,12 +99,13 @@ def list_tasks(tasks_dirs, task_names, as_json):
     from tabulate import tabulate
 
     from transfer_eval import tasks
+    from transfer_eval.tasks import groups
     from transfer_eval.tasks import names as names
 
     found = tasks.discover(tasks_dirs)
-    for name in task_names:
-        task = names.resolve(name, found)
-        found[task.name] = task
+    if task_names:  # only the tasks named, in the order named (a group's name stands for its tasks)
+        named = [names.resolve(n, found) for n in groups.expand(list(task_names), found)]
+        found = {t.name: t for t in named}
     if as_json:
         for t in found.values():
             click.echo(
@@ -254,29 +255,45 @@ def _matches(checkpoint_name, num_classes, registries) -> dict[str, dict[str, di
     default=None,
     help="Also draw the run's training curves (fine-tuning: loss and lr per phase) to this .png, .svg or .pdf.",
 )
+@click.option(
+    "--predictions",
+    "predictions_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the run's per-sample test predictions to this file: id (the position in the test split), "
+    "label, top-5 class indices; CSV, or JSON Lines where FILE ends in .jsonl.",
+)
 @results_option
 @json_option
-def show(run_id, plot, results, as_json):
+def show(run_id, plot, predictions_file, results, as_json):
     """Every field of one stored result.
 
     \b
     Example:
       transfer-eval show 3 --plot curves.png
+      transfer-eval show 3 --predictions preds.csv
     """
     from transfer_eval import report
+    from transfer_eval.report import predictions
     from transfer_eval.store.results import Store
 
     if plot:
         report.check_plot_path(plot)
     store = Store(results or paths.default_results())
     r = store.get(run_id)
+    stored = store.predictions(run_id) if r is not None and predictions_file else None
     store.close()
     if r is None:
         raise UserError(
             f"no run {run_id} in {results or paths.default_results()}; `transfer-eval run ... --json` prints run ids"
         )
+    if predictions_file and stored is None:
+        raise UserError(f"run {run_id} has no stored predictions (status {r.status}): only a scored run has them")
     if plot:
         report.plot_curves(r, plot)  # refused before anything is printed where the run has none
+    if predictions_file:
+        n = predictions.write(predictions_file, predictions.columns(*stored))
+        click.echo(f"wrote {n:,} test predictions of run {run_id} to {predictions_file}", err=True)
     d = r.to_dict()
     if as_json:
         click.echo(json.dumps(d))

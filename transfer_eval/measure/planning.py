@@ -28,7 +28,7 @@ DEFAULT_TFLOPS = 100.0  # stated, not measured: about a third of an A100's dense
 
 @dataclass
 class Need:
-    run: object  # runner.Run
+    run: object  # runs.Run
     train_images: int | None  # images through a training step (fine-tuning) or 0
     eval_images: int | None  # images through a forward pass only
     train_gflops_per_image: float

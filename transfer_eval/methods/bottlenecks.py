@@ -42,6 +42,7 @@ from timm.models.vision_transformer import Block
 
 from transfer_eval.errors import UserError
 from transfer_eval.methods import blocks as vit_blocks
+from transfer_eval.methods.fields import checked_fields
 
 DROPOUT = 0.1  # both papers' dropout inside the bottleneck, after the activation
 
@@ -104,7 +105,7 @@ class AdaptFormerBlock(Block):
 
 def _insert(model: nn.Module, mode: str, hidden, cls: type, attr: str, make) -> nn.Module:
     vit = vit_blocks.vision_transformer(model, mode)
-    _whole(hidden, f"{attr}_bottleneck")  # again here: prepare is also called from Python without a planned run
+    checked_fields({f"{attr}_bottleneck": hidden})  # planned runs are checked; Python callers (cost, deltas) too
     if any(isinstance(b, (AdapterBlock, AdaptFormerBlock)) for b in vit.blocks):
         raise UserError(f"mode {mode}: this model already has bottleneck adapters ({type(vit.blocks[0]).__name__})")
     if any(type(b) is not Block for b in vit.blocks):
@@ -159,23 +160,3 @@ def adapter_names(model: nn.Module) -> set[str]:
 
 def adaptformer_names(model: nn.Module) -> set[str]:
     return names(model, AdaptFormerBlock, "adaptformer")
-
-
-def _whole(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{name} must be a whole number of bottleneck channels, 1 or more; got {value!r}")
-
-
-def check_adapter(recipe: dict) -> None:
-    """Mode adapter's recipe check, when runs are planned: the bottleneck is a whole number, at least 1. That it is
-    no wider than the model is checked in prepare (`_insert`), where the width is known."""
-    _whole(recipe.get("adapter_bottleneck"), "adapter_bottleneck")
-
-
-def check_adaptformer(recipe: dict) -> None:
-    """Mode adaptformer's recipe check, when runs are planned: the bottleneck as the adapter's (its upper bound, the
-    width, in prepare), and the scale a finite number."""
-    _whole(recipe.get("adaptformer_bottleneck"), "adaptformer_bottleneck")
-    s = recipe.get("adaptformer_scale")
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-        raise UserError(f"adaptformer_scale must be a finite number (AdaptFormer's is 0.1); got {s!r}")

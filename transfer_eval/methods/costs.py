@@ -73,8 +73,9 @@ def cost_card(model, data_config: dict, mode, device=torch.device("cpu"), recipe
     import copy
 
     from transfer_eval.methods import deltas, modes
+    from transfer_eval.methods.fields import checked_fields
 
-    fields = {**mode.defaults, **(recipe or {})}
+    fields = checked_fields({**mode.defaults, **(recipe or {})})
     if mode.check is not None:
         mode.check(fields)
     model = modes.prepare(mode, copy.deepcopy(model), fields)

@@ -24,29 +24,22 @@ import torch.nn.functional as F
 
 from transfer_eval.errors import UserError
 from transfer_eval.methods import blocks
+from transfer_eval.methods.fields import FIELDS, checked_fields
 
-TARGETS = ("qv", "qkv", "attention")
+TARGETS = FIELDS["lora_targets"].choices  # qv, qkv, attention: declared with every recipe field
 DEFAULTS = {"lora_rank": 8, "lora_alpha": 8.0, "lora_targets": "qv", "lora_dropout": 0.0}
 NEEDS = {"qkv": "peft", "attention": "peft"}  # the optional library each target needs
 VERSION_1 = {"lora_targets": "attention", "lora_dropout": 0.0}  # lora 1's setting, which its deltas do not record
 
 
 def check(recipe: dict, width: int | None = None) -> None:
-    """The recipe's LoRA fields, one line each: an unknown target, a rank <= 0 (or above the width, where known),
-    an alpha <= 0, a dropout outside [0, 1), a target that needs peft where peft is not installed."""
+    """The recipe's LoRA fields as declared (methods/fields.py: a known target, a rank of 1 or more, alpha > 0,
+    dropout in [0, 1)), then what a declaration cannot say, one line each: a rank above the width, where known; a
+    target that needs peft where peft is not installed."""
+    checked_fields({k: recipe.get(k) for k in DEFAULTS})
     target, rank = recipe.get("lora_targets"), recipe.get("lora_rank")
-    if target not in TARGETS:
-        raise UserError(f"lora_targets {target!r} is not one of {', '.join(TARGETS)}")
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
-        raise UserError(f"lora_rank must be a positive integer, got {rank!r}")
     if width is not None and rank > width:
         raise UserError(f"lora_rank {rank} is above the model's width {width}: a low-rank update needs rank <= width")
-    alpha = recipe.get("lora_alpha")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
-        raise UserError(f"lora_alpha must be a positive number, got {alpha!r}")
-    dropout = recipe.get("lora_dropout")
-    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
-        raise UserError(f"lora_dropout must be in [0, 1), got {dropout!r}")
     if target in NEEDS:
         _peft()  # said where it is used: before anything runs, and only for the targets that need it
 

@@ -176,8 +176,8 @@ class Mode:
     # folds the method's own parameters into the backbone's weights, in place, once training is done (SSF, LoRA):
     # evaluation, inference and the deployed task's cost then run the backbone's arithmetic; returns the model
     merge: Callable[[nn.Module], nn.Module] | None = None
-    # checks the resolved recipe's own fields when runs are planned (a prompt length of 0, an unknown target):
-    # raises UserError, one line, before anything runs
+    # what the declarations of its recipe fields (methods/fields.py: type, range, list) cannot say, checked when
+    # runs are planned (a library a setting needs): raises UserError, one line, before anything runs
     check: Callable[[dict], None] | None = None
     # recipe fields a run may set beyond `defaults` (the probes' feature source and normalisation), with their
     # defaults: a field at its default stays out of the resolved recipe, so runs from before it keep their keys
@@ -263,10 +263,10 @@ MODES = {
         Mode(
             "bitfit", "finetune", ("bias", "head"), "fine-tune only the biases and the head (BitFit)", "biases + head"
         ),
-        # VPT, Adapter, AdaptFormer (methods/prompts.py, methods/bottlenecks.py): the field checks (a whole number,
-        # 1 or more) run when runs are planned (`check`); a bottleneck wider than the model, and an architecture
-        # that is not a timm VisionTransformer, are refused by `prepare`, which the runner's preflight calls on the
-        # meta device before the first run.
+        # VPT, Adapter, AdaptFormer (methods/prompts.py, methods/bottlenecks.py): their fields are declared in
+        # methods/fields.py (a whole number, 1 or more), checked when runs are planned; a bottleneck wider than the
+        # model, and an architecture that is not a timm VisionTransformer, are refused by `prepare`, which the
+        # runner's preflight calls on the meta device before the first run.
         Mode(
             "vpt_shallow",
             "finetune",
@@ -276,7 +276,6 @@ MODES = {
             "the prompts + head",
             defaults=VPT_DEFAULTS,
             prepare=prompts.shallow,
-            check=prompts.check,
         ),
         Mode(
             "vpt_deep",
@@ -287,7 +286,6 @@ MODES = {
             "one prompt set per block + head",
             defaults=VPT_DEFAULTS,
             prepare=prompts.deep,
-            check=prompts.check,
         ),
         Mode(
             "adapter",
@@ -298,7 +296,6 @@ MODES = {
             "the adapters + head",
             defaults={"adapter_bottleneck": 8},  # NOAH's VTAB setting (experiments/Adapter/ViT-B_prompt_adapter_8)
             prepare=bottlenecks.adapter,
-            check=bottlenecks.check_adapter,
         ),
         Mode(
             "adaptformer",
@@ -309,7 +306,6 @@ MODES = {
             "the bottlenecks + head",
             defaults={"adaptformer_bottleneck": 8, "adaptformer_scale": 0.1},  # the VTAB tables' h; the paper's s
             prepare=bottlenecks.adaptformer,
-            check=bottlenecks.check_adaptformer,
         ),
         # lora 2: the LoRA paper's and the VTAB papers' LoRA by default (q and v slices, scale 1), merged for test
         Mode(

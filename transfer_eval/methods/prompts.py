@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from transfer_eval.errors import UserError
 from transfer_eval.methods import blocks as vit_blocks
+from transfer_eval.methods.fields import checked_fields
 
 DROPOUT = 0.1  # the prompts' dropout (NOAH's --drop_rate_prompt for VPT on VTAB; VPT's DROPOUT field)
 
@@ -85,7 +86,7 @@ class PromptedBlocks(nn.Sequential):
 
 def _insert(model: nn.Module, recipe: dict, deep: bool, mode: str) -> nn.Module:
     vit = vit_blocks.vision_transformer(model, mode)
-    check(recipe)  # again here: prepare is also called from Python (cost, deltas) without a planned run
+    checked_fields({"prompt_tokens": recipe.get("prompt_tokens")})  # planned runs are checked; Python callers too
     tokens = recipe["prompt_tokens"]
     if isinstance(vit.blocks, PromptedBlocks):
         raise UserError(f"mode {mode}: this model already has VPT prompts")
@@ -110,11 +111,3 @@ def deep(model: nn.Module, recipe: dict) -> nn.Module:
 def prompt_names(model: nn.Module) -> set[str]:
     """The prompt parameters of every PromptedBlocks in the model (the selector `prompts`)."""
     return {f"{name}.prompts" for name, m in model.named_modules() if isinstance(m, PromptedBlocks)}
-
-
-def check(recipe: dict) -> None:
-    """Modes vpt_shallow and vpt_deep's recipe check, when runs are planned: a prompt length is a whole number of
-    tokens, at least 1. (Nothing here needs the model; the architecture is checked in prepare.)"""
-    p = recipe.get("prompt_tokens")
-    if isinstance(p, bool) or not isinstance(p, int) or p < 1:
-        raise UserError(f"prompt_tokens must be a whole number of prompt tokens, 1 or more; got {p!r}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,11 +13,9 @@ from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
 from transfer_eval.methods import modes, sources
+from transfer_eval.run.runs import Run
 from transfer_eval.store.results import Result, Store
 from transfer_eval.tasks import ImageSplit, LoadContext, Task
-
-if TYPE_CHECKING:
-    from transfer_eval.run.runner import Run
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,12 +17,10 @@ from transfer_eval import checkpoints, devices, distributed, provenance
 from transfer_eval.input import pipeline
 from transfer_eval.methods import companions, costs, deltas, finetune, inference, modes
 from transfer_eval.run import checks, stages
+from transfer_eval.run.runs import Run
 from transfer_eval.store.results import Result, Store
 from transfer_eval.tasks import LoadContext, UnreadableImage
 from transfer_eval.version import __version__
-
-if TYPE_CHECKING:
-    from transfer_eval.run.runner import Run
 
 log = logging.getLogger(__name__)
 

@@ -10,59 +10,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 
 import torch
 
-from transfer_eval import checkpoints, devices, distributed, protocol
+from transfer_eval import checkpoints, devices, distributed
 from transfer_eval.checkpoints import Checkpoint
 from transfer_eval.errors import UserError
 from transfer_eval.methods import companions, finetune, knn, modes, presets, sources
+from transfer_eval.methods.fields import checked_fields
 from transfer_eval.methods.modes import Mode
 from transfer_eval.methods.resume import Preempted, requested, stop_on_signal
 from transfer_eval.run import checks, stages, trackers
 from transfer_eval.run.execution import Options, execute
+from transfer_eval.run.runs import Run
 from transfer_eval.store.results import Result, Store
 from transfer_eval.tasks import LoadContext, Task, groups
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Run:
-    checkpoint: Checkpoint
-    task: Task
-    mode: Mode
-    seed: int
-    recipe: dict  # fully resolved: the mode's defaults, then the task's, then the user's overrides
-    weights_sha256: str
-    limit: int | None = None  # at most this many examples per split (--limit): a quick look, with a key of its own
-    precision: str = "auto"  # --precision (devices.py): auto keeps results equal across devices; fp32, bf16 chosen
-
-    @property
-    def protocol_hash(self) -> str:
-        return protocol.protocol_hash(self.mode.name, self.mode.version, self.recipe, self.limit, self.precision)
-
-    @property
-    def key(self) -> tuple:
-        return (
-            self.checkpoint.name,
-            self.weights_sha256,
-            self.task.name,
-            self.task.version,
-            self.mode.name,
-            self.protocol_hash,
-            self.seed,
-        )
-
-    def label(self) -> str:
-        shots = f" / {self.recipe['shots']}-shot" if self.mode.stage == "fewshot" else ""
-        if self.mode.stage == "knn":
-            shots = f" / k {','.join(str(k) for k in self.recipe['k'])}"
-        limit = f" / limit {self.limit}" if self.limit is not None else ""
-        prec = f" / {self.precision}" if self.precision != "auto" else ""
-        shots += f" / {sources.describe(self.recipe)}" if self.mode.optional and sources.describe(self.recipe) else ""
-        return f"{self.checkpoint.name} / {self.task.name} / {self.mode.name}{shots} / seed {self.seed}{limit}{prec}"
 
 
 # ------------------------------------------------------------------------------------------------------ recipes
@@ -90,21 +54,17 @@ def resolve_recipe(
                 f"unknown {mode.name} recipe field(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(recipe_fields(mode)))}"
             )
+        merged = checked_fields(merged)  # type, range, a list only where the field takes one (methods/fields.py)
         if mode.optional:  # features, normalise: at their defaults left out, so that earlier runs keep their keys
             merged = sources.canonical(merged)
         if "c_grid" in merged:
             merged["c_grid"] = [float(c) for c in merged["c_grid"]]
         if "shots" in merged:
-            shots = merged["shots"] if isinstance(merged["shots"], list) else [merged["shots"]]
-            if not shots or not all(isinstance(k, int) and k > 0 for k in shots):
-                raise UserError(f"fewshot shots must be positive integers, got {merged['shots']!r}")
-            merged["shots"] = shots
+            merged["shots"] = merged["shots"] if isinstance(merged["shots"], list) else [merged["shots"]]
             merged["l2"] = float(merged["l2"])
         if "k" in merged:  # k-NN: one k, or a grid chosen on val
             merged["k"] = knn.ks_of(merged["k"])
             merged["temperature"] = float(merged["temperature"])
-            if not merged["temperature"] > 0:
-                raise UserError(f"knn temperature must be positive, got {merged['temperature']!r}")
         return merged
     # a mode the task gives no recipe for (ffn, bitfit) takes its generic fine-tuning one, else full's
     task_fields = task.recipes.get(mode.name) or task.recipes.get("finetune") or task.recipes.get("full", {})
@@ -114,6 +74,13 @@ def resolve_recipe(
     if foreign:
         owners = sorted(m.name for m in modes.MODES.values() if set(foreign) & set(m.defaults))
         raise UserError(f"{' and '.join(foreign)} apply to mode {', '.join(owners)} only, not {mode.name}")
+    unknown = sorted(set(fields) - recipe_fields(mode) - _finetune_only(mode))
+    if unknown:
+        raise UserError(
+            f"unknown {mode.name} recipe field(s) {', '.join(unknown)}; known: {', '.join(sorted(recipe_fields(mode)))}"
+        )
+    # checked before anything reads them (scale_lr reads batch_size); another mode's fields, unset, stay as they are
+    fields = {**fields, **checked_fields({k: v for k, v in fields.items() if k not in _finetune_only(mode)})}
     fields = presets.scale_lr(preset, fields, overrides)
     # the mode's own fields beyond finetune.Recipe's (lora_targets, ...) stay beside it, in this mode's recipe only,
     # so the recipes (and protocol hashes) of the other fine-tuning modes do not change when a mode gains one
@@ -155,24 +122,39 @@ def plan(
             f"unknown recipe field(s) {', '.join(unknown)} for mode(s) "
             f"{', '.join(m.name for m in mode_list)}; known: {', '.join(sorted(known))}"
         )
-    digests = {ck.name: checkpoints.weights_digest(ck) for ck in ckpts}
+    planned, unprobed = [], {}  # (checkpoint, task, mode, recipes); checkpoint -> {mode without a paper probe: recipe}
     for ck in ckpts:
         for task in tasks:
             for mode in mode_list:
                 mine = {k: v for k, v in overrides.items() if k in recipe_fields(mode)}  # each mode its own fields
                 own = preset
                 if preset == presets.PAPER:  # the probe the checkpoint's paper made (registry); --set still wins
-                    mine, own = {**paper_probe(ck, mode), **mine}, None
+                    probe = paper_probe(ck, mode)
+                    mine, own = {**probe, **mine}, None
                 recipe = resolve_recipe(task, mode, mine, resolution, own)
                 if mode.check is not None:
                     mode.check(recipe)
+                if preset == presets.PAPER and mode.optional and not probe:  # said below, once per checkpoint
+                    unprobed.setdefault(ck.name, {})[mode.name] = recipe
                 recipes = [{**recipe, "shots": k} for k in recipe["shots"]] if mode.stage == "fewshot" else [recipe]
                 if mode.stage == "fewshot" and isinstance(recipe.get("features"), list):
                     # no val to choose a source on: each source is a run (and a leaderboard row) of its own
                     recipes = [sources.canonical({**r, "features": f}) for r in recipes for f in recipe["features"]]
-                for r in recipes:
-                    for seed in seeds or mode.seeds:
-                        runs.append(Run(ck, task, mode, seed, r, digests[ck.name], limit, precision))
+                planned.append((ck, task, mode, recipes))
+    for name, missed in unprobed.items():
+        used = sources.describe(next(iter(missed.values())))  # (--set gives each probe mode the same source)
+        log.info(
+            "--recipe paper: %s has no paper probe for %s (the registry's `probe`, `list checkpoints`), so %s",
+            name,
+            ", ".join(missed),
+            f"{'it reads' if len(missed) == 1 else 'they read'} "
+            + (f"{used}, as the recipe says" if used else "the default features: pooled, not normalised"),
+        )
+    digests = {ck.name: checkpoints.weights_digest(ck) for ck in ckpts}  # after every recipe is checked
+    for ck, task, mode, recipes in planned:
+        for r in recipes:
+            for seed in seeds or mode.seeds:
+                runs.append(Run(ck, task, mode, seed, r, digests[ck.name], limit, precision))
     return runs
 
 

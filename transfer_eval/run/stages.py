@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,9 +23,7 @@ from transfer_eval import checkpoints, devices
 from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
 from transfer_eval.methods import costs, fewshot, finetune, inference, knn, probe, sources
-
-if TYPE_CHECKING:
-    from transfer_eval.run.runner import Run
+from transfer_eval.run.runs import Run
 
 
 @dataclass

@@ -21,7 +21,7 @@ from transfer_eval.methods import resume
 @dataclass
 class Job:
     name: str
-    runs: list  # runner.Run
+    runs: list  # runs.Run
     argv: list[str]  # the `transfer-eval run` arguments
 
 
