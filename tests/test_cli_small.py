@@ -84,3 +84,36 @@ def test_show_writes_a_runs_predictions_as_csv_or_json_lines(tmp_path):
     ]
     missing = cli("show", "2", "--results", db, "--predictions", tmp_path / "q.csv")
     assert missing.returncode == 2 and "no run 2" in missing.stderr and not (tmp_path / "q.csv").exists()
+
+
+def test_show_predictions_carry_the_stored_probabilities_and_label_sets(tmp_path):
+    """Where a run stored probabilities (schema 4) they follow the top-5; a label set (ReaL) is a matrix of labels
+    and its true-class probability is empty."""
+    import csv
+
+    import numpy as np
+
+    from transfer_eval.store.results import Result, Store
+
+    db = tmp_path / "r.sqlite"
+    store = Store(db)
+    probs = np.array([[0.5, 0.25, 0.125, 0.0625, 0.0, 0.25], [0.75, 0.125, 0.0625, 0.0, 0.0, np.nan]])
+    sets = np.array([[1, -1], [0, 3]])
+    rid = store.put(
+        Result("c", "w", "t", 1, "linear", "p", 0, top1=0.5), sets, [[0, 1, 2, 3, 4], [3, 1, 0, 2, 4]], probs
+    )
+    store.close()
+    path = tmp_path / "p.csv"
+    assert cli("show", str(rid), "--results", db, "--predictions", path).returncode == 0
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0])[:3] == ["id", "label_1", "label_2"] and list(rows[0])[-6:] == [
+        *(f"top5_prob_{i}" for i in range(1, 6)),
+        "label_prob",
+    ]
+    assert [float(rows[0][f"top5_prob_{i}"]) for i in range(1, 6)] == probs[0, :5].tolist()
+    assert rows[0]["label_prob"] == "0.25" and rows[1]["label_prob"] == ""
+    lines = json_lines(
+        cli("show", str(rid), "--results", db, "--predictions", tmp_path / "p.jsonl").stderr
+        and (tmp_path / "p.jsonl").read_text()
+    )
+    assert lines[1]["label"] == [0, 3] and lines[1]["label_prob"] is None and lines[1]["top5_prob"][0] == 0.75

@@ -261,7 +261,8 @@ def _matches(checkpoint_name, num_classes, registries) -> dict[str, dict[str, di
     type=click.Path(dir_okay=False),
     default=None,
     help="Also write the run's per-sample test predictions to this file: id (the position in the test split), "
-    "label, top-5 class indices; CSV, or JSON Lines where FILE ends in .jsonl.",
+    "label, top-5 class indices and, where the mode gives them, their probabilities and the label's; CSV, or "
+    "JSON Lines where FILE ends in .jsonl.",
 )
 @results_option
 @json_option
@@ -282,6 +283,7 @@ def show(run_id, plot, predictions_file, results, as_json):
     store = Store(results or paths.default_results())
     r = store.get(run_id)
     stored = store.predictions(run_id) if r is not None and predictions_file else None
+    probs = store.probabilities(run_id) if stored is not None else None
     store.close()
     if r is None:
         raise UserError(
@@ -292,7 +294,7 @@ def show(run_id, plot, predictions_file, results, as_json):
     if plot:
         report.plot_curves(r, plot)  # refused before anything is printed where the run has none
     if predictions_file:
-        n = predictions.write(predictions_file, predictions.columns(*stored))
+        n = predictions.write(predictions_file, predictions.columns(*stored, probs))
         click.echo(f"wrote {n:,} test predictions of run {run_id} to {predictions_file}", err=True)
     d = r.to_dict()
     if as_json:
