@@ -252,16 +252,18 @@ def _matches(checkpoint_name, num_classes, registries) -> dict[str, dict[str, di
     "--plot",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Also draw the run's training curves (fine-tuning: loss and lr per phase) to this .png, .svg or .pdf.",
+    help="Also draw the run's reliability diagram (from its stored test probabilities) beside its training curves "
+    "(fine-tuning: loss and lr per phase) to this .png, .svg or .pdf.",
 )
 @results_option
 @json_option
 def show(run_id, plot, results, as_json):
-    """Every field of one stored result.
+    """Every field of one stored result (its calibration too: ece, nll, the temperature fitted on val, and both
+    after scaling).
 
     \b
     Example:
-      transfer-eval show 3 --plot curves.png
+      transfer-eval show 3 --plot run3.png
     """
     from transfer_eval import report
     from transfer_eval.store.results import Store
@@ -270,13 +272,16 @@ def show(run_id, plot, results, as_json):
         report.check_plot_path(plot)
     store = Store(results or paths.default_results())
     r = store.get(run_id)
+    probs = store.probabilities(run_id) if r is not None else None
+    predictions = store.predictions(run_id) if probs is not None else None
     store.close()
     if r is None:
         raise UserError(
             f"no run {run_id} in {results or paths.default_results()}; `transfer-eval run ... --json` prints run ids"
         )
-    if plot:
-        report.plot_curves(r, plot)  # refused before anything is printed where the run has none
+    missing = []
+    if plot:  # refused before anything is printed where the run has nothing to draw
+        missing = report.plot_run(r, plot, probs, predictions)
     d = r.to_dict()
     if as_json:
         click.echo(json.dumps(d))
@@ -291,6 +296,14 @@ def show(run_id, plot, results, as_json):
             elif isinstance(v, (dict, list)):
                 v = json.dumps(v, sort_keys=True)
             click.echo(f"{k:<{width}}  {v}")
+        stored = None
+        if probs is not None:
+            stored = (
+                f"{len(probs):,} x 6 (top-5, true class; `show {run_id} --plot FILE` draws the reliability diagram)"
+            )
+        click.echo(f"{'probabilities':<{width}}  {stored}")
+    for line in missing:
+        click.echo(line, err=True)
     if plot:
         click.echo(f"wrote {plot}", err=True)
 
