@@ -435,8 +435,8 @@ def leaderboard(
         for c, m, v in sorted(keys, key=lambda k: (k[0], k[1], keys[k]))
     ]
     notes = list(dict.fromkeys(n for row in rows for n in row.notes)) + limited_note(found, include_limited)
-    lb = Leaderboard(shown, grp, rows, notes, mean, metric)
-    ties.mark(lb, store)
+    lb = Leaderboard(shown, grp, rows, notes, mean, metric=metric)
+    lb.notes += ties.mark(lb, store)
     sort_rows(lb, sort)
     return lb
 

@@ -56,10 +56,11 @@ def holm(pvalues, alpha: float = ALPHA) -> list[float]:
     return adjusted.tolist()
 
 
-def mark(lb, store, alpha: float = ALPHA):
-    """Set `tie` (a Tie, or None where the metric has no ties) on every cell of the leaderboard's task columns."""
+def mark(lb, store, alpha: float = ALPHA) -> list[str]:
+    """Set `tie` (a Tie, or None where the metric has no ties) on every cell of the leaderboard's task columns.
+    Returns a note for each cell not compared, saying why."""
     k = metrics.get(lb.metric).hits_k
-    predictions = {}
+    predictions, notes = {}, []
 
     def hits(run):
         if run.run_id not in predictions:
@@ -82,9 +83,13 @@ def mark(lb, store, alpha: float = ALPHA):
                 c.tie = _against(best, c, hits)
                 if c.tie.status != NOT_COMPARED:
                     compared.append(c)
+                else:
+                    where = f"{c.checkpoint} / {c.label} / {task}"
+                    notes.append(f"{where}: not compared with its column's best ({c.tie.reason})")
         for c, p in zip(compared, holm([c.tie.p_value for c in compared], alpha)):
             c.tie.p_holm = p
             c.tie.status = TIED if p >= alpha else NOT_TIED
+    return notes
 
 
 def _best(cells, lower_better: bool):
