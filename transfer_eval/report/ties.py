@@ -85,7 +85,7 @@ def mark(lb, store, alpha: float = ALPHA) -> list[str]:
                     compared.append(c)
                 else:
                     where = f"{c.checkpoint} / {c.label} / {task}"
-                    notes.append(f"{where}: not compared with its column's best ({c.tie.reason})")
+                    notes.append(f"{where}: not compared with its column's best: {c.tie.reason}")
         for c, p in zip(compared, holm([c.tie.p_value for c in compared], alpha)):
             c.tie.p_holm = p
             c.tie.status = TIED if p >= alpha else NOT_TIED
@@ -110,14 +110,14 @@ def _against(best, other, hits) -> Tie:
     ra, rb, _ = pick_runs(best, other)
     tie = Tie(NOT_COMPARED, seeds=(ra.seed, rb.seed))
     if ra.split_manifest and rb.split_manifest and ra.split_manifest != rb.split_manifest:
-        tie.reason = "measured on other test examples than the best (split_manifest differs)"
+        tie.reason = "other test examples (split_manifest differs)"
         return tie
     a, b = hits(ra), hits(rb)
     if a is None or b is None:
         tie.reason = "no per-image predictions stored"
         return tie
     if a[0].shape != b[0].shape or not np.array_equal(a[0], b[0]):
-        tie.reason = "measured on other test examples than the best (labels differ)"
+        tie.reason = "other test examples (labels differ)"
         return tie
     tie.b, tie.c, tie.p_value = mcnemar(a[1], b[1])
     tie.status = TIED  # until Holm's correction says otherwise
