@@ -177,15 +177,17 @@ def leaderboard(
     sort: str | None = None,
     include_limited: bool = False,
     mean: str = "tasks",
+    metric: str = "top1",
 ):
     """The leaderboard `transfer-eval leaderboard` renders (report.Leaderboard: rows, cells, `.to_frame()`);
-    `mean`: tasks, groups or both, for a group of groups (vtab1k)."""
+    `mean`: tasks, groups or both, for a group of groups (vtab1k); `metric`: what the cells show (top1, top5,
+    balanced, ece, nll)."""
     from transfer_eval import report
 
     db, mine = _reading(store)
     try:
         return report.leaderboard(
-            db, _names(checkpoints), _names(tasks), _names(modes), group, sort, include_limited, mean
+            db, _names(checkpoints), _names(tasks), _names(modes), group, sort, include_limited, mean, metric
         )
     finally:
         if mine:

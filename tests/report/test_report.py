@@ -259,7 +259,8 @@ def _html(text: str) -> list[list[str]]:
     return [[c[0] for c in row] for row in p.tables[0]["rows"]]
 
 
-def _check_display(rows: list[list[str]], unescape=lambda s: s):
+def _check_display(rows: list[list[str]], unescape=lambda s: s, ci=True):
+    """The rows as shown; `ci`: each cell and mean carries its 95% interval in the text (html draws a bar)."""
     header, body = rows[0], {(r[0], r[1]): r for r in rows[1:]}
     header = [unescape(h) for h in header]
     assert header[:8] == ["checkpoint", "mode", *PAPER6]
@@ -267,13 +268,17 @@ def _check_display(rows: list[list[str]], unescape=lambda s: s):
     assert len(body) == 4 and all(len(r) == len(header) for r in body.values())
     col = {h: i for i, h in enumerate(header)}
     alpha = [unescape(c) for c in body[("alpha", "linear")]]
-    assert re.fullmatch(r"82\.00 ± 2\.00 \(n=3\)", alpha[col["cifar10"]])
-    assert float(alpha[col["mean (paper6)"]]) == pytest.approx(100 * _expected_mean("alpha", "linear"), abs=0.006)
+    # three seeds: mean ± std (n) [Student-t: 82 ± t(0.975, 2) = 4.303 x 2 / sqrt(3) = 4.97]
+    assert re.fullmatch(r"82\.00 ± 2\.00 \(n=3\)" + (r" \[77\.0, 87\.0\]" if ci else ""), alpha[col["cifar10"]])
+    mean = alpha[col["mean (paper6)"]]
+    assert float(mean.split()[0]) == pytest.approx(100 * _expected_mean("alpha", "linear"), abs=0.006)
+    assert bool(re.fullmatch(r"\S+ \[\d+\.\d, \d+\.\d\]", mean)) == ci
     beta = [unescape(c) for c in body[("beta", "linear")]]
     assert beta[col["inat2019"]] == "missing"  # never 0
     assert beta[col["mean (paper6)"]] == "incomplete (5/6)"
     assert beta[col["train PFLOPs"]] == beta[col["suite storage"]] == "incomplete"
-    assert [unescape(c) for c in body[("beta", "attention")]][col["cifar100"]] == "60.00 *"
+    one_seed = "60.00 [50.2, 69.1] *" if ci else "60.00 *"  # the Wilson interval of 60 right out of 100
+    assert [unescape(c) for c in body[("beta", "attention")]][col["cifar100"]] == one_seed
     return header, body
 
 
@@ -289,7 +294,7 @@ def test_display_formats_parse_back(board_db, fmt):
         _check_display(_latex(text), lambda s: s.replace(r"$\pm$", "±").replace(r"\_", "_"))
     else:
         assert text.startswith("<!DOCTYPE html>") and "<script>" in text and "http" not in text.split("<body>")[1]
-        _check_display(_html(text))
+        _check_display(_html(text), ci=False)
 
 
 def test_csv_parses_back(board_db):

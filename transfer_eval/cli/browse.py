@@ -253,7 +253,8 @@ def _matches(checkpoint_name, num_classes, registries) -> dict[str, dict[str, di
     "--plot",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Also draw the run's training curves (fine-tuning: loss and lr per phase) to this .png, .svg or .pdf.",
+    help="Also draw the run's reliability diagram (from its stored test probabilities) beside its training curves "
+    "(fine-tuning: loss and lr per phase) to this .png, .svg or .pdf.",
 )
 @click.option(
     "--predictions",
@@ -267,11 +268,12 @@ def _matches(checkpoint_name, num_classes, registries) -> dict[str, dict[str, di
 @results_option
 @json_option
 def show(run_id, plot, predictions_file, results, as_json):
-    """Every field of one stored result.
+    """Every field of one stored result (its calibration too: ece, nll, the temperature fitted on val, and both
+    after scaling).
 
     \b
     Example:
-      transfer-eval show 3 --plot curves.png
+      transfer-eval show 3 --plot run3.png
       transfer-eval show 3 --predictions preds.csv
     """
     from transfer_eval import report
@@ -282,8 +284,8 @@ def show(run_id, plot, predictions_file, results, as_json):
         report.check_plot_path(plot)
     store = Store(results or paths.default_results())
     r = store.get(run_id)
-    stored = store.predictions(run_id) if r is not None and predictions_file else None
-    probs = store.probabilities(run_id) if stored is not None else None
+    probs = store.probabilities(run_id) if r is not None else None
+    stored = store.predictions(run_id) if r is not None and (predictions_file or probs is not None) else None
     store.close()
     if r is None:
         raise UserError(
@@ -291,8 +293,9 @@ def show(run_id, plot, predictions_file, results, as_json):
         )
     if predictions_file and stored is None:
         raise UserError(f"run {run_id} has no stored predictions (status {r.status}): only a scored run has them")
-    if plot:
-        report.plot_curves(r, plot)  # refused before anything is printed where the run has none
+    missing = []
+    if plot:  # refused before anything is printed where the run has nothing to draw
+        missing = report.plot_run(r, plot, probs, stored)
     if predictions_file:
         n = predictions.write(predictions_file, predictions.columns(*stored, probs))
         click.echo(f"wrote {n:,} test predictions of run {run_id} to {predictions_file}", err=True)
@@ -310,6 +313,12 @@ def show(run_id, plot, predictions_file, results, as_json):
             elif isinstance(v, (dict, list)):
                 v = json.dumps(v, sort_keys=True)
             click.echo(f"{k:<{width}}  {v}")
+        shown = None
+        if probs is not None:
+            shown = f"{len(probs):,} x 6 (top-5, true class; `show {run_id} --plot FILE` draws the reliability diagram)"
+        click.echo(f"{'probabilities':<{width}}  {shown}")
+    for line in missing:
+        click.echo(line, err=True)
     if plot:
         click.echo(f"wrote {plot}", err=True)
 

@@ -60,6 +60,14 @@ def _task_columns(value: str | None) -> list[str]:
     "(NOAH), or both columns.",
 )
 @click.option(
+    "--metric",
+    type=click.Choice(["top1", "top5", "balanced", "ece", "nll"]),
+    default="top1",
+    show_default=True,
+    help="What the cells show and sort by: test top-1, top-5, balanced top-1 (mean per-class recall), expected "
+    "calibration error or negative log-likelihood (lowest first; '-' where a result has none).",
+)
+@click.option(
     "--sort",
     default=None,
     metavar="COLUMN[:asc|desc]",
@@ -77,13 +85,26 @@ def _task_columns(value: str | None) -> list[str]:
 @include_limited_option
 @results_option
 def leaderboard(
-    checkpoint_names, task_names, mode_names, group, mean_rule, sort, fmt, output, plot, include_limited, results
+    checkpoint_names,
+    task_names,
+    mode_names,
+    group,
+    mean_rule,
+    metric,
+    sort,
+    fmt,
+    output,
+    plot,
+    include_limited,
+    results,
 ):
     """Rows checkpoint x mode x variant; columns: the task accuracies, their mean over a task group, params per task,
     suite storage and training compute.
 
-    Several seeds show as mean ± std (n); a missing result shows as missing, and a group mean with a missing
-    task as incomplete. csv and json carry raw values (accuracies as fractions).
+    Several seeds show as mean ± std (n); every cell and mean carries its 95% interval [low, high], and the
+    cells that cannot be told from their column's best are bold (≈ in the table). A missing result shows as
+    missing, and a group mean with a missing task as incomplete. csv and json carry raw values (accuracies as
+    fractions).
 
     \b
     Examples:
@@ -91,11 +112,14 @@ def leaderboard(
       transfer-eval leaderboard --group paper6 --format markdown --output leaderboard.md
       transfer-eval leaderboard -m attention,full --sort train_pflops --plot acc_vs_cost.png
       transfer-eval leaderboard --group vtab1k --mean both
+      transfer-eval leaderboard --metric ece --format json
     """
     from transfer_eval import report
 
     if plot:
         report.check_plot_path(plot)
+        if metric != "top1":
+            raise UserError(f"--plot draws top-1 against cost; --metric {metric} changes the table only: drop one")
     store = open_store(results)
     lb = report.leaderboard(
         store,
@@ -106,6 +130,7 @@ def leaderboard(
         sort,
         include_limited,
         mean_rule,
+        metric,
     )
     text = report.render(lb, fmt)
     if output:

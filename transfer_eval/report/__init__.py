@@ -1,8 +1,10 @@
 """Leaderboards, paired checkpoint comparisons, plots and the static html report, all read from the results store.
 
-leaderboard.py holds the model (groups, cells, rows), variants.py what tells a row's variants apart, compare.py
-the paired statistics, render.py the text formats, plots.py the figures and site.py the html; this module gathers
-their public names.
+leaderboard.py holds the model (groups, cells, rows), variants.py what tells a row's variants apart, metrics.py
+what a cell can show (--metric), intervals.py the cells' and means' 95% intervals, ties.py which cells are tied
+with their column's best, paired.py the paired statistics (McNemar, bootstrap) that compare.py and ties.py share,
+render.py the text formats, plots.py the figures, reliability.py a run's reliability diagram and site.py the html;
+this module gathers their public names.
 
 Definitions (the README's "Leaderboard" section says the same to users):
 
@@ -19,6 +21,20 @@ Definitions (the README's "Leaderboard" section says the same to users):
   (`bytes_per_task`), against T full fp32 copies (sum over tasks of `params_total` x 4 bytes). fp32 because the
   suite stores every delta in fp32, so both sides are counted in the same dtype.
 - Training compute: the sum over the group's tasks of `train_pflops_total` (mean over seeds: one seed's cost).
+- What a cell shows (`--metric`): test top-1 (default), top-5, balanced top-1, or the calibration of the test
+  probabilities: ECE (15 equal-width bins of top-1 confidence) or NLL, before temperature scaling (json and csv
+  add `ece_scaled` / `nll_scaled`, after). Sorting follows it, lower first for ECE and NLL; a result without it
+  (few-shot ridge, a result stored before schema 4) shows "-", and a group mean over such a cell is "-".
+- Intervals (intervals.py), 95%: one seed of top-1 or top-5, the Wilson score interval over the run's n test
+  images; several seeds, the Student-t interval of the mean over the seeds (clipped to the metric's range); a
+  group mean, the tasks' standard errors (half their interval's width / 1.96) combined as independent: it
+  covers drawing these tasks' test images (and seeds) again, not choosing other tasks. json/csv: `ci_low`,
+  `ci_high`.
+- Ties with the best (ties.py): in each task column, every cell is compared with the column's best by McNemar's
+  exact test on the per-image hits (`inference.hits`, top-1 or top-5) of one run each (the lowest seed both
+  have), Holm-corrected over the column's comparisons; tied where the adjusted p >= 0.05 (bold; the best too).
+  Cells measured on other test examples than the best (split_manifest or labels differ) are not compared and
+  never tied. json/csv: `tied_with_best` (true, false, or null: not compared / no ties for the metric).
 - Comparison: delta = B - A, where A is the reference (the first checkpoint). Per-sample predictions of one run per
   side (the lowest seed both have) give a paired percentile bootstrap CI (test indices resampled with
   `numpy.random.default_rng(seed)`) and McNemar's exact test (a binomial test on the discordant pairs). A row is a
@@ -42,6 +58,7 @@ from transfer_eval.report.leaderboard import (
     resolve_group,
     sort_rows,
 )
+from transfer_eval.report.metrics import METRICS
 from transfer_eval.report.page import html_page
 from transfer_eval.report.plots import (
     PLOT_SUFFIXES,
@@ -51,6 +68,7 @@ from transfer_eval.report.plots import (
     plot_curves,
     plot_leaderboard,
 )
+from transfer_eval.report.reliability import plot_run
 from transfer_eval.report.render import (
     MISSING,
     acc_text,
@@ -91,6 +109,7 @@ __all__ = [
     "BYTES_PER_PARAM",
     "FORMATS",
     "GROUPS",
+    "METRICS",
     "MISSING",
     "NUMERIC_COLUMNS",
     "PLOT_SUFFIXES",
@@ -124,6 +143,7 @@ __all__ = [
     "plot_compare",
     "plot_curves",
     "plot_leaderboard",
+    "plot_run",
     "render",
     "resolve_group",
     "sort_rows",

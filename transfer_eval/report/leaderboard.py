@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transfer_eval.errors import UserError, unknown_name
-from transfer_eval.report import variants
+from transfer_eval.report import intervals, metrics, ties, variants
 from transfer_eval.store.results import Result, Store
 from transfer_eval.tasks.groups import GROUPS, Group
 
@@ -44,6 +44,9 @@ class Cell:
     variant: str = ""  # what the user chose beyond the mode ('10-shot', '@384', 'r=4'); '' where nothing differs
     variant_key: tuple = ()  # orders variants by their values
     superseded: list[Result] = field(default_factory=list)  # runs of older setups, which do not count
+    # --- trust (issue 40): what the cell shows (report/metrics.py) and how it stands against its column's best
+    metric: str = metrics.DEFAULT
+    tie: ties.Tie | None = None  # set by `leaderboard` (report/ties.py); None: not decided for this metric
 
     @property
     def label(self) -> str:
@@ -62,8 +65,21 @@ class Cell:
         return float(np.mean(self.accs))
 
     @property
+    def values(self) -> list[float]:
+        """The shown metric of each run that has it (every run for top-1; none stored before schema 4 for ECE)."""
+        m = metrics.get(self.metric)
+        return [v for r in self.runs if (v := metrics.value(r, m)) is not None]
+
+    @property
+    def value(self) -> float | None:
+        """The mean of the shown metric over the runs that have it: what the cell shows and sorts by."""
+        vals = self.values
+        return float(np.mean(vals)) if vals else None
+
+    @property
     def std(self) -> float | None:
-        return float(np.std(self.accs, ddof=1)) if self.n > 1 else None
+        vals = self.values
+        return float(np.std(vals, ddof=1)) if len(vals) > 1 else None
 
     @property
     def seeds(self) -> list[int]:
@@ -96,6 +112,12 @@ class Cell:
             "params_backbone": new.params_backbone,  # trainable outside the head (the PEFT tables' Params column)
             "params_head": new.params_head,
             "deployed_gflops_per_image": new.deployed_gflops_per_image,  # after merging, where the mode merges
+            # --- trust (issue 40): the metric shown, its 95% interval, the tie with the column's best, calibration
+            "metric": self.metric,
+            "value": self.value,
+            **intervals.cell_fields(self),
+            **ties.cell_fields(self),
+            **{k: self.cost(k) for k in metrics.CALIBRATION},
         }
 
 
@@ -176,13 +198,13 @@ class Row:
 
     @property
     def mean_partial(self) -> float | None:
-        cs = self.group_cells
-        return float(np.mean([c.top1 for c in cs])) if cs else None
+        vals = [c.value for c in self.group_cells if c.value is not None]
+        return float(np.mean(vals)) if vals else None
 
     @property
     def mean_tasks(self) -> float | None:
         """The mean over the group's tasks (SSF's and V-PETL Bench's VTAB-1k mean), where every task has one."""
-        return self.mean_partial if self.complete else None
+        return self.mean_partial if self.complete and all(c.value is not None for c in self.group_cells) else None
 
     @property
     def part_means(self) -> dict[str, float | None]:
@@ -190,7 +212,7 @@ class Row:
         out = {}
         for part, tasks in self.group.parts:
             cs = [self.cells.get(t) for t in tasks]
-            out[part] = float(np.mean([c.top1 for c in cs])) if all(cs) else None
+            out[part] = float(np.mean([c.value for c in cs])) if all(c and c.value is not None for c in cs) else None
         return out
 
     @property
@@ -271,7 +293,7 @@ class Row:
         if column in self.part_means:
             return self.part_means[column]
         c = self.cells.get(column)
-        return None if c is None else c.top1
+        return None if c is None else c.value
 
 
 NUMERIC_COLUMNS = (
@@ -291,6 +313,7 @@ class Leaderboard:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
     mean_rule: str = "tasks"
+    metric: str = metrics.DEFAULT  # what the cells show (report/metrics.py)
 
     @property
     def mean_columns(self) -> list[str]:
@@ -304,8 +327,10 @@ class Leaderboard:
         return ["checkpoint", "mode", *self.tasks, *self.mean_columns, *NUMERIC_COLUMNS[1:]]
 
     def best_first(self, column: str) -> bool:
-        """Whether `column` sorts descending by default: accuracies and their means; costs and names ascend."""
-        return column in _DESCENDING or column in self.tasks or column in self.mean_columns
+        """Whether `column` sorts descending by default: accuracies and their means (not ECE, NLL); costs and names
+        ascend."""
+        shown = column in _DESCENDING or column in self.tasks or column in self.mean_columns
+        return shown and not metrics.get(self.metric).lower_better
 
     def row_dict(self, row: Row) -> dict:
         """One row as plain data (what --format json writes): accuracies as fractions, None where missing."""
@@ -335,6 +360,9 @@ class Leaderboard:
             "storage_ratio": row.storage_ratio,
             "train_pflops": row.train_pflops,
             "notes": row.notes,
+            # --- trust (issue 40): what the cells show, the means' 95% intervals (report/intervals.py)
+            "metric": self.metric,
+            **intervals.row_fields(row),
         }
 
     def to_frame(self):
@@ -346,7 +374,9 @@ class Leaderboard:
         for row in self.rows:
             d = self.row_dict(row)
             for t, cell in d.pop("tasks").items():
-                d[t], d[f"{t}_std"], d[f"{t}_n"] = (cell["top1"], cell["std"], cell["n"]) if cell else (None, None, 0)
+                d[t], d[f"{t}_std"], d[f"{t}_n"] = (cell["value"], cell["std"], cell["n"]) if cell else (None, None, 0)
+                d[f"{t}_ci_low"], d[f"{t}_ci_high"] = (cell["ci_low"], cell["ci_high"]) if cell else (None, None)
+                d[f"{t}_tied_with_best"] = cell and cell["tied_with_best"]
             rows.append(d)
         return pandas().DataFrame(rows)
 
@@ -360,13 +390,16 @@ def leaderboard(
     sort: str | None = None,
     include_limited: bool = False,
     mean: str = "tasks",
+    metric: str = metrics.DEFAULT,
 ) -> Leaderboard:
     """Rows checkpoint x mode x variant (report/variants.py). `tasks` picks the task columns (default: the group's
     tasks, else every stored task); `group` is what the mean, storage and compute are over (default: the task
     columns shown). Runs made with --limit count only with `include_limited`. `mean`, for a group of parts
-    (VTAB-1k): over its tasks, over its parts' means, or both (MEAN_RULES)."""
+    (VTAB-1k): over its tasks, over its parts' means, or both (MEAN_RULES). `metric`: what the cells show and
+    sort by (report/metrics.py); each task column's ties with its best are decided from the stored predictions."""
     if mean not in MEAN_RULES:
         raise UserError(f"--mean {mean!r}: use {', '.join(MEAN_RULES)}")
+    metrics.get(metric)
     named = group not in (None, ALL)
     grp = resolve_group(group, []) if named else None
     everything = store.query()
@@ -386,6 +419,8 @@ def leaderboard(
                 raise unknown_name(kind, n, known, f"(no successful result stored for it in {store.path})")
     found = store.query(checkpoints=list(checkpoints), modes=list(modes))
     cells = build_cells(found, include_limited)
+    for cell in cells.values():
+        cell.metric = metric
     shown = list(dict.fromkeys(tasks)) or (list(grp.tasks) if grp else sorted({k[3] for k in cells}))
     grp = grp or resolve_group(None, shown)
     wanted = set(shown) | set(grp.tasks)
@@ -400,7 +435,8 @@ def leaderboard(
         for c, m, v in sorted(keys, key=lambda k: (k[0], k[1], keys[k]))
     ]
     notes = list(dict.fromkeys(n for row in rows for n in row.notes)) + limited_note(found, include_limited)
-    lb = Leaderboard(shown, grp, rows, notes, mean)
+    lb = Leaderboard(shown, grp, rows, notes, mean, metric=metric)
+    lb.notes += ties.mark(lb, store)
     sort_rows(lb, sort)
     return lb
 

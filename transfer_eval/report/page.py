@@ -24,6 +24,9 @@ td.missing{color:#a33;font-style:italic}tr:hover td{background:#fafafa}
 td.within{color:#176d2c}td.outside{color:#b3261e;font-weight:600}
 .legend,.note{color:#555;font-size:.85rem}.win{color:#176d2c;font-weight:600}.loss{color:#b3261e;font-weight:600}
 img{max-width:100%;height:auto;border:1px solid #eee}code{background:#f4f5f7;padding:0 .2em}
+.ci{display:block;position:relative;height:5px;margin-top:3px;background:#eceef2;border-radius:2px}
+.ci-range{position:absolute;top:0;bottom:0;background:#8ea6c9;border-radius:2px}
+.ci-value{position:absolute;top:-1px;bottom:-1px;width:2px;margin-left:-1px;background:#1d1d1f}
 """
 
 _JS = """

@@ -376,6 +376,16 @@ def plot_curves(result, path: str | Path):
     check_plot_path(path)
     plt = _figure()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6.4), sharex=True, height_ratios=[3, 1.3])
+    draw_curves(top, bottom, result)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def draw_curves(top, bottom, result):
+    """plot_curves' two panels on the axes given (the loss above, the learning rate below): `show --plot` draws
+    them beside a reliability diagram (report/reliability.py)."""
+    curves = result.curves["phases"]
     for i, (name, c) in enumerate(curves.items()):
         acc = f", val top-1 {100 * c['val_top1']:.2f}%" if c.get("val_top1") is not None else ""
         style = "--" if name == "retrain" else "-"
@@ -395,6 +405,3 @@ def plot_curves(result, path: str | Path):
     bottom.set_ylabel("learning rate", fontsize=9)
     bottom.set_xlabel("optimizer step", fontsize=9)
     bottom.grid(True, alpha=0.3)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)

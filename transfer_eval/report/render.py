@@ -8,10 +8,13 @@ import json
 from pathlib import Path
 
 from transfer_eval.errors import UserError
+from transfer_eval.report import intervals, metrics, ties
 from transfer_eval.report.compare import ALPHA, Comparison
 from transfer_eval.report.leaderboard import BYTES_PER_PARAM, NUMERIC_COLUMNS, Cell, Leaderboard, Row
 
 MISSING = "missing"
+NONE = "-"  # a result that does not have the metric shown (ECE of few-shot ridge, or of a result before schema 4)
+TIED_MARK = " ≈"  # the table's mark for a cell tied with its column's best (bold in markdown, latex and html)
 
 # --------------------------------------------------------------------------------------------- display values
 
@@ -20,12 +23,18 @@ def pct(x: float | None) -> str:
     return MISSING if x is None else f"{100 * x:.2f}"
 
 
-def acc_text(c: Cell | None) -> str:
+def acc_text(c: Cell | None, ci: bool = True) -> str:
+    """The cell's metric (several seeds: mean ± std (n=K)), with its 95% interval unless `ci` is False."""
     if c is None:
         return MISSING
-    s = f"{100 * c.top1:.2f}"
-    if c.n > 1:
-        s += f" ± {100 * c.std:.2f} (n={c.n})"
+    m = metrics.get(c.metric)
+    if c.value is None:
+        return NONE
+    s = m.text(c.value, MISSING)
+    if len(c.values) > 1:
+        s += f" ± {m.text(c.std, MISSING)} (n={len(c.values)})"
+    if ci:
+        s += intervals.text(intervals.cell(c), c.metric)
     if c.n_setups > 1:
         s += " *"
     return s
@@ -86,20 +95,24 @@ def display_headers(lb: Leaderboard) -> list[str]:
     ]
 
 
-def _mean_text(row: Row, column: str) -> str:
+def _mean_text(row: Row, column: str, metric: str = metrics.DEFAULT, ci: bool = True) -> str:
+    m = metrics.get(metric)
+    value = row.value(column)
+    if value is not None:
+        return m.text(value, MISSING) + (intervals.text(intervals.combined(row, column), metric) if ci else "")
     if column in row.part_means:
-        value = row.part_means[column]
-        if value is None:
-            tasks = dict(row.group.parts)[column]
-            return f"incomplete ({sum(row.cells.get(t) is not None for t in tasks)}/{len(tasks)})"
-        return pct(value)
-    value = row.mean_of_groups if column == "mean_of_groups" else row.mean
-    return pct(value) if value is not None else _incomplete(row) if row.group.tasks else MISSING
+        tasks = dict(row.group.parts)[column]
+        present = sum(row.cells.get(t) is not None for t in tasks)
+        return NONE if present == len(tasks) else f"incomplete ({present}/{len(tasks)})"
+    return NONE if row.complete else _incomplete(row) if row.group.tasks else MISSING
 
 
-def display_row(row: Row, tasks: list[str], mean_columns: list[str] = ("mean",)) -> list[str]:
-    accs = [acc_text(row.cells.get(t)) for t in tasks]
-    means = [_mean_text(row, c) for c in mean_columns]
+def display_row(
+    row: Row, tasks: list[str], mean_columns: list[str] = ("mean",), metric: str = metrics.DEFAULT, ci: bool = True
+) -> list[str]:
+    """The row as shown: each cell with its 95% interval unless `ci` is False (html draws it as a bar)."""
+    accs = [acc_text(row.cells.get(t), ci) for t in tasks]
+    means = [_mean_text(row, c, metric, ci) for c in mean_columns]
     deployed = row.deployed_gflops_per_image
     costs = [human_count(row.params_per_task), human_count(row.params_backbone)]
     costs.append(MISSING if deployed is None else f"{deployed:.3g}")
@@ -116,15 +129,28 @@ def display_row(row: Row, tasks: list[str], mean_columns: list[str] = ("mean",))
     return [row.checkpoint, row.label, *accs, *means, *extra]
 
 
-def display_table(lb: Leaderboard) -> tuple[list[str], list[list[str]]]:
-    return display_headers(lb), [display_row(r, lb.tasks, lb.mean_columns) for r in lb.rows]
+def display_table(lb: Leaderboard, ci: bool = True) -> tuple[list[str], list[list[str]]]:
+    return display_headers(lb), [display_row(r, lb.tasks, lb.mean_columns, lb.metric, ci) for r in lb.rows]
+
+
+def mark_ties(lb: Leaderboard, rows: list[list[str]], mark) -> list[list[str]]:
+    """`rows` (display_table's, escaped for the format) with `mark` applied to every task cell that is its
+    column's best or tied with it (report/ties.py)."""
+    for row, texts in zip(lb.rows, rows):
+        for i, task in enumerate(lb.tasks):
+            if ties.tied(row.cells.get(task)):
+                texts[2 + i] = mark(texts[2 + i])
+    return rows
 
 
 def legend(lb: Leaderboard) -> list[str]:
     g = lb.group
     prefix = _task_prefix(lb)
+    m = metrics.get(lb.metric)
     return [
-        "accuracy: test top-1 %; several seeds: mean ± std (ddof=1) over n seeds; 'missing': no stored result."
+        f"cells: {m.label}; several seeds: mean ± std (ddof=1) (n=K seeds); 'missing': no stored result"
+        + (f"; '{NONE}': the result has no {m.name} ({m.none})" if m.none else "")
+        + f"; sorted {'lowest' if m.lower_better else 'highest'} first (--metric top1|top5|balanced|ece|nll)."
         + (f" Task columns: {prefix}<name>." if prefix else ""),
         f"mean ({g.name}): over {', '.join(g.tasks) or 'no tasks'} ({g.description}); 'incomplete (k/T)' where a "
         "task of the group has no result.",
@@ -143,6 +169,8 @@ def legend(lb: Leaderboard) -> list[str]:
             if g.parts
             else []
         ),
+        *intervals.legend(lb.metric, g.name),
+        *ties.legend(lb.metric),
         "params/task: mean over the group's tasks of the parameters one more task stores (per task in json).",
         f"suite storage: shared backbone + one stored delta per task of the group ({BYTES_PER_PARAM} bytes/param "
         "for the backbone); vs copies: that / T full copies of the model.",
@@ -157,6 +185,7 @@ def table(lb: Leaderboard) -> str:
     from tabulate import tabulate
 
     headers, rows = display_table(lb)
+    rows = mark_ties(lb, rows, lambda s: s + TIED_MARK)
     return tabulate(rows, headers=headers, disable_numparse=True) + "\n\n" + "\n".join(legend(lb)) + "\n"
 
 
@@ -165,7 +194,7 @@ def markdown(lb: Leaderboard) -> str:
 
     headers, rows = display_table(lb)
     table = tabulate(
-        [[_md_escape(c) for c in r] for r in rows],
+        mark_ties(lb, [[_md_escape(c) for c in r] for r in rows], lambda s: f"**{s}**"),
         headers=[_md_escape(h) for h in headers],
         tablefmt="github",
         disable_numparse=True,
@@ -183,18 +212,25 @@ def to_json(lb: Leaderboard) -> str:
 
 
 def to_csv(lb: Leaderboard) -> str:
-    """Raw values: accuracies as fractions, bytes, PFLOPs; an empty cell where missing."""
+    """Raw values: accuracies as fractions, bytes, PFLOPs; an empty cell where missing. Each task's value (the
+    metric shown) with its std, n, 95% interval, tie with the column's best (True, False, empty: not compared),
+    and for ECE and NLL the value after temperature scaling."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    m = metrics.get(lb.metric)
+    per_task = ("", "_std", "_n", "_ci_low", "_ci_high", "_tied_with_best", *([f"_{m.scaled}"] if m.scaled else []))
     w.writerow(
         [
             "checkpoint",
             "mode",
             "variant",
-            *[f"{t}{s}" for t in lb.tasks for s in ("", "_std", "_n")],
+            "metric",
+            *[f"{t}{s}" for t in lb.tasks for s in per_task],
             "group",
             *lb.group.part_names,
             "mean",
+            "mean_ci_low",
+            "mean_ci_high",
             "mean_of_groups",
             "complete",
             "tasks_present",
@@ -212,16 +248,24 @@ def to_csv(lb: Leaderboard) -> str:
         cells = []
         for t in lb.tasks:
             c = r.cells.get(t)
-            cells += ["", "", 0] if c is None else [c.top1, v(c.std), c.n]
+            if c is None:
+                cells += ["", "", 0, "", "", "", *([""] if m.scaled else [])]
+                continue
+            ci = intervals.cell(c) or ("", "")
+            tie = "" if c.tie is None or c.tie.tied_with_best is None else c.tie.tied_with_best
+            cells += [v(c.value), v(c.std), len(c.values), *ci, tie, *([v(c.cost(m.scaled))] if m.scaled else [])]
+        mean_ci = intervals.combined(r, "mean") or ("", "")
         w.writerow(
             [
                 r.checkpoint,
                 r.mode,
                 r.variant,
+                lb.metric,
                 *cells,
                 lb.group.name,
-                *[v(m) for m in r.part_means.values()],
+                *[v(x) for x in r.part_means.values()],
                 v(r.mean),
+                *mean_ci,
                 v(r.mean_of_groups),
                 r.complete,
                 r.present,
@@ -257,7 +301,7 @@ def to_latex(lb: Leaderboard) -> str:
 
     headers, rows = display_table(lb)
     table = tabulate(
-        [[latex_escape(c) for c in r] for r in rows],
+        mark_ties(lb, [[latex_escape(c) for c in r] for r in rows], lambda s: rf"\textbf{{{s}}}"),
         headers=[latex_escape(h) for h in headers],
         tablefmt="latex_raw",
         disable_numparse=True,

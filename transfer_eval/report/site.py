@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from transfer_eval.errors import UserError
+from transfer_eval.report import intervals, metrics, ties
 from transfer_eval.report.compare import Comparison, compare
 from transfer_eval.report.leaderboard import Leaderboard, leaderboard
 from transfer_eval.report.page import breakable, html_page
@@ -37,22 +38,56 @@ def _sort_attr(x) -> str:
     return html.escape(str(x), quote=True)
 
 
-def leaderboard_html(lb: Leaderboard) -> str:
+def _intervals(lb: Leaderboard) -> dict[str, list]:
+    """Each task and mean column's 95% intervals, one per row (None where a cell has none)."""
+    out = {t: [intervals.cell(r.cells.get(t)) for r in lb.rows] for t in lb.tasks}
+    out.update({k: [intervals.combined(r, k) for r in lb.rows] for k in lb.mean_columns})
+    return out
+
+
+def _bar(ci, value, scale, metric: str) -> str:
+    """A cell's 95% interval as a bar under its number, on a scale shared by its column (its lowest low to its
+    highest high), with a tick at the value; the bounds in its tooltip."""
+    lo, hi = scale
+    span = (hi - lo) or 1.0
+
+    def at(x):
+        return 100 * (x - lo) / span
+
+    m = metrics.get(metric)
+    words = f"95% interval {m.short(ci[0])} to {m.short(ci[1])}"
+    return (
+        f'<span class="ci" title="{words}" aria-label="{words}"><span class="ci-range" style="left:{at(ci[0]):.1f}%;'
+        f'width:{at(ci[1]) - at(ci[0]):.1f}%"></span><span class="ci-value" style="left:{at(value):.1f}%"></span>'
+        "</span>"
+    )
+
+
+def leaderboard_html(lb: Leaderboard, table_id: str = "leaderboard") -> str:
+    """The sortable table: each cell's 95% interval a bar under its number, the cells tied with their column's
+    best in bold (report/ties.py)."""
     headers = display_headers(lb)
-    _, rows = display_table(lb)
+    _, rows = display_table(lb, ci=False)
     cols = lb.columns
+    cis = _intervals(lb)
+    scales = {k: (min(c[0] for c in v if c), max(c[1] for c in v if c)) for k, v in cis.items() if any(v)}
     th = "".join(
         f'<th data-key="{html.escape(k)}" data-dir="{"desc" if lb.best_first(k) else "asc"}"'
         f' scope="col" tabindex="0">{breakable(h)}</th>'
         for k, h in zip(cols, headers)
     )
     body = []
-    for row, texts in zip(lb.rows, rows):
+    for i, (row, texts) in enumerate(zip(lb.rows, rows)):
         tds = []
         for k, text in zip(cols, texts):
             cls = ' class="missing"' if text == MISSING or text.startswith("incomplete") else ""
             num = "" if k in ("checkpoint", "mode") else ' data-num="1"'
-            tds.append(f'<td data-sort="{_sort_attr(row.value(k))}"{num}{cls}>{html.escape(text)}</td>')
+            shown = html.escape(text)
+            if k in lb.tasks and ties.tied(row.cells.get(k)):
+                shown = f"<strong>{shown}</strong>"
+            if k in cis and cis[k][i] is not None:
+                shown += _bar(cis[k][i], row.value(k), scales[k], lb.metric)
+            tds.append(f'<td data-sort="{_sort_attr(row.value(k))}"{num}{cls}>{shown}</td>')
         body.append(
             f'<tr data-checkpoint="{html.escape(row.checkpoint)}" data-mode="{html.escape(row.mode)}">'
             + "".join(tds)
@@ -60,7 +95,7 @@ def leaderboard_html(lb: Leaderboard) -> str:
         )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in legend(lb))
     return (
-        f'<div class="scroll"><table class="sortable" id="leaderboard"><thead><tr>{th}</tr></thead>'
+        f'<div class="scroll"><table class="sortable" id="{html.escape(table_id)}"><thead><tr>{th}</tr></thead>'
         f'<tbody>{"".join(body)}</tbody></table></div><ul class="legend">{notes}</ul>'
     )
 
@@ -121,13 +156,16 @@ def html_report(
     sections = [
         f'<p class="note">From <code>{html.escape(str(store.path))}</code>: {len(lb.rows)} rows '
         f"(checkpoint x mode). Click a column header to sort; missing results are shown as missing and "
-        f"sort last.</p>",
+        f"sort last. The bar under a number is its 95% interval; bold: the column's best and the cells tied with "
+        f"it (the legend says how each is decided).</p>",
         '<p class="note"><a href="#leaderboard-section">Leaderboard</a> &middot; '
+        '<a href="#calibration">Calibration</a> &middot; '
         '<a href="#comparisons">Comparisons</a> &middot; <a href="#cost">Accuracy against cost</a> &middot; '
         '<a href="#curves">Training curves</a> &middot; <a href="#about">Checkpoints and tasks</a> &middot; '
         '<a href="#papers">Paper tables</a></p>',
         '<h2 id="leaderboard-section">Leaderboard</h2>',
         leaderboard_html(lb),
+        *_calibration_section(store, group, checkpoint_names, task_names, mode_names),
         '<h2 id="comparisons">Comparisons</h2>',
     ]
     if not others:
@@ -157,6 +195,23 @@ def html_report(
     sections += _papers_section(store, out, papers_dirs, registries, tasks_dirs)
     write_text(out / "index.html", html_page("transfer-eval report", "\n".join(sections)))
     return out / "index.html"
+
+
+def _calibration_section(store: Store, group, checkpoint_names, task_names, mode_names) -> list[str]:
+    """The leaderboard again with each cell's expected calibration error (`leaderboard --metric ece`), lowest
+    first, where any shown result has one."""
+    lb = leaderboard(store, checkpoint_names, task_names, mode_names, group=group, metric="ece")
+    parts = ['<h2 id="calibration">Calibration</h2>']
+    if not any(c is not None and c.value is not None for r in lb.rows for c in r.cells.values()):
+        return parts + [
+            f'<p class="note">No result shown has a calibration error: {html.escape(metrics.get("ece").none)}.</p>'
+        ]
+    return parts + [
+        '<p class="note">Expected calibration error of the test probabilities, lowest (best calibrated) first; '
+        "the json and csv of <code>leaderboard --metric ece</code> add the error after temperature scaling, and "
+        "<code>show RUN --plot FILE</code> draws a run's reliability diagram.</p>",
+        leaderboard_html(lb, "calibration"),
+    ]
 
 
 def _curves_section(lb: Leaderboard, out: Path) -> list[str]:
