@@ -8,7 +8,6 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, cli
 from PIL import Image
 
 from transfer_eval import tasks
@@ -120,23 +119,3 @@ def test_a_store_is_made_by_its_first_result_and_reads_as_empty_before(tmp_path)
     assert [r.top1 for r in store.query()] == [0.5]
     other.close()
     store.close()
-
-
-@pytest.mark.slow
-def test_a_folder_task_with_an_empty_class_is_one_line_and_leaves_nothing(tmp_path):
-    """The issue's case through the program: one line, exit 2, no --results file, no delta folder, no cache."""
-    task = _images(tmp_path / "shapes", {"a": 2, "b": 2, "c": 2})
-    for f in (tmp_path / "shapes" / "train" / "b").iterdir():
-        f.unlink()
-    out, cache = tmp_path / "out", tmp_path / "cache"
-    proc = cli(
-        "run", "-c", "vit_demo", "-t", task, "-m", "linear", "--results", out / "r.sqlite",
-        "--save-delta", out / "deltas", env={"TRANSFER_EVAL_CACHE": cache},
-    )  # fmt: skip
-    assert_one_line_error(proc, "train/b/ holds no images", "remove its folder from every split")
-    assert not out.exists() and not cache.exists()
-    check = cli("data", "check", task)
-    assert check.returncode == 1
-    (row,) = [line for line in check.stdout.splitlines() if "train" in line and "folder:" in line]
-    assert "empty class" in row and "missing" not in check.stdout and "train/b/" in row
-    assert "should hold" not in check.stdout  # the layout is right: no layout help

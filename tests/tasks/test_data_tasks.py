@@ -132,15 +132,28 @@ def test_folder_errors_are_one_line(tmp_path, make, fragment):
 
 
 def test_a_class_folder_without_images_is_named(tmp_path):
+    """The layout is right, one class is empty: named as such (not "missing"), and a refused run leaves no store,
+    no delta folder and no cache entry behind."""
     root = _folder(tmp_path / "d", ("train", "test"), (2, 2))
     for split in ("train", "test"):
         (root / split / "seven").mkdir()
     checked = cli("data", "check", f"folder:{root}", "--json")  # data check reports it per split, exit status 1
     assert checked.returncode == 1
     details = {r["split"]: (r["status"], r["detail"]) for r in json_lines(checked.stdout)}
-    assert details["test"][0] == "missing" and "Found no valid file for the classes seven" in details["test"][1]
-    ran = cli("run", "-c", "vit_demo", "-t", f"folder:{root}", "-m", "linear", "--results", tmp_path / "r.sqlite")
-    assert_one_line_error(ran, "/: Found no valid file for the classes seven")
+    said = f"task folder:{root}: test/seven/ holds no images ({IMAGE_SUFFIXES}); put images of that class there, "
+    assert details["test"] == ("empty class", said + "or remove its folder from every split")
+    text = cli("data", "check", f"folder:{root}")
+    assert "missing" not in text.stdout and "should hold" not in text.stdout  # no layout help: the layout is right
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    ran = cli(
+        "run", "-c", "vit_demo", "-t", f"folder:{root}", "-m", "linear", "--results", out / "r.sqlite",
+        "--save-delta", out / "deltas", env={"TRANSFER_EVAL_CACHE": cache},
+    )  # fmt: skip
+    assert_one_line_error(ran, "/seven/ holds no images")
+    assert not out.exists() and not cache.exists()
+
+
+IMAGE_SUFFIXES = ".jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp"  # torchvision's IMG_EXTENSIONS
 
 
 def test_folder_task_runs_linear_knn_and_attention_end_to_end(tmp_path):
