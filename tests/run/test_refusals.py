@@ -119,3 +119,21 @@ def test_a_store_is_made_by_its_first_result_and_reads_as_empty_before(tmp_path)
     assert [r.top1 for r in store.query()] == [0.5]
     other.close()
     store.close()
+
+
+def test_a_new_store_that_cannot_be_made_leaves_no_file(tmp_path, monkeypatch):
+    """The disk full as SQLite begins the file (at the first result): one line, and no empty file left behind."""
+    import sqlite3
+
+    from transfer_eval.store import databases
+    from transfer_eval.store.results import Result
+
+    def full(self, patience=60.0):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    db = tmp_path / "results.sqlite"
+    store = Store(db)
+    monkeypatch.setattr(databases.SQLite, "_wal", full)
+    with pytest.raises(UserError, match="no space left on the disk of"):
+        store.put(Result("c", "w", "digits", 1, "linear", "p", 0), np.zeros(2), np.zeros((2, 5)))
+    assert list(tmp_path.iterdir()) == []

@@ -181,10 +181,17 @@ class Store:
         return self._database
 
     def _writable(self):
-        """The database to write: a store that is not there yet is made now (its file, the schema)."""
+        """The database to write: a store that is not there yet is made now (its file, the schema); where that
+        fails (a full disk), the empty file SQLite began is removed, so no store is left that is not one."""
         if getattr(self.database, "stand_in", False):
             self._database.close()
-            self._open(create=True)
+            try:
+                self._open(create=True)
+            except BaseException:
+                for f in (self.target, Path(f"{self.target}-wal"), Path(f"{self.target}-shm")):
+                    if f.is_file() and f.stat().st_size == 0:  # begun here: a store another process made has bytes
+                        f.unlink(missing_ok=True)
+                raise
         return self._database
 
     @classmethod
