@@ -67,6 +67,11 @@ def test_a_second_command_waits_for_a_holder_of_its_store_and_leaves_another_sto
     assert any("stored meanwhile by process" in m for m in caplog.messages)
     assert not any("running on" in m for m in caplog.messages)
     assert not locks.lock_path(run).exists()  # given back, and its file removed
+    # stored since this command planned its runs (a sweep launched twice): taken, not trained again, unless --force
+    late = locks.claim(run, Store(a))
+    assert not late.run and late.stored.top1 == 0.25
+    with locks.claim(run, Store(a), force=True) as forced:
+        assert forced.run and forced.fd is not None
 
 
 def _until(stream, fragment: str, seen: list) -> str:

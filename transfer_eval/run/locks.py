@@ -95,11 +95,15 @@ class Claim:
 FREE = Claim(True)  # a run that takes no lock
 
 
-def claim(run, store: Store, prefix: str = "") -> Claim:
+def claim(run, store: Store, prefix: str = "", force: bool = False) -> Claim:
     """Take the lock on `run` for this command, waiting while a process of the same store holds it; see the module's
-    docstring. Under torchrun rank 0 tries the lock and every process follows what it found (they try again together,
-    so no collective waits longer than POLL_SECONDS). A stop asked for while waiting (SIGTERM, SIGUSR1) raises
-    Preempted: nothing of the run has started."""
+    docstring. With the lock taken, a result of the run stored meanwhile by another command (while this one waited,
+    or since this one planned its runs: a sweep launched twice) is taken instead of running the run again; `force`
+    runs it again unless this command waited for the one that stored it.
+
+    Under torchrun rank 0 tries the lock and every process follows what it found (they try again together, so no
+    collective waits longer than POLL_SECONDS). A stop asked for while waiting (SIGTERM, SIGUSR1) raises Preempted:
+    nothing of the run has started."""
     if not locked(run):
         return FREE
     main = distributed.is_main()
@@ -107,11 +111,8 @@ def claim(run, store: Store, prefix: str = "") -> Claim:
     waited_for = None  # who held the run when this process began to wait
     while True:
         fd, holder = _try(path, run, ours) if main else (None, None)
-        # run: the lock is ours (or the filesystem keeps none); wait: a process of this store, or of one not known
-        # yet, holds it; elsewhere: a process of another store does
-        state = "run" if fd is not None or holder is None else "wait" if holder.get("store") in (ours, None) else ""
-        state = distributed.broadcast(state or "elsewhere")
-        if state == "elsewhere":
+        state = distributed.broadcast(_state(fd, holder, ours))
+        if state == "elsewhere":  # a process of another store holds it: left alone
             if main:
                 log.warning(
                     "%s: not run here: %s is running it for another store (%s), in the same training checkpoints; "
@@ -123,20 +124,32 @@ def claim(run, store: Store, prefix: str = "") -> Claim:
             return Claim(False)
         if state == "run":
             held = Claim(True, fd=fd, path=path)
-            stored = store.get_key(run.key) if main and waited_for is not None else None
+            stored = store.get_key(run.key) if main and (waited_for is not None or not force) else None
             if distributed.broadcast(stored is not None and stored.status == "ok"):
                 held.release()
                 if main:
-                    log.info("%s: stored meanwhile by %s as run %s, skipped", prefix, _who(waited_for), stored.run_id)
+                    by = _who(waited_for) if waited_for else "another command"
+                    log.info("%s: stored meanwhile by %s as run %s, skipped", prefix, by, stored.run_id)
                 return Claim(False, stored)
             return held
-        if waited_for is None:
+        if state == "wait" and waited_for is None:
             waited_for = holder or {}
             if main:
                 log.info("%s: %s is running it into this store; waiting for it to finish", prefix, _who(holder))
         if requested():
             raise Preempted(f"{requested()} while {run.label()} waited for another process: the same command runs it")
-        time.sleep(POLL_SECONDS)
+        time.sleep(POLL_SECONDS if state == "wait" else 0.05)
+
+
+def _state(fd: int | None, holder: dict | None, ours: str) -> str:
+    """What one try at the lock found: run (the lock is ours, or the filesystem keeps none), wait (a process of this
+    store holds it), elsewhere (a process of another store does), or again (its holder has not written itself
+    down yet: tried again at once)."""
+    if fd is not None or holder is None:
+        return "run"
+    if not holder:
+        return "again"
+    return "wait" if holder.get("store") == ours else "elsewhere"
 
 
 def _who(holder: dict | None) -> str:

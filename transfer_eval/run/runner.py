@@ -287,7 +287,7 @@ def run_all(
             if unreadable.get((r.task.name, r.limit), {}).keys() & set(r.mode.splits):  # met by an earlier run
                 out.append(checks.not_run(store, r, unreadable[(r.task.name, r.limit)], command, prefix))
                 continue
-            held = locks.claim(r, store, prefix)  # one process per run key at a time (its training checkpoints)
+            held = locks.claim(r, store, prefix, options.force)  # one process per run key at a time (its cache)
             if not held.run:
                 if main and held.stored is not None:
                     out.append(held.stored)
