@@ -102,9 +102,11 @@ def _loader(root: Path, name: str, folders: dict, classes: tuple[str, ...]):
         folder = folders[split if split in folders else "train"]  # without val/, train holds val (val_holdout)
         try:
             samples = make_dataset(str(folder), index, IMG_EXTENSIONS)
-        except FileNotFoundError:  # a class folder without one image
+        except FileNotFoundError as e:  # a class folder without one image
             samples = make_dataset(str(folder), index, IMG_EXTENSIONS, allow_empty=True)
             empty = [c for c in classes if index[c] not in {label for _, label in samples}]
+            if not empty:
+                raise UserError(f"task {name}: {folder.name}/: {str(e).splitlines()[0]}") from None
             raise EmptyClass(
                 f"task {name}: {', '.join(f'{folder.name}/{c}/' for c in empty[:5])}"
                 f"{f' and {len(empty) - 5} more' if len(empty) > 5 else ''} "
