@@ -48,6 +48,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast(value):
+    """Rank 0's `value` (a small picklable object), on every process."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def wrap(model, device: torch.device):
     """The model for training: DistributedDataParallel across the processes, or the model itself."""
     if world_size() == 1:

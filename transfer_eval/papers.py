@@ -26,7 +26,8 @@ where the paper printed a typo P and V is the corrected number, which is compare
           ViT-S full: {iNat-18: 68.0, CIFAR-10: [98.9, 0.1]}
 
 A row may also give `params` (the paper's published Params (M) column: `paper plan` and `paper report` show each
-row's trainable parameters outside the head beside it) and `per_column: {COLUMN: {FIELD: VALUE}}` (recipe fields of
+row's trainable parameters outside the head beside it), `params_note` (why our count differs from it, where it
+does: `paper plan` prints it beside the gap) and `per_column: {COLUMN: {FIELD: VALUE}}` (recipe fields of
 that row's cell in one column only, applied last: VPT's prompt length on one task).
 
 A row or column given `unrunnable: REASON` (no public weights, no such task) is listed with its published numbers
@@ -50,7 +51,7 @@ SETTINGS = ("checkpoint", "task", "mode", "resolution", "recipe", "set", "seeds"
 TOP_KEYS = {"name", "paper", "arxiv", "table", "caption", "tolerance", "std", "choices", "parts", "rows", "columns"}
 TOP_KEYS |= {"published", "metric", *SETTINGS}
 PART_KEYS = {"title", "rows", "columns", "published", *SETTINGS}
-LINE_KEYS = {"label", "unrunnable", "note", "params", "per_column", *SETTINGS}
+LINE_KEYS = {"label", "unrunnable", "note", "params", "params_note", "per_column", *SETTINGS}
 METRICS = {"top1": "top-1 accuracy (%) on each task's test split"}
 
 
@@ -88,6 +89,7 @@ class Part:
     rows: list[str]
     columns: list[str]
     params: dict = field(default_factory=dict)  # row label -> the paper's published Params (M) column, if it has one
+    params_notes: dict = field(default_factory=dict)  # row label -> why our count differs from it (`params_note`)
 
 
 @dataclass
@@ -275,6 +277,8 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
         for row in rows:
             if row.get("params") is not None and not isinstance(row["params"], (int, float)):
                 raise UserError(f"{pw}, row {row['label']!r}: `params` is the published Params (M), a number")
+            if not isinstance(row.get("params_note", ""), str):
+                raise UserError(f"{pw}, row {row['label']!r}: `params_note` is a sentence (why the counts differ)")
             per = row.get("per_column") or {}
             bad = [c for c in per if c not in col_labels or not isinstance(per[c], dict)]
             if not isinstance(per, dict) or bad:
@@ -282,7 +286,8 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
                     f"{pw}, row {row['label']!r}: `per_column` maps column labels to recipe fields (--set); "
                     f"not columns or not mappings: {', '.join(map(str, bad))}"
                 )
-        parts.append(Part(title, row_labels, col_labels, {r["label"]: r.get("params") for r in rows}))
+        notes = {r["label"]: r["params_note"] for r in rows if r.get("params_note")}
+        parts.append(Part(title, row_labels, col_labels, {r["label"]: r.get("params") for r in rows}, notes))
         part_layer = {k: raw[k] for k in SETTINGS if k in raw}
         for row in rows:
             for col in columns:

@@ -334,6 +334,7 @@ def test_vtab1k_noah_shows_each_rows_backbone_parameters_beside_the_published_co
     assert by_row["LoRA"]["backbone_params"] == 294_912 and by_row["LoRA"]["published_params_m"] == 0.29
     assert by_row["BitFit"]["backbone_params"] == 102_912 and by_row["Full"]["backbone_params"] == 85_798_656
     assert by_row["Linear"]["backbone_params"] == 0
+    assert "prompt lengths" in by_row["VPT-deep"]["params_gap"] and by_row["SSF"]["params_gap"] is None
     unrunnable = {r["row"] for r in cells if r["status"].startswith("cannot be run")}
     assert unrunnable <= {"NOAH", "VPT-shallow", "VPT-deep", "Adapter"} and "NOAH" in unrunnable
     assert all(m in modes.MODES for m in ("vpt_shallow", "vpt_deep", "adapter")) <= (unrunnable == {"NOAH"})

@@ -170,5 +170,24 @@ def test_bad_input_is_one_line(saved, test_split, tmp_path):
         cli("predict", "-c", CHECKPOINT, "--delta", path, image, tmp_path / "broken.png"), "broken.png"
     )
     assert_one_line_error(cli("predict", "-c", CHECKPOINT, "--delta", path, tmp_path / "gone.png"), "gone.png")
+    # a truncated JPEG: predict and a run's line say the same of it (the decoder's words)
+    from io import BytesIO
+
+    from PIL import Image
+
+    from transfer_eval.run import checks
+    from transfer_eval.tasks.splits import ImageSplit, UnreadableImage, load_image
+
+    jpeg = BytesIO()
+    Image.open(image).convert("RGB").resize((64, 64)).save(jpeg, "JPEG")
+    trunc = tmp_path / "trunc.jpg"
+    trunc.write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    with pytest.raises(UnreadableImage) as found:
+        load_image(trunc)
+    reason = found.value.reason
+    said = f"unreadable image {trunc}: {reason}; fix or remove the file"
+    assert_one_line_error(cli("predict", "-c", CHECKPOINT, "--delta", path, trunc), said)
+    line, _ = checks.unreadable_images("t", {"train": ImageSplit.from_files([str(trunc)], [0])}, str(found.value))
+    assert f"{trunc} (the first: {reason})" in line
     (tmp_path / "empty").mkdir()
     assert_one_line_error(cli("predict", "-c", CHECKPOINT, "--delta", path, tmp_path / "empty"), "no image files")

@@ -53,6 +53,24 @@ def test_every_shipped_preset_validates_and_carries_the_papers_numbers(shipped):
     assert [r.recipe["shots"] for r in five.runs] == [5, 5, 5] and [r.seed for r in five.runs] == [0, 1, 2]
 
 
+def test_each_params_gap_of_a_shipped_preset_says_why(shipped):
+    """Where our backbone count differs from a published Params (M), the preset says why (`params_note`: `paper
+    plan` prints it beside the two numbers, tests/tasks/test_vtab.py); where they agree there is no gap."""
+    from transfer_eval.report import paper as report_paper
+
+    gaps = {}
+    for preset in shipped.values():
+        if any(v is not None for part in preset.parts for v in part.params.values()):
+            papers.count_params(preset)
+            for part in preset.parts:
+                gaps |= {(preset.name, r): report_paper.params_gap(preset, part, r) for r in part.rows}
+    unexplained = [k for k, why in gaps.items() if why == "the preset gives no reason for this gap"]
+    assert not unexplained, f"give these rows a params_note: {unexplained}"
+    noah = {r: why for (name, r), why in gaps.items() if name == "vtab1k-noah"}
+    assert {r for r, why in noah.items() if why} == {"Linear", "VPT-shallow", "VPT-deep"}
+    assert "per-task prompt lengths" in noah["VPT-shallow"] and "head" in noah["Linear"]
+
+
 def test_paper_list(tmp_path):
     proc = cli("paper", "list", "--json")
     assert proc.returncode == 0, proc.stderr

@@ -200,14 +200,19 @@ def test_the_disk_filling_up_while_a_training_checkpoint_is_written(full_disk, t
 
 
 def test_the_disk_filling_up_while_the_store_is_written(namespaces, tmp_path):
-    """The store is opened on a disk with room; the disk fills while the run extracts features; its result cannot
-    be written: one line, exit 2, no row, and the store whole (integrity_check) once there is room again."""
+    """A store with one result, on a disk with room; the disk fills while the run extracts features; its result
+    cannot be written: one line, exit 2, no row more, and the store whole (integrity_check) once there is room."""
     err = tmp_path / "run.err"
     check = (
         "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); q = lambda s: c.execute(s).fetchone()[0]; "
         "print('::rows', q('select count(*) from results'), q('pragma integrity_check'))"
     )
-    body = f"""te {" ".join(LINEAR)} --results "$DISK/results.sqlite" 2> "{err}" &
+    first = (  # the store exists before the run (a new one is made only by its first result)
+        "import sys, numpy as np; from transfer_eval.store.results import Result, Store; "
+        "Store(sys.argv[1]).put(Result('c', 'w', 'digits', 1, 'linear', 'p', 0), np.zeros(1), np.zeros((1, 5)))"
+    )
+    body = f""""$PY" -c "{first}" "$DISK/results.sqlite" || exit 98
+te {" ".join(LINEAR)} --results "$DISK/results.sqlite" 2> "{err}" &
 pid=$!
 while kill -0 $pid 2>/dev/null && ! grep -q "running on" "{err}"; do sleep 0.1; done
 dd if=/dev/zero of="$DISK/fill" bs=4k 2>/dev/null
@@ -220,7 +225,7 @@ rm -f "$DISK/fill"
     # a fresh feature cache: extraction takes seconds, time enough for the disk to fill before the result is put
     proc, files = on_tiny_disk(tmp_path / "store", "1m", body, {"TRANSFER_EVAL_CACHE": tmp_path / "cache"})
     assert_fails_cleanly(proc, "no space left on the disk of", "the results store", "--results")
-    assert "::rows 0 ok" in proc.stdout, proc.stdout
+    assert "::rows 1 ok" in proc.stdout, proc.stdout
     assert not [f for f in files if ".part" in f], files
 
 

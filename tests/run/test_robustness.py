@@ -58,6 +58,8 @@ def test_resume_after_kill_reaches_the_same_accuracy(tmp_path):
     assert "resuming" in again.stderr
     (resumed,) = json_lines(again.stdout)
     assert resumed["top1"] == expected["top1"] and resumed["val_top1"] == expected["val_top1"]
+    # the curves keep their own schedule: no point at a training checkpoint's step, the same points as unbroken
+    assert resumed["curves"] == expected["curves"]
     a = Store(tmp_path / "whole.sqlite").predictions(expected["run_id"])
     b = Store(db).predictions(resumed["run_id"])
     assert np.array_equal(a[1], b[1])  # bit for bit the same predictions

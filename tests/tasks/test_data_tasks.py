@@ -4,6 +4,7 @@ digits images, so the demo checkpoint learns from them end to end."""
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from conftest import assert_one_line_error, cli, json_lines, stored_rows
 from PIL import Image
 
 from transfer_eval.errors import UserError
+from transfer_eval.methods import deltas
+from transfer_eval.run import serve
 from transfer_eval.tasks import LoadContext, folder, hf, names
 
 NAMES = ["zero", "one", "two", "three", "four"]  # five digit classes: quick, and above chance is clear
@@ -69,15 +72,25 @@ def _hf(splits: dict, label="label", image="image", classes=NAMES):
 
 
 def _three_modes(task: str, db) -> dict:
-    """linear, knn and a short attention fine-tuning of the demo checkpoint on `task`: each mode's record."""
+    """linear, knn and a short attention fine-tuning of the demo checkpoint on `task`: each mode's record. Their
+    deltas are kept (--save-delta) in a `deltas` folder beside `db`, under a safe form of the task's name."""
     proc = cli(
         "run", "-c", "vit_demo_shapes", "-t", task, "-m", "linear,knn,attention",
         "--set", "steps=30", "--set", "warmup_steps=5", "--set", "lr_grid=[]", "--set", "lr=0.002",
         "--set", "optimizer=adamw", "--set", "batch_size=64", "--results", db, "--json",
+        "--save-delta", Path(db).parent / "deltas",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = {r["mode"]: r for r in json_lines(proc.stdout)}
     assert set(rows) == {"linear", "knn", "attention"}
+    files = sorted((Path(db).parent / "deltas").iterdir())
+    assert len(files) == 3 and all(f.is_file() for f in files), files  # flat: no folders made of the task's path
+    kind, base = task.split(":")[0], Path(task.split(":", 1)[1]).name
+    for f, mode in zip(files, ("attention", "knn", "linear")):
+        assert re.fullmatch(
+            rf"vit_demo_shapes__{kind}-{base}-[0-9a-f]{{8}}__{mode}__seed0__[0-9a-f]+\.safetensors", f.name
+        )
+        assert deltas.read(f)[0]["task"] == rows[mode]["task"]  # the file still names the task in full
     return rows
 
 
@@ -132,15 +145,28 @@ def test_folder_errors_are_one_line(tmp_path, make, fragment):
 
 
 def test_a_class_folder_without_images_is_named(tmp_path):
+    """The layout is right, one class is empty: named as such (not "missing"), and a refused run leaves no store,
+    no delta folder and no cache entry behind."""
     root = _folder(tmp_path / "d", ("train", "test"), (2, 2))
     for split in ("train", "test"):
         (root / split / "seven").mkdir()
     checked = cli("data", "check", f"folder:{root}", "--json")  # data check reports it per split, exit status 1
     assert checked.returncode == 1
     details = {r["split"]: (r["status"], r["detail"]) for r in json_lines(checked.stdout)}
-    assert details["test"][0] == "missing" and "Found no valid file for the classes seven" in details["test"][1]
-    ran = cli("run", "-c", "vit_demo", "-t", f"folder:{root}", "-m", "linear", "--results", tmp_path / "r.sqlite")
-    assert_one_line_error(ran, "/: Found no valid file for the classes seven")
+    said = f"task folder:{root}: test/seven/ holds no images ({IMAGE_SUFFIXES}); put images of that class there, "
+    assert details["test"] == ("empty class", said + "or remove its folder from every split")
+    text = cli("data", "check", f"folder:{root}")
+    assert "missing" not in text.stdout and "should hold" not in text.stdout  # no layout help: the layout is right
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    ran = cli(
+        "run", "-c", "vit_demo", "-t", f"folder:{root}", "-m", "linear", "--results", out / "r.sqlite",
+        "--save-delta", out / "deltas", env={"TRANSFER_EVAL_CACHE": cache},
+    )  # fmt: skip
+    assert_one_line_error(ran, "/seven/ holds no images")
+    assert not out.exists() and not cache.exists()
+
+
+IMAGE_SUFFIXES = ".jpg .jpeg .png .ppm .bmp .pgm .tif .tiff .webp"  # torchvision's IMG_EXTENSIONS
 
 
 def test_folder_task_runs_linear_knn_and_attention_end_to_end(tmp_path):
@@ -173,6 +199,12 @@ def test_folder_task_runs_linear_knn_and_attention_end_to_end(tmp_path):
         "vit_demo_shapes", f"folder:{root}", "knn", settings={"batch_size": 64}, results=db
     )  # the same task from Python
     assert again.run_id == rows["knn"]["run_id"]  # stored: found under the same name, not run again
+    # a delta written under the names of earlier versions (the task's path as folders) still serves
+    (new,) = (tmp_path / "deltas").glob("*__linear__*")
+    old = tmp_path / "deltas" / new.name.replace(deltas.safe_name(f"folder:{root}"), f"folder:{root}")
+    old.parent.mkdir(parents=True)
+    new.rename(old)
+    assert serve.open_delta("vit_demo_shapes", old).info["task"] == f"folder:{root}"
 
 
 # ------------------------------------------------------------------------------------------- Hugging Face datasets

@@ -186,6 +186,11 @@ def test_the_paper_preset_lists_every_cell_with_printed_and_corrected_numbers():
     plan = cli("paper", "plan", "vtab1k-noah")
     assert plan.returncode == 0, plan.stderr
     assert "To run: 152 runs in 152 cells" in plan.stdout and "unknown size" not in plan.stdout
+    # each Params gap with its reason beside it, from the preset's `params_note` (issue 43, item 4)
+    lines = plan.stdout.splitlines()
+    (vpt,) = [line for line in lines if line.startswith("  VPT-shallow: paper 0.08, ours 0.0077 (gap: ")]
+    assert "per-task prompt lengths" in vpt and vpt.endswith(")")
+    assert "  SSF: paper 0.21, ours 0.21" in lines  # no gap, nothing beside it
 
 
 def test_every_mode_runs_on_a_vtab_task(vtab_data, tmp_path):

@@ -135,6 +135,7 @@ def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, ski
     from transfer_eval.cli.options import load_context
     from transfer_eval.measure import planning
     from transfer_eval.methods import companions
+    from transfer_eval.report import paper as paper_report_
     from transfer_eval.run import checks
 
     preset = _load(name, papers_dirs, registries, tasks_dirs, seeds)
@@ -150,6 +151,7 @@ def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, ski
     ready = {t: planning.data_status(task, splits, ctx) for t, (task, splits) in checks.splits_read(all_runs).items()}
     params = papers.count_params(preset)  # each row's trainable backbone parameters (head excluded)
     published_params = {(p.title, r): v for p in preset.parts for r, v in p.params.items()}
+    parts = {p.title: p for p in preset.parts}
     rows = []
     for o in outs:
         c = o.cell
@@ -157,6 +159,7 @@ def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, ski
             **c.describe(),
             "published_params_m": published_params.get((c.part, c.row)),
             "backbone_params": params.get((c.part, c.row)),
+            "params_gap": paper_report_.params_gap(preset, parts[c.part], c.row),  # why the two differ, where they do
             "planned": o.planned,
             "stored": o.n,
             "failed": o.failed,
@@ -258,7 +261,9 @@ def _print_plan(preset, rows, ready, rate, no_store) -> None:
             for row in part.rows:
                 paper_p, ours_p = paper_report_.params_texts(preset, part, row) or ("", "")
                 where = f"{part.title} / {row}" if part.title else row
-                click.echo(f"  {where}: paper {paper_p or '-'}, ours {ours_p or '-'}")
+                gap = paper_report_.params_gap(preset, part, row)
+                why = f" (gap: {gap})" if gap else ""
+                click.echo(f"  {where}: paper {paper_p or '-'}, ours {ours_p or '-'}{why}")
     for choice in preset.choices:
         click.echo(f"Choice: {choice}")
 

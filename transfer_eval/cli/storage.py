@@ -172,8 +172,8 @@ def data_check(task_names, data_dir, tasks_dirs, skip_verify, download, mode_nam
                     if bad:
                         row["status"] = "unreadable images"
                         row["detail"] = f"{len(bad)} unreadable, e.g. {ds.paths[bad[0]]}"
-            except UserError as e:
-                row["status"], row["detail"] = "missing", str(e)
+            except UserError as e:  # missing data, or another state the error names (an empty class)
+                row["status"], row["detail"] = getattr(e, "status", "missing"), str(e)
             if row["status"] != "ok" and task.name not in not_ready:
                 not_ready.append(task.name)
             rows.append(row)
@@ -187,7 +187,7 @@ def data_check(task_names, data_dir, tasks_dirs, skip_verify, download, mode_nam
             if (
                 last
                 and last["task"] == r["task"]
-                and r["status"] == last["status"] == "missing"
+                and r["status"] == last["status"] != "ok"
                 and r["detail"] == last["detail"]
             ):
                 last["split"] += "," + r["split"]
@@ -212,8 +212,9 @@ def data_check(task_names, data_dir, tasks_dirs, skip_verify, download, mode_nam
                 maxcolwidths=[None, None, None, None, None, 90],
             )
         )
-        for name in not_ready:
-            click.echo(f"\n{name}: {next(t for t in chosen if t.name == name).data_help}")
+        for name in not_ready:  # where to get the data, under a task whose data is not there (the rest say what)
+            if any(r["task"] == name and r["status"] in ("missing", "not downloaded") for r in rows):
+                click.echo(f"\n{name}: {next(t for t in chosen if t.name == name).data_help}")
     if not_ready:
         sys.exit(1)
 

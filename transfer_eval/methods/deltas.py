@@ -11,8 +11,10 @@ model and its test predictions exactly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -86,8 +88,28 @@ def size(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = Non
 
 
 def file_name(run) -> str:
-    """The file name of a run's delta in a --save-delta folder: checkpoint, task, mode, seed, protocol."""
-    return f"{run.checkpoint.name}__{run.task.name}__{run.mode.name}__seed{run.seed}__{run.protocol_hash}.safetensors"
+    """The file name of a run's delta in a --save-delta folder: checkpoint, task, mode, seed, protocol, each name in
+    its `safe_name` form (the names of registered checkpoints and tasks as they are, so earlier files keep theirs)."""
+    ck, task = safe_name(run.checkpoint.name), safe_name(run.task.name)
+    return f"{ck}__{task}__{run.mode.name}__seed{run.seed}__{run.protocol_hash}.safetensors"
+
+
+SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a name that is a file name on every OS as it is
+COLUMNS = re.compile(r"(:[A-Za-z_]+=[^:/\\]*)+$")  # hf:PATH:image=...:label=...: the columns after the path
+
+
+def safe_name(name: str) -> str:
+    """`name` as one part of a file name, the same on every OS: as it is where it is one already (registered names);
+    else the kind before its first ':' (folder, hf), the last part of the path it names, and a digest of the whole
+    name (two folders of one base name get two files): `folder:/data/shapes4` is `folder-shapes4-b616cfb4`. No
+    `/`, `\\` or `:`."""
+    if SAFE.fullmatch(name) and not name.endswith("."):
+        return name
+    kind, _, where = name.partition(":") if ":" in name else ("", "", name)
+    base = re.split(r"[/\\]", COLUMNS.sub("", where).rstrip("/\\"))[-1]
+    parts = [re.sub(r"[^A-Za-z0-9._-]+", "_", p).strip("._-")[:48] for p in (kind, base)]
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return "-".join([p for p in parts if p] + [digest])
 
 
 def _json(value) -> str:

@@ -157,11 +157,12 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     start_step, images, before, backoffs = 0, 0, 0.0, 0
     curve = {"step": [], "loss": [], "lr": []}
+    read: list[float] = []  # losses read before a training checkpoint since the curve's last point (its next one's)
     state = checkpoints.load(phase, model, opt, sched) if checkpoints is not None else None
     if state is not None:
         start_step, images, before = state["step"], state["extra"]["images"], state["extra"]["seconds"]
         micro, backoffs = state["extra"].get("micro", micro), state["extra"].get("backoffs", 0)
-        curve = state["extra"].get("curve", curve)
+        curve, read = state["extra"].get("curve", curve), list(state["extra"].get("read", []))
         log.info("transfer-eval: resuming %s at step %d of %d", desc, start_step, recipe.steps)
 
     world, rank = distributed.world_size(), distributed.rank()
@@ -183,15 +184,21 @@ def train(
     start = time.perf_counter()
     progress = bar(range(start_step, recipe.steps), desc, "step", more=more_steps)
     losses: list[tuple[int, torch.Tensor]] = []  # (step, loss still on the device) since the last read
+    last = [start_step]  # the step after the last loss read
 
-    def read_losses():
+    def read_losses(point: bool = True):
+        """Read the losses still on the device (a diverged step fails here); with `point`, the curve gains the
+        point of every loss read since its last one (at its own schedule: every LOSS_EVERY steps, and the end)."""
         if losses:
-            values = check_losses(losses, lr)
-            progress.set_postfix(loss=f"{values[-1]:.3f}")
-            curve["step"].append(losses[-1][0] + 1)
-            curve["loss"].append(float(f"{sum(values) / len(values):.5g}"))
-            curve["lr"].append(float(f"{sched.get_last_lr()[0]:.5g}"))
+            read.extend(check_losses(losses, lr))
+            progress.set_postfix(loss=f"{read[-1]:.3f}")
+            last[0] = losses[-1][0] + 1
             losses.clear()
+        if point and read:
+            curve["step"].append(last[0])
+            curve["loss"].append(float(f"{sum(read) / len(read):.5g}"))
+            curve["lr"].append(float(f"{sched.get_last_lr()[0]:.5g}"))
+            read.clear()
 
     for step in progress:
         while True:
@@ -224,17 +231,18 @@ def train(
         images += seen * world
         losses.append((step, total))
         _update(opt, sched, params, recipe)
-        if (step + 1 - start_step) % LOSS_EVERY == 0:
+        if (step + 1) % LOSS_EVERY == 0:  # counted from the phase's start, so a resumed phase keeps the schedule
             read_losses()
         stop = resume.requested() if checkpoints is not None else None
         if checkpoints is not None and (stop or (step + 1 < recipe.steps and checkpoints.due(step + 1))):
-            read_losses()  # a training checkpoint is never written after a diverged step
+            read_losses(point=False)  # a training checkpoint is never written after a diverged step
             extra = {
                 "images": images,
                 "seconds": before + time.perf_counter() - start,
                 "micro": micro,
                 "backoffs": backoffs,
                 "curve": curve,
+                "read": list(read),
             }
             checkpoints.save(phase, step + 1, model, opt, sched, extra)
             if stop:

@@ -64,6 +64,15 @@ def params_texts(preset: Preset, part, row: str) -> tuple[str, str] | None:
     return ("" if published is None else f"{published:g}", _millions(preset.backbone_params.get((part.title, row))))
 
 
+def params_gap(preset: Preset, part, row: str) -> str | None:
+    """Why our backbone count of a row differs from the published Params (M) (its `params_note`, or a line saying
+    the preset gives no reason), where it differs by more than the column's rounding (0.005 M, or 1%); else None."""
+    published, ours = part.params.get(row), preset.backbone_params.get((part.title, row))
+    if published is None or ours is None or abs(ours / 1e6 - published) <= max(0.005, 0.01 * published):
+        return None
+    return part.params_notes.get(row) or "the preset gives no reason for this gap"
+
+
 def grid(preset: Preset, outs: list[Outcome]) -> list[tuple[str, list[str], list[list[str]]]]:
     """For each part: its title, the header and the rows (paper, ours, difference for each of the paper's rows);
     a last column "Params (M)" beside them where the part has one (the published column, and our backbone count)."""

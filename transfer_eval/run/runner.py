@@ -20,7 +20,7 @@ from transfer_eval.methods import companions, finetune, knn, modes, presets, sou
 from transfer_eval.methods.fields import checked_fields
 from transfer_eval.methods.modes import Mode
 from transfer_eval.methods.resume import Preempted, requested, stop_on_signal
-from transfer_eval.run import checks, stages, trackers
+from transfer_eval.run import checks, locks, stages, trackers
 from transfer_eval.run.execution import Options, execute
 from transfer_eval.run.runs import Run
 from transfer_eval.store.results import Result, Store
@@ -269,10 +269,16 @@ def run_all(
             if unreadable.get((r.task.name, r.limit), {}).keys() & set(r.mode.splits):  # met by an earlier run
                 out.append(checks.not_run(store, r, unreadable[(r.task.name, r.limit)], command, prefix))
                 continue
+            held = locks.claim(r, store, prefix, options.force)  # one process per run key at a time (its cache)
+            if not held.run:
+                if main and held.stored is not None:
+                    out.append(held.stored)
+                continue
             where = f"{device}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
             if main:
                 log.info("%s: running on %s", prefix, where)
-            result = execute(r, ctx, device, store, command, options, known)
+            with held:
+                result = execute(r, ctx, device, store, command, options, known)
             out.append(result)
             if result.status == "failed" and (result.selection or {}).get("unreadable"):
                 unreadable[(r.task.name, r.limit)] = {**result.selection["unreadable"], "error": result.error}

@@ -34,7 +34,7 @@ from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
 from transfer_eval.methods import deltas, fewshot, inference, knn, modes, sources
 from transfer_eval.run import stages
-from transfer_eval.tasks.splits import ImageSplit
+from transfer_eval.tasks.splits import ImageSplit, UnreadableImage, load_image
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,12 @@ def predict(
     bad = split.unreadable()
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise UserError(f"unreadable image {files[bad[0]]}{more}: not an image file this suite can decode")
+        try:  # the decoder's own words, as a run's line gives them
+            load_image(files[bad[0]])
+            reason = "it does not decode"
+        except UnreadableImage as e:
+            reason = e.reason
+        raise UserError(f"unreadable image {files[bad[0]]}{more}: {reason}; fix or remove the file")
     dev = devices.pick_device(device)
     info = served.info
     log.info(

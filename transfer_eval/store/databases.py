@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,18 +30,37 @@ def shown(target) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", str(target)) if is_url(target) else str(target)
 
 
-def open_database(target):
-    return Postgres(target) if is_url(target) else SQLite(Path(target))
+def open_database(target, create: bool = True):
+    """The database at `target`. A SQLite file that does not exist yet is made only with `create`; without it,
+    an empty database in memory stands in for it (`stand_in`), checked as the file would be, and nothing is made on
+    disk (the Store makes the file at its first write)."""
+    return Postgres(target) if is_url(target) else SQLite(Path(target), create)
+
+
+def _try_making(path: Path) -> None:
+    """Raise OSError where the file `path` could not be made (its folders, then a file beside it); leaves nothing."""
+    made = []
+    try:
+        for folder in reversed([p for p in path.parents if not p.exists()]):
+            folder.mkdir()
+            made.append(folder)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    finally:
+        for folder in reversed(made):
+            folder.rmdir()
 
 
 class SQLite:
     types = {"int": "INTEGER", "float": "REAL", "text": "TEXT", "blob": "BLOB"}
     run_id = "INTEGER PRIMARY KEY AUTOINCREMENT"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, create: bool = True):
         if path.exists() and path.is_dir():
             raise UserError(f"results store {path} is a folder; give a file path with --results")
         self.path = path
+        self.stand_in = not path.exists() and not create  # an empty database in memory until the first write
         if not path.exists():
             where = next((p for p in path.parents if p.exists()), Path("."))
             if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
@@ -48,13 +68,21 @@ class SQLite:
                     f"results store {path} cannot be created: {where} is not a folder you can write; "
                     f"give --results a path you can write"
                 )
+        if not path.exists():
             try:
                 with room_for(f"the results store {path}", where, "or give --results a file on another disk"):
-                    path.parent.mkdir(parents=True, exist_ok=True)
+                    if self.stand_in:
+                        _try_making(path)
+                    else:
+                        path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise UserError(
                     f"results store {path} cannot be created ({e.strerror or e}); give --results a path you can write"
                 ) from None
+        if self.stand_in:
+            self.journal, self.errors = "MEMORY", (sqlite3.DatabaseError,)
+            self.db = sqlite3.connect(":memory:")
+            return
         from transfer_eval.store.filesystems import network_filesystem
 
         # WAL needs memory shared by the processes of one host: on a network filesystem, the rollback journal

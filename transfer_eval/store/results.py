@@ -174,20 +174,47 @@ def _value(result: Result, column: str):
 
 
 class Store:
-    """The results database: `Store(path or postgresql:// URL)`, then `has`, `put`, `get`, `query`."""
+    """The results database: `Store(path or postgresql:// URL)`, then `has`, `put`, `get`, `query`. A SQLite file
+    that does not exist yet is made by the first `put`: opening a store makes nothing on disk."""
 
     def __init__(self, target: str | Path):
         self.target = str(target) if databases.is_url(str(target)) else Path(target)
         self.path = databases.shown(self.target)  # what messages name (a URL without its password)
-        self.database = databases.open_database(self.target)
+        self._open(create=False)  # a SQLite file is made at the first write: a refused run leaves no store behind
+
+    def _open(self, create: bool) -> None:
+        self._database = db = databases.open_database(self.target, create)
         try:
             self._migrate()
         except UserError:
-            self.database.close()
+            db.close()
             raise
-        except self.database.errors as e:
-            self.database.close()
+        except db.errors as e:
+            db.close()
             raise UserError(f"results store {self.path} is not a transfer-eval results database ({e})") from None
+
+    @property
+    def database(self):
+        """The database (SQLite or PostgreSQL). A SQLite file that was not there when the store was opened reads as
+        an empty store, made of nothing on disk, until it is written (`put` makes it) or another process makes it."""
+        if getattr(self._database, "stand_in", False) and Path(self.target).exists():
+            self._database.close()
+            self._open(create=False)
+        return self._database
+
+    def _writable(self):
+        """The database to write: a store that is not there yet is made now (its file, the schema); where that
+        fails (a full disk), the empty file SQLite began is removed, so no store is left that is not one."""
+        if getattr(self.database, "stand_in", False):
+            self._database.close()
+            try:
+                self._open(create=True)
+            except BaseException:
+                for f in (self.target, Path(f"{self.target}-wal"), Path(f"{self.target}-shm")):
+                    if f.is_file() and f.stat().st_size == 0:  # begun here: a store another process made has bytes
+                        f.unlink(missing_ok=True)
+                raise
+        return self._database
 
     @classmethod
     def existing(cls, target=None, first: str = "`transfer-eval run ...`", missing_ok: bool = False) -> "Store | None":
@@ -210,7 +237,7 @@ class Store:
         """The schema, at SCHEMA_VERSION: a new store gets it; a store written by an older version gains the
         record's newer fields (empty for its old rows) and the new version number, in one transaction; a store of
         a newer version is refused."""
-        db = self.database
+        db = self._database
         version = db.version()
         if version > SCHEMA_VERSION:
             raise UserError(
@@ -231,7 +258,7 @@ class Store:
             db.set_version(SCHEMA_VERSION)
 
     def close(self):
-        self.database.close()
+        self._database.close()
 
     def has(self, key: tuple) -> bool:
         where = " AND ".join(f"{k} = ?" for k in KEY)
@@ -251,7 +278,7 @@ class Store:
         where the truth is a set), stored as float16."""
         values = [_value(result, c) for c in _COLUMNS]
         where = " AND ".join(f"{k} = ?" for k in KEY)
-        db = self.database
+        db = self._writable()
         # one transaction: the old row and its predictions go only if the new ones land
         with db.transaction(lock_key=json.dumps(list(result.key), default=str)):
             db.execute(f"DELETE FROM results WHERE {where}", result.key)

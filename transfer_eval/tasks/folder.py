@@ -31,6 +31,12 @@ SCHEDULE = {"steps": 500, "warmup_steps": 100}  # the ViT paper's schedule for i
 LAYOUT = "PATH/train/<class>/<image>, PATH/test/<class>/<image> and optionally PATH/val/<class>/<image>"
 
 
+class EmptyClass(UserError):
+    """A class folder of a split without one image (the layout is right: `data check` says which class)."""
+
+    status = "empty class"
+
+
 def task(spec: str) -> Task:
     """The task of `folder:PATH` (`spec` is PATH). One line says what is wrong with a folder that cannot be one."""
     from torchvision.datasets.folder import find_classes
@@ -97,7 +103,17 @@ def _loader(root: Path, name: str, folders: dict, classes: tuple[str, ...]):
         try:
             samples = make_dataset(str(folder), index, IMG_EXTENSIONS)
         except FileNotFoundError as e:  # a class folder without one image
-            raise UserError(f"task {name}: {folder.name}/: {str(e).splitlines()[0]}") from None
+            samples = make_dataset(str(folder), index, IMG_EXTENSIONS, allow_empty=True)
+            empty = [c for c in classes if index[c] not in {label for _, label in samples}]
+            if not empty:
+                raise UserError(f"task {name}: {folder.name}/: {str(e).splitlines()[0]}") from None
+            raise EmptyClass(
+                f"task {name}: {', '.join(f'{folder.name}/{c}/' for c in empty[:5])}"
+                f"{f' and {len(empty) - 5} more' if len(empty) > 5 else ''} "
+                f"{'holds' if len(empty) == 1 else 'hold'} no images ({' '.join(IMG_EXTENSIONS)}); put images of "
+                f"{'that class' if len(empty) == 1 else 'those classes'} there, or remove "
+                f"{'its folder' if len(empty) == 1 else 'their folders'} from every split"
+            ) from None
         paths = [p for p, _ in samples]
         ids = [Path(p).relative_to(root).as_posix() for p in paths]
         return ImageSplit.from_files(paths, [label for _, label in samples], ids)

@@ -51,7 +51,12 @@ class LoadContext:
 
 
 class UnreadableImage(Exception):
-    """An image file that cannot be decoded. The message names the file."""
+    """An image file that cannot be decoded. The message names the file; `reason` is the decoder's own words (what
+    every message about the file says: a run's, `predict`'s)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class SealedSplitRead(RuntimeError):
@@ -89,7 +94,8 @@ def load_image(path) -> "object":
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImage(
             f"unreadable image {path}: {e}; fix or remove the file, or rerun with "
-            f"--bad-images skip to leave unreadable images out"
+            f"--bad-images skip to leave unreadable images out",
+            str(e),
         ) from None
 
 
