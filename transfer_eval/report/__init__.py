@@ -1,8 +1,8 @@
 """Leaderboards, paired checkpoint comparisons, plots and the static html report, all read from the results store.
 
 leaderboard.py holds the model (groups, cells, rows), variants.py what tells a row's variants apart, compare.py
-the paired statistics, render.py the text formats, plots.py the figures and site.py the html; this module gathers
-their public names.
+the paired statistics, robustness.py effective robustness on ImageNet's shift sets, render.py the text formats,
+plots.py and robustness_plot.py the figures and site.py the html; this module gathers their public names.
 
 Definitions (the README's "Leaderboard" section says the same to users):
 
@@ -71,6 +71,7 @@ from transfer_eval.report.render import (
     to_latex,
     write_text,
 )
+from transfer_eval.report.robustness_plot import plot_robustness
 from transfer_eval.report.site import compare_html, html_report, leaderboard_html
 
 FORMATS = ("table", "markdown", "csv", "json", "latex", "html")
@@ -124,6 +125,7 @@ __all__ = [
     "plot_compare",
     "plot_curves",
     "plot_leaderboard",
+    "plot_robustness",
     "render",
     "resolve_group",
     "sort_rows",

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transfer_eval.errors import UserError, unknown_name
-from transfer_eval.report import variants
+from transfer_eval.report import robustness, variants
 from transfer_eval.store.results import Result, Store
 from transfer_eval.tasks.groups import GROUPS, Group
 
@@ -149,6 +149,7 @@ class Row:
     variant: str = ""  # what the user chose beyond the mode (report/variants.py)
     variant_key: tuple = ()
     mean_rule: str = "tasks"  # MEAN_RULES: what `mean` is for a group of parts (VTAB-1k)
+    robustness: dict = field(default_factory=dict)  # shift set -> report.robustness.Effective | None
 
     @property
     def label(self) -> str:
@@ -270,6 +271,9 @@ class Row:
             return getattr(self, column)
         if column in self.part_means:
             return self.part_means[column]
+        shift = column.removesuffix(robustness.SUFFIX)  # an effective-robustness column (report/robustness.py)
+        if shift != column and shift in self.robustness:
+            return self.robustness[shift] and self.robustness[shift].value
         c = self.cells.get(column)
         return None if c is None else c.top1
 
@@ -291,6 +295,12 @@ class Leaderboard:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
     mean_rule: str = "tasks"
+    robustness: dict = field(default_factory=dict)  # shift set shown -> its report.robustness.Line
+
+    @property
+    def er_columns(self) -> list[str]:
+        """An effective-robustness column per shift set shown, after the task columns (report/robustness.py)."""
+        return [robustness.column(t) for t in self.robustness]
 
     @property
     def mean_columns(self) -> list[str]:
@@ -301,11 +311,11 @@ class Leaderboard:
 
     @property
     def columns(self) -> list[str]:
-        return ["checkpoint", "mode", *self.tasks, *self.mean_columns, *NUMERIC_COLUMNS[1:]]
+        return ["checkpoint", "mode", *self.tasks, *self.er_columns, *self.mean_columns, *NUMERIC_COLUMNS[1:]]
 
     def best_first(self, column: str) -> bool:
         """Whether `column` sorts descending by default: accuracies and their means; costs and names ascend."""
-        return column in _DESCENDING or column in self.tasks or column in self.mean_columns
+        return column in _DESCENDING or column in self.tasks or column in self.mean_columns or column in self.er_columns
 
     def row_dict(self, row: Row) -> dict:
         """One row as plain data (what --format json writes): accuracies as fractions, None where missing."""
@@ -335,6 +345,7 @@ class Leaderboard:
             "storage_ratio": row.storage_ratio,
             "train_pflops": row.train_pflops,
             "notes": row.notes,
+            **robustness.row_fields(self, row),
         }
 
     def to_frame(self):
@@ -347,6 +358,8 @@ class Leaderboard:
             d = self.row_dict(row)
             for t, cell in d.pop("tasks").items():
                 d[t], d[f"{t}_std"], d[f"{t}_n"] = (cell["top1"], cell["std"], cell["n"]) if cell else (None, None, 0)
+            d.pop("effective_robustness_line")
+            d.update({robustness.column(t): v for t, v in d.pop("effective_robustness").items()})
             rows.append(d)
         return pandas().DataFrame(rows)
 
@@ -360,11 +373,13 @@ def leaderboard(
     sort: str | None = None,
     include_limited: bool = False,
     mean: str = "tasks",
+    line: str = "testbed",
 ) -> Leaderboard:
     """Rows checkpoint x mode x variant (report/variants.py). `tasks` picks the task columns (default: the group's
     tasks, else every stored task); `group` is what the mean, storage and compute are over (default: the task
     columns shown). Runs made with --limit count only with `include_limited`. `mean`, for a group of parts
-    (VTAB-1k): over its tasks, over its parts' means, or both (MEAN_RULES)."""
+    (VTAB-1k): over its tasks, over its parts' means, or both (MEAN_RULES). `line`: the effective-robustness
+    line of each shift set shown, the shipped testbed's or fitted on the store's pretrained results (LINES)."""
     if mean not in MEAN_RULES:
         raise UserError(f"--mean {mean!r}: use {', '.join(MEAN_RULES)}")
     named = group not in (None, ALL)
@@ -401,6 +416,7 @@ def leaderboard(
     ]
     notes = list(dict.fromkeys(n for row in rows for n in row.notes)) + limited_note(found, include_limited)
     lb = Leaderboard(shown, grp, rows, notes, mean)
+    robustness.attach(lb, found, robustness.lines(store, shown, line, include_limited))  # report/robustness.py
     sort_rows(lb, sort)
     return lb
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from transfer_eval.errors import UserError
+from transfer_eval.report import robustness
 from transfer_eval.report.compare import ALPHA, Comparison
 from transfer_eval.report.leaderboard import BYTES_PER_PARAM, NUMERIC_COLUMNS, Cell, Leaderboard, Row
 
@@ -76,6 +77,7 @@ def display_headers(lb: Leaderboard) -> list[str]:
         "checkpoint",
         "mode",
         *[t.removeprefix(prefix) for t in lb.tasks],
+        *[f"{t.removeprefix(prefix)} ER" for t in lb.robustness],  # effective robustness (report/robustness.py)
         *[_mean_header(lb, c) for c in lb.mean_columns],
         "params/task",
         "backbone params",  # trainable outside the head: the PEFT tables' Params column
@@ -99,6 +101,7 @@ def _mean_text(row: Row, column: str) -> str:
 
 def display_row(row: Row, tasks: list[str], mean_columns: list[str] = ("mean",)) -> list[str]:
     accs = [acc_text(row.cells.get(t)) for t in tasks]
+    accs += [robustness.text(e, MISSING) for e in row.robustness.values()]  # effective robustness, per shift set
     means = [_mean_text(row, c) for c in mean_columns]
     deployed = row.deployed_gflops_per_image
     costs = [human_count(row.params_per_task), human_count(row.params_backbone)]
@@ -147,6 +150,7 @@ def legend(lb: Leaderboard) -> list[str]:
         f"suite storage: shared backbone + one stored delta per task of the group ({BYTES_PER_PARAM} bytes/param "
         "for the backbone); vs copies: that / T full copies of the model.",
         "train PFLOPs: training compute summed over the group's tasks (one seed).",
+        *robustness.legend(lb),
     ] + [f"* {n}" for n in lb.notes]
 
 
@@ -192,6 +196,7 @@ def to_csv(lb: Leaderboard) -> str:
             "mode",
             "variant",
             *[f"{t}{s}" for t in lb.tasks for s in ("", "_std", "_n")],
+            *lb.er_columns,  # <task>_effective_robustness, a fraction (report/robustness.py)
             "group",
             *lb.group.part_names,
             "mean",
@@ -213,6 +218,7 @@ def to_csv(lb: Leaderboard) -> str:
         for t in lb.tasks:
             c = r.cells.get(t)
             cells += ["", "", 0] if c is None else [c.top1, v(c.std), c.n]
+        cells += [v(r.value(k)) for k in lb.er_columns]
         w.writerow(
             [
                 r.checkpoint,
@@ -292,6 +298,7 @@ def compare_headers(cmp: Comparison) -> list[str]:
         "d params/task",
         "d train PFLOPs",
         "d fwd GFLOPs/img",
+        *(["d ER pp"] if robustness.compare_note(cmp) else []),  # effective robustness, B - A (shift sets)
     ]
 
 
@@ -313,6 +320,7 @@ def compare_table_rows(cmp: Comparison, other: str) -> list[list[str]]:
                 _signed(r.d_params_per_task, ","),
                 _signed(r.d_train_pflops, ".3g"),
                 _signed(r.d_fwd_gflops_per_image, ".3g"),
+                *([_pp(r.d_effective_robustness)] if robustness.compare_note(cmp) else []),
             ]
         )
     return out
@@ -338,7 +346,7 @@ def compare_intro(cmp: Comparison) -> list[str]:
         f"percentile bootstrap over test examples ({cmp.resamples} resamples, seed 0); p: McNemar's exact "
         "test; d = B - A for costs."
     )
-    return lines
+    return lines + robustness.compare_note(cmp)
 
 
 def compare_text(cmp: Comparison) -> str:
