@@ -216,9 +216,12 @@ def test_a_stored_line_needs_five_checkpoints_and_is_fitted_on_them(db, tmp_path
 
 
 def test_the_robustness_plot_is_written(db, tmp_path):
-    lb = _board(db)
-    report.plot_robustness(lb, tmp_path / "robustness.png")
+    from transfer_eval.report import site
+
+    section = "".join(site._robustness_section(_board(db), tmp_path))  # report --html's section: the plot beside
+    assert 'id="robustness"' in section and '<img src="robustness.png"' in section
     assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert site._robustness_section(_board(db, tasks=["imagenet1k"]), tmp_path / "none") == []
     with pytest.raises(UserError, match="no shift set among the task columns shown"):
         report.plot_robustness(_board(db, tasks=["imagenet1k"]), tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
