@@ -84,7 +84,9 @@ def taori_standard(checkout: Path) -> list[dict]:
         if name not in standard or any(s in name.lower() for s in ("aws", "batch64", "subsample")):
             continue
         if r.get("val") and r.get("objectnet-1.0-beta"):
-            rows.append({"model": name, "val": f"{float(r['val']):.3f}", "objectnet": f"{float(r['objectnet-1.0-beta']):.3f}"})
+            rows.append(
+                {"model": name, "val": f"{float(r['val']):.3f}", "objectnet": f"{float(r['objectnet-1.0-beta']):.3f}"}
+            )
     return sorted(rows, key=lambda r: -float(r["val"]))
 
 
