@@ -38,6 +38,8 @@ NOT_RUN = [
     (r"--registry my_checkpoints\.yaml", "uses the template registry above (the user's own weights file)"),
     (r"--tasks-dir my_tasks", "uses the template task plugin above (the user's own data)"),
     (r"leaderboard --group vtab1k", "ranks the VTAB-1k runs of the command before it, which reads VTAB-1k's data"),
+    (r"--plot-robustness", "ranks the ImageNet runs of the command before it, which reads ImageNet's data; "
+     "tests/report/test_effective_robustness.py checks the ER columns, the sort key and the plot"),
     (r"-t cifar100 ", "reads CIFAR-100 from disk and downloads DINOv2's or CLIP's weights"),
     (r"cost -c vit_base_patch16_224", "counts ViT-B/16's FLOPs, a minute on a 2-core CPU; tests/methods/test_costs.py "
      "and test_peft_costs.py check those counts"),

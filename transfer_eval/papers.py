@@ -4,7 +4,8 @@ A preset is a YAML file, one per paper table, shipped in `papers/` beside the ta
 inside the package) or in a user's folder (`--papers-dir DIR`; a user's preset of the same name wins). It names
 the paper (arXiv id) and table, the settings every cell shares, one or more parts (the sub-tables the paper
 prints), each with rows and columns, and the published numbers (a number, [mean, std], or {value: V, printed: P}
-where the paper printed a typo P and V is the corrected number, which is compared):
+where the paper printed a typo P and V is the corrected number, which is compared). Numbers published outside a
+paper (timm's results tables) give `url: WHERE` instead of `arxiv`:
 
     name: three-things-table6            # the file's name without .yaml
     paper: Three things everyone should know about Vision Transformers
@@ -49,7 +50,7 @@ from transfer_eval.errors import UserError, unknown_name
 
 SETTINGS = ("checkpoint", "task", "mode", "resolution", "recipe", "set", "seeds")
 TOP_KEYS = {"name", "paper", "arxiv", "table", "caption", "tolerance", "std", "choices", "parts", "rows", "columns"}
-TOP_KEYS |= {"published", "metric", *SETTINGS}
+TOP_KEYS |= {"published", "metric", "url", *SETTINGS}
 PART_KEYS = {"title", "rows", "columns", "published", *SETTINGS}
 LINE_KEYS = {"label", "unrunnable", "note", "params", "params_note", "per_column", *SETTINGS}
 METRICS = {"top1": "top-1 accuracy (%) on each task's test split"}
@@ -108,6 +109,11 @@ class Preset:
     metric: str = "top1"
     # (part, row) -> trainable backbone parameters (head excluded) of the row's runs, as count_params counts them
     backbone_params: dict = field(default_factory=dict)
+    url: str = ""  # where the numbers are published, for a table that is no paper's (then `arxiv` is "")
+
+    @property
+    def where(self) -> str:
+        return f"arXiv:{self.arxiv}" if self.arxiv else self.url
 
     def cell(self, part: str, row: str, column: str) -> Cell | None:
         for c in self.cells:
@@ -233,9 +239,9 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
         raise UserError(f"paper preset {path}: cannot be read ({e.strerror})") from None
     where = f"paper preset {path}"
     doc = _check_keys(doc, TOP_KEYS, where)
-    for key in ("name", "paper", "arxiv", "table"):
+    for key in ("name", "paper", "arxiv" if not doc.get("url") else "url", "table"):
         if not isinstance(doc.get(key), (str, int, float)) or doc.get(key) in ("", None):
-            raise UserError(f"{where}: needs `{key}`")
+            raise UserError(f"{where}: needs `{key}`" + (" (or `url`, for numbers no paper prints)" * (key == "arxiv")))
     if str(doc["name"]) != path.stem:
         raise UserError(f"{where}: `name` is {doc['name']!r}, but the file is {path.name}; they must agree")
     metric = doc.get("metric", "top1")
@@ -324,7 +330,7 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
     preset = Preset(
         name=path.stem,
         paper=str(doc["paper"]),
-        arxiv=str(doc["arxiv"]),
+        arxiv=str(doc.get("arxiv") or ""),
         table=str(doc["table"]),
         caption=str(doc.get("caption") or ""),
         tolerance=float(tolerance),
@@ -334,6 +340,7 @@ def parse(path: Path, registries=(), tasks_dirs=()) -> Preset:
         cells=cells,
         source=str(path),
         metric=metric,
+        url=str(doc.get("url") or ""),
     )
     resolve(preset, registries, tasks_dirs)
     return preset

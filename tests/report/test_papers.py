@@ -20,6 +20,7 @@ from transfer_eval.measure import planning
 from transfer_eval.store.results import Result, Store
 
 SHIPPED = {"three-things-table6", "three-things-table5", "vit-table5", "scaling-vit-fewshot", "vtab1k-noah"}
+SHIPPED |= {"timm-imagenet"}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,12 @@ def test_every_shipped_preset_validates_and_carries_the_papers_numbers(shipped):
     vit = shipped["vit-table5"]
     assert {c.row for c in vit.runnable} == {"ImageNet-21k ViT-B/16", "ImageNet-21k ViT-L/16", "ImageNet-21k ViT-H/14"}
     assert vit.cell("", "JFT-300M ViT-H/14", "Pets").unrunnable == "no public JFT-300M weights"
-    assert vit.cell("", "ImageNet-21k ViT-B/16", "ReaL").unrunnable == "no ImageNet ReaL-labels task"
-    assert {c.task for c in vit.runnable} == {"cifar10", "cifar100", "imagenet1k", "flowers102", "oxford_pets"}
+    real = vit.cell("", "ImageNet-21k ViT-B/16", "ReaL")  # the ImageNet column's model scored on ReaL's labels
+    assert real.unrunnable is None and real.published == 88.35 and real.runs[0].task.name == "imagenet_real"
+    assert real.runs[0].mode.name == "full" and real.runs[0].recipe["resolution"] == 384
+    assert {c.task for c in vit.runnable} == {"cifar10", "cifar100", "imagenet1k", "imagenet_real", "flowers102"} | {
+        "oxford_pets"
+    }
     few = shipped["scaling-vit-fewshot"]
     assert all(c.unrunnable for c in few.cells if c.part.startswith("JFT-3B"))
     five = few.cell("Public ViTs, the same protocol", "AugReg ViT-L/16 (IN-21k)", "INet5")
@@ -76,7 +81,10 @@ def test_paper_list(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json_lines(proc.stdout)}
     assert set(rows) == SHIPPED and rows["three-things-table6"]["runs"] == 54
-    assert rows["vit-table5"]["tasks"] == ["cifar10", "cifar100", "flowers102", "imagenet1k", "oxford_pets"]
+    assert rows["vit-table5"]["tasks"] == ["cifar10", "cifar100", "flowers102", "imagenet1k", "imagenet_real"] + [
+        "oxford_pets"
+    ]
+    assert rows["timm-imagenet"]["where"].startswith("https://github.com/huggingface/pytorch-image-models")
 
 
 # ------------------------------------------------------------------------------------------- bad presets

@@ -611,7 +611,7 @@ def site(board_db, tmp_path_factory):
 
 def test_report_files(site):
     pages = {f"paper-{name}.html" for name in ("three-things-table5", "three-things-table6", "vit-table5")}
-    pages |= {"paper-scaling-vit-fewshot.html", "paper-vtab1k-noah.html"}  # a page per shipped paper preset
+    pages |= {"paper-scaling-vit-fewshot.html", "paper-vtab1k-noah.html", "paper-timm-imagenet.html"}  # each preset
     assert {p.name for p in site.iterdir()} == {"index.html", "accuracy_vs_cost.png", "compare.png", *pages}
     text = (site / "index.html").read_text()
     assert "<script src" not in text and "<link" not in text  # no CDN, nothing fetched

@@ -88,6 +88,8 @@ def paper_list(papers_dirs, registries, tasks_dirs, as_json):
                 "name": p.name,
                 "paper": p.paper,
                 "arxiv": p.arxiv,
+                "url": p.url,
+                "where": p.where,
                 "table": p.table,
                 "cells": len(p.cells),
                 "runnable": len(p.runnable),
@@ -101,7 +103,7 @@ def paper_list(papers_dirs, registries, tasks_dirs, as_json):
             click.echo(json.dumps(r))
         return
     table = [
-        [r["name"], f"{r['paper']} (arXiv:{r['arxiv']})", r["table"], f"{r['runnable']} of {r['cells']}", r["runs"]]
+        [r["name"], f"{r['paper']} ({r['where']})", r["table"], f"{r['runnable']} of {r['cells']}", r["runs"]]
         for r in rows
     ]
     click.echo(
@@ -216,7 +218,7 @@ def _print_plan(preset, rows, ready, rate, no_store) -> None:
     def num(x, fmt):
         return "" if x is None else format(x, fmt)
 
-    click.echo(f"{preset.paper} (arXiv:{preset.arxiv}), {preset.table}: {len(rows)} cells")
+    click.echo(f"{preset.paper} ({preset.where}), {preset.table}: {len(rows)} cells")
     if no_store:
         click.echo("(no results store yet: every runnable cell is missing)")
     table = [

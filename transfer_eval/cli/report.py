@@ -23,6 +23,16 @@ from transfer_eval.errors import UserError
 include_limited_option = click.option(
     "--include-limited", is_flag=True, help="Also count results of --limit runs (a quick look at part of the data)."
 )
+# effective robustness on ImageNet's shift sets (transfer_eval/report/robustness.py)
+line_option = click.option(
+    "--line",
+    type=click.Choice(["testbed", "stored"]),
+    default="testbed",
+    show_default=True,
+    help="The effective-robustness line of each shift set shown (ImageNet-v2, -Sketch, -A, -R, ObjectNet): fitted "
+    "on timm's published results (Taori et al.'s for ObjectNet), or on this store's own pretrained results (at "
+    "least 5 checkpoints with both imagenet1k and the set).",
+)
 
 
 def _task_columns(value: str | None) -> list[str]:
@@ -71,8 +81,8 @@ def _task_columns(value: str | None) -> list[str]:
     "--sort",
     default=None,
     metavar="COLUMN[:asc|desc]",
-    help="checkpoint, mode, a task name, mean, params_per_task, suite_bytes, storage_ratio or "
-    "train_pflops. Default: mean, best first; missing values always last.",
+    help="checkpoint, mode, a task name, mean, params_per_task, suite_bytes, storage_ratio, "
+    "train_pflops or TASK_effective_robustness. Default: mean, best first; missing values always last.",
 )
 @format_option
 @output_option
@@ -82,6 +92,14 @@ def _task_columns(value: str | None) -> list[str]:
     default=None,
     help="Also plot accuracy against params/task and training compute (.png, .svg or .pdf).",
 )
+@click.option(
+    "--plot-robustness",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also plot each shift set's top-1 against imagenet1k's on logit axes, with the line and the testbed "
+    "(.png, .svg or .pdf).",
+)
+@line_option
 @include_limited_option
 @results_option
 def leaderboard(
@@ -95,6 +113,8 @@ def leaderboard(
     fmt,
     output,
     plot,
+    plot_robustness,
+    line,
     include_limited,
     results,
 ):
@@ -104,7 +124,9 @@ def leaderboard(
     Several seeds show as mean ± std (n); every cell and mean carries its 95% interval [low, high], and the
     cells that cannot be told from their column's best are bold (≈ in the table). A missing result shows as
     missing, and a group mean with a missing task as incomplete. csv and json carry raw values (accuracies as
-    fractions).
+    fractions). A shift set of ImageNet shown (imagenetv2_matched_frequency, imagenet_sketch, imagenet_a,
+    imagenet_r, objectnet) adds its effective robustness (ER, Taori et al. 2020): its top-1 minus the line's at
+    the row's imagenet1k top-1.
 
     \b
     Examples:
@@ -113,6 +135,7 @@ def leaderboard(
       transfer-eval leaderboard -m attention,full --sort train_pflops --plot acc_vs_cost.png
       transfer-eval leaderboard --group vtab1k --mean both
       transfer-eval leaderboard --metric ece --format json
+      transfer-eval leaderboard -t imagenet1k,imagenet_r --plot-robustness robustness.png
     """
     from transfer_eval import report
 
@@ -120,6 +143,8 @@ def leaderboard(
         report.check_plot_path(plot)
         if metric != "top1":
             raise UserError(f"--plot draws top-1 against cost; --metric {metric} changes the table only: drop one")
+    if plot_robustness:
+        report.check_plot_path(plot_robustness)
     store = open_store(results)
     lb = report.leaderboard(
         store,
@@ -131,7 +156,10 @@ def leaderboard(
         include_limited,
         mean_rule,
         metric,
+        line=line,
     )
+    if plot_robustness:
+        report.robustness_plot.check(lb, plot_robustness)  # no shift set shown: one line, before any output
     text = report.render(lb, fmt)
     if output:
         report.write_text(output, text)
@@ -141,6 +169,9 @@ def leaderboard(
     if plot:
         report.plot_leaderboard(lb, plot)
         click.echo(f"wrote {plot}", err=True)
+    if plot_robustness:
+        report.plot_robustness(lb, plot_robustness)
+        click.echo(f"wrote {plot_robustness}", err=True)
     store.close()
 
 
@@ -169,17 +200,28 @@ def leaderboard(
     default=None,
     help="Also plot the differences with their CIs (.png, .svg or .pdf).",
 )
+@line_option
 @include_limited_option
 @results_option
 @json_option
 def compare(
-    checkpoint_names, checkpoint_option, task_names, mode_names, resamples, plot, include_limited, results, as_json
+    checkpoint_names,
+    checkpoint_option,
+    task_names,
+    mode_names,
+    resamples,
+    plot,
+    line,
+    include_limited,
+    results,
+    as_json,
 ):
     """Paired comparison of checkpoints on every task and mode both were run on.
 
     delta = B - A (A: the first checkpoint; with more than two, each is compared against the first), with a
     95% paired bootstrap CI and McNemar's exact p-value from the stored per-sample predictions; results measured
-    on different test examples are refused. Win / loss: p < 0.05.
+    on different test examples are refused. Win / loss: p < 0.05. On an ImageNet shift set, the difference in
+    effective robustness too (d ER).
 
     \b
     Examples:
@@ -196,7 +238,13 @@ def compare(
         report.check_plot_path(plot)
     store = open_store(results)
     cmp = report.compare(
-        store, list(checkpoint_names), csv(task_names), csv(mode_names), resamples, include_limited=include_limited
+        store,
+        list(checkpoint_names),
+        csv(task_names),
+        csv(mode_names),
+        resamples,
+        include_limited=include_limited,
+        line=line,
     )
     if as_json:
         if len(cmp.others) > 1:
@@ -236,12 +284,23 @@ def compare(
 @click.option("-c", "--checkpoint", "checkpoint_names", default=None, help="Only these checkpoints (comma-separated).")
 @click.option("-t", "--task", "task_names", default=None, help="The task columns (comma-separated), as leaderboard's.")
 @click.option("-m", "--mode", "mode_names", default=None, help="Only these modes (comma-separated).")
+@line_option
 @registry_option
 @tasks_dir_option
 @papers_dir_option
 @results_option
 def report(
-    html_dir, group, resamples, checkpoint_names, task_names, mode_names, registries, tasks_dirs, papers_dirs, results
+    html_dir,
+    group,
+    resamples,
+    checkpoint_names,
+    task_names,
+    mode_names,
+    line,
+    registries,
+    tasks_dirs,
+    papers_dirs,
+    results,
 ):
     """A static html report: the sortable leaderboard, the comparisons against the top checkpoint and the plots.
 
@@ -271,6 +330,7 @@ def report(
         csv(checkpoint_names),
         _task_columns(task_names),
         csv(mode_names),
+        line=line,
     )
     store.close()
     click.echo(f"wrote {index}")

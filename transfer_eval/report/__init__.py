@@ -3,8 +3,9 @@
 leaderboard.py holds the model (groups, cells, rows), variants.py what tells a row's variants apart, metrics.py
 what a cell can show (--metric), intervals.py the cells' and means' 95% intervals, ties.py which cells are tied
 with their column's best, paired.py the paired statistics (McNemar, bootstrap) that compare.py and ties.py share,
-render.py the text formats, plots.py the figures, reliability.py a run's reliability diagram and site.py the html;
-this module gathers their public names.
+robustness.py effective robustness on ImageNet's shift sets, render.py the text formats, plots.py and
+robustness_plot.py the figures, reliability.py a run's reliability diagram and site.py the html; this module
+gathers their public names.
 
 Definitions (the README's "Leaderboard" section says the same to users):
 
@@ -89,6 +90,7 @@ from transfer_eval.report.render import (
     to_latex,
     write_text,
 )
+from transfer_eval.report.robustness_plot import plot_robustness
 from transfer_eval.report.site import compare_html, html_report, leaderboard_html
 
 FORMATS = ("table", "markdown", "csv", "json", "latex", "html")
@@ -144,6 +146,7 @@ __all__ = [
     "plot_curves",
     "plot_leaderboard",
     "plot_run",
+    "plot_robustness",
     "render",
     "resolve_group",
     "sort_rows",

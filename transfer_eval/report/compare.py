@@ -9,7 +9,7 @@ import numpy as np
 
 from transfer_eval.errors import UserError, unknown_name
 from transfer_eval.methods import inference
-from transfer_eval.report import variants
+from transfer_eval.report import robustness, variants
 from transfer_eval.report.leaderboard import Cell, _setup_note, build_cells, limited_note
 from transfer_eval.report.paired import ALPHA, paired_stats, pick_runs
 from transfer_eval.store.results import Store
@@ -68,6 +68,10 @@ class Paired:
     d_train_pflops: float | None = None
     d_fwd_gflops_per_image: float | None = None
     variant: str = ""  # what both sides chose beyond the mode ('10-shot', '@384'): like is paired with like
+    # on a shift set: each side's effective robustness and B - A (report/robustness.py); fractions
+    er_a: float | None = None
+    er_b: float | None = None
+    d_effective_robustness: float | None = None
 
     @property
     def label(self) -> str:
@@ -84,6 +88,7 @@ class Comparison:
     rows: list[Paired]  # one per (other, task, mode, variant)
     resamples: int
     notes: list[str] = field(default_factory=list)
+    lines: dict = field(default_factory=dict)  # shift set -> its effective-robustness line (report/robustness.py)
 
     def to_frame(self):
         """One row per (B, task, mode) as a pandas DataFrame (pandas: the `pandas` extra)."""
@@ -109,9 +114,11 @@ def compare(
     resamples: int = 10_000,
     seed: int = 0,
     include_limited: bool = False,
+    line: str = "testbed",
 ) -> Comparison:
     """Each checkpoint after the first against the first (the reference), per (task, mode, variant) both were run
-    on (the variants named over both sides' results: report/variants.py)."""
+    on (the variants named over both sides' results: report/variants.py); on a shift set, the difference in
+    effective robustness too, against `line` (report/robustness.py)."""
     checkpoints = list(dict.fromkeys(checkpoints))
     if len(checkpoints) < 2:
         raise UserError(
@@ -147,7 +154,9 @@ def compare(
     if all(r.verdict == "refused" for r in rows):
         raise UserError(f"nothing to compare: {rows[0].reason} for every shared task and mode")
     notes = list(dict.fromkeys(notes))
-    return Comparison(ref, others, rows, resamples, notes + limited_note(found, include_limited))
+    cmp = Comparison(ref, others, rows, resamples, notes + limited_note(found, include_limited))
+    robustness.add_differences(store, cmp, {r.run_id: r for r in found}, line, include_limited, modes)
+    return cmp
 
 
 def _not_stored(name: str, stored: set[str], store: Store) -> UserError:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transfer_eval.errors import UserError, unknown_name
-from transfer_eval.report import intervals, metrics, ties, variants
+from transfer_eval.report import intervals, metrics, robustness, ties, variants
 from transfer_eval.store.results import Result, Store
 from transfer_eval.tasks.groups import GROUPS, Group
 
@@ -171,6 +171,7 @@ class Row:
     variant: str = ""  # what the user chose beyond the mode (report/variants.py)
     variant_key: tuple = ()
     mean_rule: str = "tasks"  # MEAN_RULES: what `mean` is for a group of parts (VTAB-1k)
+    robustness: dict = field(default_factory=dict)  # shift set -> report.robustness.Effective | None
 
     @property
     def label(self) -> str:
@@ -292,6 +293,9 @@ class Row:
             return getattr(self, column)
         if column in self.part_means:
             return self.part_means[column]
+        shift = column.removesuffix(robustness.SUFFIX)  # an effective-robustness column (report/robustness.py)
+        if shift != column and shift in self.robustness:
+            return self.robustness[shift] and self.robustness[shift].value
         c = self.cells.get(column)
         return None if c is None else c.value
 
@@ -314,6 +318,12 @@ class Leaderboard:
     notes: list[str] = field(default_factory=list)
     mean_rule: str = "tasks"
     metric: str = metrics.DEFAULT  # what the cells show (report/metrics.py)
+    robustness: dict = field(default_factory=dict)  # shift set shown -> its report.robustness.Line
+
+    @property
+    def er_columns(self) -> list[str]:
+        """An effective-robustness column per shift set shown, after the task columns (report/robustness.py)."""
+        return [robustness.column(t) for t in self.robustness]
 
     @property
     def mean_columns(self) -> list[str]:
@@ -324,11 +334,13 @@ class Leaderboard:
 
     @property
     def columns(self) -> list[str]:
-        return ["checkpoint", "mode", *self.tasks, *self.mean_columns, *NUMERIC_COLUMNS[1:]]
+        return ["checkpoint", "mode", *self.tasks, *self.er_columns, *self.mean_columns, *NUMERIC_COLUMNS[1:]]
 
     def best_first(self, column: str) -> bool:
         """Whether `column` sorts descending by default: accuracies and their means (not ECE, NLL); costs and names
         ascend."""
+        if column in self.er_columns:  # effective robustness (report/robustness.py): higher first
+            return True
         shown = column in _DESCENDING or column in self.tasks or column in self.mean_columns
         return shown and not metrics.get(self.metric).lower_better
 
@@ -363,6 +375,7 @@ class Leaderboard:
             # --- trust (issue 40): what the cells show, the means' 95% intervals (report/intervals.py)
             "metric": self.metric,
             **intervals.row_fields(row),
+            **robustness.row_fields(self, row),
         }
 
     def to_frame(self):
@@ -377,6 +390,8 @@ class Leaderboard:
                 d[t], d[f"{t}_std"], d[f"{t}_n"] = (cell["value"], cell["std"], cell["n"]) if cell else (None, None, 0)
                 d[f"{t}_ci_low"], d[f"{t}_ci_high"] = (cell["ci_low"], cell["ci_high"]) if cell else (None, None)
                 d[f"{t}_tied_with_best"] = cell and cell["tied_with_best"]
+            d.pop("effective_robustness_line")
+            d.update({robustness.column(t): v for t, v in d.pop("effective_robustness").items()})
             rows.append(d)
         return pandas().DataFrame(rows)
 
@@ -391,12 +406,15 @@ def leaderboard(
     include_limited: bool = False,
     mean: str = "tasks",
     metric: str = metrics.DEFAULT,
+    line: str = "testbed",
 ) -> Leaderboard:
     """Rows checkpoint x mode x variant (report/variants.py). `tasks` picks the task columns (default: the group's
     tasks, else every stored task); `group` is what the mean, storage and compute are over (default: the task
     columns shown). Runs made with --limit count only with `include_limited`. `mean`, for a group of parts
     (VTAB-1k): over its tasks, over its parts' means, or both (MEAN_RULES). `metric`: what the cells show and
-    sort by (report/metrics.py); each task column's ties with its best are decided from the stored predictions."""
+    sort by (report/metrics.py); each task column's ties with its best are decided from the stored predictions.
+    `line`: the effective-robustness line of each shift set shown, the shipped testbed's or fitted on the store's
+    pretrained results (report/robustness.py)."""
     if mean not in MEAN_RULES:
         raise UserError(f"--mean {mean!r}: use {', '.join(MEAN_RULES)}")
     metrics.get(metric)
@@ -437,6 +455,7 @@ def leaderboard(
     notes = list(dict.fromkeys(n for row in rows for n in row.notes)) + limited_note(found, include_limited)
     lb = Leaderboard(shown, grp, rows, notes, mean, metric=metric)
     lb.notes += ties.mark(lb, store)
+    robustness.attach(lb, found, robustness.lines(store, shown, line, include_limited))  # report/robustness.py
     sort_rows(lb, sort)
     return lb
 

@@ -113,7 +113,7 @@ def not_run(preset: Preset) -> list[str]:
 def header_lines(preset: Preset, outs: list[Outcome]) -> list[str]:
     n = counts(outs)
     return [
-        f"{preset.paper} (arXiv:{preset.arxiv}), {preset.table}: {preset.caption}".strip(),
+        f"{preset.paper} ({preset.where}), {preset.table}: {preset.caption}".strip(),
         f"Metric: top-1 accuracy (%) on each task's test split. Verdict: {rule(preset)}.",
         f"{len(outs)} cells: {n['within']} within, {n['outside']} outside, {n['missing']} missing, "
         f"{n['no published number']} without a published number, {n['cannot be run']} cannot be run.",
@@ -160,6 +160,7 @@ def render(preset: Preset, outs: list[Outcome], fmt: str) -> str:
             "preset": preset.name,
             "paper": preset.paper,
             "arxiv": preset.arxiv,
+            "url": preset.url,
             "table": preset.table,
             "caption": preset.caption,
             "rule": rule(preset),

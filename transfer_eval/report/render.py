@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from transfer_eval.errors import UserError
-from transfer_eval.report import intervals, metrics, ties
+from transfer_eval.report import intervals, metrics, robustness, ties
 from transfer_eval.report.compare import ALPHA, Comparison
 from transfer_eval.report.leaderboard import BYTES_PER_PARAM, NUMERIC_COLUMNS, Cell, Leaderboard, Row
 
@@ -85,6 +85,7 @@ def display_headers(lb: Leaderboard) -> list[str]:
         "checkpoint",
         "mode",
         *[t.removeprefix(prefix) for t in lb.tasks],
+        *[f"{t.removeprefix(prefix)} ER" for t in lb.robustness],  # effective robustness (report/robustness.py)
         *[_mean_header(lb, c) for c in lb.mean_columns],
         "params/task",
         "backbone params",  # trainable outside the head: the PEFT tables' Params column
@@ -112,6 +113,7 @@ def display_row(
 ) -> list[str]:
     """The row as shown: each cell with its 95% interval unless `ci` is False (html draws it as a bar)."""
     accs = [acc_text(row.cells.get(t), ci) for t in tasks]
+    accs += [robustness.text(e, MISSING) for e in row.robustness.values()]  # effective robustness, per shift set
     means = [_mean_text(row, c, metric, ci) for c in mean_columns]
     deployed = row.deployed_gflops_per_image
     costs = [human_count(row.params_per_task), human_count(row.params_backbone)]
@@ -175,6 +177,7 @@ def legend(lb: Leaderboard) -> list[str]:
         f"suite storage: shared backbone + one stored delta per task of the group ({BYTES_PER_PARAM} bytes/param "
         "for the backbone); vs copies: that / T full copies of the model.",
         "train PFLOPs: training compute summed over the group's tasks (one seed).",
+        *robustness.legend(lb),
     ] + [f"* {n}" for n in lb.notes]
 
 
@@ -226,6 +229,7 @@ def to_csv(lb: Leaderboard) -> str:
             "variant",
             "metric",
             *[f"{t}{s}" for t in lb.tasks for s in per_task],
+            *lb.er_columns,  # <task>_effective_robustness, a fraction (report/robustness.py)
             "group",
             *lb.group.part_names,
             "mean",
@@ -254,6 +258,7 @@ def to_csv(lb: Leaderboard) -> str:
             ci = intervals.cell(c) or ("", "")
             tie = "" if c.tie is None or c.tie.tied_with_best is None else c.tie.tied_with_best
             cells += [v(c.value), v(c.std), len(c.values), *ci, tie, *([v(c.cost(m.scaled))] if m.scaled else [])]
+        cells += [v(r.value(k)) for k in lb.er_columns]
         mean_ci = intervals.combined(r, "mean") or ("", "")
         w.writerow(
             [
@@ -336,6 +341,7 @@ def compare_headers(cmp: Comparison) -> list[str]:
         "d params/task",
         "d train PFLOPs",
         "d fwd GFLOPs/img",
+        *(["d ER pp"] if robustness.compare_note(cmp) else []),  # effective robustness, B - A (shift sets)
     ]
 
 
@@ -357,6 +363,7 @@ def compare_table_rows(cmp: Comparison, other: str) -> list[list[str]]:
                 _signed(r.d_params_per_task, ","),
                 _signed(r.d_train_pflops, ".3g"),
                 _signed(r.d_fwd_gflops_per_image, ".3g"),
+                *([_pp(r.d_effective_robustness)] if robustness.compare_note(cmp) else []),
             ]
         )
     return out
@@ -382,7 +389,7 @@ def compare_intro(cmp: Comparison) -> list[str]:
         f"percentile bootstrap over test examples ({cmp.resamples} resamples, seed 0); p: McNemar's exact "
         "test; d = B - A for costs."
     )
-    return lines
+    return lines + robustness.compare_note(cmp)
 
 
 def compare_text(cmp: Comparison) -> str:

@@ -24,6 +24,7 @@ from transfer_eval.report.render import (
     summary_text,
     write_text,
 )
+from transfer_eval.report.robustness_plot import plot_robustness
 from transfer_eval.store.results import Store
 from transfer_eval.tasks import names
 
@@ -137,6 +138,7 @@ def html_report(
     checkpoint_names=(),
     task_names=(),
     mode_names=(),
+    line: str = "testbed",
 ) -> Path:
     """A static site in `out_dir`: index.html (sortable leaderboard, comparisons, plots, what each checkpoint and
     task is) and the plot images.
@@ -144,11 +146,12 @@ def html_report(
     The comparisons take the leaderboard's top checkpoint as the reference and compare every other stored
     checkpoint against it. `registry` (name -> Checkpoint) and `tasks` (name -> Task) describe the stored names;
     by default the built-in registry and task plugins. `checkpoint_names`, `task_names` and `mode_names` filter the
-    leaderboard, the comparisons and the plots as `leaderboard -c/-t/-m` do (the paper pages show their presets)."""
+    leaderboard, the comparisons and the plots as `leaderboard -c/-t/-m` do (the paper pages show their presets).
+    `line`: the effective-robustness lines (report/robustness.py), where a shift set is shown."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--html {out} is a file; name a folder")
-    lb = leaderboard(store, checkpoint_names, task_names, mode_names, group=group)  # bad names: before any file
+    lb = leaderboard(store, checkpoint_names, task_names, mode_names, group=group, line=line)  # bad names: first
     out.mkdir(parents=True, exist_ok=True)
     plot_leaderboard(lb, out / "accuracy_vs_cost.png")
     ref = lb.rows[0].checkpoint
@@ -172,7 +175,7 @@ def html_report(
         sections.append('<p class="note">Only one checkpoint is stored: nothing to compare.</p>')
     else:
         try:
-            cmp = _compare_available(store, ref, others, resamples, task_names, mode_names)
+            cmp = _compare_available(store, ref, others, resamples, task_names, mode_names, line)
         except UserError as e:
             sections.append(f'<p class="note">{html.escape(str(e))}</p>')
         else:
@@ -190,11 +193,26 @@ def html_report(
         '<img src="accuracy_vs_cost.png" alt="accuracy against params per task and training compute" '
         "onload=\"this.setAttribute('data-loaded','1')\">",
     ]
+    sections += _robustness_section(lb, out)
     sections += _curves_section(lb, out)
     sections += _about_section(lb, registry, tasks)
     sections += _papers_section(store, out, papers_dirs, registries, tasks_dirs)
     write_text(out / "index.html", html_page("transfer-eval report", "\n".join(sections)))
     return out / "index.html"
+
+
+def _robustness_section(lb: Leaderboard, out: Path) -> list[str]:
+    """The effective-robustness plot, where the leaderboard shows a shift set (report/robustness.py)."""
+    if not lb.robustness:
+        return []
+    plot_robustness(lb, out / "robustness.png")
+    return [
+        '<h2 id="robustness">Effective robustness</h2>',
+        '<p class="note">Each shift set\'s top-1 against ImageNet-1k val top-1, on logit axes: grey, the testbed the '
+        "line is fitted on; above the line is effectively robust (Taori et al. 2020, arXiv 2007.00644).</p>",
+        '<img src="robustness.png" alt="shift-set top-1 against ImageNet-1k val top-1, with the line" '
+        "onload=\"this.setAttribute('data-loaded','1')\">",
+    ]
 
 
 def _calibration_section(store: Store, group, checkpoint_names, task_names, mode_names) -> list[str]:
@@ -296,13 +314,15 @@ def _papers_section(store: Store, out: Path, papers_dirs, registries, tasks_dirs
         n = counts(outs)
         items.append(
             f'<li><a href="{html.escape(page, quote=True)}">{html.escape(preset.name)}</a>: '
-            f"{html.escape(preset.paper)} (arXiv:{html.escape(preset.arxiv)}), {html.escape(preset.table)}; "
+            f"{html.escape(preset.paper)} ({html.escape(preset.where)}), {html.escape(preset.table)}; "
             f"{n['within']} within, {n['outside']} outside, {n['missing']} missing</li>"
         )
     return ['<h2 id="papers">Paper tables</h2>', f'<ul class="papers">{"".join(items)}</ul>']
 
 
-def _compare_available(store: Store, ref: str, others: list[str], resamples: int, tasks=(), modes=()) -> Comparison:
+def _compare_available(
+    store: Store, ref: str, others: list[str], resamples: int, tasks=(), modes=(), line: str = "testbed"
+) -> Comparison:
     """Compare against `ref` only the checkpoints that share a task and mode with it (of `tasks` and `modes`
     where given)."""
     keys = {}
@@ -312,4 +332,4 @@ def _compare_available(store: Store, ref: str, others: list[str], resamples: int
     usable = [o for o in others if keys.get(o, set()) & keys.get(ref, set())]
     if not usable:
         raise UserError(f"no other checkpoint shares a task and mode with {ref}: nothing to compare")
-    return compare(store, [ref, *usable], list(tasks), list(modes or ()), resamples=resamples)
+    return compare(store, [ref, *usable], list(tasks), list(modes or ()), resamples=resamples, line=line)
