@@ -329,28 +329,3 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     proc = cli(*DEMO_COMMAND, "--results", db, "--json")
     assert proc.returncode == 0, proc.stderr
     return db, proc
-
-
-# ---------------------------------------------------------------------------------- issue 39's tasks (stand-ins)
-# Until the `shift` branch's ImageNet test sets are merged, the shipped presets that name them (vit-table5's ReaL,
-# timm-imagenet) resolve against stand-ins (tests/fixtures/shift_standin). Each is added only where no built-in task
-# has its name, so this is a no-op once they are built in (then delete it and that folder).
-SHIFT_STANDIN = Path(__file__).parent / "fixtures" / "shift_standin"
-
-
-def shift_standins_needed() -> bool:
-    from transfer_eval.tasks import plugins
-
-    builtin = {t.name for t in plugins._from_folder(plugins.paths.builtin("tasks"))}
-    return any(t.name not in builtin for t in plugins._from_folder(SHIFT_STANDIN))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def shift_task_standins():
-    from transfer_eval.tasks import plugins
-
-    builtin = {t.name for t in plugins._from_folder(plugins.paths.builtin("tasks"))}
-    for t in plugins._from_folder(SHIFT_STANDIN):
-        if t.name not in builtin:
-            plugins.ADDED.setdefault(t.name, t)
-    yield

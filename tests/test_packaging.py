@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHIFT_STANDIN, cli_process, json_lines, shift_standins_needed
+from conftest import REPO, cli_process, json_lines
 
 import transfer_eval
 
@@ -73,7 +73,6 @@ def test_wheel_install_has_builtin_tasks_and_registry(tmp_path):
     assert str(target) in sources["digits"] and str(target) in sources["cifar10"]
     proc = cli_process("list", "checkpoints", "--json", env={"PYTHONPATH": str(target)}, cwd=elsewhere)
     assert "vit_demo" in {row["name"] for row in json_lines(proc.stdout)}
-    standin = ["--tasks-dir", SHIFT_STANDIN] if shift_standins_needed() else []  # until `shift` is merged
-    proc = cli_process("paper", "list", "--json", *standin, env={"PYTHONPATH": str(target)}, cwd=elsewhere)
+    proc = cli_process("paper", "list", "--json", env={"PYTHONPATH": str(target)}, cwd=elsewhere)
     presets = {row["name"]: row["source"] for row in json_lines(proc.stdout)}
     assert str(target) in presets["three-things-table6"] and len(presets) == 6, proc.stderr
