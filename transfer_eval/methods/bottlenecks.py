@@ -42,6 +42,7 @@ from timm.models.vision_transformer import Block
 
 from transfer_eval.errors import UserError
 from transfer_eval.methods import blocks as vit_blocks
+from transfer_eval.methods import seeding
 
 DROPOUT = 0.1  # both papers' dropout inside the bottleneck, after the activation
 
@@ -69,20 +70,27 @@ class Bottleneck(nn.Module):
         return out * self.scale if self.scale != 1.0 else out
 
 
+# How each bottleneck's parameters start, by name within the bottleneck (drawn by `seeding`, a generator per tensor)
+NOAH_INIT = {  # AdapterSuper.init_weights
+    "down.weight": seeding.xavier_uniform,
+    "down.bias": seeding.normal(0.0, 1e-6),
+    "up.weight": seeding.xavier_uniform,
+    "up.bias": seeding.normal(0.0, 1e-6),
+}
+ADAPTFORMER_INIT = {  # init_option "lora"
+    "down.weight": seeding.linear_default,
+    "down.bias": seeding.zeros,
+    "up.weight": seeding.zeros,
+    "up.bias": seeding.zeros,
+}
+
+
 def noah_adapter(width: int, hidden: int) -> Bottleneck:
-    b = Bottleneck(width, hidden, QuickGELU())
-    for linear in (b.down, b.up):  # AdapterSuper.init_weights
-        nn.init.xavier_uniform_(linear.weight)
-        nn.init.normal_(linear.bias, std=1e-6)
-    return b
+    return Bottleneck(width, hidden, QuickGELU())
 
 
 def adaptformer_adapter(width: int, hidden: int, scale: float) -> Bottleneck:
-    b = Bottleneck(width, hidden, nn.ReLU(), scale)
-    nn.init.kaiming_uniform_(b.down.weight, a=math.sqrt(5))  # init_option "lora"
-    for t in (b.down.bias, b.up.weight, b.up.bias):
-        nn.init.zeros_(t)
-    return b
+    return Bottleneck(width, hidden, nn.ReLU(), scale)
 
 
 class AdapterBlock(Block):
@@ -102,7 +110,7 @@ class AdaptFormerBlock(Block):
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))) + self.adaptformer(x)
 
 
-def _insert(model: nn.Module, mode: str, hidden, cls: type, attr: str, make) -> nn.Module:
+def _insert(model: nn.Module, mode: str, seed: int, hidden, cls: type, attr: str, make, init: dict) -> nn.Module:
     vit = vit_blocks.vision_transformer(model, mode)
     _whole(hidden, f"{attr}_bottleneck")  # again here: prepare is also called from Python without a planned run
     if any(isinstance(b, (AdapterBlock, AdaptFormerBlock)) for b in vit.blocks):
@@ -115,32 +123,38 @@ def _insert(model: nn.Module, mode: str, hidden, cls: type, attr: str, make) -> 
         raise UserError(
             f"mode {mode}: {attr}_bottleneck {hidden} is wider than the model (width {width}); use 1 to {width}"
         )
-    with vit_blocks.fixed_init(), torch.device("cpu"):
-        made = [make(width, hidden) for _ in vit.blocks]
-    for block, module in zip(vit.blocks, made):
+    for i, block in enumerate(vit.blocks):
         like = next(block.parameters())  # the bottleneck lives where, and in the precision, the block does
-        module = module.to(device=like.device, dtype=like.dtype)
+        with torch.device("meta"):  # built without drawing; every tensor is drawn below from its own generator
+            module = make(width, hidden)
+        module = module.to_empty(device=like.device).to(dtype=like.dtype)
+        for name, p in module.named_parameters():
+            seeding.fill_(p, init[name], seed, mode, f"blocks.{i}.{attr}.{name}")
         block.__class__ = cls  # the same Block, its forward with the bottleneck; parameters keep their names
         block.add_module(attr, module)
     return vit
 
 
-def adapter(model: nn.Module, recipe: dict) -> nn.Module:
-    """Mode adapter's prepare: NOAH's serial bottleneck (adapter_bottleneck) after every block's MLP."""
-    return _insert(model, "adapter", recipe["adapter_bottleneck"], AdapterBlock, "adapter", noah_adapter)
+def adapter(model: nn.Module, recipe: dict, seed: int = 0) -> nn.Module:
+    """Mode adapter's prepare: NOAH's serial bottleneck (adapter_bottleneck) after every block's MLP, drawn for
+    `seed`."""
+    hidden = recipe["adapter_bottleneck"]
+    return _insert(model, "adapter", seed, hidden, AdapterBlock, "adapter", noah_adapter, NOAH_INIT)
 
 
-def adaptformer(model: nn.Module, recipe: dict) -> nn.Module:
+def adaptformer(model: nn.Module, recipe: dict, seed: int = 0) -> nn.Module:
     """Mode adaptformer's prepare: AdaptFormer's parallel bottleneck (adaptformer_bottleneck, scaled by
-    adaptformer_scale) beside every block's MLP."""
+    adaptformer_scale) beside every block's MLP, drawn for `seed`."""
     scale = float(recipe["adaptformer_scale"])
     return _insert(
         model,
         "adaptformer",
+        seed,
         recipe["adaptformer_bottleneck"],
         AdaptFormerBlock,
         "adaptformer",
         lambda width, hidden: adaptformer_adapter(width, hidden, scale),
+        ADAPTFORMER_INIT,
     )
 
 
