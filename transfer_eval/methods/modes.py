@@ -315,7 +315,8 @@ MODES = {
             "finetune",
             ("adaptformer", "head"),
             "AdaptFormer: a parallel bottleneck (adaptformer_bottleneck, ReLU) beside each block's MLP, scaled by "
-            "adaptformer_scale, its up projection zero-initialised (step 0 is the backbone); the backbone frozen",
+            "adaptformer_scale, its up projection zero-initialised (step 0 is the backbone); the backbone frozen; "
+            "its scripts' BatchNorm before the head (a linear-probing hack, not in the VTAB-1k runs) left out",
             "the bottlenecks + head",
             version=2,
             defaults={"adaptformer_bottleneck": 8, "adaptformer_scale": 0.1},  # the VTAB tables' h; the paper's s
