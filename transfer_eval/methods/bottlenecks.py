@@ -25,6 +25,17 @@ biases zero, so the model is the backbone at step 0; h (`adaptformer_bottleneck`
 (AdaptFormer's own default is 64), s (`adaptformer_scale`) 0.1. With layer scale the MLP branch keeps its ls2; the
 parallel branch has its own scale s.
 
+Left out on purpose: AdaptFormer's `main_image.py` puts a BatchNorm1d(affine=False, eps=1e-6) before the head (a line
+its comment calls a hack "for linear prob only", from MAE's linear probing, which AdaptFormer's scripts start from)
+and draws the head from trunc_normal(0.01). The VTAB-1k AdaptFormer runs the tables report (V-PETL Bench's
+`vision_transformer_adaptformer.py`) have no such norm; here the head is every mode's zero-initialised Linear, and a
+BatchNorm's running statistics would be task state outside the trained tensors a delta keeps. On the demo
+(`run -c vit_demo_shapes -t digits -m adaptformer`, the task's recipe, 2026-12-07, CPU) the norm lowered test top-1:
+84.97% and 88.50% with it against 90.35% and 90.91% without (seeds 0 and 1; val 94.0% and 94.8% against 91.6%).
+
+Every tensor of a bottleneck is drawn from a generator of its own, seeded from the run's seed, the mode and its name
+(`seeding`; NOAH_INIT and ADAPTFORMER_INIT say how each starts): seeds 0, 1 and 2 start from different bottlenecks.
+
 Implementation: each timm `Block` of the model becomes, in place, a subclass of `Block` (`AdapterBlock`,
 `AdaptFormerBlock`) holding one more child, `adapter` or `adaptformer` (`blocks.3.adapter.down.weight`, ...);
 every existing parameter keeps its name, and the model stays a timm VisionTransformer (forward_features,
