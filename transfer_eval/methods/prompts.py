@@ -65,9 +65,9 @@ class PromptedBlocks(nn.Sequential):
     """A VisionTransformer's blocks with VPT's prompts: inserted after the `prefix` tokens before the first block,
     replaced by each later block's own set when deep (one set per block), removed after the last block."""
 
-    def __init__(self, blocks: nn.Sequential, prefix: int, tokens: int, width: int, deep: bool, prompts: torch.Tensor):
+    def __init__(self, blocks: nn.Sequential, prefix: int, deep: bool, prompts: torch.Tensor):
         super().__init__(*blocks)
-        self.prefix, self.tokens, self.deep = prefix, tokens, deep
+        self.prefix, self.tokens, self.deep = prefix, prompts.shape[1], deep
         self.prompts = nn.Parameter(prompts)  # sets x tokens x width: one set, or one per block when deep
 
     def _set(self, i: int, batch: int) -> torch.Tensor:
@@ -97,7 +97,7 @@ def _insert(model: nn.Module, recipe: dict, seed: int, deep: bool, mode: str) ->
     like = next(vit.blocks.parameters())  # the prompts live where, and in the precision, the backbone does
     shape = (len(vit.blocks) if deep else 1, tokens, width)
     prompts = seeding.drawn(shape, like, seeding.uniform(init_bound(patch, width)), seed, mode, "blocks.prompts")
-    vit.blocks = PromptedBlocks(vit.blocks, vit.num_prefix_tokens, tokens, width, deep, prompts)
+    vit.blocks = PromptedBlocks(vit.blocks, vit.num_prefix_tokens, deep, prompts)
     return vit
 
 
