@@ -357,7 +357,9 @@ class _Pass:
 
 def batch_loader(pipe: Pipeline, batch_sampler, device: torch.device) -> DataLoader:
     """A loader over `batch_sampler`'s index lists (training: EpochBatches, which never ends, so one iterator
-    serves the whole phase and its workers live as long)."""
+    serves the whole phase and its workers live as long). Its workers' base seed comes from a generator of its own,
+    seeded by the sampler's seed (the run's), not from torch's global generator: starting its iterator (at a resume,
+    or again after an out-of-memory back-off) draws nothing from the generator dropout and drop path use."""
     workers = default_workers(device) if pipe.workers is None else pipe.workers
     return DataLoader(
         pipe.dataset,
@@ -366,6 +368,7 @@ def batch_loader(pipe: Pipeline, batch_sampler, device: torch.device) -> DataLoa
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
         collate_fn=pipe.collate,
+        generator=torch.Generator().manual_seed(int(getattr(batch_sampler, "seed", 0))),
     )
 
 

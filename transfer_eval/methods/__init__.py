@@ -6,7 +6,8 @@
 - training: `finetune.py` (the loop, lr grid, retrain, OOM back-off), `presets.py` (the named recipes `vit`,
   `deit`, `vtab`), `resume.py` (training checkpoints, pre-emption);
 - structure the parameter-efficient modes add: `blocks.py` (the timm VisionTransformer they adapt), `prompts.py`
-  (VPT-shallow, VPT-deep), `bottlenecks.py` (NOAH's Adapter, AdaptFormer);
+  (VPT-shallow, VPT-deep), `bottlenecks.py` (NOAH's Adapter, AdaptFormer), `ssf.py`, `lora.py`; `seeding.py`: the
+  generator every new tensor is drawn from (the run's seed, the mode, the tensor's name);
 - `inference.py`: the one evaluation loop (features or top-k predictions); `companions.py`: companion test sets;
 - cost: `costs.py` (FLOPs and parameter counts), `deltas.py` (what one more task stores).
 

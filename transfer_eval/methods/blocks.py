@@ -8,9 +8,6 @@ DINOv2 with or without registers and CLIP image towers all are).
 
 from __future__ import annotations
 
-import contextlib
-
-import torch
 import torch.nn as nn
 
 from transfer_eval.errors import UserError
@@ -30,12 +27,3 @@ def vision_transformer(model: nn.Module, mode: str) -> nn.Module:
             f"towers); this checkpoint's architecture is {what}"
         )
     return model
-
-
-@contextlib.contextmanager
-def fixed_init(seed: int = 0):
-    """Draw a method's new parameters (made on the CPU inside) from torch's CPU generator seeded with `seed`, and
-    leave the generator as it was: the same initial prompts or adapters whatever ran before in the process."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield

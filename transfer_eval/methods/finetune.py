@@ -137,6 +137,11 @@ def train(
     `plan` says how images reach the model (pipeline.plan_input); `compile` runs the forward and backward through
     torch.compile."""
     seed_everything(seed)
+    # The training loader used to draw its workers' base seed from torch's generator, the first draw after the
+    # seeding; it has a generator of its own now (pipeline.batch_loader), so that a resumed phase draws what an
+    # uninterrupted one does. This draw stands in for it: every later draw (dropout, drop path, random erasing)
+    # stays where it was, and stored runs keep their results.
+    torch.empty((), dtype=torch.int64).random_()
     micro = recipe.micro_batch_size or recipe.batch_size
     pipe = pipeline.pipeline(split, data_config, device, plan, train=augmentation(recipe))
     mix = None

@@ -16,14 +16,12 @@ so an update of only the q and v rows needs the small piece of ours below (`_add
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from transfer_eval.errors import UserError
-from transfer_eval.methods import blocks
+from transfer_eval.methods import blocks, seeding
 from transfer_eval.methods.fields import FIELDS, checked_fields
 
 TARGETS = FIELDS["lora_targets"].choices  # qv, qkv, attention: declared with every recipe field
@@ -74,8 +72,9 @@ def width(model: nn.Module) -> int:
     return int(model.embed_dim)
 
 
-def prepare(model: nn.Module, recipe: dict) -> nn.Module:
-    """The recipe's adapters on the model, in place (B zero: step 0 is the backbone)."""
+def prepare(model: nn.Module, recipe: dict, seed: int = 0) -> nn.Module:
+    """The recipe's adapters on the model, in place (B zero: step 0 is the backbone); every A drawn from a generator
+    of its own, seeded from `seed` and its name (`seeding`), as peft and nn.Linear initialise it."""
     blocks.vision_transformer(model, "lora")
     recipe = {**DEFAULTS, **recipe}
     check(recipe, width(model))
@@ -90,13 +89,18 @@ def prepare(model: nn.Module, recipe: dict) -> nn.Module:
             target_modules=_qkv_linears(model) if target == "qkv" else _attention_linears(model),
             bias="none",
         )
-        return peft.inject_adapter_in_model(config, model)
+        with torch.random.fork_rng(devices=[]):  # peft draws A from torch's generator: drawn again below
+            model = peft.inject_adapter_in_model(config, model)
+        for name, p in model.named_parameters():
+            if ".lora_A." in name:  # peft's default: A Kaiming uniform (a = sqrt(5)), B zeros
+                seeding.fill_(p, seeding.linear_default, seed, "lora", name)
+        return model
     for name in _qkv_linears(model):
-        _add_qv(model.get_submodule(name), name, rank, scale, dropout)
+        _add_qv(model.get_submodule(name), name, rank, scale, dropout, seed)
     return model
 
 
-def _add_qv(qkv: nn.Linear, name: str, rank: int, scale: float, dropout: float) -> None:
+def _add_qv(qkv: nn.Linear, name: str, rank: int, scale: float, dropout: float, seed: int) -> None:
     """Rank-r updates of the q and v slices of a timm fused qkv Linear (D -> 3·D): out[:, :D] += s·B_q A_q x,
     out[:, 2D:] += s·B_v A_v x, k untouched. This is ours, not peft's, because peft's LoRA adapts a Linear's whole
     output (here q, k and v together) and timm has no separate q and v Linears to target. The adapters live on
@@ -108,9 +112,7 @@ def _add_qv(qkv: nn.Linear, name: str, rank: int, scale: float, dropout: float) 
         raise UserError(f"lora_targets qv needs a fused qkv of 3 x {d} outputs; {name} has {qkv.out_features}")
     w = qkv.weight
     for part in ("q", "v"):
-        a = torch.empty(rank, d, device=w.device, dtype=w.dtype)
-        if w.device.type != "meta":
-            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        a = seeding.drawn((rank, d), w, seeding.linear_default, seed, "lora", f"{name}.lora_{part}_A")
         qkv.register_parameter(f"lora_{part}_A", nn.Parameter(a))
         qkv.register_parameter(f"lora_{part}_B", nn.Parameter(torch.zeros(d, rank, device=w.device, dtype=w.dtype)))
     qkv.lora_scale, qkv.lora_dropout = scale, dropout

@@ -172,7 +172,9 @@ class Mode:
     defaults: dict = field(default_factory=dict, hash=False, compare=False)
     seeds: tuple[int, ...] = (0,)  # the seeds run when a user names none
     splits: tuple[str, ...] = ()  # the splits a run reads; () takes the stage's
-    prepare: Callable[[nn.Module, dict], nn.Module] | None = None  # structural change before training (LoRA)
+    # structural change before training (LoRA's adapters): (model, recipe, the run's seed) -> model; every new tensor
+    # drawn from a generator seeded from the seed, the mode and its name (methods/seeding.py)
+    prepare: Callable[[nn.Module, dict, int], nn.Module] | None = None
     # folds the method's own parameters into the backbone's weights, in place, once training is done (SSF, LoRA):
     # evaluation, inference and the deployed task's cost then run the backbone's arithmetic; returns the model
     merge: Callable[[nn.Module], nn.Module] | None = None
@@ -267,6 +269,11 @@ MODES = {
         # methods/fields.py (a whole number, 1 or more), checked when runs are planned; a bottleneck wider than the
         # model, and an architecture that is not a timm VisionTransformer, are refused by `prepare`, which the
         # runner's preflight calls on the meta device before the first run.
+        # Version 2 of vpt_shallow, vpt_deep, adapter, adaptformer, lora 3 and ssf 2: their new tensors are drawn
+        # from generators seeded by the run's seed, the mode and the tensor's name (version 1 drew the prompts and
+        # bottlenecks from seed 0 whatever the run's seed, and SSF's and LoRA's from torch's global generator,
+        # whatever ran before in the process). ssf 2 also places the final scale and shift of a mean-pooled model
+        # before its pooling, as SSF's code does.
         Mode(
             "vpt_shallow",
             "finetune",
@@ -274,6 +281,7 @@ MODES = {
             "VPT-shallow: prompt_tokens learnable tokens after the class (and register) tokens at the input, no "
             "position embedding, dropout 0.1; the backbone frozen; the head reads what it reads without prompts",
             "the prompts + head",
+            version=2,
             defaults=VPT_DEFAULTS,
             prepare=prompts.shallow,
         ),
@@ -284,6 +292,7 @@ MODES = {
             "VPT-deep: as vpt_shallow, and before every later block the prompt outputs replaced by that block's own "
             "prompt_tokens tokens (one set per block)",
             "one prompt set per block + head",
+            version=2,
             defaults=VPT_DEFAULTS,
             prepare=prompts.deep,
         ),
@@ -294,6 +303,7 @@ MODES = {
             "NOAH's Adapter: a serial bottleneck (adapter_bottleneck, QuickGELU, Xavier init) on each block's MLP "
             "output before the residual add; the backbone frozen",
             "the adapters + head",
+            version=2,
             defaults={"adapter_bottleneck": 8},  # NOAH's VTAB setting (experiments/Adapter/ViT-B_prompt_adapter_8)
             prepare=bottlenecks.adapter,
         ),
@@ -302,12 +312,15 @@ MODES = {
             "finetune",
             ("adaptformer", "head"),
             "AdaptFormer: a parallel bottleneck (adaptformer_bottleneck, ReLU) beside each block's MLP, scaled by "
-            "adaptformer_scale, its up projection zero-initialised (step 0 is the backbone); the backbone frozen",
+            "adaptformer_scale, its up projection zero-initialised (step 0 is the backbone); the backbone frozen; "
+            "its scripts' BatchNorm before the head (a linear-probing hack, not in the VTAB-1k runs) left out",
             "the bottlenecks + head",
+            version=2,
             defaults={"adaptformer_bottleneck": 8, "adaptformer_scale": 0.1},  # the VTAB tables' h; the paper's s
             prepare=bottlenecks.adaptformer,
         ),
-        # lora 2: the LoRA paper's and the VTAB papers' LoRA by default (q and v slices, scale 1), merged for test
+        # lora 2: the LoRA paper's and the VTAB papers' LoRA by default (q and v slices, scale 1), merged for test;
+        # lora 3: seeded A (above)
         Mode(
             "lora",
             "finetune",
@@ -315,7 +328,7 @@ MODES = {
             "LoRA: rank-8 updates of the q and v slices of each fused qkv, scale 1 (lora_targets qv; qkv: one pair "
             "on the fused qkv as NOAH; attention: qkv and proj), and the head; merged into the weights for test",
             "the adapters + head",
-            version=2,
+            version=3,
             defaults=lora.DEFAULTS,
             prepare=lora.prepare,
             merge=lora.merge,
@@ -326,9 +339,10 @@ MODES = {
             "ssf",
             "finetune",
             ("ssf", "head"),
-            "SSF: a scale and a shift after every norm, qkv, proj, fc1, fc2, the patch embedding and the final norm, "
-            "and the head; merged into the weights for test",
+            "SSF: a scale and a shift after every norm, qkv, proj, fc1, fc2, the patch embedding and the final norm "
+            "(before the pooling, as SSF's code), and the head; merged into the weights for test",
             "the scales and shifts + head",
+            version=2,
             prepare=ssf.prepare,
             merge=ssf.merge,
         ),
@@ -367,10 +381,11 @@ def trainable_names(mode: Mode, model: nn.Module) -> set[str]:
     return set().union(*matches(mode, model).values())
 
 
-def prepare(mode: Mode, model: nn.Module, recipe: dict | None = None) -> nn.Module:
+def prepare(mode: Mode, model: nn.Module, recipe: dict | None = None, seed: int = 0) -> nn.Module:
     """Change the model's structure where the mode needs it (LoRA's adapters), with the mode's defaults under
-    the recipe's fields."""
-    return model if mode.prepare is None else mode.prepare(model, {**mode.defaults, **(recipe or {})})
+    the recipe's fields; its new tensors start where the run of `seed` starts them (a run passes its own seed;
+    where the tensors are loaded or only counted afterwards, any seed does)."""
+    return model if mode.prepare is None else mode.prepare(model, {**mode.defaults, **(recipe or {})}, seed)
 
 
 def merge(mode: Mode, model: nn.Module) -> nn.Module:

@@ -5,6 +5,28 @@ from __future__ import annotations
 
 from transfer_eval.errors import UserError
 
+# The `vtab` preset, per fine-tuning mode: what it does with drop path and the backbone's train or eval mode, and whose
+# setting that is. The vtab1k-noah paper preset's choices carry each sentence (tests/methods/test_seeding.py).
+_VPT = (
+    "vpt_shallow and vpt_deep: drop path 0.1, the frozen backbone in train mode (NOAH's setting for its VPT rows); "
+    "VPT's own code keeps the frozen backbone in eval mode, which on a timm ViT (no batch norm, its dropouts at 0) is "
+    "drop path 0: `--set drop_path=0`."
+)
+VTAB_MODES = {
+    "full": "full: drop path 0.1, the whole model in train mode (NOAH's setting, which this preset gives every mode).",
+    "attention": "attention: drop path 0.1, the whole model in train mode (NOAH's setting).",
+    "ffn": "ffn: drop path 0.1, the whole model in train mode (NOAH's setting).",
+    "bitfit": "bitfit: drop path 0.1, the whole model in train mode (NOAH's setting).",
+    "vpt_shallow": _VPT,
+    "vpt_deep": _VPT,
+    "adapter": "adapter: drop path 0.1, the frozen backbone in train mode (NOAH's own setting for its Adapter row).",
+    "adaptformer": "adaptformer: drop path 0.1, the frozen backbone in train mode (NOAH's setting, and V-PETL Bench's "
+    "for its VTAB-1k AdaptFormer runs); AdaptFormer's own scripts train with drop path 0.",
+    "lora": "lora: drop path 0.1, the frozen backbone in train mode (NOAH's own setting for its LoRA row).",
+    "ssf": "ssf: drop path 0.1, the frozen backbone in train mode (NOAH's setting); SSF's own VTAB-1k scripts set drop "
+    "path per task (0 on 9 tasks, 0.1 on 6, 0.2 on 4).",
+}
+
 # Named, versioned presets. A task's recipe adapts the `vit` preset to its dataset (steps, warmup, lr grid); with
 # another preset only the task's schedule fields carry over (SCHEDULE_FIELDS), the optimiser comes from the preset.
 PRESETS = {
@@ -59,7 +81,10 @@ PRESETS = {
         "about": "VTAB-1k as the parameter-efficient transfer papers fine-tune (NOAH, FacT; VPT and SSF alike in "
         "kind): AdamW, weight decay 1e-4, batch 64, 10 epochs of warm-up then cosine over 100 epochs of the "
         "1,000 images, stochastic depth 0.1, no augmentation, no label smoothing; lr chosen on val200 from "
-        "{3e-4, 1e-3, 3e-3} (NOAH and FacT fix 1e-3), then retrained on train800val200",
+        "{3e-4, 1e-3, 3e-3} (NOAH and FacT fix 1e-3), then retrained on train800val200. Every mode trains with "
+        "drop path 0.1 and the whole model, frozen backbone included, in train mode: NOAH's setting for every row "
+        "of its table (VTAB_MODES says, per mode, whose setting that is and where the method's own code differs)",
+        "modes": VTAB_MODES,
         "fields": {
             "preset": "vtab",
             "preset_version": 1,

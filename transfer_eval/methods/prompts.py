@@ -23,8 +23,12 @@ Where this code follows it, or not:
 - the prompts are inserted after timm's `norm_pre` (an identity except in CLIP towers, whose `ln_pre` normalises
   the embeddings): they enter the first block as the learned vectors themselves, as in VPT, where nothing stands
   between the embedding and the encoder;
-- VPT sets the frozen backbone to eval mode while the prompts train (no backbone dropout); the suite's training
-  loop decides that for every mode alike (its drop_path recipe field, 0 by default);
+- VPT sets the frozen backbone to eval mode while the prompts train (no backbone dropout or drop path); the
+  suite's training loop decides that for every mode alike: the model trains in train mode with the recipe's
+  `drop_path` (0 in the `vit` preset, which is VPT's arithmetic, as a timm ViT has no other train-mode behaviour;
+  0.1 in `deit` and `vtab`, NOAH's setting for its VPT rows: presets.VTAB_MODES);
+- the prompts are drawn from a generator of their own, seeded from the run's seed, the mode and their name
+  (`seeding`): seeds 0, 1 and 2 start from different prompts;
 - no prompt projection (VPT's `PROJECT = -1` default) and prompts prepended, not appended after the patches as
   NOAH's re-implementation does.
 
@@ -46,6 +50,7 @@ import torch.nn.functional as F
 
 from transfer_eval.errors import UserError
 from transfer_eval.methods import blocks as vit_blocks
+from transfer_eval.methods import seeding
 from transfer_eval.methods.fields import checked_fields
 
 DROPOUT = 0.1  # the prompts' dropout (NOAH's --drop_rate_prompt for VPT on VTAB; VPT's DROPOUT field)
@@ -61,13 +66,10 @@ class PromptedBlocks(nn.Sequential):
     """A VisionTransformer's blocks with VPT's prompts: inserted after the `prefix` tokens before the first block,
     replaced by each later block's own set when deep (one set per block), removed after the last block."""
 
-    def __init__(self, blocks: nn.Sequential, prefix: int, tokens: int, width: int, deep: bool, bound: float, like):
+    def __init__(self, blocks: nn.Sequential, prefix: int, deep: bool, prompts: torch.Tensor):
         super().__init__(*blocks)
-        self.prefix, self.tokens, self.deep = prefix, tokens, deep
-        sets = len(blocks) if deep else 1
-        with vit_blocks.fixed_init():
-            prompts = torch.empty(sets, tokens, width, device="cpu").uniform_(-bound, bound)
-        self.prompts = nn.Parameter(prompts.to(device=like.device, dtype=like.dtype))
+        self.prefix, self.tokens, self.deep = prefix, prompts.shape[1], deep
+        self.prompts = nn.Parameter(prompts)  # sets x tokens x width: one set, or one per block when deep
 
     def _set(self, i: int, batch: int) -> torch.Tensor:
         # functional: torch's module tracker (FlopCounterMode) cannot hook a module fed a parameter's view under
@@ -84,7 +86,7 @@ class PromptedBlocks(nn.Sequential):
         return torch.cat((x[:, :n], x[:, n + p :]), dim=1)
 
 
-def _insert(model: nn.Module, recipe: dict, deep: bool, mode: str) -> nn.Module:
+def _insert(model: nn.Module, recipe: dict, seed: int, deep: bool, mode: str) -> nn.Module:
     vit = vit_blocks.vision_transformer(model, mode)
     checked_fields({"prompt_tokens": recipe.get("prompt_tokens")})  # planned runs are checked; Python callers too
     tokens = recipe["prompt_tokens"]
@@ -94,18 +96,20 @@ def _insert(model: nn.Module, recipe: dict, deep: bool, mode: str) -> nn.Module:
         raise UserError(f"mode {mode}: gradient checkpointing would skip the prompts; turn it off")
     width, patch = vit.embed_dim, tuple(vit.patch_embed.patch_size)
     like = next(vit.blocks.parameters())  # the prompts live where, and in the precision, the backbone does
-    vit.blocks = PromptedBlocks(vit.blocks, vit.num_prefix_tokens, tokens, width, deep, init_bound(patch, width), like)
+    shape = (len(vit.blocks) if deep else 1, tokens, width)
+    prompts = seeding.drawn(shape, like, seeding.uniform(init_bound(patch, width)), seed, mode, "blocks.prompts")
+    vit.blocks = PromptedBlocks(vit.blocks, vit.num_prefix_tokens, deep, prompts)
     return vit
 
 
-def shallow(model: nn.Module, recipe: dict) -> nn.Module:
-    """Mode vpt_shallow's prepare: one set of `prompt_tokens` prompts before the first block."""
-    return _insert(model, recipe, deep=False, mode="vpt_shallow")
+def shallow(model: nn.Module, recipe: dict, seed: int = 0) -> nn.Module:
+    """Mode vpt_shallow's prepare: one set of `prompt_tokens` prompts before the first block, drawn for `seed`."""
+    return _insert(model, recipe, seed, deep=False, mode="vpt_shallow")
 
 
-def deep(model: nn.Module, recipe: dict) -> nn.Module:
-    """Mode vpt_deep's prepare: a set of `prompt_tokens` prompts before every block."""
-    return _insert(model, recipe, deep=True, mode="vpt_deep")
+def deep(model: nn.Module, recipe: dict, seed: int = 0) -> nn.Module:
+    """Mode vpt_deep's prepare: a set of `prompt_tokens` prompts before every block, drawn for `seed`."""
+    return _insert(model, recipe, seed, deep=True, mode="vpt_deep")
 
 
 def prompt_names(model: nn.Module) -> set[str]:

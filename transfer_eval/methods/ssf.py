@@ -1,7 +1,14 @@
 """SSF, scaling and shifting features (Lian et al., 2022; dongzelian/SSF `models/vision_transformer.py`): y = γ ⊙ x + β
 after norm1, attn.qkv, attn.proj, norm2, mlp.fc1 and mlp.fc2 of every block, after the patch embedding and after the
-final norm; γ ~ N(1, 0.02), β ~ N(0, 0.02). Only γ, β and the head train: 205,824 parameters on ViT-B/16
-(16,896 per block, 1,536 for each of the two outside).
+final norm; γ ~ N(1, 0.02), β ~ N(0, 0.02), each drawn from a generator of its own seeded from the run's seed and
+its name (`seeding`). Only γ, β and the head train: 205,824 parameters on ViT-B/16 (16,896 per block, 1,536 for
+each of the two outside).
+
+The final γ and β follow the model's `norm`, on every token, before the pooling, as SSF's `forward_features` places
+them (`x = ssf_ada(self.norm(x), ...)`, then `forward_head` pools and applies `fc_norm`). On a class-token model
+`norm` is the final LayerNorm. On a mean-pooled model (timm's `global_pool='avg'` with `fc_norm`) `norm` is an
+identity: γ and β then scale the last block's output before the mean and `fc_norm`, not `fc_norm`'s output (which
+is where version 1 of the mode put them: the logits differ).
 
 γ and β live on the module they follow (`<module>.ssf_scale`, `<module>.ssf_shift`) and act through a forward hook,
 so the model stays a timm model whose own weights keep their names: a delta is γ, β and the head, and loads onto
@@ -10,7 +17,9 @@ a model built from the shared checkpoint after `prepare`.
 `merge` folds them into the weights they follow, in place, and removes the hooks, so a deployed SSF task is the
 backbone's arithmetic: after a Linear (W, b), W' = diag(γ) W, b' = γ ⊙ b + β; after a LayerNorm, into its affine;
 after the patch embedding, into its convolution (or its norm, where it has one). A module without a bias gets one
-(β has to live somewhere).
+(β has to live somewhere). The final γ and β of a mean-pooled model follow no weights (the identity `norm`, after
+the last block's residual sum; the `fc_norm` after the mean normalises what they scale): they stay as they are,
+one multiply and add per token, which FLOP counting does not see.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from transfer_eval.errors import UserError
-from transfer_eval.methods import blocks
+from transfer_eval.methods import blocks, seeding
 
 SCALE, SHIFT = "ssf_scale", "ssf_shift"
 BLOCK_OPS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
@@ -30,40 +39,38 @@ def _hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
     return output * getattr(module, SCALE) + getattr(module, SHIFT)  # tokens: the channels are the last dimension
 
 
-def _width(module: nn.Module) -> int:
+def _width(module: nn.Module, model: nn.Module) -> int:
     if isinstance(module, nn.Linear):
         return module.out_features
     if isinstance(module, nn.LayerNorm):
         return module.normalized_shape[-1]
     if isinstance(module, nn.Conv2d):
         return module.out_channels
+    if isinstance(module, nn.Identity):  # the final `norm` of a mean-pooled model: the tokens' width
+        return int(model.embed_dim)
     return int(module.proj.out_channels)  # timm's PatchEmbed
 
 
 def targets(model: nn.Module) -> list[str]:
     """Names of the modules SSF follows on a timm VisionTransformer: the patch embedding, six ops per block,
-    the final norm (the `fc_norm` of a mean-pooled model, whose `norm` is an identity)."""
+    the final `norm` (before the pooling: the final LayerNorm, or the identity of a mean-pooled model)."""
     names = ["patch_embed"]
     for i, _ in enumerate(model.blocks):
         names += [f"blocks.{i}.{op}" for op in BLOCK_OPS]
-    final = "norm" if isinstance(getattr(model, "norm", None), nn.LayerNorm) else "fc_norm"
-    if isinstance(getattr(model, final, None), nn.LayerNorm):
-        names.append(final)
+    if isinstance(getattr(model, "norm", None), (nn.LayerNorm, nn.Identity)):
+        names.append("norm")
     return names
 
 
-def prepare(model: nn.Module, recipe: dict) -> nn.Module:
-    """γ and β after every op SSF names, initialised as SSF does; in place."""
+def prepare(model: nn.Module, recipe: dict, seed: int = 0) -> nn.Module:
+    """γ and β after every op SSF names, initialised as SSF does, drawn for `seed`; in place."""
     blocks.vision_transformer(model, "ssf")
+    ref = next(model.blocks.parameters())  # where, and in the precision, the backbone lives
     for name in targets(model):
         module = model.get_submodule(name)
-        ref = next(module.parameters())
-        width = _width(module)
-        scale = torch.empty(width, device=ref.device, dtype=ref.dtype)
-        shift = torch.empty(width, device=ref.device, dtype=ref.dtype)
-        if ref.device.type != "meta":
-            nn.init.normal_(scale, mean=1.0, std=INIT_STD)
-            nn.init.normal_(shift, mean=0.0, std=INIT_STD)
+        width = _width(module, model)
+        scale = seeding.drawn(width, ref, seeding.normal(1.0, INIT_STD), seed, "ssf", f"{name}.{SCALE}")
+        shift = seeding.drawn(width, ref, seeding.normal(0.0, INIT_STD), seed, "ssf", f"{name}.{SHIFT}")
         module.register_parameter(SCALE, nn.Parameter(scale))
         module.register_parameter(SHIFT, nn.Parameter(shift))
         module.register_forward_hook(_hook)
@@ -80,10 +87,13 @@ def _fold_affine(weight: torch.Tensor, bias: torch.Tensor | None, scale, shift, 
 
 
 def merge(model: nn.Module) -> nn.Module:
-    """γ and β folded into the weights they follow, hooks and parameters removed; in place, returns the model."""
+    """γ and β folded into the weights they follow, hooks and parameters removed (except a mean-pooled model's
+    final pair, which follows no weights); in place, returns the model."""
     with torch.no_grad():
         for name, module in list(model.named_modules()):
             if not hasattr(module, SCALE):
+                continue
+            if isinstance(module, nn.Identity):  # a mean-pooled model's final γ and β: no weights to fold into
                 continue
             scale, shift = getattr(module, SCALE).detach(), getattr(module, SHIFT).detach()
             owner = module

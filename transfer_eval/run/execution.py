@@ -74,7 +74,7 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
         run.checkpoint, run.task.num_classes, recipe.get("resolution"), keep_head=keep_head, model_kwargs=extra
     )
     cfg = run.task.input_config(cfg)
-    model = modes.prepare(run.mode, model, recipe)
+    model = modes.prepare(run.mode, model, recipe, run.seed)  # new tensors drawn for the run (methods/seeding.py)
     model.to(device)
     trainable = modes.apply(run.mode, model)
     # Where images are resized, decided once from a split that is not sealed (test is read last).
