@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import cli
+from conftest import cli, json_lines
 
 from transfer_eval import tasks
 from transfer_eval.checkpoints import load_registry
@@ -237,3 +237,26 @@ def test_an_imagenet1k_run_stores_each_present_companion(tmp_path):
         assert all(store.probabilities(r.run_id).shape == (r.n_test, 6) for r in got.values())
     store.close()
     assert out.stderr.count("running on") == 2  # one run per mode: the sets are scored, nothing trains again
+
+
+def test_paper_plan_counts_the_companion_sets_a_cell_scores(plugins, registry, tmp_path):
+    import yaml
+
+    preset = {
+        "name": "one",
+        "paper": "One cell",
+        "arxiv": "0000.00002",
+        "table": "Table 1",
+        "seeds": [0],
+        "mode": "knn",
+        "rows": [{"label": "shapes", "checkpoint": "shapes10"}],
+        "columns": [{"label": "base", "task": "sc_base"}],
+    }
+    (tmp_path / "papers").mkdir()
+    (tmp_path / "papers" / "one.yaml").write_text(yaml.safe_dump(preset))
+    args = ("--papers-dir", tmp_path / "papers", "--tasks-dir", plugins, "--registry", registry, "--json")
+    proc = cli("paper", "plan", "one", *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (cell,) = [r for r in json_lines(proc.stdout) if "row" in r]
+    n_test = len(tasks.discover([plugins])["sc_base"].dataset("test", LoadContext(tmp_path)))
+    assert cell["companion_images"] == 2 * n_test and "+ 2 companion test sets scored" in cell["status"]
