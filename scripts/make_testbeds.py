@@ -114,8 +114,8 @@ TAORI_HEADER = [
     "Ludwig Schmidt",
     f"commit: {TAORI_COMMIT[:8]}",
     f"date: {TAORI_DATE}",
-    "The models Taori et al. fit ObjectNet's line on (plotting/paper_objectnet.py: standard training; not aws, batch64,",
-    "subsample): top-1 (%) on ImageNet-1k val and on ObjectNet's 113 ImageNet classes (objectnet-1.0-beta).",
+    "The models Taori et al. fit ObjectNet's line on (plotting/paper_objectnet.py: standard training; not aws,",
+    "batch64, subsample): top-1 (%) on ImageNet-1k val and on ObjectNet's 113 ImageNet classes (objectnet-1.0-beta).",
     "Regenerate with scripts/make_testbeds.py.",
 ]
 

@@ -53,13 +53,15 @@ def evaluate(
     compile: bool = False,
     log: tuple[str, ...] | list[str] = (),
     log_dir: str | Path = "transfer_eval_logs",
+    companions: str = "all",
     registries=(),
     tasks_dirs=(),
 ) -> list[Result]:
     """Adapt each checkpoint to each task in each mode, store the results and return them (stored ones are
     returned without running again, unless `force`). `checkpoints`, `tasks` and `modes`: names (a list, or one
     comma-separated string, as on the command line) or the objects themselves; `settings`: recipe fields, as
-    `--set`; the other arguments are `run`'s options."""
+    `--set`; the other arguments are `run`'s options (`companions`: the companion test sets scored with each run,
+    "all" whose data is here, "none", or task names comma-separated)."""
     from transfer_eval import devices, distributed
     from transfer_eval.input import pipeline
     from transfer_eval.run import runner
@@ -94,6 +96,7 @@ def evaluate(
         inputs=pipeline.InputOptions(device_resize, cache_images, workers, decode),
         log=tuple(log),
         log_dir=Path(log_dir),
+        companions=companions,
     )
     store = Store(results or paths.default_results())
     try:

@@ -1,6 +1,6 @@
-"""Companion test sets: a model fine-tuned for one task is scored on the test splits of the tasks that train
-exactly as it does (ImageNet-1k and ImageNet-V2), stored under their own keys, and equal to what a separate run
-of the companion gives; sweeps and `paper run` give those runs no job of their own."""
+"""Companion test sets: a model fine-tuned (or a probe fitted) for one task is scored on the test splits of the
+tasks that train exactly as it does (ImageNet-1k and ImageNet-V2), stored under their own keys, and equal to what a
+separate run of the companion gives; sweeps and `paper run` give those runs no job of their own."""
 
 import pytest
 from conftest import cli, json_lines
@@ -56,8 +56,10 @@ def test_imagenet_tasks_are_each_others_compatible_companions():
     runs = runner.plan_named(["vit_demo"], names, ["attention", "linear"])
     keys = {r.key for r in runs}
     covered = companions.covered(runs, keys)
-    # the first fine-tuning run (imagenet1k) scores the others; probes are never companions
-    assert {(r.task.name, r.mode.name) for r in runs if r.key in covered} == {(n, "attention") for n in names[1:]}
+    # the first run of each mode (imagenet1k) scores the three others: fine-tuning and probes alike
+    assert {(r.task.name, r.mode.name) for r in runs if r.key in covered} == {
+        (n, m) for n in names[1:] for m in ("attention", "linear")
+    }
     first_pending = {r.key for r in runs if r.task.name != "imagenet1k"}
     assert {r.task.name for r in runs if r.key in companions.covered(runs, first_pending)} == set(names[2:])
 

@@ -160,7 +160,7 @@ class _Stage:
         self.splits = {"test": SimpleNamespace(unseal=lambda: setattr(self, "sealed", False))}
         self.data = data
 
-    def sources(self, name, names=None):
+    def sources(self, name, names=None, **split):
         if name == "test":
             assert not self.sealed, "test read before every choice was made"
         feats, labels = self.data[name]
@@ -204,7 +204,9 @@ def test_the_source_is_chosen_on_val_never_on_test(stage, monkeypatch):
         trained = stages.probe_stage(s)
     assert trained.selection["chosen"]["features"] == "good_val"
     assert trained.selection["features_grid"]["good_val"] > trained.selection["features_grid"]["good_test"]
-    assert (trained.test_top5[:, 0] == yte).mean() < on_test["good_test"]  # scored with val's choice
+    s.splits["test"].unseal()  # the run scores test once every choice is made, with the stage's scorer
+    scored = trained.scorer(SimpleNamespace(labels=yte), SimpleNamespace(scored_classes=None, name="t"))
+    assert (scored.top5[:, 0] == yte).mean() < on_test["good_test"]  # scored with val's choice
 
 
 def test_defaults_keep_the_recipe_and_its_hash():

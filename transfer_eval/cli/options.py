@@ -267,6 +267,18 @@ SHARED = [
             help="Where --log trackers write.",
         ),
     ),
+    (
+        ("--companions",),
+        dict(
+            default="all",
+            show_default=True,
+            metavar="none|all|LIST",
+            help="Companion test sets (tasks that train as the run's task and differ only in test, as ImageNet-1k's "
+            "ImageNet-v2, -A, -R, ReaL, Sketch and ObjectNet) scored with each run's model, probe or memory, "
+            "without training again: all whose data is present, none, or the task names, comma-separated. Each is "
+            "stored as a run of its own; not part of any run's key.",
+        ),
+    ),
     (("--skip-verify",), dict(is_flag=True, help="Do not check dataset checksums (re-packed copies, test fixtures).")),
     (
         ("--bad-images",),

@@ -147,6 +147,8 @@ def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, ski
     all_runs = [r for c in preset.runnable for r in c.runs]
     pending = {r.key for r in all_runs if store is None or not store.has(r.key)}
     with_others = companions.covered(all_runs, pending)  # scored with another cell's model: no training
+    found = companions.known(all_runs) if any(r.task.companions for r in all_runs) else {}
+    counted = set(pending)  # companion runs counted already (a cell's own runs are counted in their cell)
     flops, sizes = planning.FlopCounts(), {}
     rate = tflops or planning.DEFAULT_TFLOPS
     # the splits each task's cells read, checked once per task
@@ -169,6 +171,7 @@ def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, ski
             "data": None,
             "missing_pflops": None,
             "missing_gpu_hours": None,
+            "companion_images": None,
             "basis": None,
         }
         if c.unrunnable is None:
@@ -184,6 +187,18 @@ def paper_plan(name, papers_dirs, registries, tasks_dirs, results, data_dir, ski
                 ]
                 if any(r.key in with_others for r in todo):
                     row["status"] += " (scored with a companion task's model: no training)"
+                # the companion sets outside the table that its runs score too (their test images' forward)
+                sets = [
+                    n
+                    for r in todo
+                    if r.key not in with_others
+                    for n in planning.companion_needs(r, ctx, flops, found, exclude=counted, store=store)
+                ]
+                counted |= {n.run.key for n in sets}
+                needs += sets
+                row["companion_images"] = sum(n.eval_images for n in sets)
+                if sets:
+                    row["status"] += f" (+ {len({n.run.task.name for n in sets})} companion test sets scored)"
                 if all(n.pflops is not None for n in needs):
                     row["missing_pflops"] = sum(n.pflops for n in needs)
                     row["missing_gpu_hours"] = sum(n.gpu_hours for n in needs)
@@ -290,7 +305,8 @@ def paper_run(name, papers_dirs, seeds, per, executor, dry_run, slurm, **shared)
     pending = {r.key for r in runs if not store.has(r.key)}
     store.close()
     ctx = load_context(shared["data_dir"], shared["skip_verify"], False)
-    with_others = companions.covered(runs, pending, ctx)  # no job: an earlier job's model scores them
+    # no job: an earlier job's model scores them
+    with_others = companions.covered(runs, pending, ctx, which=shared["companions"])
     jobs = paper_jobs(preset, pending - with_others, per, {**shared, "results": str(results_path)})
     launch(jobs, len(runs), len(pending), executor, dry_run, slurm, len(with_others))
 

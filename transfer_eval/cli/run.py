@@ -57,9 +57,14 @@ from transfer_eval.store.databases import is_url
 @device_option
 @click.option("--force", is_flag=True, help="Run again even where the result is already stored.")
 @download_option
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the runs still to do, each companion test set they score, their images and counted FLOPs; run nothing.",
+)
 @shared_options
 @json_option
-def run(checkpoint_names, task_names, mode_names, seeds, device, force, download, as_json, **shared):
+def run(checkpoint_names, task_names, mode_names, seeds, device, force, download, dry_run, as_json, **shared):
     """Adapt each checkpoint to each task in each mode; store and print the results.
 
     Runs whose result is already stored (same checkpoint, weights, task version, mode, recipe and seed) are
@@ -79,6 +84,8 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
     runs = _plan(checkpoint_names, task_names, mode_names, seeds, o, download)
     dev = distributed.init(device) if distributed.launched() else devices.pick_device(device)
     ctx = load_context(o["data_dir"], o["skip_verify"], download, o["bad_images"])
+    if dry_run:
+        return _dry_run(runs, o["results"] or paths.default_results(), ctx, force, o["companions"])
     options = runner.Options(
         force=force,
         download=download,
@@ -88,6 +95,7 @@ def run(checkpoint_names, task_names, mode_names, seeds, device, force, download
         inputs=pipeline.InputOptions(o["device_resize"], o["cache_images"], o["workers"], o["decode"]),
         log=tuple(o["trackers"]),
         log_dir=Path(o["log_dir"]),
+        companions=o["companions"],
     )
     target = o["results"] or paths.default_results()
     if not is_url(str(target)) and distributed.is_main():
@@ -120,6 +128,51 @@ def _plan(checkpoint_names, task_names, mode_names, seeds, o: dict, download: bo
         o["precision"],
         download,
     )
+
+
+def _dry_run(runs, target, ctx, force: bool, which: str) -> None:
+    """`run --dry-run`: each run (stored, to run, or scored with another run's model as its companion) and each
+    companion test set the runs to do score besides, with their images and counted FLOPs (measure/planning.py)."""
+    from tabulate import tabulate
+
+    from transfer_eval.measure import planning
+    from transfer_eval.methods import companions
+    from transfer_eval.store.results import Store
+
+    store = Store.existing(target, missing_ok=True)
+    pending = {r.key for r in runs if force or store is None or not store.has(r.key)}
+    found = companions.known(runs) if any(r.task.companions for r in runs) else {}
+    with_others = companions.covered(runs, pending, ctx, found, which)
+    flops, sizes, counted, needs, table = planning.FlopCounts(), {}, set(pending), [], []
+
+    def row(label, what, n=None):
+        images = "" if n is None or n.eval_images is None else f"{n.train_images:,} / {n.eval_images:,}"
+        table.append([label, what, images, "" if n is None or n.pflops is None else f"{n.pflops:.3g}"])
+
+    for r in runs:
+        if r.key not in pending:
+            row(r.label(), "stored")
+            continue
+        if r.task.name not in sizes:
+            sizes[r.task.name] = planning.split_sizes(r.task, ctx)
+        own = planning.need(r, sizes[r.task.name], flops, scored_only=r.key in with_others)
+        needs.append(own)
+        row(r.label(), "scored with a companion's model" if r.key in with_others else "to run", own)
+        if r.key not in with_others:
+            for n in planning.companion_needs(r, ctx, flops, found, which, counted, None if force else store):
+                counted.add(n.run.key)
+                needs.append(n)
+                row(f"+ {n.run.task.name}", "companion test set, scored with the run above", n)
+    if store is not None:
+        store.close()
+    click.echo(
+        f"{len(runs)} runs planned, {len(runs) - len(pending)} stored, {len(pending)} to run; "
+        f"{len(counted - pending)} companion test sets scored besides"
+    )
+    click.echo(tabulate(table, headers=["run", "what", "train / eval images", "PFLOPs"], disable_numparse=True))
+    known = [n.pflops for n in needs if n.pflops is not None]
+    unknown = f" ({len(needs) - len(known)} of unknown size not counted)" if len(known) < len(needs) else ""
+    click.echo(f"To run: {sum(known):.3g} PFLOPs (counted: forward and training-step FLOPs x images){unknown}")
 
 
 def _print_results(rows, as_json: bool):
@@ -202,7 +255,8 @@ def sweep(checkpoint_names, task_names, mode_names, seeds, per, executor, dry_ru
     pending = {r.key for r in runs if not store.has(r.key)}
     store.close()
     ctx = load_context(shared["data_dir"], shared["skip_verify"], False)
-    with_others = companions.covered(runs, pending, ctx)  # no job: an earlier job's model scores them
+    # no job: an earlier job's model scores them
+    with_others = companions.covered(runs, pending, ctx, which=shared["companions"])
     common = shared_argv({**shared, "results": str(results_path)})  # every job writes to this one store
     jobs = sweeps.plan_jobs(runs, pending - with_others, per, common)
     launch(jobs, len(runs), len(pending), executor, dry_run, slurm, len(with_others))

@@ -9,7 +9,9 @@ recipe and its task's split sizes (from the data where it is here, else the task
   recipe) trains as many again; test is scored once;
 - linear probe: one forward pass over train, val and test (the solver's cost is small beside it);
 - few-shot: one forward pass over `shots x classes` training images and test;
-- pretrained: one forward pass over test.
+- pretrained: one forward pass over test;
+- each companion test set a run scores with what it trained (methods/companions.py: every set whose data is here,
+  of those --companions keeps): one forward pass over the set's test images (`companion_needs`).
 
 GPU-hours divide those FLOPs by a throughput: measured where the store holds a GPU run of the same checkpoint,
 mode and resolution (its training images per second times its counted FLOPs per image), else the stated one
@@ -144,6 +146,24 @@ def need(
     measured = measured_tflops(store, run) if run.mode.stage == "finetune" else None
     rate, basis = measured if measured else (tflops, f"stated {tflops:g} TFLOP/s per GPU")
     return Need(run, n_train, n_eval, train_g, fwd_g, pflops, pflops * 1e3 / rate / 3600, basis)
+
+
+def companion_needs(run, ctx, flops: FlopCounts, found: dict, which="all", exclude=(), store=None) -> list[Need]:
+    """What scoring `run`'s companion test sets adds: for each companion `which` keeps whose test split `ctx` finds
+    (what the run will score), one forward pass over its test images, as a Need of its own run. A companion whose
+    key is in `exclude` (counted elsewhere) or stored in `store` (the run skips it) is left out."""
+    from transfer_eval.methods import companions
+
+    out = []
+    for c in companions.runs_for(run, found, which):
+        if c.key in exclude or (store is not None and store.has(c.key)):
+            continue
+        try:
+            n = len(c.task.dataset("test", ctx))
+        except UserError:
+            continue  # not here: the run does not score it
+        out.append(need(c, {"test": min(n, c.limit) if c.limit is not None else n}, flops, scored_only=True))
+    return out
 
 
 def data_status(task, splits, ctx) -> tuple[bool, str]:

@@ -69,15 +69,21 @@ def scores(x: np.ndarray, mean, std, w, device: torch.device | str = "cpu") -> n
     return (_standardised(t(x), t(mean), t(std)) @ t(w)).cpu().numpy()
 
 
-def predict(x: np.ndarray, mean, std, w, device: torch.device | str = "cpu", k: int = 5) -> np.ndarray:
-    """The top-k classes of every row of x (N x k int64), scored chunk by chunk on the device."""
-    from transfer_eval.methods.inference import topk
+def predict(x: np.ndarray, mean, std, w, device: torch.device | str = "cpu", k: int = 5, classes=None) -> np.ndarray:
+    """The top-k classes of every row of x (N x k int64), scored chunk by chunk on the device; `classes`: the only
+    classes predicted (a task's `scored_classes`: inference.restrict)."""
+    from transfer_eval.methods.inference import restrict, topk
 
     dev = torch.device(device)
     mean_t, std_t, w_t = (torch.as_tensor(np.asarray(a), device=dev).double() for a in (mean, std, w))
     rows = max(1, CHUNK_ELEMENTS // w_t.shape[1])
     out = [
-        topk(_standardised(torch.as_tensor(np.asarray(x[i : i + rows]), device=dev), mean_t, std_t) @ w_t, k).cpu()
+        topk(
+            restrict(
+                _standardised(torch.as_tensor(np.asarray(x[i : i + rows]), device=dev), mean_t, std_t) @ w_t, classes
+            ),
+            k,
+        ).cpu()
         for i in range(0, len(x), rows)
     ]
     return torch.cat(out).numpy() if out else np.zeros((0, k), np.int64)

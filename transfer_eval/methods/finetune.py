@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transfer_eval import devices, distributed
 from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
-from transfer_eval.methods import inference, resume
+from transfer_eval.methods import inference, resume, scoring
 from transfer_eval.progress import bar
 
 log = logging.getLogger(__name__)
@@ -351,11 +351,15 @@ def finetune(
     (loader, pipe) val is scored through (the run's pipeline.EvalLoaders), else one made here.
 
     With `checkpoints`, learning rates already tried (recorded with their val accuracy) are not trained again,
-    and an interrupted one resumes from its last training checkpoint."""
+    and an interrupted one resumes from its last training checkpoint.
+
+    Each learning rate's model also fits a temperature on its val logits (scoring.val_pass); the run's is the
+    chosen rate's, a model trained on train alone, also where it is then retrained on train+val."""
     initial = copy.deepcopy(model.state_dict())
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     done = checkpoints.progress() if checkpoints is not None else {}
     tried = dict(done.get("tried", {}))
+    temperatures = dict(done.get("temperatures", {}))  # lr -> T fitted on val (calibration)
     seconds, images = done.get("seconds", 0.0), done.get("images", 0)
     best = None  # (lr, val accuracy)
     best_tensors = None  # the best model's trainable tensors (without retraining, it is the final model)
@@ -389,7 +393,9 @@ def finetune(
             val_loader = val_loader or inference.eval_loader(
                 val_split, data_config, device, recipe.eval_batch_size, plan
             )
-            val_top1, _ = inference.predict(model, val_split, data_config, device, desc="val", loader=val_loader, k=1)
+            val_top1, temperatures[key] = scoring.val_pass(
+                model, val_split, data_config, device, recipe.eval_batch_size, loader=val_loader
+            )
             tried[key] = round(float((val_top1[:, 0] == val_split.labels).mean()), 6)
             curves[f"lr {key}"] = {"base_lr": lr, "val_top1": tried[key], **stats["curve"]}
             if not recipe.retrain and (best is None or tried[key] > best[1]):
@@ -398,7 +404,9 @@ def finetune(
                 if checkpoints is not None:
                     checkpoints.save_tensors("best", best_tensors)
             if checkpoints is not None:
-                checkpoints.record(tried=tried, seconds=seconds, images=images, curves=curves)
+                checkpoints.record(
+                    tried=tried, seconds=seconds, images=images, curves=curves, temperatures=temperatures
+                )
         if best is None or tried[key] > best[1]:
             best = (lr, tried[key])
     lr, acc = best
@@ -441,6 +449,7 @@ def finetune(
         },
         "train_seconds": seconds,
         "train_images": images,
+        "temperature": temperatures.get(f"{lr:g}"),  # None: tried before a resume that kept no temperature
         "micro_batch_size": min((m for m, _ in memory), default=recipe.micro_batch_size or recipe.batch_size),
         "oom_backoffs": sum(b for _, b in memory),
         # every LOSS_EVERY steps of each phase: the mean loss over those steps and the learning rate after them

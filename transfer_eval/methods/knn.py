@@ -32,6 +32,7 @@ K = 20
 TEMPERATURE = 0.07
 ELEMENTS = {"cuda": 2**27, "cpu": 2**22}  # similarities per block (512 MiB / 16 MiB of fp32)
 MEMORY_ROWS = 65536  # memory items read per chunk
+VOTE_ELEMENTS = 2**24  # class scores per block of queries when voting (128 MiB of float64)
 
 
 def _unit(x, device: torch.device) -> torch.Tensor:
@@ -84,16 +85,9 @@ def class_scores(
     return scores.scatter_add_(1, y.clamp(min=0), w)
 
 
-def vote(
-    sims: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int, temperature: float = TEMPERATURE, top: int = 5
-) -> torch.Tensor:
-    """The top classes (M x min(top, classes), -1 padded to `top`) of the weighted vote of each query's first k
-    neighbours (as `class_scores`)."""
-    return topk(class_scores(sims, labels, k, num_classes, temperature), top)
-
-
-def _search(memory, queries, kmax: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(similarities, labels) of every query's kmax nearest memory items (label -1 where there is none)."""
+def search(memory, queries, kmax: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarities, labels) of every query's kmax nearest memory items (label -1 where there is none), M x kmax
+    on the device: one search serves every k up to kmax (`blocks` votes with any of them)."""
     sims, idx = neighbours([f for f, _ in memory], queries, kmax, device)
     all_labels = torch.as_tensor(np.concatenate([np.asarray(y) for _, y in memory]), dtype=torch.int64, device=device)
     return sims, torch.where(idx >= 0, all_labels[idx.clamp(min=0)], torch.full_like(idx, -1))
@@ -110,8 +104,14 @@ def classify(
     """Every k's top-5 classes of the queries (M x 5 int64, -1 padded), with `memory` a list of (features, labels)
     parts. One search for the largest k serves every k (as DINOv2). A k above the memory's size uses it all."""
     device = torch.device(device)
-    sims, labels = _search(memory, queries, max(ks), device)
-    return {k: vote(sims, labels, k, num_classes, temperature).cpu().numpy() for k in ks}
+    sims, labels = search(memory, queries, max(ks), device)
+    return {k: top5(sims, labels, k, num_classes, temperature) for k in ks}
+
+
+def top5(sims: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int, temperature: float = TEMPERATURE):
+    """The top-5 classes (M x 5 int64 on the host, -1 padded) of one k's vote, block by block (`blocks`)."""
+    out = [topk(b).cpu() for b in blocks(sims, labels, k, num_classes, temperature)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 5), np.int64)
 
 
 def scores(
@@ -125,8 +125,16 @@ def scores(
     """The class scores of one k's vote (M x classes, float64, on the device): `classify`'s top-5 for that k is
     their `inference.topk` (what `transfer-eval predict` serves a k-NN task's delta with)."""
     device = torch.device(device)
-    sims, labels = _search(memory, queries, k, device)
+    sims, labels = search(memory, queries, k, device)
     return class_scores(sims, labels, k, num_classes, temperature)
+
+
+def blocks(sims: torch.Tensor, labels: torch.Tensor, k: int, num_classes: int, temperature: float = TEMPERATURE):
+    """`class_scores` of one k's vote (`search`'s similarities and labels), block by block of queries (each rows x
+    classes, float64, on the device): nothing of size M x classes is built at once."""
+    rows = max(1, VOTE_ELEMENTS // max(num_classes, 1))
+    for a in range(0, len(sims), rows):
+        yield class_scores(sims[a : a + rows], labels[a : a + rows], k, num_classes, temperature)
 
 
 def choose(val_top1: dict[int, float]) -> int:

@@ -53,6 +53,7 @@ def linear_probe(
         return float((z_va.predict(fits[c])[:, 0] == yva).mean())
 
     best, scores = search_c(c_grid, score)
+    w_train, b_train = logistic.as_head(fits[best], mean, std, num_classes)  # never saw val: T is fitted with it
 
     rows_all = logistic.Rows.concat(rows_tr, rows_va)
     mean, std = rows_all.moments()
@@ -77,6 +78,7 @@ def linear_probe(
         },
         "head_weight": weight.astype(np.float32),
         "head_bias": bias.astype(np.float32),
+        "train_head": (w_train.astype(np.float32), b_train.astype(np.float32), classes),
     }
 
 

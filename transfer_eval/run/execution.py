@@ -1,6 +1,7 @@
 """One run, end to end (`execute`): read the splits, build and adapt the model, run the mode's stage (which returns
-a `Trained`), merge where the mode merges, score test once, measure, store. `Options` says how runs execute (none of
-it enters a run's key); `runner.run_all` calls `execute` for each run still to do.
+a `Trained`), merge where the mode merges, score test once (then each companion set's test, by the same scorer),
+measure, store. `Options` says how runs execute (none of it enters a run's key); `runner.run_all` calls `execute`
+for each run still to do.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from transfer_eval import checkpoints, devices, distributed, provenance
 from transfer_eval.input import pipeline
-from transfer_eval.methods import companions, costs, deltas, finetune, inference, modes
+from transfer_eval.methods import companions, costs, deltas, finetune, inference, modes, scoring
 from transfer_eval.run import checks, stages
 from transfer_eval.run.runs import Run
 from transfer_eval.store.results import Result, Store
@@ -37,6 +38,7 @@ class Options:
     compile: bool = False  # train through torch.compile
     log: tuple[str, ...] = ()  # experiment trackers that receive each finished run (trackers.KINDS)
     log_dir: Path = Path("transfer_eval_logs")  # where the trackers write
+    companions: str = "all"  # companion test sets scored with each run's model: all (present), none, or names
 
 
 def execute(
@@ -121,21 +123,11 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
                 state = model.state_dict()
                 trained.delta = {n: _kept(state[n], run.mode) for n in sorted(trainable)}
             model = _deploy(run, model, result, cfg, device)
-            top5, test_seconds = trained.test_top5, trained.test_seconds
-            if top5 is None:  # the test split is read once, here, after every model choice has been made on val
-                splits["test"].unseal()
-                bs = inference.eval_batch_size(recipe)
-                top5, test_seconds = inference.predict(
-                    model,
-                    splits["test"],
-                    cfg,
-                    device,
-                    bs,
-                    input_plan,
-                    desc="test",
-                    loader=loaders.get("test", bs),
-                    classes=run.task.scored_classes,
-                )
+            # one scorer for test and the companion sets: the stage's (its features), else the deployed model's
+            bs = inference.eval_batch_size(recipe)
+            scorer = trained.scorer or scoring.model_scorer(model, cfg, device, bs, trained.temperature)
+            splits["test"].unseal()  # the test split is read once, here, after every model choice has been made
+            scored = scorer(splits["test"], run.task, input_plan, lambda size: loaders.get("test", size))
     except finetune.Diverged as e:
         return _failed(store, result, f"diverged: {e}")
     except torch.OutOfMemoryError as e:
@@ -152,17 +144,17 @@ def _execute(run, ctx, device, store, command, options, known_tasks) -> Result:
         result.bytes_per_task = deltas.save(trained.delta, Path(options.save_delta) / deltas.file_name(run), meta)
     else:
         result.bytes_per_task = deltas.size(trained.delta, meta)
-    result.eval_images_per_second = len(splits["test"]) / test_seconds if test_seconds else None
+    result.eval_images_per_second = len(splits["test"]) / scored.seconds if scored.seconds else None
     labels = inference.truth(splits["test"])
-    for k, v in inference.scores(labels, top5).items():
+    for k, v in scoring.fields(scored, labels, trained.temperature).items():
         setattr(result, k, v)
     if device.type == "cuda" and result.train_seconds:
         result.gpu_hours = result.train_seconds * result.world_size / 3600
     result.finished = provenance.now()
     if distributed.is_main():  # one writer; under torchrun every process holds the same result
-        store.put(result, labels, top5)
+        store.put(result, labels, scored.top5, scored.probs)
         # the same model, scored on the test splits of the tasks that train as this one does
-        companions.score(run, result, model, cfg, ctx, device, store, options, known_tasks)
+        companions.score(run, result, scorer, cfg, ctx, device, store, options, known_tasks)
     if resume is not None:
         resume.remove()  # the result is stored: nothing left to resume
     return result

@@ -228,6 +228,7 @@ def run_all(
     fine-tuning trains across all of them, the rest runs on rank 0, and only rank 0 writes results or returns
     stored ones."""
     trackers.check(options.log)
+    companions.check(options.companions, runs)
     # data, classes, weights and inputs first (a k-NN's k does not change what it reads), then a k above the k-NN
     # memory's size is clamped to it, saying so (the run's key names the k used)
     train_sizes = checks.preflight(pending(runs, store, options.force), ctx, device, options.inputs, options.download)
@@ -235,7 +236,8 @@ def run_all(
     todo_runs = pending(runs, store, options.force)
     todo = {r.key for r in todo_runs}  # decided once, before anything is written: every process runs one list
     known = companions.known(runs) if any(r.task.companions for r in runs) else None
-    with_others = companions.covered(runs, todo, found=known)  # stored by an earlier run's model (companions)
+    # stored by an earlier run's model (companions)
+    with_others = companions.covered(runs, todo, found=known, which=options.companions)
     main = distributed.is_main()
     distributed.barrier()
     out = []

@@ -2,12 +2,15 @@
 
 - probe: the linear probe on cached features (C, and the feature source where the recipe lists several, chosen on
   val; refit on train+val);
-- fewshot: big_vision's closed-form few-shot regression (scores test itself: nothing is chosen);
-- knn: DINO's weighted k-NN on cached features (k chosen on val; scores test itself);
+- fewshot: big_vision's closed-form few-shot regression (nothing is chosen);
+- knn: DINO's weighted k-NN on cached features (k chosen on val);
 - finetune: the training loop (lr chosen on val, optional retrain);
 - eval: nothing trains.
 
-A stage knows nothing of results, stores or the stages after it; the runner turns its Trained into a Result.
+A stage never reads test: it hands back how a split is scored (`Trained.scorer`, methods/scoring.py; none where
+the run's model scores it, after its merge) and the temperature it fitted on val, and the run applies that scorer
+to test and to each companion set's test. A stage knows nothing of results, stores or the stages after it; the
+runner turns its Trained into a Result.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 from transfer_eval import checkpoints, devices
 from transfer_eval.errors import UserError
 from transfer_eval.input import pipeline
-from transfer_eval.methods import costs, fewshot, finetune, inference, knn, probe, sources
+from transfer_eval.methods import costs, fewshot, finetune, knn, probe, scoring, sources
 from transfer_eval.run.runs import Run
 
 
@@ -37,8 +40,8 @@ class Trained:
     train_gflops_per_image: float
     train_images_per_second: float | None
     delta: dict[str, torch.Tensor] | None = None  # None: the model's trainable tensors, after the stage
-    test_top5: np.ndarray | None = None  # set where the stage scores test itself (few-shot's regression)
-    test_seconds: float | None = None
+    scorer: scoring.Scorer | None = None  # how a split is scored (its features); None: by the deployed model
+    temperature: float | None = None  # T fitted on val (calibration); None: no probabilities, or no val
     fields: dict = field(default_factory=dict)  # record fields only this stage fills
 
 
@@ -61,35 +64,41 @@ class Stage:
         """(loader, pipe) of split `name`'s evaluation passes, or None (made where it is needed)."""
         return self.loaders.get(name, batch_size) if self.loaders is not None else None
 
-    def features(self, name: str):
+    def features(self, name: str, **split):
         """(features, labels, extraction seconds or 0.0 on a cache hit) of one split, through the feature cache:
-        the run's one feature source (fewshot's)."""
-        feats, labels, seconds = self.sources(name)
+        the run's one feature source (fewshot's). `split`: as `sources`."""
+        feats, labels, seconds = self.sources(name, **split)
         return feats[sources.of(self.run.recipe)[0]], labels, seconds
 
-    def sources(self, name: str, names: list[str] | None = None):
+    def sources(self, name: str, names: list[str] | None = None, split=None, task=None, plan=None, loader=None):
         """({source: features}, labels, extraction seconds or 0.0 on a cache hit) of one split, through the feature
-        cache: every feature source the run asks for (or `names`), the missing ones from one pass over the split."""
+        cache: every feature source the run asks for (or `names`), the missing ones from one pass over the split.
+        `split`: a split to read as split `name` of `task` (a companion set's test, cached under its own task),
+        through `plan` and `loader(batch size)` where given, instead of the run's own."""
         names = names or sources.of(self.run.recipe)
         start = time.perf_counter()
+        bs = int(self.run.recipe["batch_size"])
+        if split is None:
+            split, task, plan, pair = self.splits[name], self.run.task, self.plan, self.loader(name, bs)
+        else:
+            task, plan, pair = task or self.run.task, plan or self.plan, loader(bs) if loader is not None else None
         key_parts = {
             "weights_sha256": self.run.weights_sha256,
             "checkpoint": self.run.checkpoint,
-            "task": self.run.task,
+            "task": task,
             "split_name": name,
         }
-        bs = int(self.run.recipe["batch_size"])
         feats, labels, hit = probe.cached_sources(
             self.model,
-            self.splits[name],
+            split,
             self.cfg,
             self.device,
             bs,
             key_parts,
             names,
-            desc=f"features {name}",
-            plan=self.plan,
-            loader=self.loader(name, bs),
+            desc=f"features {name}" if task is self.run.task else f"features {name} {task.name}",
+            plan=plan,
+            loader=pair,
             projection=self._projection() if "proj" in names else None,
         )
         return feats, labels, 0.0 if hit else time.perf_counter() - start
@@ -135,7 +144,10 @@ def probe_stage(s: Stage) -> Trained:
     """The linear probe: features of train and val (cached), C chosen on val, refit on train+val; the classifier
     becomes the model's head, so the stored delta is a usable model part. With several feature sources, each gets
     its C search and the best on val wins (test is never read for it); a source other than `pooled`, or a
-    normalisation, is scored on test through its features (the head then reads them, not the model's output)."""
+    normalisation, is scored through its features (the head then reads them, not the model's output).
+
+    Its temperature is fitted on val with the chosen C's fit on train alone, and applied to the refit's logits:
+    the refit on train+val has seen val, so its val logits would say it is better calibrated than it is."""
     names, how = sources.of(s.run.recipe), s.run.recipe.get("normalise", "none")
     (ftr, ytr, t_tr), (fva, yva, t_va) = s.sources("train"), s.sources("val")
     t1 = time.perf_counter()
@@ -154,11 +166,12 @@ def probe_stage(s: Stage) -> Trained:
         fits[name] = (out, norm)
     chosen = _first_best({n: f[0]["val_top1"] for n, f in fits.items()})
     out, norm = fits[chosen]
+    temperature = _linear_temperature(norm(fva[chosen]), yva, out["train_head"], s.device)
     fit_seconds = time.perf_counter() - t1
     n, extract = len(ytr) + len(yva), t_tr + t_va
     selection = {**out["selection"], "features_cached": extract == 0.0}
-    fields, delta, top5, test_seconds = {}, None, None, None
-    if reads_pooled(s.run.recipe):
+    fields, delta, scorer = {}, None, None
+    if reads_pooled(s.run.recipe):  # the model, its head the probe's, scores each split
         head = s.model.get_classifier()
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(out["head_weight"]))
@@ -166,12 +179,16 @@ def probe_stage(s: Stage) -> Trained:
     else:
         selection.update(_source_record(names, how, {k: f[0]["val_top1"] for k, f in fits.items()}, chosen))
         selection["chosen"] = {"features": chosen, **selection["chosen"]}
-        s.splits["test"].unseal()  # every choice is made
         weight, bias = torch.from_numpy(out["head_weight"]), torch.from_numpy(out["head_bias"])
-        fte, _, test_seconds = s.sources("test")  # every source in the one pass: the next probe finds them
-        start = time.perf_counter()
-        top5 = _linear_top5(norm(fte[chosen]), weight, bias, s.device)
-        test_seconds += time.perf_counter() - start
+
+        def scorer(split, task, plan=None, loader=None) -> scoring.Scored:
+            # every source in the one pass: the next probe finds them
+            feats, _, seconds = s.sources("test", split=split, task=task, plan=plan, loader=loader)
+            start, got = time.perf_counter(), scoring.Collect(split, task.scored_classes, temperature)
+            for logits in _linear(norm(feats[chosen]), weight, bias, s.device):
+                got.add(logits)
+            return got.result(seconds + time.perf_counter() - start)
+
         delta = {"probe.weight": weight, "probe.bias": bias, **norm.tensors()}
         fields = {"params_trainable": weight.numel() + bias.numel(), "params_per_task": weight.numel() + bias.numel()}
     # A probe's training compute is the feature extraction over train+val (the classifier's is negligible).
@@ -183,30 +200,39 @@ def probe_stage(s: Stage) -> Trained:
         s.fwd_gflops,
         n / extract if extract > 0 else None,
         delta=delta,
-        test_top5=top5,
-        test_seconds=test_seconds,
+        scorer=scorer,
+        temperature=temperature,
         fields=fields,
     )
 
 
-def _linear_top5(x: np.ndarray, weight: torch.Tensor, bias: torch.Tensor, device: torch.device) -> np.ndarray:
-    """The top-5 classes of x @ weight.T + bias, chunk by chunk on the device, in fp32."""
-    w, b, out = weight.to(device), bias.to(device), []
-    with devices.strict_fp32():
-        for a in range(0, len(x), sources.ROWS):
+def _linear(x: np.ndarray, weight, bias, device: torch.device):
+    """x @ weight.T + bias (numpy or torch weight and bias), chunk by chunk on the device, in strict fp32."""
+    w, b = (torch.as_tensor(a).to(device) for a in (weight, bias))
+    for a in range(0, len(x), sources.ROWS):
+        with devices.strict_fp32():
             rows = torch.as_tensor(np.asarray(x[a : a + sources.ROWS], dtype=np.float32), device=device)
-            out.append(inference.topk(rows @ w.T + b).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, inference.TOP_K), np.int64)
+            logits = rows @ w.T + b
+        yield logits
+
+
+def _linear_temperature(xva: np.ndarray, yva: np.ndarray, train_head: tuple, device: torch.device) -> float | None:
+    """T fitted on val's logits under the probe fitted on train alone (`probe.linear_probe`'s train_head: weight,
+    bias and the classes it saw; a val image of a class it never saw is left out of the fit)."""
+    weight, bias, known = train_head
+    sample = scoring.ValLogits(len(yva))
+    for logits in _linear(xva, weight, bias, device):
+        sample.add(logits)
+    return sample.fit(yva, known)
 
 
 def fewshot_stage(s: Stage) -> Trained:
-    """big_vision's few-shot evaluator for one (shots, seed): features of train and test (cached), k examples
-    per class sampled by the run's seed, closed-form ridge regression, test top-1. Nothing is chosen (lambda is
-    fixed), so test is open to it. A run reads one feature source (runner.plan makes a run per source: without
-    val there is nothing to choose one on), normalised with its k-shot sample's statistics."""
-    s.splits["test"].unseal()
+    """big_vision's few-shot evaluator for one (shots, seed): features of train (cached), k examples per class
+    sampled by the run's seed, closed-form ridge regression; each split is scored through its features. Nothing is
+    chosen (lambda is fixed) and it gives no probabilities (its scores are regression outputs): no temperature, no
+    calibration. A run reads one feature source (runner.plan makes a run per source: without val there is nothing
+    to choose one on), normalised with its k-shot sample's statistics."""
     xtr, ytr, extract = s.features("train")
-    xte, _, test_seconds = s.features("test")
     shots, recipe = int(s.run.recipe["shots"]), s.run.recipe
     counts = np.bincount(ytr)
     short = int(((counts > 0) & (counts < shots)).sum())  # classes with fewer than k examples give all they have
@@ -215,8 +241,14 @@ def fewshot_stage(s: Stage) -> Trained:
     sample = xtr[idx]
     norm = sources.Normaliser(recipe.get("normalise", "none"), sample)
     mean, std, w = fewshot.solve(norm(sample), ytr[idx], s.run.task.num_classes, recipe["l2"], s.device)
-    top5 = fewshot.predict(norm(xte), mean, std, w, s.device)
     solve_seconds = time.perf_counter() - start
+
+    def scorer(split, task, plan=None, loader=None) -> scoring.Scored:
+        xte, _, seconds = s.features("test", split=split, task=task, plan=plan, loader=loader)
+        start = time.perf_counter()
+        top5 = fewshot.predict(norm(xte), mean, std, w, s.device, classes=task.scored_classes)
+        return scoring.Scored(top5, None, None, seconds + time.perf_counter() - start)
+
     selection = {
         "searched": "none (l2 fixed)",
         "l2": recipe["l2"],
@@ -241,39 +273,51 @@ def fewshot_stage(s: Stage) -> Trained:
         s.fwd_gflops,
         len(ytr) / extract if extract else None,
         delta=delta,
-        test_top5=top5,
-        test_seconds=test_seconds,
+        scorer=scorer,
         fields={"shots": shots, "params_trainable": int(w.size), "params_per_task": int(w.size)},
     )
 
 
 def knn_stage(s: Stage) -> Trained:
     """DINO's weighted k-NN on cached features: train is the memory and val the queries for every k of the recipe
-    (the best on val is chosen), then train+val is the memory and test the queries, with the chosen k. Nothing
-    trains: what one more task keeps is that memory (its L2-normalised features and labels), the stored delta.
-    With several feature sources, every (source, k) is scored on val and the best wins (ties: the source listed
-    first, then the smaller k)."""
+    (the best on val is chosen), then train+val is the memory of each scored split's queries, with the chosen k.
+    Nothing trains: what one more task keeps is that memory (its L2-normalised features and labels), the stored
+    delta. With several feature sources, every (source, k) is scored on val and the best wins (ties: the source
+    listed first, then the smaller k). Its probabilities are the vote's distribution (each class's share), the
+    softmax of the log-votes; the temperature is fitted on val's log-votes (memory train, the chosen k)."""
     recipe, classes = s.run.recipe, s.run.task.num_classes
-    ks, temperature = recipe["k"], recipe["temperature"]  # as runner.resolve_recipe checked them
+    ks, vote_t = recipe["k"], recipe["temperature"]  # as runner.resolve_recipe checked them
     names, how = sources.of(recipe), recipe.get("normalise", "none")
     (ftr, ytr, t_tr), (fva, yva, t_va) = s.sources("train"), s.sources("val")
     start = time.perf_counter()
-    grids, norms = {}, {}
+    grids, norms, best = {}, {}, None
     for name in names:
         norms[name] = sources.Normaliser(how, ftr[name])
-        val = knn.classify([(norms[name](ftr[name]), ytr)], norms[name](fva[name]), ks, classes, temperature, s.device)
-        grids[name] = {k: float((top5[:, 0] == yva).mean()) for k, top5 in val.items()}
-    source = _first_best({n: max(g.values()) for n, g in grids.items()})
+        found = knn.search([(norms[name](ftr[name]), ytr)], norms[name](fva[name]), max(ks), s.device)
+        grids[name] = {k: float((knn.top5(*found, k, classes, vote_t)[:, 0] == yva).mean()) for k in ks}
+        if best is None or max(grids[name].values()) > max(grids[best[0]].values()):
+            best = (name, found)  # the val search of the best source so far (ties: the first listed)
+    source, (sims, neighbours) = best
     grid, norm = grids[source], norms[source]
     chosen = knn.choose(grid)
+    val = scoring.ValLogits(len(yva))
+    for votes in knn.blocks(sims, neighbours, chosen, classes, vote_t):
+        val.add(scoring.log_votes(votes))
+    temperature = val.fit(yva, floor=scoring.NO_VOTE)  # a val image whose class got no vote does not move T
+    del sims, neighbours
     search_seconds = time.perf_counter() - start
-    s.splits["test"].unseal()  # every choice is made
-    fte, _, test_seconds = s.sources("test")  # every source in the one pass: the next probe finds them
     xtr, xva = norm(ftr[source]), norm(fva[source])
-    start = time.perf_counter()
     memory = [(xtr, ytr), (xva, yva)]
-    top5 = knn.classify(memory, norm(fte[source]), [chosen], classes, temperature, s.device)[chosen]
-    test_seconds += time.perf_counter() - start
+
+    def scorer(split, task, plan=None, loader=None) -> scoring.Scored:
+        # every source in the one pass: the next probe finds them
+        feats, _, seconds = s.sources("test", split=split, task=task, plan=plan, loader=loader)
+        start, got = time.perf_counter(), scoring.Collect(split, task.scored_classes, temperature)
+        found = knn.search(memory, norm(feats[source]), chosen, s.device)
+        for votes in knn.blocks(*found, chosen, classes, vote_t):
+            got.add(scoring.log_votes(votes), rank=votes)
+        return got.result(seconds + time.perf_counter() - start)
+
     n, extract = len(ytr) + len(yva), t_tr + t_va
     # the memory as stored: one N x D copy, L2-normalised in place (as F.normalize computes it), not two
     features = torch.from_numpy(np.concatenate([xtr, xva]).astype(np.float32, copy=False))
@@ -283,7 +327,7 @@ def knn_stage(s: Stage) -> Trained:
         "queries val",
         "grid": {str(k): round(a, 6) for k, a in grid.items()},
         "chosen": {"k": chosen},
-        "temperature": temperature,
+        "temperature": vote_t,
         "refit": "train+val as the memory of the test queries",
         "memory_images": n,
         "features_cached": extract == 0.0,
@@ -301,8 +345,8 @@ def knn_stage(s: Stage) -> Trained:
         s.fwd_gflops,
         n / extract if extract else None,
         delta=delta,
-        test_top5=top5,
-        test_seconds=test_seconds,
+        scorer=scorer,
+        temperature=temperature,
     )
 
 
@@ -331,6 +375,8 @@ def finetune_stage(s: Stage) -> Trained:
         s.loader("val", recipe.eval_batch_size),
     )
     seconds = out["train_seconds"]
+    # T: fitted on val with the chosen lr's model as trained on train (finetune.finetune), also where the ViT
+    # recipe then retrains on train+val (the retrained model has seen val)
     return Trained(
         out["val_top1"],
         out["selection"],
@@ -338,6 +384,7 @@ def finetune_stage(s: Stage) -> Trained:
         out["train_images"],
         gflops,
         out["train_images"] / seconds if seconds else None,
+        temperature=out["temperature"],
         fields={
             "micro_batch_size": out["micro_batch_size"],
             "oom_backoffs": out["oom_backoffs"],
@@ -347,6 +394,7 @@ def finetune_stage(s: Stage) -> Trained:
 
 
 def eval_stage(s: Stage) -> Trained:
+    """Nothing trains; the checkpoint's own head scores each split. It reads no val: no temperature."""
     return Trained(None, None, 0.0, 0, 0.0, None)
 
 
