@@ -558,7 +558,9 @@ def test_no_results_is_a_clear_error(tmp_path):
     missing = tmp_path / "none.sqlite"
     assert_one_line_error(cli("leaderboard", "--results", missing), "no results store at", "transfer-eval run")
     assert not missing.exists()  # reading never creates a store
-    Store(tmp_path / "empty.sqlite").close()
+    empty = Store(tmp_path / "empty.sqlite")
+    empty._writable()  # the file and schema, as a first put makes them: a store that holds no result
+    empty.close()
     assert_one_line_error(cli("leaderboard", "--results", tmp_path / "empty.sqlite"), "no stored results")
 
 
