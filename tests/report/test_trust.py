@@ -109,6 +109,15 @@ def test_group_mean_interval_combines_the_tasks_standard_errors(worked):
     assert report.display_row(y, lb.tasks)[2] == "70.00 [54.6, 81.9]"  # the Wilson interval above
 
 
+def test_a_group_mean_interval_stays_inside_the_metrics_range(tmp_path):
+    store = Store(tmp_path / "r.sqlite")
+    _put(store, "all", np.ones(N, bool))  # 40 of 40: Wilson [0.912, 1]; read as mean +- 1.96 se it overruns 1
+    store.close()
+    (row,) = _board(tmp_path / "r.sqlite", tasks=["cifar10"]).rows
+    lo, hi = intervals.combined(row, "mean")
+    assert hi == 1.0 and lo == pytest.approx(1 - (1 - intervals.wilson(40, 40)[0]) / 2)
+
+
 # --------------------------------------------------------------------------------------------------------- ties
 
 

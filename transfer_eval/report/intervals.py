@@ -10,7 +10,8 @@ the seeds) were drawn again.
   at 0), which two or three seeds' t interval can overrun.
 - A group mean (a mean of task cells with weights w_t: 1/T over T tasks; VTAB-1k's mean of its groups' means,
   1/(P x T_p)): each task's standard error is read off its own 95% interval, se_t = (high - low) / (2 x 1.96),
-  the tasks are independent (their test sets are), so the mean's interval is mean ± 1.96 x sqrt(sum w_t^2 se_t^2).
+  the tasks are independent (their test sets are), so the mean's interval is mean ± 1.96 x sqrt(sum w_t^2 se_t^2),
+  clipped to the metric's range.
   It covers drawing these tasks' test images (and seeds) again, not choosing other tasks: every row of a
   leaderboard is measured on the same tasks, so the spread between tasks says nothing about which row is
   better, and a t interval over the tasks' accuracies would be wide mostly because the tasks differ in
@@ -101,8 +102,8 @@ def combined(row, column: str) -> tuple[float, float] | None:
             return None
         mean += weight * row.cells[task].value
         var += (weight * (ci[1] - ci[0]) / (2 * Z)) ** 2
-    half = Z * math.sqrt(var)
-    return mean - half, mean + half
+    half, high = Z * math.sqrt(var), metrics.get(row.cells[task].metric).high
+    return max(mean - half, 0.0), min(mean + half, high)  # clipped to the metric's range, as a cell's t interval
 
 
 def row_fields(row) -> dict:
