@@ -428,6 +428,7 @@ class Outcome:
     run_ids: list[int]
     verdict: str
     limit: float | None  # the allowed |difference|
+    n_test: int | None = None  # test images of the first stored run (one seed's Wilson interval)
 
     @property
     def n(self) -> int:
@@ -471,7 +472,7 @@ def outcomes(preset: Preset, store) -> list[Outcome]:
         if cell.unrunnable is not None:
             out.append(Outcome(cell, [], 0, 0, [], "cannot be run", limit))
             continue
-        values, ids, failed = [], [], 0
+        values, ids, failed, n_test = [], [], 0, None
         for run in cell.runs:
             r = store.get_key(run.key) if store is not None else None
             if r is None:
@@ -481,9 +482,10 @@ def outcomes(preset: Preset, store) -> list[Outcome]:
                 continue
             values.append(100 * r.top1)
             ids.append(r.run_id)
+            n_test = n_test or r.n_test
         mean = sum(values) / len(values) if values else None
         v = verdict(mean, cell.published, cell.published_std, preset.tolerance)
-        out.append(Outcome(cell, values, len(cell.runs), failed, ids, v, limit))
+        out.append(Outcome(cell, values, len(cell.runs), failed, ids, v, limit, n_test))
     return out
 
 

@@ -4,6 +4,7 @@ device) equal those of a real model; `paper plan` on a fresh install lists every
 compute; a user preset on the demo checkpoints runs end to end offline through `paper run`."""
 
 import csv
+import dataclasses
 import io
 import re
 from html.parser import HTMLParser
@@ -17,6 +18,8 @@ from conftest import assert_one_line_error, cli, json_lines
 from transfer_eval import papers
 from transfer_eval.errors import UserError
 from transfer_eval.measure import planning
+from transfer_eval.report import intervals
+from transfer_eval.report import paper as paper_report
 from transfer_eval.store.results import Result, Store
 
 SHIPPED = {"three-things-table6", "three-things-table5", "vit-table5", "scaling-vit-fewshot", "vtab1k-noah"}
@@ -218,6 +221,13 @@ def test_outcomes_plan_and_report_from_a_store(tmp_path):
     cells = {(c["row"], c["column"]): c for c in lines}
     assert cells[("linear", "Digits")]["verdict"] == "outside" and cells[("linear", "Digits")]["n"] == 2
     assert cells[("linear", "Digits")]["ours_mean"] == pytest.approx(82.5)
+    t_lo, t_hi = intervals.student_t([81.0, 84.0])  # two seeds: the t interval of their mean, within [0, 100]
+    assert (cells[("linear", "Digits")]["ci_low"], cells[("linear", "Digits")]["ci_high"]) == (
+        max(t_lo, 0),
+        min(t_hi, 100),
+    )
+    one = dataclasses.replace(o, values=[80.0], n_test=10)  # one run: Wilson's over its 10 test images
+    assert paper_report.interval(one) == pytest.approx(tuple(100 * x for x in intervals.wilson(8, 10)))
     assert cells[("shapes", "Birds")]["unrunnable"] == "no birds task"
     assert all(c["preset"] == "demo" and c["choices"] == ["A demo choice."] for c in lines)
     verdicts = [c["verdict"] for c in lines]
@@ -228,7 +238,11 @@ def test_outcomes_plan_and_report_from_a_store(tmp_path):
     rows = list(csv.DictReader(io.StringIO(render(preset, outcomes, "csv"))))
     assert len(rows) == 4 and {r["verdict"] for r in rows} == {"outside", "missing", "cannot be run"}
     table = render(preset, outcomes, "table")
-    assert "82.50 ± 2.12 (n=2)" in table and "+2.50 outside" in table and "80.00 ± 2.00" in table
+    assert (
+        f"82.50 ± 2.12 (n=2) [{max(t_lo, 0):.1f}, {min(t_hi, 100):.1f}]" in table
+        and "+2.50 outside" in table
+        and "80.00 ± 2.00" in table
+    )
     assert "Not run: no birds task." in table and "Choice: A demo choice." in table
     md = render(preset, outcomes, "markdown")
     assert md.startswith("## demo") and "| linear: ours" in md

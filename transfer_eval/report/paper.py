@@ -2,7 +2,8 @@
 (table, markdown, csv, json, latex, html), and the page `report --html` writes for each preset.
 
 In the grid formats each of the paper's rows becomes three: the paper's numbers, ours (mean +- std over the seeds
-stored, and n), and the difference with its verdict. csv and json give one record per cell."""
+stored, and n, with its 95% interval as the leaderboard's: report/intervals.py), and the difference with its
+verdict. csv and json give one record per cell (the interval as `ci_low`, `ci_high`, in points)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 from tabulate import tabulate
 
 from transfer_eval.papers import VERDICTS, Outcome, Preset, rule
+from transfer_eval.report import intervals
 from transfer_eval.report.page import html_page
 
 FORMATS = ("table", "markdown", "csv", "json", "latex", "html")
@@ -32,13 +34,26 @@ def published_text(cell) -> str:
     return text + (f" (printed {cell.published_printed:.2f})" if cell.published_printed is not None else "")
 
 
+def interval(o: Outcome) -> tuple[float, float] | None:
+    """Our 95% interval in points: one run, Wilson's over its test images; several, Student t's of their mean
+    (clipped to [0, 100]); None without a result."""
+    if o.n > 1:
+        lo, hi = intervals.student_t(o.values)
+        return max(lo, 0.0), min(hi, 100.0)
+    if o.n == 1 and o.n_test:
+        lo, hi = intervals.wilson(round(o.values[0] / 100 * o.n_test), o.n_test)
+        return 100 * lo, 100 * hi
+    return None
+
+
 def ours_text(o: Outcome) -> str:
     if o.verdict == "cannot be run":
         return "not run"
     if o.n == 0:
         return "failed" if o.failed else "missing"
     more = f", {o.planned - o.n} missing" if o.n < o.planned else ""
-    return f"{_num(o.mean, o.std)} (n={o.n}{more})"
+    ci = interval(o)
+    return f"{_num(o.mean, o.std)} (n={o.n}{more})" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
 
 
 def difference_text(o: Outcome) -> str:
@@ -121,7 +136,11 @@ def header_lines(preset: Preset, outs: list[Outcome]) -> list[str]:
 
 
 def footer_lines(preset: Preset) -> list[str]:
-    lines = [f"Not run: {r}." for r in not_run(preset)]
+    lines = [
+        "ours [low, high]: the 95% interval; one run: the Wilson score interval over its test images; several "
+        "(seeds, shot samples): the Student-t interval of their mean."
+    ]
+    lines += [f"Not run: {r}." for r in not_run(preset)]
     lines += [f"Choice: {c}" for c in preset.choices]
     return lines
 
@@ -143,6 +162,7 @@ def _records(preset: Preset, outs: list[Outcome]) -> list[dict]:
                 "planned": o.planned,
                 "failed": o.failed,
                 "difference": o.difference,
+                **dict(zip(("ci_low", "ci_high"), interval(o) or (None, None))),
                 "limit": o.limit,
                 "verdict": o.verdict,
                 "unrunnable": c.unrunnable,
