@@ -10,6 +10,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from conftest import assert_one_line_error, cli, stored_rows
 
 from transfer_eval import tasks
 from transfer_eval.errors import UserError
-from transfer_eval.methods import companions, inference
+from transfer_eval.methods import companions, inference, scoring
 from transfer_eval.tasks import ImageSplit, LoadContext
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
@@ -233,9 +234,10 @@ def test_predictions_are_masked_to_the_sets_classes(found, data, name):
     outside = [c for c in range(1000) if c not in inside][:5]
     test = load(found, name, data)
     model = Constant(inside, outside)
-    top5, _ = inference.predict(model, test, CFG, torch.device("cpu"), classes=task.scored_classes)
+    score = scoring.model_scorer(model, CFG, torch.device("cpu"), 256)  # how a run scores its test and companions
+    top5 = score(test, task).top5
     assert top5.tolist() == [list(inside[:5])] * len(test)  # the set's five best, none of the model's
-    plain, _ = inference.predict(model, test, CFG, torch.device("cpu"))
+    plain = score(test, SimpleNamespace(name=name, scored_classes=None)).top5  # no mask: the model's own five
     assert plain.tolist() == [outside] * len(test)
 
 

@@ -6,7 +6,6 @@ keeps those (N x k integers). Features go batch by batch to a writer (the featur
 
 from __future__ import annotations
 
-import time
 from typing import Callable, Iterator
 
 import numpy as np
@@ -78,32 +77,6 @@ def restrict(scores: torch.Tensor, classes) -> torch.Tensor:
     out = torch.full_like(scores, float("-inf"))
     out[:, keep] = scores[:, keep]
     return out
-
-
-def predict(
-    model,
-    split,
-    data_config: dict,
-    device: torch.device,
-    batch_size: int = 256,
-    plan: pipeline.InputPlan | None = None,
-    desc: str = "eval",
-    loader=None,
-    k: int = TOP_K,
-    classes=None,
-) -> tuple[np.ndarray, float]:
-    """The model's top-k classes of every image (N x k int64, in the split's order) and the seconds it took.
-    k = 1 gives the argmax only (what learning-rate selection on val needs). `classes`: the task's
-    `scored_classes`, the only classes predicted (`restrict`)."""
-    model.to(device).eval()
-    out = []
-    start = time.perf_counter()
-    for logits in outputs(model, split, data_config, device, batch_size, plan, desc, loader):
-        out.append(topk(restrict(logits, classes), k).cpu())
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return (torch.cat(out).numpy() if out else np.zeros((0, k), np.int64)), seconds
 
 
 def features(
